@@ -1,0 +1,443 @@
+//! Capability ad (NIP-89 kind 31990, addressable), published by a worker at start and
+//! re-published as its heartbeat.
+//!
+//! Generic DVM clients read `k` and the content JSON (`name`, `about`, `encryptionSupported`,
+//! `nip90Params`). fed_AI clients read the structured tags:
+//! ```text
+//! ["d", "<worker instance id>"]  ["k", "5050"]  ["t", "fedai"]
+//! ["model", "<id>", "<context length>", "<quantisation>"]              (one per model)
+//! ["price", "<model id>", "<base msat>", "<msat per 1k in>", "<msat per 1k out>"]
+//! ["capacity", "<max concurrent>", "<in flight>", "<queue depth>"]
+//! ["hardware", "gpu", "<name>", "<memory MiB>"] | ["hardware", "cpu", "<name>", "<cores>", "<memory MiB>"]
+//! ["runner", "<llama-cpp|openai|ollama|http|mock>"]  ["health", "ok|degraded|down"]
+//! ["payment", "ln-node", "<pubkey>"]  ["payment", "lud16", "<addr>"]  ["payment", "lnurl", "<url>"]
+//! ["payment_mode", "before|after|free"]
+//! ["relays", "<url>", …]  ["version", "<software version>"]  ["protocol", "fedai/1"]
+//! ["expiration", "<unix>"]                                              (required: dead ads vanish)
+//! ```
+
+use nostr::prelude::{Event, EventBuilder, FinalizeEvent, Keys, PublicKey, Tag, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::tags::{self, tag};
+use crate::{kinds, ProtocolError};
+
+/// A model a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Model id as used in the `model` param.
+    pub id: String,
+    /// Context length in tokens.
+    pub context_length: u32,
+    /// Quantisation (e.g. `Q4_1`, `f16`), free text.
+    pub quantisation: String,
+}
+
+/// Price for one model: `base + in_tokens/1000 * per_1k_input + out_tokens/1000 * per_1k_output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    /// Model id.
+    pub model: String,
+    /// Fixed price per job in msat.
+    pub base_msat: u64,
+    /// Msat per 1000 input tokens.
+    pub per_1k_input_msat: u64,
+    /// Msat per 1000 output tokens.
+    pub per_1k_output_msat: u64,
+}
+
+impl Price {
+    /// Price of a job with these token counts, rounded up to the next msat.
+    pub fn cost_msat(&self, input_tokens: u64, output_tokens: u64) -> u64 {
+        let var = (input_tokens as u128 * self.per_1k_input_msat as u128
+            + output_tokens as u128 * self.per_1k_output_msat as u128)
+            .div_ceil(1000);
+        (self.base_msat as u128 + var).min(u64::MAX as u128) as u64
+    }
+}
+
+/// What the worker runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hardware {
+    /// An accelerator.
+    Gpu {
+        /// Device name.
+        name: String,
+        /// Device memory in MiB.
+        memory_mib: u64,
+    },
+    /// CPU only.
+    Cpu {
+        /// CPU model name.
+        name: String,
+        /// Logical cores.
+        cores: u32,
+        /// System memory in MiB.
+        memory_mib: u64,
+    },
+}
+
+/// When the worker wants to be paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentMode {
+    /// Hold invoice paid before the job runs (escrow).
+    Before,
+    /// Invoice after delivery.
+    After,
+    /// No payment.
+    Free,
+}
+
+impl PaymentMode {
+    /// Wire form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Before => "before",
+            Self::After => "after",
+            Self::Free => "free",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, ProtocolError> {
+        Ok(match s {
+            "before" => Self::Before,
+            "after" => Self::After,
+            "free" => Self::Free,
+            o => {
+                return Err(ProtocolError::tag(
+                    "payment_mode",
+                    format!("unknown mode `{o}`"),
+                ))
+            }
+        })
+    }
+}
+
+/// How to pay the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PaymentInfo {
+    /// The LN node pubkey (hex) that signs this worker's invoices.
+    pub ln_node: Option<String>,
+    /// Lightning address (LUD-16).
+    pub lightning_address: Option<String>,
+    /// LNURL-pay endpoint.
+    pub lnurl: Option<String>,
+    /// Pay before, after, or not at all.
+    pub mode: Option<PaymentMode>,
+}
+
+/// A worker's advertisement of what it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapabilityAd {
+    /// Worker instance id (`d` tag); one key can run several instances.
+    pub instance: String,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub about: String,
+    /// Job kinds served (`k` tags).
+    pub job_kinds: Vec<u16>,
+    /// Models served.
+    pub models: Vec<ModelInfo>,
+    /// Prices per model.
+    pub prices: Vec<Price>,
+    /// Max concurrent jobs.
+    pub max_concurrent: u32,
+    /// Jobs running now.
+    pub in_flight: u32,
+    /// Jobs waiting.
+    pub queue_depth: u32,
+    /// Hardware.
+    pub hardware: Hardware,
+    /// Runner kind.
+    pub runner: String,
+    /// Runner health as last probed.
+    pub healthy: bool,
+    /// Payment methods.
+    pub payment: PaymentInfo,
+    /// Relays the worker listens on.
+    pub relays: Vec<String>,
+    /// Software version.
+    pub version: String,
+    /// Whether encrypted requests are accepted.
+    pub encryption_supported: bool,
+    /// When the ad lapses (a heartbeat re-publishes it before).
+    pub expiration: Timestamp,
+}
+
+/// An ad received from the network, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedCapabilityAd {
+    /// The worker's public key.
+    pub worker: PublicKey,
+    /// When the ad was published.
+    pub created_at: Timestamp,
+    /// The ad.
+    pub ad: CapabilityAd,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdContent {
+    name: String,
+    #[serde(default)]
+    about: String,
+    #[serde(default)]
+    encryption_supported: bool,
+    #[serde(default)]
+    nip90_params: serde_json::Value,
+}
+
+impl CapabilityAd {
+    /// The ad's price for `model`.
+    pub fn price_for(&self, model: &str) -> Option<&Price> {
+        self.prices.iter().find(|p| p.model == model)
+    }
+
+    /// Whether the ad lists `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m.id == model)
+    }
+
+    fn content_json(&self) -> String {
+        let models: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
+        let c = AdContent {
+            name: self.name.clone(),
+            about: self.about.clone(),
+            encryption_supported: self.encryption_supported,
+            nip90_params: serde_json::json!({
+                "model": {"required": false, "values": models},
+                "max_tokens": {"required": false, "values": []},
+                "temperature": {"required": false, "values": []},
+                "top_k": {"required": false, "values": []},
+                "top_p": {"required": false, "values": []},
+                "frequency_penalty": {"required": false, "values": []},
+                "stream": {"required": false, "values": ["true", "false"]},
+            }),
+        };
+        serde_json::to_string(&c).expect("ad content serializes")
+    }
+
+    /// Build and sign.
+    pub fn to_event(&self, keys: &Keys) -> Result<Event, ProtocolError> {
+        if self.instance.is_empty() {
+            return Err(ProtocolError::tag("d", "instance id is empty"));
+        }
+        let mut t: Vec<Tag> = vec![tag("d", [self.instance.clone()])];
+        for k in &self.job_kinds {
+            t.push(tag("k", [k.to_string()]));
+        }
+        t.push(tag("t", [kinds::FEDAI_TOPIC]));
+        for m in &self.models {
+            t.push(tag(
+                "model",
+                [
+                    m.id.clone(),
+                    m.context_length.to_string(),
+                    m.quantisation.clone(),
+                ],
+            ));
+        }
+        for p in &self.prices {
+            t.push(tag(
+                "price",
+                [
+                    p.model.clone(),
+                    p.base_msat.to_string(),
+                    p.per_1k_input_msat.to_string(),
+                    p.per_1k_output_msat.to_string(),
+                ],
+            ));
+        }
+        t.push(tag(
+            "capacity",
+            [
+                self.max_concurrent.to_string(),
+                self.in_flight.to_string(),
+                self.queue_depth.to_string(),
+            ],
+        ));
+        t.push(match &self.hardware {
+            Hardware::Gpu { name, memory_mib } => tag(
+                "hardware",
+                ["gpu".to_owned(), name.clone(), memory_mib.to_string()],
+            ),
+            Hardware::Cpu {
+                name,
+                cores,
+                memory_mib,
+            } => tag(
+                "hardware",
+                [
+                    "cpu".to_owned(),
+                    name.clone(),
+                    cores.to_string(),
+                    memory_mib.to_string(),
+                ],
+            ),
+        });
+        t.push(tag("runner", [self.runner.clone()]));
+        t.push(tag("health", [if self.healthy { "ok" } else { "down" }]));
+        let pay = &self.payment;
+        if let Some(v) = &pay.ln_node {
+            t.push(tag("payment", ["ln-node".to_owned(), v.clone()]));
+        }
+        if let Some(v) = &pay.lightning_address {
+            t.push(tag("payment", ["lud16".to_owned(), v.clone()]));
+        }
+        if let Some(v) = &pay.lnurl {
+            t.push(tag("payment", ["lnurl".to_owned(), v.clone()]));
+        }
+        if let Some(m) = pay.mode {
+            t.push(tag("payment_mode", [m.as_str()]));
+        }
+        if !self.relays.is_empty() {
+            t.push(tag("relays", self.relays.clone()));
+        }
+        t.push(tag("version", [self.version.clone()]));
+        t.push(tag("protocol", [crate::PROTOCOL_VERSION]));
+        t.push(Tag::expiration(self.expiration));
+        EventBuilder::new(kinds::kind(kinds::CAPABILITY_AD), self.content_json())
+            .tags(t)
+            .finalize(keys)
+            .map_err(|e| ProtocolError::Signing(e.to_string()))
+    }
+
+    /// Verify and parse. Requires the fed_AI topic tag and an expiration.
+    pub fn from_event(event: &Event) -> Result<ParsedCapabilityAd, ProtocolError> {
+        tags::verified(event, kinds::CAPABILITY_AD)?;
+        let t = &event.tags;
+        if !tags::all(t, "t").any(|v| v.first().map(String::as_str) == Some(kinds::FEDAI_TOPIC)) {
+            return Err(ProtocolError::tag(
+                "t",
+                "not a fedai capability ad (no `t` = `fedai`)",
+            ));
+        }
+        let content: AdContent = serde_json::from_str(&event.content)
+            .map_err(|e| ProtocolError::InvalidContent(format!("ad content: {e}")))?;
+        let instance = tags::value(t, "d")?.to_owned();
+        if instance.is_empty() {
+            return Err(ProtocolError::tag("d", "instance id is empty"));
+        }
+        let job_kinds = tags::all(t, "k")
+            .map(|v| {
+                let s = v.first().ok_or(ProtocolError::tag("k", "has no value"))?;
+                let k = tags::parse_u32("k", s)?;
+                u16::try_from(k).map_err(|_| ProtocolError::tag("k", "kind out of range"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if job_kinds.is_empty() {
+            return Err(ProtocolError::MissingTag("k"));
+        }
+        let models = tags::all(t, "model")
+            .map(|v| match v {
+                [id, ctx, q, ..] if !id.is_empty() => Ok(ModelInfo {
+                    id: id.clone(),
+                    context_length: tags::parse_u32("model", ctx)?,
+                    quantisation: q.clone(),
+                }),
+                _ => Err(ProtocolError::tag(
+                    "model",
+                    "needs id, context length, quantisation",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let prices = tags::all(t, "price")
+            .map(|v| match v {
+                [m, b, i, o, ..] => Ok(Price {
+                    model: m.clone(),
+                    base_msat: tags::parse_u64("price", b)?,
+                    per_1k_input_msat: tags::parse_u64("price", i)?,
+                    per_1k_output_msat: tags::parse_u64("price", o)?,
+                }),
+                _ => Err(ProtocolError::tag(
+                    "price",
+                    "needs model, base, per-1k-in, per-1k-out",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in &prices {
+            if !models.iter().any(|m| m.id == p.model) {
+                return Err(ProtocolError::tag(
+                    "price",
+                    format!("model `{}` is not advertised", p.model),
+                ));
+            }
+        }
+        let (max_concurrent, in_flight, queue_depth) = match tags::one(t, "capacity")? {
+            [a, b, c, ..] => (
+                tags::parse_u32("capacity", a)?,
+                tags::parse_u32("capacity", b)?,
+                tags::parse_u32("capacity", c)?,
+            ),
+            _ => {
+                return Err(ProtocolError::tag(
+                    "capacity",
+                    "needs max, in flight, queue depth",
+                ))
+            }
+        };
+        let hardware = match tags::one(t, "hardware")? {
+            [k, name, mem] if k == "gpu" => Hardware::Gpu {
+                name: name.clone(),
+                memory_mib: tags::parse_u64("hardware", mem)?,
+            },
+            [k, name, cores, mem] if k == "cpu" => Hardware::Cpu {
+                name: name.clone(),
+                cores: tags::parse_u32("hardware", cores)?,
+                memory_mib: tags::parse_u64("hardware", mem)?,
+            },
+            _ => return Err(ProtocolError::tag("hardware", "expected gpu or cpu layout")),
+        };
+        let healthy = match tags::opt_value(t, "health")? {
+            None | Some("ok") => true,
+            Some("down") | Some("degraded") => false,
+            Some(o) => {
+                return Err(ProtocolError::tag(
+                    "health",
+                    format!("unknown health `{o}`"),
+                ))
+            }
+        };
+        let mut payment = PaymentInfo::default();
+        for v in tags::all(t, "payment") {
+            match v {
+                [k, val, ..] if k == "ln-node" => payment.ln_node = Some(val.clone()),
+                [k, val, ..] if k == "lud16" => payment.lightning_address = Some(val.clone()),
+                [k, val, ..] if k == "lnurl" => payment.lnurl = Some(val.clone()),
+                _ => {} // unknown methods are ignored for forward compatibility
+            }
+        }
+        payment.mode = tags::opt_value(t, "payment_mode")?
+            .map(PaymentMode::parse)
+            .transpose()?;
+        let expiration = Timestamp::from_secs(tags::parse_u64(
+            "expiration",
+            tags::value(t, "expiration")?,
+        )?);
+        Ok(ParsedCapabilityAd {
+            worker: event.pubkey,
+            created_at: event.created_at,
+            ad: CapabilityAd {
+                instance,
+                name: content.name,
+                about: content.about,
+                job_kinds,
+                models,
+                prices,
+                max_concurrent,
+                in_flight,
+                queue_depth,
+                hardware,
+                runner: tags::value(t, "runner")?.to_owned(),
+                healthy,
+                payment,
+                relays: tags::opt(t, "relays")?
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default(),
+                version: tags::value(t, "version")?.to_owned(),
+                encryption_supported: content.encryption_supported,
+                expiration,
+            },
+        })
+    }
+}

@@ -1,0 +1,396 @@
+//! Job request (NIP-90 kind 5050, text generation).
+//!
+//! Public layout:
+//! ```text
+//! ["i", "<prompt>", "text"]                      or ["i", "<json [{role, content}]>", "chat"]
+//! ["param", "model", "<id>"]  ["param", "max_tokens", "<n>"]  ["param", "temperature", "<f>"]
+//! ["param", "top_k", "<n>"]   ["param", "top_p", "<f>"]       ["param", "frequency_penalty", "<f>"]
+//! ["param", "stop", "<s>"] (repeatable)          ["param", "stream", "true|false"]
+//! ["output", "text/plain"]  ["bid", "<msat>"]  ["relays", "wss://…", …]  ["p", "<worker>"]
+//! ["expiration", "<unix>"]
+//! ```
+//! Encrypted requests move every `i` and `param` tag, as a JSON array of tags, into the content,
+//! encrypted to the worker named in `p`, and add `["encrypted"]`.
+
+use nostr::prelude::{
+    Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Tags, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, Encryption};
+use crate::kinds;
+use crate::tags::{self, tag};
+use crate::ProtocolError;
+
+/// One chat message of a chat-style input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// Message text.
+    pub content: String,
+}
+
+/// What the model is asked to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobInput {
+    /// A plain prompt (`["i", text, "text"]`).
+    Text(String),
+    /// A chat conversation (`["i", json, "chat"]`), a fed_AI extension of NIP-90 input types.
+    Chat(Vec<ChatMessage>),
+}
+
+impl JobInput {
+    /// The `i` tag's data field, exactly as it goes on the wire. Metering hashes this string.
+    pub fn data(&self) -> String {
+        match self {
+            Self::Text(t) => t.clone(),
+            Self::Chat(m) => serde_json::to_string(m).expect("chat messages serialize"),
+        }
+    }
+
+    fn input_type(&self) -> &'static str {
+        match self {
+            Self::Text(_) => "text",
+            Self::Chat(_) => "chat",
+        }
+    }
+}
+
+/// Inference parameters (`param` tags). Absent values mean "worker default".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobParams {
+    /// Model id; absent lets the worker choose.
+    pub model: Option<String>,
+    /// Maximum tokens to generate.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature, 0..=2.
+    pub temperature: Option<f32>,
+    /// Top-k sampling.
+    pub top_k: Option<u32>,
+    /// Nucleus sampling, (0, 1].
+    pub top_p: Option<f32>,
+    /// Frequency penalty, -2..=2.
+    pub frequency_penalty: Option<f32>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Whether the customer wants `partial` feedback with token chunks.
+    pub stream: bool,
+}
+
+/// A text-generation job as the customer states it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    /// Prompt or chat.
+    pub input: JobInput,
+    /// Inference parameters.
+    pub params: JobParams,
+    /// Desired output MIME type (`output` tag), e.g. `text/plain`.
+    pub output: Option<String>,
+    /// Maximum the customer will pay, in millisatoshi (`bid` tag).
+    pub bid_msat: Option<u64>,
+    /// Relays where the worker should publish responses.
+    pub relays: Vec<String>,
+    /// Directed job: only this worker should take it. Required when encrypted.
+    pub provider: Option<PublicKey>,
+    /// NIP-40 expiration: workers refuse the job after this time.
+    pub expiration: Option<Timestamp>,
+}
+
+/// A job request received from the network, verified and (if needed) decrypted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedJobRequest {
+    /// Event id of the request.
+    pub id: EventId,
+    /// The customer (event author).
+    pub customer: PublicKey,
+    /// When the request was created.
+    pub created_at: Timestamp,
+    /// Whether the `i`/`param` tags came encrypted.
+    pub encrypted: Option<Encryption>,
+    /// The `i` tag data exactly as received (metering hashes it).
+    pub input_data: String,
+    /// The typed request.
+    pub request: JobRequest,
+}
+
+impl ParsedJobRequest {
+    /// Hex SHA-256 of the prompt as sent (the `i` data), used by metering.
+    pub fn prompt_sha256(&self) -> String {
+        crate::sha256_hex(self.input_data.as_bytes())
+    }
+}
+
+fn fmt_f32(v: f32) -> String {
+    // Shortest representation that round-trips.
+    format!("{v}")
+}
+
+impl JobRequest {
+    /// A plain-text prompt with default parameters.
+    pub fn text(prompt: impl Into<String>) -> Self {
+        Self {
+            input: JobInput::Text(prompt.into()),
+            params: JobParams::default(),
+            output: Some("text/plain".into()),
+            bid_msat: None,
+            relays: Vec::new(),
+            provider: None,
+            expiration: None,
+        }
+    }
+
+    /// The private tags (`i` and `param`), which are encrypted for private jobs.
+    fn private_tags(&self) -> Vec<Tag> {
+        let mut out = vec![tag(
+            "i",
+            [self.input.data(), self.input.input_type().to_owned()],
+        )];
+        let p = &self.params;
+        let mut param = |k: &str, v: String| out.push(tag("param", [k.to_owned(), v]));
+        if let Some(m) = &p.model {
+            param("model", m.clone());
+        }
+        if let Some(v) = p.max_tokens {
+            param("max_tokens", v.to_string());
+        }
+        if let Some(v) = p.temperature {
+            param("temperature", fmt_f32(v));
+        }
+        if let Some(v) = p.top_k {
+            param("top_k", v.to_string());
+        }
+        if let Some(v) = p.top_p {
+            param("top_p", fmt_f32(v));
+        }
+        if let Some(v) = p.frequency_penalty {
+            param("frequency_penalty", fmt_f32(v));
+        }
+        for s in &p.stop {
+            param("stop", s.clone());
+        }
+        if p.stream {
+            param("stream", "true".into());
+        }
+        out
+    }
+
+    fn public_tags(&self) -> Vec<Tag> {
+        let mut out = Vec::new();
+        if let Some(o) = &self.output {
+            out.push(tag("output", [o.clone()]));
+        }
+        if let Some(b) = self.bid_msat {
+            out.push(tag("bid", [b.to_string()]));
+        }
+        if !self.relays.is_empty() {
+            out.push(tag("relays", self.relays.clone()));
+        }
+        if let Some(p) = &self.provider {
+            out.push(Tag::public_key(*p));
+        }
+        if let Some(exp) = self.expiration {
+            out.push(Tag::expiration(exp));
+        }
+        out
+    }
+
+    /// Validate the typed request (the same rules the parser applies).
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match &self.input {
+            JobInput::Text(_) => {}
+            JobInput::Chat(m) if m.is_empty() => {
+                return Err(ProtocolError::tag("i", "chat input has no messages"))
+            }
+            JobInput::Chat(_) => {}
+        }
+        let p = &self.params;
+        if p.max_tokens == Some(0) {
+            return Err(ProtocolError::tag("param", "max_tokens must be > 0"));
+        }
+        check_range("temperature", p.temperature, 0.0, 2.0)?;
+        check_range("top_p", p.top_p, f32::MIN_POSITIVE, 1.0)?;
+        check_range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
+        if p.model.as_deref() == Some("") {
+            return Err(ProtocolError::tag("param", "model is empty"));
+        }
+        Ok(())
+    }
+
+    /// Build and sign the request. With `encrypt`, the `i` and `param` tags are encrypted to
+    /// [`JobRequest::provider`], which must be set.
+    pub fn to_event(
+        &self,
+        keys: &Keys,
+        encrypt: Option<Encryption>,
+    ) -> Result<Event, ProtocolError> {
+        self.validate()?;
+        let mut tags = self.public_tags();
+        let content = match encrypt {
+            None => {
+                tags.splice(0..0, self.private_tags());
+                String::new()
+            }
+            Some(scheme) => {
+                let to = self.provider.ok_or(ProtocolError::MissingTag("p"))?;
+                let private: Vec<Vec<String>> =
+                    self.private_tags().into_iter().map(Tag::to_vec).collect();
+                let json = serde_json::to_string(&private).expect("tags serialize");
+                tags.push(tag("encrypted", Vec::<String>::new()));
+                crypto::encrypt(keys, &to, &json, scheme)?
+            }
+        };
+        EventBuilder::new(kinds::kind(kinds::JOB_REQUEST), content)
+            .tags(tags)
+            .finalize(keys)
+            .map_err(|e| ProtocolError::Signing(e.to_string()))
+    }
+
+    /// Verify and parse a job request. Encrypted requests need the worker's `keys` (the `p`
+    /// recipient); without them, or with another key, the result is [`ProtocolError::NotRecipient`].
+    pub fn from_event(
+        event: &Event,
+        keys: Option<&Keys>,
+    ) -> Result<ParsedJobRequest, ProtocolError> {
+        tags::verified(event, kinds::JOB_REQUEST)?;
+        let t = &event.tags;
+        let provider = tags::opt_value(t, "p")?
+            .map(|v| tags::parse_pubkey("p", v))
+            .transpose()?;
+        let encrypted = tags::has_flag(t, "encrypted");
+        let (private, scheme): (Tags, Option<Encryption>) = if encrypted {
+            let to = provider.ok_or(ProtocolError::MissingTag("p"))?;
+            if tags::all(t, "i").next().is_some() || tags::all(t, "param").next().is_some() {
+                return Err(ProtocolError::tag(
+                    "encrypted",
+                    "encrypted request must not carry public `i` or `param` tags",
+                ));
+            }
+            let keys = keys.ok_or(ProtocolError::NotRecipient)?;
+            if keys.public_key() != to {
+                return Err(ProtocolError::NotRecipient);
+            }
+            let scheme = crypto::detect(&event.content);
+            let plain = crypto::decrypt(keys, &event.pubkey, &event.content)?;
+            let raw: Vec<Vec<String>> = serde_json::from_str(&plain).map_err(|e| {
+                ProtocolError::InvalidContent(format!("decrypted payload is not a tag array: {e}"))
+            })?;
+            let mut list = Vec::with_capacity(raw.len());
+            for r in raw {
+                list.push(Tag::parse(r).map_err(|_| {
+                    ProtocolError::InvalidContent("decrypted payload has an empty tag".into())
+                })?);
+            }
+            (Tags::from_list(list), Some(scheme))
+        } else {
+            (t.clone(), None)
+        };
+
+        let (input, input_data) = parse_input(&private)?;
+        let params = parse_params(&private)?;
+        let output = tags::opt_value(t, "output")?.map(str::to_owned);
+        let bid_msat = tags::opt_value(t, "bid")?
+            .map(|v| tags::parse_u64("bid", v))
+            .transpose()?;
+        let relays = tags::opt(t, "relays")?
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        let expiration = tags::opt_value(t, "expiration")?
+            .map(|v| tags::parse_u64("expiration", v).map(Timestamp::from_secs))
+            .transpose()?;
+        let request = JobRequest {
+            input,
+            params,
+            output,
+            bid_msat,
+            relays,
+            provider,
+            expiration,
+        };
+        request.validate()?;
+        Ok(ParsedJobRequest {
+            id: event.id,
+            customer: event.pubkey,
+            created_at: event.created_at,
+            encrypted: scheme,
+            input_data,
+            request,
+        })
+    }
+}
+
+fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ProtocolError> {
+    match v {
+        Some(x) if !(x.is_finite() && x >= lo && x <= hi) => Err(ProtocolError::tag(
+            "param",
+            format!("{name} must be within {lo}..={hi}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn parse_input(t: &Tags) -> Result<(JobInput, String), ProtocolError> {
+    let i = tags::one(t, "i")?;
+    let data = i[0].clone();
+    let kind = i.get(1).map(String::as_str).unwrap_or("text");
+    let input = match kind {
+        "text" => JobInput::Text(data.clone()),
+        "chat" => JobInput::Chat(serde_json::from_str(&data).map_err(|e| {
+            ProtocolError::tag("i", format!("chat input is not a message array: {e}"))
+        })?),
+        other => {
+            return Err(ProtocolError::tag(
+                "i",
+                format!("input type `{other}` is not supported (text, chat)"),
+            ))
+        }
+    };
+    Ok((input, data))
+}
+
+fn parse_f32(name: &str, v: &str) -> Result<f32, ProtocolError> {
+    v.parse::<f32>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .ok_or_else(|| ProtocolError::tag("param", format!("{name} `{v}` is not a number")))
+}
+
+fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
+    let mut p = JobParams::default();
+    let mut seen = std::collections::HashSet::new();
+    for v in tags::all(t, "param") {
+        let [name, value, ..] = v else {
+            return Err(ProtocolError::tag("param", "needs a name and a value"));
+        };
+        // Accept the hyphenated spellings some NIP-90 clients use.
+        let name = match name.as_str() {
+            "top-k" => "top_k",
+            "top-p" => "top_p",
+            "max-tokens" => "max_tokens",
+            "frequency-penalty" => "frequency_penalty",
+            n => n,
+        };
+        if name != "stop" && !seen.insert(name.to_owned()) {
+            return Err(ProtocolError::tag("param", format!("{name} given twice")));
+        }
+        match name {
+            "model" => p.model = Some(value.clone()),
+            "max_tokens" => p.max_tokens = Some(tags::parse_u32("param", value)?),
+            "temperature" => p.temperature = Some(parse_f32(name, value)?),
+            "top_k" => p.top_k = Some(tags::parse_u32("param", value)?),
+            "top_p" => p.top_p = Some(parse_f32(name, value)?),
+            "frequency_penalty" => p.frequency_penalty = Some(parse_f32(name, value)?),
+            "stop" => p.stop.push(value.clone()),
+            "stream" => {
+                p.stream = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(ProtocolError::tag("param", "stream must be true or false")),
+                }
+            }
+            // Unknown parameters are ignored for forward compatibility.
+            _ => {}
+        }
+    }
+    Ok(p)
+}

@@ -1,0 +1,203 @@
+//! Job result (NIP-90 kind 6050).
+//!
+//! ```text
+//! content: the generated text (encrypted to the customer when the request was encrypted)
+//! ["request", "<request event JSON>"]  ["e", "<request id>", "<relay>"?]  ["p", "<customer>"]
+//! ["i", "<data>", "<type>"]   (only for public requests: never leak a private prompt)
+//! ["amount", "<msat>", "<bolt11>"?]  ["usage", "<input tokens>", "<output tokens>"]
+//! ["model", "<model id>"]  ["encrypted"]?
+//! ```
+
+use nostr::prelude::{
+    Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Timestamp,
+};
+
+use crate::crypto::{self, Encryption};
+use crate::tags::{self, tag};
+use crate::{kinds, Amount, ParsedJobRequest, ProtocolError};
+
+/// Token counts as reported by the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+}
+
+/// A job result. `output` is plaintext here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobResult {
+    /// The original request event (embedded as NIP-90 requires).
+    pub request: Event,
+    /// Generated text.
+    pub output: String,
+    /// Model that produced it.
+    pub model: String,
+    /// Token counts.
+    pub usage: Usage,
+    /// Price charged (and invoice for pay-after).
+    pub amount: Option<Amount>,
+    /// Whether the output is encrypted to the customer on the wire.
+    pub encrypted: bool,
+}
+
+/// A result received from the network, verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedJobResult {
+    /// Result event id.
+    pub id: EventId,
+    /// The worker that signed it.
+    pub worker: PublicKey,
+    /// When it was published.
+    pub created_at: Timestamp,
+    /// The typed result. Its `output` is ciphertext when encrypted and no key was given.
+    pub result: JobResult,
+    /// Whether `result.output` is still ciphertext.
+    pub output_sealed: bool,
+}
+
+impl ParsedJobResult {
+    /// The request's id.
+    pub fn request_id(&self) -> EventId {
+        self.result.request.id
+    }
+    /// The customer (request author).
+    pub fn customer(&self) -> PublicKey {
+        self.result.request.pubkey
+    }
+}
+
+impl JobResult {
+    /// Result of `request` with `output`. Encrypted iff the request was.
+    pub fn for_request(
+        request_event: &Event,
+        parsed: &ParsedJobRequest,
+        output: String,
+        model: String,
+        usage: Usage,
+    ) -> Self {
+        Self {
+            request: request_event.clone(),
+            output,
+            model,
+            usage,
+            amount: None,
+            encrypted: parsed.encrypted.is_some(),
+        }
+    }
+
+    /// Build and sign.
+    pub fn to_event(&self, keys: &Keys) -> Result<Event, ProtocolError> {
+        let customer = self.request.pubkey;
+        let content = if self.encrypted {
+            crypto::encrypt(keys, &customer, &self.output, Encryption::Nip44)?
+        } else {
+            self.output.clone()
+        };
+        let mut t: Vec<Tag> = vec![
+            tag("request", [self.request.as_json()]),
+            Tag::event(self.request.id),
+            Tag::public_key(customer),
+        ];
+        if !self.encrypted {
+            for i in tags::all(&self.request.tags, "i") {
+                t.push(tag("i", i.to_vec()));
+            }
+        }
+        if let Some(a) = &self.amount {
+            t.push(a.to_tag());
+        }
+        t.push(tag(
+            "usage",
+            [
+                self.usage.input_tokens.to_string(),
+                self.usage.output_tokens.to_string(),
+            ],
+        ));
+        t.push(tag("model", [self.model.clone()]));
+        if self.encrypted {
+            t.push(tag("encrypted", Vec::<String>::new()));
+        }
+        EventBuilder::new(kinds::kind(kinds::JOB_RESULT), content)
+            .tags(t)
+            .finalize(keys)
+            .map_err(|e| ProtocolError::Signing(e.to_string()))
+    }
+
+    /// Verify and parse. The embedded request must itself verify and match the `e` and `p` tags.
+    /// An encrypted output is decrypted when the customer's (or worker's) `keys` are given.
+    pub fn from_event(
+        event: &Event,
+        keys: Option<&Keys>,
+    ) -> Result<ParsedJobResult, ProtocolError> {
+        tags::verified(event, kinds::JOB_RESULT)?;
+        let t = &event.tags;
+        let request = Event::from_json(tags::value(t, "request")?)
+            .map_err(|e| ProtocolError::tag("request", format!("not an event: {e}")))?;
+        if request.kind.as_u16() != kinds::JOB_REQUEST {
+            return Err(ProtocolError::tag(
+                "request",
+                "embedded event is not a job request",
+            ));
+        }
+        request
+            .verify()
+            .map_err(|_| ProtocolError::tag("request", "embedded request does not verify"))?;
+        if tags::single_e(t)? != request.id {
+            return Err(ProtocolError::tag(
+                "e",
+                "does not reference the embedded request",
+            ));
+        }
+        if tags::single_p(t)? != request.pubkey {
+            return Err(ProtocolError::tag("p", "is not the request's author"));
+        }
+        let usage = match tags::one(t, "usage")? {
+            [i, o, ..] => Usage {
+                input_tokens: tags::parse_u64("usage", i)?,
+                output_tokens: tags::parse_u64("usage", o)?,
+            },
+            _ => {
+                return Err(ProtocolError::tag(
+                    "usage",
+                    "needs input and output token counts",
+                ))
+            }
+        };
+        let model = tags::value(t, "model")?.to_owned();
+        let encrypted = tags::has_flag(t, "encrypted");
+        if encrypted && tags::all(t, "i").next().is_some() {
+            return Err(ProtocolError::tag(
+                "i",
+                "encrypted result must not reveal the input",
+            ));
+        }
+        let (output, sealed) = match (encrypted, keys) {
+            (true, Some(k)) => {
+                let peer = if k.public_key() == event.pubkey {
+                    request.pubkey
+                } else {
+                    event.pubkey
+                };
+                (crypto::decrypt(k, &peer, &event.content)?, false)
+            }
+            (true, None) => (event.content.clone(), true),
+            (false, _) => (event.content.clone(), false),
+        };
+        Ok(ParsedJobResult {
+            id: event.id,
+            worker: event.pubkey,
+            created_at: event.created_at,
+            output_sealed: sealed,
+            result: JobResult {
+                request,
+                output,
+                model,
+                usage,
+                amount: Amount::from_tags(t)?,
+                encrypted,
+            },
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! Relay configuration: clap flags, `FEDAI_RELAY_*` environment variables, and an optional TOML
+//! file. Precedence: flag > environment > file > built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line of `fedai-relay`. Every option also reads `FEDAI_RELAY_<NAME>`.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "fedai-relay", version, about = "The fed_AI Nostr relay")]
+pub struct Cli {
+    /// TOML configuration file (keys as the long flags, with `_` for `-`).
+    #[arg(long, env = "FEDAI_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (WebSocket, NIP-11, /health and /metrics share it).
+    #[arg(long, env = "FEDAI_RELAY_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// LMDB data directory (default: the user's data dir, `fedai/relay`).
+    #[arg(long, env = "FEDAI_RELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep events in memory only (tests, throwaway relays).
+    #[arg(long, env = "FEDAI_RELAY_MEMORY")]
+    pub memory: bool,
+    /// LMDB map size in MiB (the file is sparse; this is the upper bound of the store).
+    #[arg(long, env = "FEDAI_RELAY_MAP_SIZE_MIB")]
+    pub map_size_mib: Option<usize>,
+    /// Relay name shown in NIP-11.
+    #[arg(long, env = "FEDAI_RELAY_NAME")]
+    pub name: Option<String>,
+    /// Relay description shown in NIP-11.
+    #[arg(long, env = "FEDAI_RELAY_DESCRIPTION")]
+    pub description: Option<String>,
+    /// Operator contact shown in NIP-11.
+    #[arg(long, env = "FEDAI_RELAY_CONTACT")]
+    pub contact: Option<String>,
+    /// Maximum size of one event in bytes.
+    #[arg(long, env = "FEDAI_RELAY_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// EVENT messages per minute per connection.
+    #[arg(long, env = "FEDAI_RELAY_EVENTS_PER_MINUTE")]
+    pub events_per_minute: Option<u32>,
+    /// EVENT messages per minute per author pubkey (across connections).
+    #[arg(long, env = "FEDAI_RELAY_EVENTS_PER_MINUTE_PER_PUBKEY")]
+    pub events_per_minute_per_pubkey: Option<u32>,
+    /// REQ/COUNT per minute per connection.
+    #[arg(long, env = "FEDAI_RELAY_QUERIES_PER_MINUTE")]
+    pub queries_per_minute: Option<u32>,
+    /// Maximum concurrent connections.
+    #[arg(long, env = "FEDAI_RELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Maximum events returned for one filter.
+    #[arg(long, env = "FEDAI_RELAY_MAX_QUERY_RESULTS")]
+    pub max_query_results: Option<usize>,
+    /// Minimum NIP-13 proof-of-work difficulty for job requests (kind 5050); 0 disables.
+    #[arg(long, env = "FEDAI_RELAY_MIN_POW_JOBS")]
+    pub min_pow_jobs: Option<u8>,
+    /// Require NIP-42 authentication: `write`, `read` or `both`.
+    #[arg(long, env = "FEDAI_RELAY_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Retention per kind as `KIND=SECONDS` (repeatable; `KIND=0` keeps for ever).
+    #[arg(
+        long = "retention",
+        env = "FEDAI_RELAY_RETENTION",
+        value_delimiter = ','
+    )]
+    pub retention: Vec<String>,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "FEDAI_RELAY_LOG")]
+    pub log: Option<String>,
+}
+
+/// NIP-42 authentication requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Authenticate to publish.
+    Write,
+    /// Authenticate to query.
+    Read,
+    /// Both.
+    Both,
+}
+
+/// The TOML file: the same keys as the flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    memory: Option<bool>,
+    map_size_mib: Option<usize>,
+    name: Option<String>,
+    description: Option<String>,
+    contact: Option<String>,
+    max_event_bytes: Option<usize>,
+    events_per_minute: Option<u32>,
+    events_per_minute_per_pubkey: Option<u32>,
+    queries_per_minute: Option<u32>,
+    max_connections: Option<usize>,
+    max_query_results: Option<usize>,
+    min_pow_jobs: Option<u8>,
+    auth: Option<AuthMode>,
+    retention: Option<Vec<String>>,
+    log: Option<String>,
+}
+
+/// Where events are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// LMDB in this directory.
+    Lmdb {
+        /// Directory.
+        dir: PathBuf,
+        /// Map size in bytes.
+        map_size: usize,
+    },
+    /// In memory.
+    Memory,
+}
+
+/// A retention rule: events of `kind` older than `seconds` are deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Event kind.
+    pub kind: u16,
+    /// Maximum age in seconds; 0 keeps for ever.
+    pub seconds: u64,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Storage.
+    pub storage: Storage,
+    /// NIP-11 name.
+    pub name: String,
+    /// NIP-11 description.
+    pub description: String,
+    /// NIP-11 contact.
+    pub contact: Option<String>,
+    /// Max event size in bytes.
+    pub max_event_bytes: usize,
+    /// EVENTs per minute per connection.
+    pub events_per_minute: u32,
+    /// EVENTs per minute per pubkey.
+    pub events_per_minute_per_pubkey: u32,
+    /// REQ/COUNT per minute per connection.
+    pub queries_per_minute: u32,
+    /// Max connections.
+    pub max_connections: usize,
+    /// Max results per filter.
+    pub max_query_results: usize,
+    /// Minimum PoW for job requests (0 = off).
+    pub min_pow_jobs: u8,
+    /// NIP-42.
+    pub auth: Option<AuthMode>,
+    /// Retention rules.
+    pub retention: Vec<Retention>,
+    /// Log filter.
+    pub log: String,
+}
+
+/// Job-market defaults: requests and feedback are short-lived, results live a month, metering,
+/// awards and receipts are audit records kept for ever.
+pub fn default_retention() -> Vec<Retention> {
+    use fedai_protocol::kinds::*;
+    vec![
+        Retention {
+            kind: JOB_REQUEST,
+            seconds: 7 * 86_400,
+        },
+        Retention {
+            kind: JOB_FEEDBACK,
+            seconds: 2 * 86_400,
+        },
+        Retention {
+            kind: JOB_RESULT,
+            seconds: 30 * 86_400,
+        },
+    ]
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:7777".parse().expect("valid default address"),
+            storage: Storage::Memory,
+            name: "fedai-relay".into(),
+            description: "A fed_AI relay: the Nostr market for AI inference".into(),
+            contact: None,
+            // Results embed their request; a long prompt plus a long answer fits with room to spare.
+            max_event_bytes: 512 * 1024,
+            events_per_minute: 60_000,
+            events_per_minute_per_pubkey: 60_000,
+            queries_per_minute: 6_000,
+            max_connections: 10_000,
+            max_query_results: 5_000,
+            min_pow_jobs: 0,
+            auth: None,
+            retention: default_retention(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// A retention rule is malformed.
+    #[error("invalid retention rule `{0}` (expected KIND=SECONDS)")]
+    Retention(String),
+    /// No data directory could be determined.
+    #[error("no data directory: set --data-dir or HOME")]
+    NoDataDir,
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|s| !s.is_empty()) {
+        return Some(Path::new(&x).join("fedai").join("relay"));
+    }
+    let home = std::env::var_os("HOME").filter(|s| !s.is_empty())?;
+    Some(Path::new(&home).join(".local/share/fedai/relay"))
+}
+
+fn parse_retention(rules: &[String]) -> Result<Vec<Retention>, ConfigError> {
+    let mut out = default_retention();
+    for r in rules {
+        let (k, s) = r
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Retention(r.clone()))?;
+        let kind: u16 = k
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Retention(r.clone()))?;
+        let seconds: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Retention(r.clone()))?;
+        out.retain(|x| x.kind != kind);
+        out.push(Retention { kind, seconds });
+    }
+    out.retain(|r| r.seconds > 0);
+    Ok(out)
+}
+
+impl Cli {
+    /// Merge flags/env with the file and defaults.
+    pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = RelayConfig::default();
+        let memory = self.memory || file.memory.unwrap_or(false);
+        let storage = if memory {
+            Storage::Memory
+        } else {
+            let dir = self
+                .data_dir
+                .or(file.data_dir)
+                .or_else(default_data_dir)
+                .ok_or(ConfigError::NoDataDir)?;
+            let mib = self.map_size_mib.or(file.map_size_mib).unwrap_or(4096);
+            Storage::Lmdb {
+                dir,
+                map_size: mib.saturating_mul(1024 * 1024),
+            }
+        };
+        let retention_rules = if self.retention.is_empty() {
+            file.retention.unwrap_or_default()
+        } else {
+            self.retention
+        };
+        Ok(RelayConfig {
+            bind: self.bind.or(file.bind).unwrap_or(d.bind),
+            storage,
+            name: self.name.or(file.name).unwrap_or(d.name),
+            description: self
+                .description
+                .or(file.description)
+                .unwrap_or(d.description),
+            contact: self.contact.or(file.contact),
+            max_event_bytes: self
+                .max_event_bytes
+                .or(file.max_event_bytes)
+                .unwrap_or(d.max_event_bytes),
+            events_per_minute: self
+                .events_per_minute
+                .or(file.events_per_minute)
+                .unwrap_or(d.events_per_minute),
+            events_per_minute_per_pubkey: self
+                .events_per_minute_per_pubkey
+                .or(file.events_per_minute_per_pubkey)
+                .unwrap_or(d.events_per_minute_per_pubkey),
+            queries_per_minute: self
+                .queries_per_minute
+                .or(file.queries_per_minute)
+                .unwrap_or(d.queries_per_minute),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_query_results: self
+                .max_query_results
+                .or(file.max_query_results)
+                .unwrap_or(d.max_query_results),
+            min_pow_jobs: self.min_pow_jobs.or(file.min_pow_jobs).unwrap_or(0),
+            auth: self.auth.or(file.auth),
+            retention: parse_retention(&retention_rules)?,
+            log: self.log.or(file.log).unwrap_or(d.log),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("fedai-relay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("relay.toml");
+        std::fs::write(&file, "bind = \"127.0.0.1:9000\"\nname = \"from-file\"\nmemory = true\nretention = [\"7000=60\"]\n").unwrap();
+        let cli = Cli {
+            config: Some(file),
+            name: Some("from-flag".into()),
+            ..Cli::default()
+        };
+        let c = cli.resolve().unwrap();
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.name, "from-flag");
+        assert_eq!(c.storage, Storage::Memory);
+        let fb = c.retention.iter().find(|r| r.kind == 7000).unwrap();
+        assert_eq!(fb.seconds, 60);
+        assert!(c.retention.iter().any(|r| r.kind == 5050));
+    }
+
+    #[test]
+    fn bad_retention_and_unknown_keys_are_errors() {
+        assert!(matches!(
+            parse_retention(&["5050:10".into()]),
+            Err(ConfigError::Retention(_))
+        ));
+        let zero = parse_retention(&["5050=0".into()]).unwrap();
+        assert!(zero.iter().all(|r| r.kind != 5050), "0 keeps for ever");
+        let dir = std::env::temp_dir().join(format!("fedai-relay-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "bnd = \"x\"\n").unwrap();
+        let err = Cli {
+            config: Some(file),
+            ..Cli::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,232 @@
+//! Write and query policies plugged into the LocalRelay.
+//!
+//! The LocalRelay has already checked id, signature, size, expiry, PoW (when configured for all
+//! kinds) and the per-connection rate when [`FedaiWritePolicy`] runs. It adds:
+//! - schema validation of every fed_AI kind with the protocol crate (`invalid:` + reason);
+//! - a per-pubkey rate limit across connections (`rate-limited:`);
+//! - a minimum NIP-13 difficulty for job requests only (`pow:`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fedai_protocol::{kinds, validate};
+use nostr_sdk::prelude::{Event, Filter, MachineReadablePrefix, PublicKey};
+use nostr_sdk::prelude::{QueryPolicy, QueryPolicyResult, WritePolicy, WritePolicyResult};
+
+use crate::metrics::Metrics;
+
+/// A token bucket refilled continuously at `per_minute / 60` tokens per second.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+const SHARDS: usize = 16;
+
+/// Per-key rate limiter, sharded so that publishers on different keys rarely share a lock.
+#[derive(Debug)]
+pub struct KeyedLimiter {
+    per_minute: f64,
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<PublicKey, Bucket>>>,
+}
+
+impl KeyedLimiter {
+    /// `per_minute` events per key, with a burst of the same size.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute: per_minute.max(1) as f64,
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Take one token for `key`; false when the key is over its rate.
+    pub fn allow(&self, key: &PublicKey, now: Instant) -> bool {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        // Bound memory: forget keys whose bucket is full again (they lose nothing by it).
+        if map.len() > 100_000 {
+            let full = self.per_minute;
+            let rate = self.per_minute / 60.0;
+            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < full);
+        }
+        let b = map.entry(*key).or_insert(Bucket {
+            tokens: self.per_minute,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.per_minute / 60.0;
+        b.tokens = (b.tokens + refill).min(self.per_minute);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// fed_AI write policy.
+#[derive(Debug)]
+pub struct FedaiWritePolicy {
+    metrics: Arc<Metrics>,
+    limiter: KeyedLimiter,
+    min_pow_jobs: u8,
+}
+
+impl FedaiWritePolicy {
+    /// A policy with a per-pubkey limit and an optional job-request PoW floor.
+    pub fn new(metrics: Arc<Metrics>, per_pubkey_per_minute: u32, min_pow_jobs: u8) -> Self {
+        Self {
+            metrics,
+            limiter: KeyedLimiter::new(per_pubkey_per_minute),
+            min_pow_jobs,
+        }
+    }
+
+    /// The decision, without the async wrapper (unit-testable).
+    pub fn decide(&self, event: &Event) -> WritePolicyResult {
+        if !self.limiter.allow(&event.pubkey, Instant::now()) {
+            self.metrics.rejected("rate-limited");
+            return WritePolicyResult::reject(
+                MachineReadablePrefix::RateLimited,
+                "too many events from this pubkey",
+            );
+        }
+        let kind = event.kind.as_u16();
+        if kind == kinds::JOB_REQUEST
+            && self.min_pow_jobs > 0
+            && !event.check_pow(self.min_pow_jobs)
+        {
+            self.metrics.rejected("pow");
+            return WritePolicyResult::reject(
+                MachineReadablePrefix::Pow,
+                format!("job requests need a difficulty >= {}", self.min_pow_jobs),
+            );
+        }
+        if let Err(e) = validate::validate_event(event) {
+            self.metrics.rejected("invalid");
+            // Log the kind and error class, never the content.
+            tracing::debug!(kind, id = %event.id, error = %e, "rejected malformed fedai event");
+            return WritePolicyResult::reject(MachineReadablePrefix::Invalid, e.to_string());
+        }
+        if event.kind.is_ephemeral() {
+            // Ephemeral events are broadcast without touching the store.
+            self.metrics.accepted(kind);
+            self.metrics.live_event();
+        }
+        WritePolicyResult::Accept
+    }
+}
+
+impl WritePolicy for FedaiWritePolicy {
+    fn admit_event<'a>(
+        &'a self,
+        event: &'a Event,
+        _addr: &'a SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = WritePolicyResult> + Send + 'a>> {
+        Box::pin(async move { self.decide(event) })
+    }
+}
+
+/// Query policy: only counts; limits are enforced by the LocalRelay.
+#[derive(Debug)]
+pub struct CountingQueryPolicy;
+
+impl QueryPolicy for CountingQueryPolicy {
+    fn admit_query<'a>(
+        &'a self,
+        _query: &'a mut Filter,
+        _addr: &'a SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = QueryPolicyResult> + Send + 'a>> {
+        Box::pin(async { QueryPolicyResult::Accept })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr_sdk::prelude::*;
+    use std::time::Duration;
+
+    #[test]
+    fn limiter_refills_and_isolates_keys() {
+        let l = KeyedLimiter::new(60); // one per second
+        let a = Keys::generate().public_key();
+        let b = Keys::generate().public_key();
+        let t0 = Instant::now();
+        for _ in 0..60 {
+            assert!(l.allow(&a, t0));
+        }
+        assert!(!l.allow(&a, t0), "burst exhausted");
+        assert!(l.allow(&b, t0), "other keys unaffected");
+        assert!(
+            l.allow(&a, t0 + Duration::from_millis(1100)),
+            "refilled after a second"
+        );
+    }
+
+    fn reject_prefix(r: WritePolicyResult) -> Option<String> {
+        match r {
+            WritePolicyResult::Accept => None,
+            WritePolicyResult::Reject {
+                prefix, message, ..
+            } => Some(format!("{prefix}: {message}")),
+        }
+    }
+
+    #[test]
+    fn malformed_job_request_is_invalid_and_normal_kinds_pass() {
+        let p = FedaiWritePolicy::new(Arc::new(Metrics::default()), 1000, 0);
+        let keys = Keys::generate();
+        let bad = EventBuilder::new(Kind::from_u16(5050), "")
+            .tag(Tag::custom("param", ["max_tokens", "many"]))
+            .finalize(&keys)
+            .unwrap();
+        let msg = reject_prefix(p.decide(&bad)).unwrap();
+        assert!(msg.starts_with("invalid: "), "{msg}");
+        let note = EventBuilder::new(Kind::TextNote, "hello")
+            .finalize(&keys)
+            .unwrap();
+        assert!(reject_prefix(p.decide(&note)).is_none());
+    }
+
+    #[test]
+    fn pow_applies_to_job_requests_only() {
+        let p = FedaiWritePolicy::new(Arc::new(Metrics::default()), 1000, 30);
+        let keys = Keys::generate();
+        let job = fedai_protocol::JobRequest::text("hi")
+            .to_event(&keys, None)
+            .unwrap();
+        let msg = reject_prefix(p.decide(&job)).unwrap();
+        assert!(msg.starts_with("pow: "), "{msg}");
+        let note = EventBuilder::new(Kind::TextNote, "x")
+            .finalize(&keys)
+            .unwrap();
+        assert!(reject_prefix(p.decide(&note)).is_none());
+    }
+
+    #[test]
+    fn per_pubkey_limit_rejects_with_rate_limited() {
+        let p = FedaiWritePolicy::new(Arc::new(Metrics::default()), 2, 0);
+        let keys = Keys::generate();
+        let ev = || {
+            EventBuilder::new(Kind::TextNote, "x")
+                .finalize(&keys)
+                .unwrap()
+        };
+        assert!(reject_prefix(p.decide(&ev())).is_none());
+        assert!(reject_prefix(p.decide(&ev())).is_none());
+        let msg = reject_prefix(p.decide(&ev())).unwrap();
+        assert!(msg.starts_with("rate-limited: "), "{msg}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Event storage: LMDB (durable) or memory, behind a wrapper that counts what is stored and
+//! queried, plus the retention sweeper.
+//!
+//! Durability: nostr-lmdb's ingester commits every write it has queued in **one** LMDB transaction
+//! and answers each waiting `save_event` only after that commit (group commit). The relay sends
+//! `OK true` only after `save_event` returns, so an acknowledged event is on disk.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr_database::prelude::{
+    DatabaseEventStatus, Error as DatabaseError, Features, NostrDatabase, RejectedReason,
+    SaveEventStatus,
+};
+use nostr_sdk::prelude::{Event, EventId, Filter, Kind, Timestamp};
+
+use crate::config::{Retention, Storage};
+use crate::metrics::Metrics;
+
+type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, DatabaseError>> + Send + 'a>>;
+
+/// Maximum events kept by `--memory` mode before the oldest are dropped.
+pub const MEMORY_MAX_EVENTS: usize = 1_000_000;
+
+/// Open the configured store.
+pub async fn open(storage: &Storage) -> Result<Arc<dyn NostrDatabase>, DatabaseError> {
+    Ok(match storage {
+        Storage::Memory => Arc::new(nostr_memory::MemoryDatabase::bounded(
+            NonZeroUsize::new(MEMORY_MAX_EVENTS).expect("non-zero"),
+        )),
+        Storage::Lmdb { dir, map_size } => {
+            std::fs::create_dir_all(dir).map_err(DatabaseError::other)?;
+            Arc::new(
+                nostr_lmdb::NostrLmdb::builder(dir)
+                    .map_size(*map_size)
+                    .build()
+                    .await
+                    .map_err(DatabaseError::other)?,
+            )
+        }
+    })
+}
+
+/// A database that records metrics for every save and query, delegating to `inner`.
+pub struct Metered {
+    inner: Arc<dyn NostrDatabase>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn NostrDatabase>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+impl fmt::Debug for Metered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metered")
+            .field("backend", &self.inner.backend())
+            .finish()
+    }
+}
+
+impl NostrDatabase for Metered {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn features(&self) -> Features {
+        self.inner.features()
+    }
+
+    fn save_event<'a>(&'a self, event: &'a Event) -> Fut<'a, SaveEventStatus> {
+        Box::pin(async move {
+            let status = self.inner.save_event(event).await?;
+            match &status {
+                SaveEventStatus::Success => {
+                    self.metrics.accepted(event.kind.as_u16());
+                    self.metrics.live_event();
+                }
+                SaveEventStatus::Rejected(RejectedReason::Duplicate) => self.metrics.duplicate(),
+                SaveEventStatus::Rejected(_) => self.metrics.rejected("blocked"),
+            }
+            Ok(status)
+        })
+    }
+
+    fn check_id<'a>(&'a self, event_id: &'a EventId) -> Fut<'a, DatabaseEventStatus> {
+        self.inner.check_id(event_id)
+    }
+
+    fn event_by_id<'a>(&'a self, event_id: &'a EventId) -> Fut<'a, Option<Event>> {
+        self.inner.event_by_id(event_id)
+    }
+
+    fn count(&self, filter: Filter) -> Fut<'_, usize> {
+        self.inner.count(filter)
+    }
+
+    fn query(&self, filter: Filter) -> Fut<'_, BTreeSet<Event>> {
+        Box::pin(async move {
+            let events = self.inner.query(filter).await?;
+            self.metrics.query(events.len());
+            Ok(events)
+        })
+    }
+
+    fn negentropy_items(&self, filter: Filter) -> Fut<'_, Vec<(EventId, Timestamp)>> {
+        self.inner.negentropy_items(filter)
+    }
+
+    fn delete(&self, filter: Filter) -> Fut<'_, ()> {
+        self.inner.delete(filter)
+    }
+
+    fn wipe(&self) -> Fut<'_, ()> {
+        self.inner.wipe()
+    }
+}
+
+/// One retention sweep: delete events of each rule's kind older than its age.
+pub async fn sweep(db: &dyn NostrDatabase, rules: &[Retention], now: Timestamp) {
+    for r in rules {
+        let until = Timestamp::from_secs(now.as_secs().saturating_sub(r.seconds));
+        let filter = Filter::new().kind(Kind::from_u16(r.kind)).until(until);
+        if let Err(e) = db.delete(filter).await {
+            tracing::warn!(kind = r.kind, error = %e, "retention sweep failed");
+        }
+    }
+}
+
+/// Run retention sweeps every `every` until `shutdown` fires.
+pub async fn retention_loop(
+    db: Arc<dyn NostrDatabase>,
+    rules: Vec<Retention>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if rules.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                sweep(db.as_ref(), &rules, Timestamp::now()).await;
+                metrics.retention_run();
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
