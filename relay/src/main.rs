@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use fedai_relay::{Cli, RelayServer};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -12,21 +13,17 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_new(&config.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
         .init();
+    // Install handlers before announcing readiness, so a SIGTERM right after start is graceful.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let server = RelayServer::start(config).await?;
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("fedai-relay listening on {}", server.url());
-    wait_for_signal().await?;
-    tracing::info!("shutdown signal received");
-    server.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
+        _ = int.recv() => {}
     }
+    tracing::info!("shutdown signal received");
+    server.shutdown().await;
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -49,9 +49,7 @@ impl KeyedLimiter {
 
     /// Take one token for `key`; false when the key is over its rate.
     pub fn allow(&self, key: &PublicKey, now: Instant) -> bool {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         // Bound memory: forget keys whose bucket is full again (they lose nothing by it).
         if map.len() > 100_000 {

@@ -49,8 +49,8 @@ pub struct Price {
 impl Price {
     /// Price of a job with these token counts, rounded up to the next msat.
     pub fn cost_msat(&self, input_tokens: u64, output_tokens: u64) -> u64 {
-        let var = (input_tokens as u128 * self.per_1k_input_msat as u128
-            + output_tokens as u128 * self.per_1k_output_msat as u128)
+        let var = (input_tokens as u128 * self.per_1k_input_msat as u128)
+            .saturating_add(output_tokens as u128 * self.per_1k_output_msat as u128)
             .div_ceil(1000);
         (self.base_msat as u128 + var).min(u64::MAX as u128) as u64
     }

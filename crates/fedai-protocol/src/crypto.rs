@@ -19,12 +19,18 @@ pub enum Encryption {
 }
 
 /// Encrypt `plaintext` from `keys` to `to`.
+///
+/// The empty string stays empty (NIP-44 cannot encrypt an empty message); an empty field reveals
+/// only that it is empty.
 pub fn encrypt(
     keys: &Keys,
     to: &PublicKey,
     plaintext: &str,
     scheme: Encryption,
 ) -> Result<String, ProtocolError> {
+    if plaintext.is_empty() {
+        return Ok(String::new());
+    }
     match scheme {
         Encryption::Nip44 => nip44::encrypt(keys.secret_key(), to, plaintext, nip44::Version::V2)
             .map_err(|e| ProtocolError::Encryption(e.to_string())),
@@ -44,6 +50,9 @@ pub fn detect(payload: &str) -> Encryption {
 
 /// Decrypt `payload` sent between `keys` and `peer` (either direction), detecting the scheme.
 pub fn decrypt(keys: &Keys, peer: &PublicKey, payload: &str) -> Result<String, ProtocolError> {
+    if payload.is_empty() {
+        return Ok(String::new());
+    }
     match detect(payload) {
         Encryption::Nip44 => nip44::decrypt(keys.secret_key(), peer, payload)
             .map_err(|e| ProtocolError::Decryption(e.to_string())),

@@ -1,0 +1,400 @@
+//! The real `fedai-relay` binary over real WebSockets and HTTP.
+
+use std::collections::HashSet;
+use std::num::NonZeroU8;
+use std::time::Duration;
+
+use fedai_protocol::nostr::nips::nip13::SingleThreadPow;
+use fedai_protocol::nostr::prelude::*;
+use fedai_tests::{job_request, temp_dir, RelayProc, Ws};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn publish_and_query_fedai_and_normal_kinds() {
+    let relay = RelayProc::start(&["--memory"]);
+    let mut ws = Ws::connect(&relay.url).await;
+    let keys = Keys::generate();
+    let job = job_request(&keys, "What is the capital of France?");
+    assert_eq!(ws.publish(&job).await, (true, String::new()));
+    let note = EventBuilder::new(Kind::TextNote, "plain note")
+        .finalize(&keys)
+        .unwrap();
+    assert!(
+        ws.publish(&note).await.0,
+        "a general relay accepts normal kinds"
+    );
+    // Duplicate is acknowledged without storing twice.
+    let (ok, msg) = ws.publish(&job).await;
+    assert!(ok && msg.starts_with("duplicate:"), "{msg}");
+
+    let got = ws
+        .query(
+            "q1",
+            json!({"kinds": [5050], "authors": [keys.public_key().to_hex()]}),
+        )
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["id"], job.id.to_hex());
+    let parsed = Event::from_json(got[0].to_string()).unwrap();
+    assert!(
+        fedai_protocol::JobRequest::from_event(&parsed, None).is_ok(),
+        "stored event still verifies and parses"
+    );
+    let notes = ws.query("q2", json!({"kinds": [1]})).await;
+    assert_eq!(notes.len(), 1);
+
+    // Live delivery to a second connection.
+    let mut sub = Ws::connect(&relay.url).await;
+    sub.query(
+        "live",
+        json!({"kinds": [5050], "since": Timestamp::now().as_secs() - 5}),
+    )
+    .await;
+    let job2 = job_request(&keys, "second");
+    assert!(ws.publish(&job2).await.0);
+    let m = sub.recv(T).await.unwrap();
+    assert_eq!(
+        (m[0].as_str(), m[2]["id"].as_str()),
+        (Some("EVENT"), Some(job2.id.to_hex().as_str()))
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_every_acknowledged_event() {
+    let dir = temp_dir("relay-lmdb");
+    let dir_s = dir.to_str().unwrap();
+    let mut relay = RelayProc::start(&["--data-dir", dir_s, "--map-size-mib", "64"]);
+    let keys = Keys::generate();
+    let events: Vec<Event> = (0..200)
+        .map(|i| job_request(&keys, &format!("prompt {i}")))
+        .collect();
+    let ids: HashSet<String> = events.iter().map(|e| e.id.to_hex()).collect();
+    {
+        let mut ws = Ws::connect(&relay.url).await;
+        assert!(ws.publish_many(&events).await.iter().all(|r| r.0));
+    }
+    // SIGKILL right after the last OK: acknowledged means durable.
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    let relay2 = RelayProc::start(&["--data-dir", dir_s, "--map-size-mib", "64"]);
+    let mut ws = Ws::connect(&relay2.url).await;
+    let got: HashSet<String> = ws
+        .query("all", json!({"kinds": [5050], "limit": 1000}))
+        .await
+        .into_iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        got, ids,
+        "every acknowledged event survives a kill -9 and restart"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn tampered_and_malformed_events_are_rejected_with_prefixes() {
+    let relay = RelayProc::start(&["--memory", "--log", "debug"]);
+    let mut ws = Ws::connect(&relay.url).await;
+    let keys = Keys::generate();
+
+    // Content changed after signing: the id no longer matches.
+    let ev = job_request(&keys, "original");
+    let mut v: serde_json::Value = serde_json::from_str(&ev.as_json()).unwrap();
+    v["content"] = "SECRET-TAMPERED-CONTENT".into();
+    ws.send(json!(["EVENT", v])).await;
+    let (ok, msg) = ws.ok_for(&ev.id.to_hex()).await;
+    assert!(!ok && msg.starts_with("invalid:"), "{msg}");
+
+    // Signature from another key.
+    let mut v: serde_json::Value = serde_json::from_str(&ev.as_json()).unwrap();
+    let other = job_request(&Keys::generate(), "original");
+    v["sig"] = other.sig.to_string().into();
+    ws.send(json!(["EVENT", v])).await;
+    let (ok, msg) = ws.ok_for(&ev.id.to_hex()).await;
+    assert!(!ok && msg.starts_with("invalid:"), "{msg}");
+
+    // Correctly signed but malformed fedai events.
+    let cases: Vec<(Event, &str)> = vec![
+        (
+            EventBuilder::new(Kind::from_u16(5050), "")
+                .tag(Tag::custom("i", ["SECRET-PROMPT-IN-BAD-EVENT", "text"]))
+                .tag(Tag::custom("param", ["max_tokens", "lots"]))
+                .finalize(&keys)
+                .unwrap(),
+            "param",
+        ),
+        (
+            EventBuilder::new(Kind::from_u16(5050), "")
+                .finalize(&keys)
+                .unwrap(),
+            "missing tag `i`",
+        ),
+        (
+            EventBuilder::new(Kind::from_u16(7000), "")
+                .tag(Tag::custom("status", ["partial"]))
+                .finalize(&keys)
+                .unwrap(),
+            "`e`",
+        ),
+        (
+            EventBuilder::new(Kind::from_u16(7060), "")
+                .finalize(&keys)
+                .unwrap(),
+            "missing tag",
+        ),
+        (
+            EventBuilder::new(Kind::from_u16(31990), "{}")
+                .tag(Tag::custom("t", ["fedai"]))
+                .tag(Tag::custom("d", ["x"]))
+                .finalize(&keys)
+                .unwrap(),
+            "",
+        ),
+    ];
+    for (ev, needle) in cases {
+        let (ok, msg) = ws.publish(&ev).await;
+        assert!(!ok, "kind {} accepted", ev.kind);
+        assert!(
+            msg.starts_with("invalid: ") && msg.contains(needle),
+            "kind {}: {msg}",
+            ev.kind
+        );
+    }
+    // Garbage frames get a NOTICE, never a crash; the connection keeps working.
+    ws.send_raw("not json at all".into()).await;
+    ws.send_raw("[\"EVENT\", {\"id\": 5}]".into()).await;
+    let good = job_request(&keys, "still alive");
+    assert!(ws.publish(&good).await.0);
+    assert!(
+        ws.query("none", json!({"kinds": [7000, 7060, 31990]}))
+            .await
+            .is_empty(),
+        "nothing rejected was stored"
+    );
+
+    // Logs never carry event content.
+    let logs = relay.logs();
+    assert!(
+        logs.contains("rejected malformed fedai event"),
+        "debug logging is on: {logs}"
+    );
+    for secret in [
+        "SECRET-PROMPT-IN-BAD-EVENT",
+        "SECRET-TAMPERED-CONTENT",
+        "still alive",
+        "original",
+    ] {
+        assert!(!logs.contains(secret), "log leaked `{secret}`");
+    }
+}
+
+#[tokio::test]
+async fn nip11_health_and_metrics_share_the_port() {
+    let relay = RelayProc::start(&["--memory", "--name", "test-relay"]);
+    let (status, body) = relay.http_get("/", "application/nostr+json").await;
+    assert!(status.contains("200"), "{status}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["name"], "test-relay");
+    let nips: Vec<u64> = doc["supported_nips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    for n in [1, 11, 40, 42, 90] {
+        assert!(nips.contains(&n), "NIP-{n} listed");
+    }
+    assert_eq!(doc["fedai"]["kinds"]["job_request"], 5050);
+    assert_eq!(doc["fedai"]["kinds"]["metering"], 7060);
+    assert!(doc["limitation"]["max_content_length"].as_u64().unwrap() >= 256 * 1024);
+
+    let (status, body) = relay.http_get("/health", "*/*").await;
+    assert!(status.contains("200") && body.contains("ok"));
+
+    let mut ws = Ws::connect(&relay.url).await;
+    let keys = Keys::generate();
+    assert!(ws.publish(&job_request(&keys, "count me")).await.0);
+    let bad = EventBuilder::new(Kind::from_u16(5050), "")
+        .finalize(&keys)
+        .unwrap();
+    assert!(!ws.publish(&bad).await.0);
+    ws.query("q", json!({"kinds": [5050]})).await;
+
+    let (status, metrics) = relay.http_get("/metrics", "*/*").await;
+    assert!(status.contains("200"));
+    assert!(
+        metrics.contains("fedai_relay_events_accepted_total{kind=\"5050\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fedai_relay_events_rejected_total{reason=\"invalid\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fedai_relay_connections 1"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fedai_relay_queries_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let (status, _) = relay.http_get("/nope", "*/*").await;
+    assert!(status.contains("404"));
+}
+
+#[tokio::test]
+async fn paused_subscriber_gets_every_event_or_a_closed_to_recover() {
+    const N: usize = 8_000;
+    let relay = RelayProc::start(&["--memory", "--max-query-results", "10000"]);
+    let keys = Keys::generate();
+    let since = Timestamp::now().as_secs() - 1;
+    let mut sub = Ws::connect(&relay.url).await;
+    sub.query("live", json!({"kinds": [5050], "since": since}))
+        .await;
+
+    // Publish the burst from another connection while `sub` is not read at all.
+    let mut publisher = Ws::connect(&relay.url).await;
+    let mut sent = HashSet::new();
+    let events: Vec<Event> = (0..N)
+        .map(|i| job_request(&keys, &format!("burst {i}")))
+        .collect();
+    for chunk in events.chunks(256) {
+        assert!(publisher.publish_many(chunk).await.iter().all(|r| r.0));
+        sent.extend(chunk.iter().map(|e| e.id.to_hex()));
+    }
+
+    // Now drain the paused subscriber.
+    let mut got = HashSet::new();
+    let mut closed = false;
+    while let Some(m) = sub.recv(Duration::from_secs(2)).await {
+        match m[0].as_str() {
+            Some("EVENT") => {
+                got.insert(m[2]["id"].as_str().unwrap().to_owned());
+            }
+            Some("CLOSED") => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    if closed {
+        // Told explicitly: re-subscribe with `since` and catch up from storage.
+        let mut again = Ws::connect(&relay.url).await;
+        for e in again
+            .query(
+                "catchup",
+                json!({"kinds": [5050], "since": since, "limit": 10000}),
+            )
+            .await
+        {
+            got.insert(e["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let missing = sent.difference(&got).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} of {N} events neither delivered nor recoverable (closed={closed})"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() {
+    let mut relay = RelayProc::start(&["--memory"]);
+    let _ws = Ws::connect(&relay.url).await;
+    assert!(relay.terminate(), "exit 0 within 5 s of SIGTERM");
+    assert!(relay.logs().contains("fedai-relay stopped"));
+}
+
+#[tokio::test]
+async fn job_request_pow_and_per_pubkey_rate_limit() {
+    let relay = RelayProc::start(&[
+        "--memory",
+        "--min-pow-jobs",
+        "8",
+        "--events-per-minute-per-pubkey",
+        "5",
+    ]);
+    let mut ws = Ws::connect(&relay.url).await;
+    let keys = Keys::generate();
+    let (ok, msg) = ws.publish(&job_request(&keys, "no work done")).await;
+    assert!(!ok && msg.starts_with("pow:"), "{msg}");
+    let unsigned = fedai_protocol::JobRequest::text("mined")
+        .to_event(&keys, None)
+        .map(|e| EventBuilder::new(e.kind, e.content).tags(e.tags.to_vec()))
+        .unwrap()
+        .finalize_unsigned(keys.public_key())
+        .mine(&SingleThreadPow, NonZeroU8::new(8).unwrap())
+        .unwrap();
+    let mined = keys.sign_event(unsigned).unwrap();
+    let (ok, msg) = ws.publish(&mined).await;
+    assert!(ok, "{msg}");
+    // Other kinds need no work; the per-pubkey limit counts all of them (2 used so far).
+    let mut results = Vec::new();
+    for i in 0..5 {
+        let note = EventBuilder::new(Kind::TextNote, format!("n{i}"))
+            .finalize(&keys)
+            .unwrap();
+        results.push(ws.publish(&note).await);
+    }
+    assert!(results[..3].iter().all(|r| r.0));
+    assert!(
+        results[3..]
+            .iter()
+            .all(|(ok, m)| !ok && m.starts_with("rate-limited:")),
+        "{results:?}"
+    );
+    // A different key from the same connection is not limited.
+    let other = EventBuilder::new(Kind::TextNote, "x")
+        .finalize(&Keys::generate())
+        .unwrap();
+    assert!(ws.publish(&other).await.0);
+}
+
+#[tokio::test]
+async fn nip42_auth_required_for_writes() {
+    let relay = RelayProc::start(&["--memory", "--auth", "write"]);
+    let mut ws = Ws::connect(&relay.url).await;
+    let keys = Keys::generate();
+    let ev = job_request(&keys, "auth me");
+    ws.send_raw(format!("[\"EVENT\",{}]", ev.as_json())).await;
+    let mut challenge = None;
+    let mut refused = None;
+    while challenge.is_none() || refused.is_none() {
+        let m = ws.recv(T).await.unwrap();
+        match m[0].as_str() {
+            Some("AUTH") => challenge = m[1].as_str().map(str::to_owned),
+            Some("OK") => refused = Some(m[3].as_str().unwrap().to_owned()),
+            _ => {}
+        }
+    }
+    assert!(refused.unwrap().starts_with("auth-required:"));
+    let url = RelayUrl::parse(&relay.url).unwrap();
+    let auth =
+        fedai_protocol::nostr::nips::nip42::ClientAuthentication::new(challenge.unwrap(), url)
+            .finalize(&keys)
+            .unwrap();
+    ws.send_raw(format!("[\"AUTH\",{}]", auth.as_json())).await;
+    assert!(ws.ok_for(&auth.id.to_hex()).await.0, "AUTH accepted");
+    assert!(ws.publish(&ev).await.0, "write accepted after AUTH");
+}
+
+#[tokio::test]
+async fn ephemeral_events_are_broadcast_not_stored() {
+    let relay = RelayProc::start(&["--memory"]);
+    let keys = Keys::generate();
+    let mut sub = Ws::connect(&relay.url).await;
+    sub.query("eph", json!({"kinds": [20001]})).await;
+    let mut ws = Ws::connect(&relay.url).await;
+    let ev = EventBuilder::new(Kind::from_u16(20001), "typing")
+        .finalize(&keys)
+        .unwrap();
+    assert!(ws.publish(&ev).await.0);
+    let m = sub.recv(T).await.unwrap();
+    assert_eq!(m[2]["id"], ev.id.to_hex());
+    assert!(ws
+        .query("later", json!({"kinds": [20001]}))
+        .await
+        .is_empty());
+}

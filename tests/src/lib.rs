@@ -1,0 +1,268 @@
+//! Test harness: start the real `fedai-relay` binary on a free port and talk to it over a raw
+//! WebSocket, so tests see exactly the NIP-01 messages a client would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use fedai_protocol::nostr::prelude::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The workspace's target directory for the current profile (where the binaries are).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+static BUILD: Once = Once::new();
+
+/// Path to a workspace binary, building it once if `cargo test` did not.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    BUILD.call_once(|| {
+        let profile_release = bin_dir().ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--bins", "--workspace"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build failed");
+    });
+    assert!(path.exists(), "{} not built", path.display());
+    path
+}
+
+/// A running `fedai-relay` child process. Killed on drop.
+pub struct RelayProc {
+    /// Child process.
+    pub child: Child,
+    /// `ws://host:port`.
+    pub url: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Captured stderr (logs), filled as the process runs.
+    pub stderr_path: PathBuf,
+}
+
+impl RelayProc {
+    /// Start `fedai-relay --bind 127.0.0.1:0 <args>` and wait for its listening line.
+    pub fn start(args: &[&str]) -> Self {
+        let stderr_path = std::env::temp_dir().join(format!(
+            "fedai-relay-{}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let mut child = Command::new(binary("fedai-relay"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn fedai-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        let addr = url.trim_start_matches("ws://").to_owned();
+        Self {
+            child,
+            url,
+            addr,
+            stderr_path,
+        }
+    }
+
+    /// Send SIGTERM and wait for exit; returns whether it exited successfully in time.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The relay's log output so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Plain HTTP GET on the relay's port; returns (status line, body).
+    pub async fn http_get(&self, path: &str, accept: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(&self.addr).await.expect("connect");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: {accept}\r\n\r\n",
+            self.addr
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A fresh temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fedai-{tag}-{}-{}", std::process::id(), unique()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A raw NIP-01 WebSocket client.
+pub struct Ws {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    /// Connect.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        Self { ws }
+    }
+
+    /// Send a JSON message.
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    /// Send raw text.
+    pub async fn send_raw(&mut self, s: String) {
+        self.ws.send(Message::text(s)).await.expect("ws send");
+    }
+
+    /// Next JSON message, or None on timeout / close.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(t.as_str()).ok();
+            }
+        }
+    }
+
+    /// Publish an event; returns (accepted, message) of its OK.
+    pub async fn publish(&mut self, ev: &Event) -> (bool, String) {
+        self.send_raw(format!("[\"EVENT\",{}]", ev.as_json())).await;
+        self.ok_for(&ev.id.to_hex()).await
+    }
+
+    /// Wait for the OK of `id`.
+    pub async fn ok_for(&mut self, id: &str) -> (bool, String) {
+        loop {
+            let m = self
+                .recv(Duration::from_secs(10))
+                .await
+                .expect("OK before timeout");
+            if m[0] == "OK" && m[1] == id {
+                return (
+                    m[2].as_bool().unwrap(),
+                    m[3].as_str().unwrap_or("").to_owned(),
+                );
+            }
+        }
+    }
+
+    /// Publish many events pipelined (all sent before any OK is awaited); returns the OK of each
+    /// event, in the order given, whatever order the relay answers in.
+    pub async fn publish_many(&mut self, events: &[Event]) -> Vec<(bool, String)> {
+        for ev in events {
+            self.send_raw(format!("[\"EVENT\",{}]", ev.as_json())).await;
+        }
+        let mut oks = std::collections::HashMap::new();
+        while oks.len() < events.len() {
+            let m = self
+                .recv(Duration::from_secs(30))
+                .await
+                .expect("OKs before timeout");
+            if m[0] == "OK" {
+                let id = m[1].as_str().unwrap_or("").to_owned();
+                oks.insert(
+                    id,
+                    (
+                        m[2].as_bool().unwrap_or(false),
+                        m[3].as_str().unwrap_or("").to_owned(),
+                    ),
+                );
+            }
+        }
+        events
+            .iter()
+            .map(|e| oks.remove(&e.id.to_hex()).expect("OK for every event"))
+            .collect()
+    }
+
+    /// Run a REQ and collect events until EOSE.
+    pub async fn query(&mut self, sub: &str, filter: Value) -> Vec<Value> {
+        self.send(json!(["REQ", sub, filter])).await;
+        let mut out = Vec::new();
+        loop {
+            let m = self
+                .recv(Duration::from_secs(10))
+                .await
+                .expect("EOSE before timeout");
+            match m[0].as_str() {
+                Some("EVENT") if m[1] == sub => out.push(m[2].clone()),
+                Some("EOSE") if m[1] == sub => return out,
+                Some("CLOSED") if m[1] == sub => panic!("subscription closed: {m}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A signed kind-5050 job request with a unique prompt.
+pub fn job_request(keys: &Keys, prompt: &str) -> Event {
+    fedai_protocol::JobRequest::text(prompt)
+        .to_event(keys, None)
+        .expect("build request")
+}
