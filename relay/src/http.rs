@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use nostr_sdk::prelude::LocalRelay;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::connection::{self, ConnCtx};
 use crate::metrics::Metrics;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -23,8 +23,8 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What a connection handler needs.
 pub struct Ctx {
-    /// The relay core.
-    pub relay: LocalRelay,
+    /// What WebSocket connections need.
+    pub conn: Arc<ConnCtx>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Serialized NIP-11 document.
@@ -157,9 +157,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         }
         ctx.metrics.connection_opened();
         // BufReader keeps any bytes read past the head, so nothing the client sent is lost.
-        if let Err(e) = ctx.relay.take_connection(reader, peer).await {
-            tracing::debug!(%peer, error = %e, "websocket connection ended with error");
-        }
+        connection::serve(reader, peer, ctx.conn.clone()).await;
         ctx.metrics.connection_closed();
         return;
     }

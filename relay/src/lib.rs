@@ -11,6 +11,7 @@
 //! Start one in-process with [`RelayServer::start`]; the `fedai-relay` binary is a thin wrapper.
 
 pub mod config;
+pub mod connection;
 pub mod http;
 pub mod metrics;
 pub mod nip11;
@@ -73,6 +74,11 @@ impl RelayServer {
             .map_err(|e| RelayError::Store(e.to_string()))?;
         let db = Arc::new(store::Metered::new(raw_db, metrics.clone()));
 
+        let write_policy = Arc::new(policy::FedaiWritePolicy::new(
+            metrics.clone(),
+            config.events_per_minute_per_pubkey,
+            config.min_pow_jobs,
+        ));
         let mut builder = LocalRelay::builder()
             // The relay's own URL (used by NIP-42) must be the address clients dial.
             .addr(addr.ip())
@@ -96,11 +102,7 @@ impl RelayServer {
             .max_websocket_message_size(config.max_event_bytes + 1024)
             .max_query_results(config.max_query_results)
             .max_filter_limit(config.max_query_results)
-            .write_policy(policy::FedaiWritePolicy::new(
-                metrics.clone(),
-                config.events_per_minute_per_pubkey,
-                config.min_pow_jobs,
-            ))
+            .write_policy(policy::SharedWritePolicy(write_policy.clone()))
             .query_policy(policy::CountingQueryPolicy);
         if let Some(mode) = config.auth {
             builder = builder.nip42(match mode {
@@ -111,8 +113,18 @@ impl RelayServer {
         }
         let relay = builder.build();
 
-        let ctx = Arc::new(http::Ctx {
+        let conn = Arc::new(connection::ConnCtx {
             relay: relay.clone(),
+            db: db.clone(),
+            policy: write_policy,
+            metrics: metrics.clone(),
+            max_event_bytes: config.max_event_bytes,
+            events_per_minute: config.events_per_minute,
+            // NIP-42 state lives in the LocalRelay's session: in auth mode every EVENT goes there.
+            pipeline: config.auth.is_none(),
+        });
+        let ctx = Arc::new(http::Ctx {
+            conn,
             metrics: metrics.clone(),
             nip11: nip11::document(&config).to_string(),
         });

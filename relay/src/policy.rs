@@ -111,7 +111,7 @@ impl FedaiWritePolicy {
                 format!("job requests need a difficulty >= {}", self.min_pow_jobs),
             );
         }
-        if let Err(e) = validate::validate_event(event) {
+        if let Err(e) = validate::validate_verified(event) {
             self.metrics.rejected("invalid");
             // Log the kind and error class, never the content.
             tracing::debug!(kind, id = %event.id, error = %e, "rejected malformed fedai event");
@@ -126,13 +126,17 @@ impl FedaiWritePolicy {
     }
 }
 
-impl WritePolicy for FedaiWritePolicy {
+/// The policy handed to the LocalRelay, sharing its limiter with the pipelined path.
+#[derive(Debug, Clone)]
+pub struct SharedWritePolicy(pub Arc<FedaiWritePolicy>);
+
+impl WritePolicy for SharedWritePolicy {
     fn admit_event<'a>(
         &'a self,
         event: &'a Event,
         _addr: &'a SocketAddr,
     ) -> Pin<Box<dyn Future<Output = WritePolicyResult> + Send + 'a>> {
-        Box::pin(async move { self.decide(event) })
+        Box::pin(async move { self.0.decide(event) })
     }
 }
 

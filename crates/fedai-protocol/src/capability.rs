@@ -304,7 +304,13 @@ impl CapabilityAd {
 
     /// Verify and parse. Requires the fed_AI topic tag and an expiration.
     pub fn from_event(event: &Event) -> Result<ParsedCapabilityAd, ProtocolError> {
-        tags::verified(event, kinds::CAPABILITY_AD)?;
+        Self::parse(event, true)
+    }
+
+    /// Parse; `verify = false` only for events whose id and signature the caller has
+    /// already verified (the relay's hot path).
+    pub(crate) fn parse(event: &Event, verify: bool) -> Result<ParsedCapabilityAd, ProtocolError> {
+        tags::check(verify, event, kinds::CAPABILITY_AD)?;
         let t = &event.tags;
         if !tags::all(t, "t").any(|v| v.first().map(String::as_str) == Some(kinds::FEDAI_TOPIC)) {
             return Err(ProtocolError::tag(

@@ -196,7 +196,17 @@ impl JobFeedback {
     /// Verify and parse. Encrypted content and info are decrypted when `keys` (the customer's or
     /// the worker's) are given; otherwise they stay as ciphertext and `encrypted` is set.
     pub fn from_event(event: &Event, keys: Option<&Keys>) -> Result<Self, ProtocolError> {
-        tags::verified(event, kinds::JOB_FEEDBACK)?;
+        Self::parse(event, keys, true)
+    }
+
+    /// Parse; `verify = false` only for events whose id and signature the caller has
+    /// already verified (the relay's hot path).
+    pub(crate) fn parse(
+        event: &Event,
+        keys: Option<&Keys>,
+        verify: bool,
+    ) -> Result<Self, ProtocolError> {
+        tags::check(verify, event, kinds::JOB_FEEDBACK)?;
         let t = &event.tags;
         let st = tags::one(t, "status")?;
         let status: FeedbackStatus = st[0].parse()?;

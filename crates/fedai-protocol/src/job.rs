@@ -252,7 +252,17 @@ impl JobRequest {
         event: &Event,
         keys: Option<&Keys>,
     ) -> Result<ParsedJobRequest, ProtocolError> {
-        tags::verified(event, kinds::JOB_REQUEST)?;
+        Self::parse(event, keys, true)
+    }
+
+    /// Parse; `verify = false` only for events whose id and signature the caller has
+    /// already verified (the relay's hot path).
+    pub(crate) fn parse(
+        event: &Event,
+        keys: Option<&Keys>,
+        verify: bool,
+    ) -> Result<ParsedJobRequest, ProtocolError> {
+        tags::check(verify, event, kinds::JOB_REQUEST)?;
         let t = &event.tags;
         let provider = tags::opt_value(t, "p")?
             .map(|v| tags::parse_pubkey("p", v))

@@ -115,7 +115,13 @@ impl MeteringRecord {
 
     /// Verify and parse.
     pub fn from_event(event: &Event) -> Result<ParsedMetering, ProtocolError> {
-        tags::verified(event, kinds::METERING)?;
+        Self::parse(event, true)
+    }
+
+    /// Parse; `verify = false` only for events whose id and signature the caller has
+    /// already verified (the relay's hot path).
+    pub(crate) fn parse(event: &Event, verify: bool) -> Result<ParsedMetering, ProtocolError> {
+        tags::check(verify, event, kinds::METERING)?;
         let t = &event.tags;
         let pair = |name: &'static str| -> Result<(u64, u64), ProtocolError> {
             match tags::one(t, name)? {

@@ -131,7 +131,17 @@ impl JobResult {
         event: &Event,
         keys: Option<&Keys>,
     ) -> Result<ParsedJobResult, ProtocolError> {
-        tags::verified(event, kinds::JOB_RESULT)?;
+        Self::parse(event, keys, true)
+    }
+
+    /// Parse; `verify = false` only for events whose id and signature the caller has
+    /// already verified (the relay's hot path).
+    pub(crate) fn parse(
+        event: &Event,
+        keys: Option<&Keys>,
+        verify: bool,
+    ) -> Result<ParsedJobResult, ProtocolError> {
+        tags::check(verify, event, kinds::JOB_RESULT)?;
         let t = &event.tags;
         let request = Event::from_json(tags::value(t, "request")?)
             .map_err(|e| ProtocolError::tag("request", format!("not an event: {e}")))?;
