@@ -1,0 +1,276 @@
+//! Regenerates the example events in `nips/*.md`.
+//!
+//! Each example block in a spec is a line `<!-- example: NAME -->` followed by a ```json fence;
+//! this program signs a fresh event for every NAME with the well-known example keys (see
+//! `nips/README.md`) and rewrites the fence. `tests/nips.rs` parses every block back with this
+//! crate, so the specs cannot drift from the code.
+//!
+//! Run: `cargo run -p fedai-protocol --example nip_examples`
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use fedai_protocol::capability::PaymentInfo;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::result::Usage;
+use fedai_protocol::*;
+
+/// Example secret keys, published in nips/README.md. Never use them for anything else.
+pub const CUSTOMER_SK: &str = "7f7ff03d123792d6ac594bfa67bf6d0c0ab55b6b1fdb6249303fe861f1ccba9a";
+pub const WORKER_SK: &str = "c15d739894c81a2fcfd3a2df85a0d2c0dbc47a280d092799f144d73d7ae78add";
+
+fn main() {
+    let customer = Keys::parse(CUSTOMER_SK).unwrap();
+    let worker = Keys::parse(WORKER_SK).unwrap();
+    let far = Timestamp::from_secs(4_102_444_800); // 2100-01-01
+    let mut ex: HashMap<&str, Event> = HashMap::new();
+
+    let mut req = JobRequest::text("Write a haiku about relays.");
+    req.params = JobParams {
+        model: Some("smollm2-135m-instruct-q4_1".into()),
+        max_tokens: Some(64),
+        temperature: Some(0.7),
+        top_k: Some(40),
+        top_p: Some(0.9),
+        frequency_penalty: None,
+        stop: vec!["\n\n".into()],
+        stream: true,
+    };
+    req.bid_msat = Some(50_000);
+    req.relays = vec!["wss://relay.example.com".into()];
+    req.expiration = Some(far);
+    let req_ev = req.to_event(&customer, None).unwrap();
+    let preq = JobRequest::from_event(&req_ev, None).unwrap();
+    ex.insert("job-request", req_ev.clone());
+
+    let mut chat = JobRequest {
+        input: JobInput::Chat(vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "You are terse.".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "What is Nostr?".into(),
+            },
+        ]),
+        provider: Some(worker.public_key()),
+        expiration: Some(far),
+        ..JobRequest::text("")
+    };
+    chat.params.model = Some("smollm2-135m-instruct-q4_1".into());
+    ex.insert(
+        "job-request-chat-directed",
+        chat.to_event(&customer, None).unwrap(),
+    );
+    let enc_ev = chat.to_event(&customer, Some(Encryption::Nip44)).unwrap();
+    ex.insert("job-request-encrypted", enc_ev.clone());
+
+    ex.insert(
+        "feedback-processing",
+        JobFeedback::new(req_ev.id, customer.public_key(), FeedbackStatus::Processing)
+            .to_event(&worker)
+            .unwrap(),
+    );
+    ex.insert(
+        "feedback-partial",
+        JobFeedback::partial(req_ev.id, customer.public_key(), 0, "Signals hop".into())
+            .to_event(&worker)
+            .unwrap(),
+    );
+    ex.insert(
+        "feedback-payment-required",
+        JobFeedback::payment_required(
+            req_ev.id,
+            customer.public_key(),
+            Amount {
+                msat: 12_000,
+                bolt11: Some("lnbcrt120n1pexample".into()),
+            },
+        )
+        .to_event(&worker)
+        .unwrap(),
+    );
+    ex.insert(
+        "feedback-error",
+        JobFeedback::error(
+            req_ev.id,
+            customer.public_key(),
+            ErrorCode::ModelUnavailable,
+            "model `gpt-9` is not served here",
+        )
+        .to_event(&worker)
+        .unwrap(),
+    );
+    ex.insert(
+        "feedback-success",
+        JobFeedback::new(req_ev.id, customer.public_key(), FeedbackStatus::Success)
+            .to_event(&worker)
+            .unwrap(),
+    );
+
+    let output =
+        "Signals hop through wire\nrelays hum in quiet dark\nnotes find their way home".to_string();
+    let usage = Usage {
+        input_tokens: 14,
+        output_tokens: 21,
+    };
+    let mut res = JobResult::for_request(
+        &req_ev,
+        &preq,
+        output.clone(),
+        "smollm2-135m-instruct-q4_1".into(),
+        usage,
+    );
+    res.amount = Some(Amount {
+        msat: 12_000,
+        bolt11: None,
+    });
+    let res_ev = res.to_event(&worker).unwrap();
+    ex.insert("job-result", res_ev.clone());
+    let penc = JobRequest::from_event(&enc_ev, Some(&worker)).unwrap();
+    let enc_res = JobResult::for_request(
+        &enc_ev,
+        &penc,
+        "A protocol for signed notes over relays.".into(),
+        "smollm2-135m-instruct-q4_1".into(),
+        Usage {
+            input_tokens: 20,
+            output_tokens: 9,
+        },
+    );
+    ex.insert("job-result-encrypted", enc_res.to_event(&worker).unwrap());
+
+    let rec = MeteringRecord {
+        request_id: req_ev.id,
+        result_id: res_ev.id,
+        customer: customer.public_key(),
+        model: "smollm2-135m-instruct-q4_1".into(),
+        prompt_sha256: preq.prompt_sha256(),
+        usage,
+        wall_ms: 412,
+        bytes_in: preq.input_data.len() as u64,
+        bytes_out: output.len() as u64,
+        price_msat: 12_000,
+        payment_hash: Some(sha256_hex(&[0x42; 32])),
+    };
+    ex.insert("metering", rec.to_event(&worker).unwrap());
+
+    let quote = JobFeedback::payment_required(
+        req_ev.id,
+        customer.public_key(),
+        Amount {
+            msat: 12_000,
+            bolt11: Some("lnbcrt120n1pexample".into()),
+        },
+    )
+    .to_event(&worker)
+    .unwrap();
+    ex.insert(
+        "award",
+        Award {
+            request_id: req_ev.id,
+            quote_id: quote.id,
+            worker: worker.public_key(),
+            amount_msat: 12_000,
+            expiration: Some(far),
+        }
+        .to_event(&customer)
+        .unwrap(),
+    );
+    ex.insert(
+        "payment-receipt",
+        PaymentReceipt {
+            request_id: req_ev.id,
+            result_id: Some(res_ev.id),
+            worker: worker.public_key(),
+            amount_msat: 12_000,
+            bolt11: "lnbcrt120n1pexample".into(),
+            payment_hash: sha256_hex(&[0x42; 32]),
+            preimage: "42".repeat(32),
+        }
+        .to_event(&customer)
+        .unwrap(),
+    );
+
+    let ad = CapabilityAd {
+        instance: "cpu-box-1".into(),
+        name: "fedai worker on a small CPU box".into(),
+        about: "SmolLM2 135M on llama.cpp".into(),
+        job_kinds: vec![kinds::JOB_REQUEST],
+        models: vec![ModelInfo {
+            id: "smollm2-135m-instruct-q4_1".into(),
+            context_length: 8192,
+            quantisation: "Q4_1".into(),
+        }],
+        prices: vec![Price {
+            model: "smollm2-135m-instruct-q4_1".into(),
+            base_msat: 1_000,
+            per_1k_input_msat: 100,
+            per_1k_output_msat: 500,
+        }],
+        max_concurrent: 4,
+        in_flight: 1,
+        queue_depth: 0,
+        hardware: Hardware::Cpu {
+            name: "AMD EPYC".into(),
+            cores: 2,
+            memory_mib: 24_576,
+        },
+        runner: "llama-cpp".into(),
+        healthy: true,
+        payment: PaymentInfo {
+            ln_node: Some("02".to_owned() + &"ab".repeat(32)),
+            lightning_address: Some("worker@example.com".into()),
+            lnurl: None,
+            mode: Some(PaymentMode::Before),
+        },
+        relays: vec!["wss://relay.example.com".into()],
+        version: "fedai-worker/0.1.0".into(),
+        encryption_supported: true,
+        expiration: far,
+    };
+    ex.insert("capability-ad", ad.to_event(&worker).unwrap());
+
+    let nips = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nips");
+    let mut used = 0;
+    for entry in std::fs::read_dir(&nips).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut out = String::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            out.push_str(line);
+            out.push('\n');
+            if let Some(name) = line
+                .strip_prefix("<!-- example: ")
+                .and_then(|l| l.strip_suffix(" -->"))
+            {
+                let ev = ex
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{}: unknown example {name}", path.display()));
+                // Skip the old fence.
+                if lines.peek() == Some(&"```json") {
+                    for l in lines.by_ref() {
+                        if l == "```" {
+                            break;
+                        }
+                    }
+                }
+                let pretty = serde_json::to_string_pretty(
+                    &serde_json::from_str::<serde_json::Value>(&ev.as_json()).unwrap(),
+                )
+                .unwrap();
+                out.push_str("```json\n");
+                out.push_str(&pretty);
+                out.push_str("\n```\n");
+                used += 1;
+            }
+        }
+        std::fs::write(&path, out).unwrap();
+    }
+    println!("wrote {used} examples");
+}
