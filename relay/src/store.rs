@@ -157,3 +157,47 @@ pub async fn retention_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr_sdk::prelude::{EventBuilder, FinalizeEvent, Keys};
+
+    #[tokio::test]
+    async fn sweep_deletes_only_old_events_of_the_configured_kinds() {
+        let db = open(&Storage::Memory).await.unwrap();
+        let keys = Keys::generate();
+        let now = Timestamp::from_secs(1_800_000_000);
+        let ev = |kind: u16, age: u64| {
+            EventBuilder::new(Kind::from_u16(kind), format!("{kind}-{age}"))
+                .custom_created_at(Timestamp::from_secs(now.as_secs() - age))
+                .finalize(&keys)
+                .unwrap()
+        };
+        let old_req = ev(5050, 1000);
+        let new_req = ev(5050, 10);
+        let old_metering = ev(7060, 1000);
+        for e in [&old_req, &new_req, &old_metering] {
+            assert!(db.save_event(e).await.unwrap().is_success());
+        }
+        sweep(
+            db.as_ref(),
+            &[Retention {
+                kind: 5050,
+                seconds: 100,
+            }],
+            now,
+        )
+        .await;
+        let left: Vec<EventId> = db
+            .query(Filter::new())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert!(!left.contains(&old_req.id), "old request deleted");
+        assert!(left.contains(&new_req.id), "recent request kept");
+        assert!(left.contains(&old_metering.id), "other kinds untouched");
+    }
+}

@@ -264,3 +264,102 @@ fn price_cost_rounds_up_and_saturates() {
     };
     assert_eq!(big.cost_msat(u64::MAX, u64::MAX), u64::MAX);
 }
+
+/// One valid event of every fed_AI kind, and a parser that accepts it.
+fn one_of_each() -> Vec<(Event, fn(&Event) -> bool)> {
+    let customer = keys();
+    let worker = keys();
+    let req = JobRequest::text("hello").to_event(&customer, None).unwrap();
+    let preq = JobRequest::from_event(&req, None).unwrap();
+    let res = JobResult::for_request(
+        &req,
+        &preq,
+        "out".into(),
+        "m".into(),
+        Usage {
+            input_tokens: 1,
+            output_tokens: 1,
+        },
+    )
+    .to_event(&worker)
+    .unwrap();
+    let fb = JobFeedback::partial(req.id, customer.public_key(), 3, "chunk".into())
+        .to_event(&worker)
+        .unwrap();
+    let rec = MeteringRecord {
+        request_id: req.id,
+        result_id: res.id,
+        customer: customer.public_key(),
+        model: "m".into(),
+        prompt_sha256: preq.prompt_sha256(),
+        usage: Usage {
+            input_tokens: 1,
+            output_tokens: 1,
+        },
+        wall_ms: 1,
+        bytes_in: 5,
+        bytes_out: 3,
+        price_msat: 0,
+        payment_hash: None,
+    }
+    .to_event(&worker)
+    .unwrap();
+    let award = Award {
+        request_id: req.id,
+        quote_id: fb.id,
+        worker: worker.public_key(),
+        amount_msat: 5,
+        expiration: None,
+    }
+    .to_event(&customer)
+    .unwrap();
+    let receipt = PaymentReceipt {
+        request_id: req.id,
+        result_id: None,
+        worker: worker.public_key(),
+        amount_msat: 5,
+        bolt11: "lnbc1x".into(),
+        payment_hash: sha256_hex(&[5; 32]),
+        preimage: "05".repeat(32),
+    }
+    .to_event(&customer)
+    .unwrap();
+    let ad = sample_ad().to_event(&worker).unwrap();
+    vec![
+        (req, |e| JobRequest::from_event(e, None).is_ok()),
+        (res, |e| JobResult::from_event(e, None).is_ok()),
+        (fb, |e| JobFeedback::from_event(e, None).is_ok()),
+        (rec, |e| MeteringRecord::from_event(e).is_ok()),
+        (award, |e| Award::from_event(e).is_ok()),
+        (receipt, |e| PaymentReceipt::from_event(e).is_ok()),
+        (ad, |e| CapabilityAd::from_event(e).is_ok()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    /// Changing any single tag value, or the signature, of any kind is refused by its parser.
+    #[test]
+    fn tampering_any_kind_is_refused(which in 0usize..7, tag_pick in any::<prop::sample::Index>(), val_pick in any::<prop::sample::Index>(), sig in any::<bool>()) {
+        let (ev, parse) = one_of_each().swap_remove(which);
+        prop_assert!(parse(&ev), "the untampered event parses");
+        let mut json: serde_json::Value = serde_json::from_str(&ev.as_json()).unwrap();
+        if sig {
+            let s = json["sig"].as_str().unwrap().to_owned();
+            json["sig"] = format!("{}{}", if &s[..1] == "a" { "b" } else { "a" }, &s[1..]).into();
+        } else {
+            let tags = json["tags"].as_array_mut().unwrap();
+            let t = tag_pick.get_mut(tags).as_array_mut().unwrap();
+            let i = 1 + val_pick.index(t.len().max(2) - 1);
+            if i < t.len() {
+                let old = t[i].as_str().unwrap().to_owned();
+                t[i] = format!("{old}x").into();
+            } else {
+                t.push("x".into());
+            }
+        }
+        if let Ok(bad) = Event::from_json(json.to_string()) {
+            prop_assert!(!parse(&bad), "tampered event of kind {} accepted", bad.kind);
+        }
+    }
+}
