@@ -266,7 +266,9 @@ fn price_cost_rounds_up_and_saturates() {
 }
 
 /// One valid event of every fed_AI kind, and a parser that accepts it.
-fn one_of_each() -> Vec<(Event, fn(&Event) -> bool)> {
+type Parser = fn(&Event) -> bool;
+
+fn one_of_each() -> Vec<(Event, Parser)> {
     let customer = keys();
     let worker = keys();
     let req = JobRequest::text("hello").to_event(&customer, None).unwrap();
