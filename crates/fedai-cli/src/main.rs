@@ -1,0 +1,508 @@
+//! `fedai`: the customer's command line. Thin over `fedai-client`; `demo` embeds a relay, a
+//! worker and a real llama.cpp server.
+
+mod demo;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fedai_client::{pick_worker, FedaiClient, JobOutcome, JobUpdate};
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{kinds, JobFeedback, JobRequest, JobResult, MeteringRecord};
+
+#[derive(Parser)]
+#[command(
+    name = "fedai",
+    version,
+    about = "fed_AI: pay-as-you-go AI inference on Nostr"
+)]
+struct Cli {
+    /// Relay URL (repeatable).
+    #[arg(
+        long = "relay",
+        global = true,
+        env = "FEDAI_RELAYS",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:7777"
+    )]
+    relays: Vec<String>,
+    /// Customer secret key (nsec or hex); a fresh key is used when absent.
+    #[arg(long, global = true, env = "FEDAI_NSEC", hide_env_values = true)]
+    nsec: Option<String>,
+    /// File holding the customer secret key.
+    #[arg(long, global = true, env = "FEDAI_NSEC_FILE")]
+    nsec_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a key pair.
+    Keygen {
+        /// Write the nsec to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List live workers (models, prices, load, age).
+    Workers {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a prompt through a worker, streaming the answer.
+    Infer {
+        /// The prompt.
+        prompt: String,
+        /// Model id.
+        #[arg(long)]
+        model: Option<String>,
+        /// Worker (npub or hex); default: picked among live ads.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Maximum tokens to generate.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// Sampling temperature.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Encrypt the job to the worker (NIP-44).
+        #[arg(long = "encrypt")]
+        private: bool,
+        /// Print one JSON object instead of streaming text.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the result.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Send the prompt as raw text to complete, instead of a chat turn (the default, which
+        /// applies the model's chat template).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Show a job's events and state.
+    Job {
+        /// Request event id (hex).
+        id: String,
+    },
+    /// Metering records.
+    Metering {
+        #[command(subcommand)]
+        cmd: MeteringCmd,
+    },
+    /// Start a relay, a worker and a real llama.cpp model in this process, and run one job.
+    Demo {
+        /// Prompt to run.
+        #[arg(long, default_value = "In one sentence, what is a relay?")]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeteringCmd {
+    /// Verify a metering record (event id on the relays, or a JSON file) against its result and request.
+    Verify {
+        /// Event id (hex) or path to a JSON event.
+        target: String,
+    },
+}
+
+fn keys(cli: &Cli) -> anyhow::Result<Keys> {
+    let secret = match (&cli.nsec, &cli.nsec_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(Keys::generate()),
+    };
+    Ok(Keys::new(SecretKey::parse(&secret).map_err(|_| {
+        anyhow::anyhow!("the secret key is not a valid nsec or hex key")
+    })?))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FEDAI_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match &cli.cmd {
+        Cmd::Keygen { out } => keygen(out.as_ref()),
+        Cmd::Workers { json } => workers(&cli, *json).await,
+        Cmd::Infer {
+            prompt,
+            model,
+            worker,
+            max_tokens,
+            temperature,
+            private,
+            json,
+            timeout,
+            raw,
+        } => {
+            let client = FedaiClient::connect(&cli.relays, keys(&cli)?).await?;
+            let mut req = if *raw {
+                JobRequest::text(prompt.clone())
+            } else {
+                chat_request(prompt)
+            };
+            req.params.model = model.clone();
+            req.params.max_tokens = *max_tokens;
+            req.params.temperature = *temperature;
+            let r = infer(
+                &client,
+                req,
+                worker.as_deref(),
+                *private,
+                *json,
+                Duration::from_secs(*timeout),
+            )
+            .await;
+            client.shutdown().await;
+            r.map(drop)
+        }
+        Cmd::Job { id } => job(&cli, id).await,
+        Cmd::Metering {
+            cmd: MeteringCmd::Verify { target },
+        } => metering_verify(&cli, target).await,
+        Cmd::Demo { prompt, max_tokens } => demo::run(prompt, *max_tokens).await,
+    }
+}
+
+/// A one-turn chat request: instruct models answer it through their chat template.
+pub(crate) fn chat_request(prompt: &str) -> JobRequest {
+    JobRequest {
+        input: fedai_protocol::JobInput::Chat(vec![fedai_protocol::ChatMessage {
+            role: "user".into(),
+            content: prompt.to_owned(),
+        }]),
+        ..JobRequest::text("")
+    }
+}
+
+fn keygen(out: Option<&PathBuf>) -> anyhow::Result<()> {
+    let k = Keys::generate();
+    let nsec = k.secret_key().to_bech32()?;
+    println!("npub: {}", k.public_key().to_bech32()?);
+    match out {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {} (it must not exist)", path.display()))?;
+            writeln!(f, "{nsec}")?;
+            println!("nsec written to {} (mode 0600)", path.display());
+        }
+        None => println!("nsec: {nsec}"),
+    }
+    Ok(())
+}
+
+async fn workers(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let client = FedaiClient::connect(&cli.relays, Keys::generate()).await?;
+    let ads = client.workers().await?;
+    client.shutdown().await;
+    let now = Timestamp::now().as_secs();
+    if json {
+        let v: Vec<serde_json::Value> = ads.iter().map(|a| serde_json::json!({
+            "worker": a.worker.to_bech32().unwrap_or_default(), "instance": a.ad.instance,
+            "models": a.ad.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+            "prices": a.ad.prices.iter().map(|p| serde_json::json!({"model": p.model, "base_msat": p.base_msat, "per_1k_in_msat": p.per_1k_input_msat, "per_1k_out_msat": p.per_1k_output_msat})).collect::<Vec<_>>(),
+            "in_flight": a.ad.in_flight, "max_concurrent": a.ad.max_concurrent, "runner": a.ad.runner,
+            "age_secs": now.saturating_sub(a.created_at.as_secs()),
+        })).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if ads.is_empty() {
+        println!("no live workers on {}", cli.relays.join(", "));
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<10} {:<34} {:<22} {:>6} {:>5}",
+        "worker", "runner", "models", "price msat (base/in/out)", "load", "age"
+    );
+    for a in &ads {
+        let npub = a.worker.to_bech32().unwrap_or_default();
+        let models: Vec<&str> = a.ad.models.iter().map(|m| m.id.as_str()).collect();
+        let price =
+            a.ad.prices
+                .first()
+                .map(|p| {
+                    format!(
+                        "{}/{}/{}",
+                        p.base_msat, p.per_1k_input_msat, p.per_1k_output_msat
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<10} {:<34} {:<22} {:>6} {:>4}s",
+            format!("{}…", &npub[..16]),
+            a.ad.runner,
+            models.join(","),
+            price,
+            format!("{}/{}", a.ad.in_flight, a.ad.max_concurrent),
+            now.saturating_sub(a.created_at.as_secs())
+        );
+    }
+    Ok(())
+}
+
+/// Pick a worker, run the job, print as it streams. Shared by `infer` and `demo`.
+pub(crate) async fn infer(
+    client: &FedaiClient,
+    mut req: JobRequest,
+    worker: Option<&str>,
+    private: bool,
+    json: bool,
+    timeout: Duration,
+) -> anyhow::Result<JobOutcome> {
+    let provider = match worker {
+        Some(w) => PublicKey::parse(w)
+            .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))?,
+        None => {
+            let ads = client.workers().await?;
+            match pick_worker(&ads, req.params.model.as_deref()) {
+                Some(a) => a.worker,
+                None => bail!(
+                    "no live worker serves {} (try `fedai workers`)",
+                    req.params.model.as_deref().unwrap_or("any model")
+                ),
+            }
+        }
+    };
+    req.provider = Some(provider);
+    req.params.stream = !json;
+    req.expiration = Some(Timestamp::from_secs(
+        Timestamp::now().as_secs() + timeout.as_secs(),
+    ));
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut spinner = tty.then(|| {
+        tokio::spawn(async {
+            let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+            for i in 0.. {
+                eprint!("\r{} waiting for the worker…", frames[i % frames.len()]);
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        })
+    });
+    let stop_spinner = |spinner: &mut Option<tokio::task::JoinHandle<()>>| {
+        if let Some(s) = spinner.take() {
+            s.abort();
+            eprint!("\r\x1b[2K");
+        }
+    };
+    let mut streamed = false;
+    let outcome = client
+        .submit(req, private, timeout, |u| {
+            if let JobUpdate::Partial(text) = u {
+                stop_spinner(&mut spinner);
+                streamed = true;
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+        })
+        .await;
+    stop_spinner(&mut spinner);
+    let done = outcome?;
+    if json {
+        let m = done.metering.as_ref();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "request": done.request.id.to_hex(), "result": done.result.id.to_hex(),
+                "worker": done.result.worker.to_bech32().unwrap_or_default(), "model": done.result.result.model,
+                "output": done.output,
+                "usage": {"input_tokens": done.result.result.usage.input_tokens, "output_tokens": done.result.result.usage.output_tokens},
+                "price_msat": m.map(|(m, _)| m.record.price_msat),
+                "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
+            }))?
+        );
+    } else {
+        if !streamed {
+            print!("{}", done.output);
+        }
+        println!();
+        let u = done.result.result.usage;
+        match &done.metering {
+            Some((m, _)) => eprintln!(
+                "— {} · {} in / {} out tokens · {} ms · {} msat · result and metering verified",
+                done.result.result.model,
+                u.input_tokens,
+                u.output_tokens,
+                m.record.wall_ms,
+                m.record.price_msat
+            ),
+            None => eprintln!(
+                "— {} · {} in / {} out tokens · result verified; no metering record arrived",
+                done.result.result.model, u.input_tokens, u.output_tokens
+            ),
+        }
+    }
+    Ok(done)
+}
+
+async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
+    let id = EventId::parse(id).map_err(|_| anyhow::anyhow!("not an event id"))?;
+    let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
+    let t = Duration::from_secs(3);
+    let mut events = client.fetch(Filter::new().id(id), t).await?;
+    events.extend(
+        client
+            .fetch(
+                Filter::new().event(id).kinds(
+                    [
+                        kinds::JOB_FEEDBACK,
+                        kinds::JOB_RESULT,
+                        kinds::METERING,
+                        kinds::AWARD,
+                        kinds::PAYMENT_RECEIPT,
+                        kinds::DELETION,
+                    ]
+                    .map(Kind::from_u16),
+                ),
+                t,
+            )
+            .await?,
+    );
+    client.shutdown().await;
+    if events.is_empty() {
+        bail!("no events for {id} on {}", cli.relays.join(", "));
+    }
+    events.sort_by_key(|e| e.created_at);
+    let mut state = "submitted";
+    for e in &events {
+        let what = match e.kind.as_u16() {
+            kinds::JOB_REQUEST => "request".to_owned(),
+            kinds::JOB_FEEDBACK => match JobFeedback::from_event(e, None) {
+                Ok(f) => {
+                    state = match f.status.as_str() {
+                        "error" => "failed",
+                        "success" => "done",
+                        "processing" => "processing",
+                        s => {
+                            if state == "done" {
+                                "done"
+                            } else {
+                                s
+                            }
+                        }
+                    };
+                    match (&f.code, f.seq) {
+                        (Some(c), _) => format!(
+                            "feedback {} ({c}: {})",
+                            f.status,
+                            if f.encrypted {
+                                "<encrypted>"
+                            } else {
+                                f.info.as_deref().unwrap_or("")
+                            }
+                        ),
+                        (_, Some(s)) => format!("feedback partial #{s}"),
+                        _ => format!("feedback {}", f.status),
+                    }
+                }
+                Err(err) => format!("invalid feedback ({err})"),
+            },
+            kinds::JOB_RESULT => match JobResult::from_event(e, None) {
+                Ok(r) => {
+                    state = "done";
+                    format!(
+                        "result: {} in / {} out tokens, model {}",
+                        r.result.usage.input_tokens, r.result.usage.output_tokens, r.result.model
+                    )
+                }
+                Err(err) => format!("invalid result ({err})"),
+            },
+            kinds::METERING => match MeteringRecord::from_event(e) {
+                Ok(m) => format!(
+                    "metering: {} msat, {} ms",
+                    m.record.price_msat, m.record.wall_ms
+                ),
+                Err(err) => format!("invalid metering ({err})"),
+            },
+            kinds::DELETION => {
+                state = "cancelled";
+                "cancellation".into()
+            }
+            k => format!("kind {k}"),
+        };
+        println!(
+            "{}  {}  {}…  {what}",
+            e.created_at.as_secs(),
+            &e.pubkey.to_hex()[..12],
+            &e.id.to_hex()[..12]
+        );
+    }
+    println!("state: {state}");
+    Ok(())
+}
+
+async fn metering_verify(cli: &Cli, target: &str) -> anyhow::Result<()> {
+    let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
+    let t = Duration::from_secs(3);
+    let metering_ev = if std::path::Path::new(target).exists() {
+        Event::from_json(std::fs::read_to_string(target)?).context("file is not a Nostr event")?
+    } else {
+        let id =
+            EventId::parse(target).map_err(|_| anyhow::anyhow!("not an event id or a file"))?;
+        client
+            .fetch(Filter::new().id(id), t)
+            .await?
+            .into_iter()
+            .next()
+            .context("metering record not found on the relays")?
+    };
+    let m = MeteringRecord::from_event(&metering_ev).context("not a valid metering record")?;
+    let result_ev = client
+        .fetch(Filter::new().id(m.record.result_id), t)
+        .await?
+        .into_iter()
+        .next()
+        .context("result not found")?;
+    let request_ev = client
+        .fetch(Filter::new().id(m.record.request_id), t)
+        .await?
+        .into_iter()
+        .next()
+        .context("request not found")?;
+    let keys = keys(cli)?;
+    let result = JobResult::from_event(&result_ev, Some(&keys))
+        .or_else(|_| JobResult::from_event(&result_ev, None))?;
+    let check = match JobRequest::from_event(&request_ev, None) {
+        Ok(req) => m.verify(&result, &req)?,
+        Err(fedai_protocol::ProtocolError::NotRecipient) => {
+            m.verify_sealed(&result, &request_ev)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    client.shutdown().await;
+    println!(
+        "metering {} verified: worker {}, {} in / {} out tokens, {} msat, prompt hash {}",
+        m.id.to_hex(),
+        m.worker.to_bech32()?,
+        m.record.usage.input_tokens,
+        m.record.usage.output_tokens,
+        m.record.price_msat,
+        if check.prompt_checked {
+            "checked"
+        } else {
+            "not checked (private job)"
+        }
+    );
+    Ok(())
+}

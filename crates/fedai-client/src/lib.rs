@@ -1,0 +1,335 @@
+//! # fedai-client
+//!
+//! The customer side of fed_AI, used by the `fedai` CLI (and later the gateway):
+//! - [`FedaiClient::workers`]: live capability ads from every relay, expired ones dropped;
+//! - [`FedaiClient::submit`]: publish a job, stream its partial tokens in order, await the
+//!   result with a deadline, and verify result and metering signatures and consistency.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fedai_client::ClientError> {
+//! use fedai_client::{FedaiClient, JobUpdate};
+//! use fedai_protocol::{JobRequest, Keys};
+//! let client = FedaiClient::connect(&["ws://127.0.0.1:7777".into()], Keys::generate()).await?;
+//! let ads = client.workers().await?;
+//! let worker = fedai_client::pick_worker(&ads, None).expect("a live worker");
+//! let mut req = JobRequest::text("Say hello");
+//! req.provider = Some(worker.worker);
+//! let done = client
+//!     .submit(req, false, std::time::Duration::from_secs(60), |u| {
+//!         if let JobUpdate::Partial(text) = u { print!("{text}") }
+//!     })
+//!     .await?;
+//! println!("\n{}", done.output);
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use fedai_protocol::capability::ParsedCapabilityAd;
+use fedai_protocol::metering::ParsedMetering;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::result::ParsedJobResult;
+use fedai_protocol::{
+    kinds, CapabilityAd, Encryption, ErrorCode, FeedbackStatus, JobFeedback, JobRequest, JobResult,
+    MeteringCheck, MeteringRecord, ParsedJobRequest,
+};
+use futures_util::StreamExt;
+use nostr_sdk::prelude::{Client, ClientNotification};
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Relay connection or subscription failed.
+    #[error("relay error: {0}")]
+    Relay(String),
+    /// Building or parsing a protocol message failed.
+    #[error(transparent)]
+    Protocol(#[from] fedai_protocol::ProtocolError),
+    /// The worker refused or failed the job.
+    #[error("worker error `{code}`: {reason}")]
+    Job {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human reason.
+        reason: String,
+    },
+    /// No result before the deadline.
+    #[error("no result within {0:?}")]
+    Timeout(Duration),
+    /// No worker fits.
+    #[error("no live worker serves this job")]
+    NoWorker,
+}
+
+/// Progress of a job, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobUpdate {
+    /// The request was published.
+    Submitted(EventId),
+    /// A worker started it.
+    Processing(PublicKey),
+    /// The next chunk of streamed output (delivered in `seq` order, without gaps).
+    Partial(String),
+}
+
+/// A finished, verified job.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// The request as parsed back.
+    pub request: ParsedJobRequest,
+    /// The result (verified; decrypted if it was encrypted).
+    pub result: ParsedJobResult,
+    /// Output text.
+    pub output: String,
+    /// The metering record and what its verification covered, if it arrived in time.
+    pub metering: Option<(ParsedMetering, MeteringCheck)>,
+}
+
+/// A connection to fed_AI relays with the customer's keys.
+pub struct FedaiClient {
+    client: Client,
+    keys: Keys,
+}
+
+impl FedaiClient {
+    /// Connect to `relays` (waits up to 5 s; unreachable relays are retried in the background).
+    pub async fn connect(relays: &[String], keys: Keys) -> Result<Self, ClientError> {
+        let client = Client::default();
+        for r in relays {
+            client
+                .add_relay(r.as_str())
+                .await
+                .map_err(|e| ClientError::Relay(format!("{r}: {e}")))?;
+        }
+        client.connect().and_wait(Duration::from_secs(5)).await;
+        Ok(Self { client, keys })
+    }
+
+    /// The customer's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    /// Fetch events matching `filter` from all relays.
+    pub async fn fetch(
+        &self,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Result<Vec<Event>, ClientError> {
+        let events = self
+            .client
+            .fetch_events(filter)
+            .timeout(timeout)
+            .await
+            .map_err(|e| ClientError::Relay(e.to_string()))?;
+        Ok(events.into_iter().collect())
+    }
+
+    /// Live fed_AI workers: the newest ad per (worker, instance), verified, not expired.
+    pub async fn workers(&self) -> Result<Vec<ParsedCapabilityAd>, ClientError> {
+        let filter = Filter::new()
+            .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+            .custom_tag(
+                SingleLetterTag::from_char('t').expect("t is a tag letter"),
+                kinds::FEDAI_TOPIC,
+            );
+        let now = Timestamp::now();
+        let mut newest: HashMap<(PublicKey, String), ParsedCapabilityAd> = HashMap::new();
+        for ev in self.fetch(filter, Duration::from_secs(3)).await? {
+            let Ok(ad) = CapabilityAd::from_event(&ev) else {
+                continue;
+            };
+            if ad.ad.expiration <= now {
+                continue;
+            }
+            let key = (ad.worker, ad.ad.instance.clone());
+            if newest
+                .get(&key)
+                .is_none_or(|old| old.created_at < ad.created_at)
+            {
+                newest.insert(key, ad);
+            }
+        }
+        let mut ads: Vec<_> = newest.into_values().filter(|a| a.ad.healthy).collect();
+        ads.sort_by_key(|a| (a.worker, a.ad.instance.clone()));
+        Ok(ads)
+    }
+
+    /// Publish `request` (encrypted to its provider when `private`), stream updates to
+    /// `on_update`, and return the verified result. Errors from the worker end the job.
+    pub async fn submit(
+        &self,
+        request: JobRequest,
+        private: bool,
+        timeout: Duration,
+        mut on_update: impl FnMut(JobUpdate),
+    ) -> Result<JobOutcome, ClientError> {
+        let event = request.to_event(&self.keys, private.then_some(Encryption::Nip44))?;
+        let parsed = JobRequest::from_event(&event, None).or_else(|e| match e {
+            // Our own encrypted request: we know the plaintext.
+            fedai_protocol::ProtocolError::NotRecipient => Ok(ParsedJobRequest {
+                id: event.id,
+                customer: event.pubkey,
+                created_at: event.created_at,
+                encrypted: Some(Encryption::Nip44),
+                input_data: request.input.data(),
+                request: request.clone(),
+            }),
+            e => Err(e),
+        })?;
+        let worker_filter = request.provider;
+        // Take notifications before subscribing, or early answers are missed.
+        let mut notifications = self.client.notifications();
+        let filter = Filter::new()
+            .kinds([kinds::JOB_FEEDBACK, kinds::JOB_RESULT, kinds::METERING].map(Kind::from_u16))
+            .event(event.id);
+        let sub = self
+            .client
+            .subscribe(filter)
+            .await
+            .map_err(|e| ClientError::Relay(e.to_string()))?;
+        let sent = self
+            .client
+            .send_event(&event)
+            .save_into_database(false)
+            .await
+            .map_err(|e| ClientError::Relay(e.to_string()))?;
+        if sent.success.is_empty() {
+            let why: Vec<String> = sent.failed.values().cloned().collect();
+            return Err(ClientError::Relay(format!(
+                "no relay accepted the request: {}",
+                why.join("; ")
+            )));
+        }
+        on_update(JobUpdate::Submitted(event.id));
+
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut next_seq = 0u64;
+        let mut early: BTreeMap<u64, String> = BTreeMap::new();
+        let mut result: Option<ParsedJobResult> = None;
+        let mut meterings: Vec<ParsedMetering> = Vec::new();
+        let mut processing_seen = false;
+        let mut metering_deadline = None;
+        let outcome = loop {
+            let until = metering_deadline.unwrap_or(deadline).min(deadline);
+            let n = match tokio::time::timeout_at(until, notifications.next()).await {
+                Ok(Some(n)) => n,
+                Ok(None) => break Err(ClientError::Relay("client shut down".into())),
+                Err(_) => match result.take() {
+                    Some(r) => break Ok(r),
+                    None => break Err(ClientError::Timeout(timeout)),
+                },
+            };
+            let ClientNotification::Event { event: ev, .. } = n else {
+                continue;
+            };
+            // Only the worker we chose may answer a directed job.
+            if worker_filter.is_some_and(|w| w != ev.pubkey) {
+                continue;
+            }
+            match ev.kind.as_u16() {
+                kinds::JOB_FEEDBACK => {
+                    let Ok(fb) = JobFeedback::from_event(&ev, Some(&self.keys)) else {
+                        continue;
+                    };
+                    if fb.request_id != event.id {
+                        continue;
+                    }
+                    match fb.status {
+                        FeedbackStatus::Processing if !processing_seen => {
+                            processing_seen = true;
+                            on_update(JobUpdate::Processing(ev.pubkey));
+                        }
+                        FeedbackStatus::Partial => {
+                            if let Some(seq) = fb.seq.filter(|s| *s >= next_seq) {
+                                early.insert(seq, fb.content);
+                                while let Some(chunk) = early.remove(&next_seq) {
+                                    on_update(JobUpdate::Partial(chunk));
+                                    next_seq += 1;
+                                }
+                            }
+                        }
+                        FeedbackStatus::Error if result.is_none() => {
+                            break Err(ClientError::Job {
+                                code: fb.code.unwrap_or(ErrorCode::Other("unknown".into())),
+                                reason: fb.info.unwrap_or_default(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                kinds::JOB_RESULT if result.is_none() => {
+                    let Ok(r) = JobResult::from_event(&ev, Some(&self.keys)) else {
+                        tracing::warn!(id = %ev.id, "ignoring an invalid result");
+                        continue;
+                    };
+                    if r.request_id() != event.id {
+                        continue;
+                    }
+                    // Give the metering record a moment to arrive (it is published right after).
+                    metering_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    let have_metering = meterings.iter().any(|m| m.record.result_id == r.id);
+                    result = Some(r);
+                    if have_metering {
+                        break Ok(result.take().expect("just set"));
+                    }
+                }
+                kinds::METERING => {
+                    let Ok(m) = MeteringRecord::from_event(&ev) else {
+                        continue;
+                    };
+                    let done = result.as_ref().is_some_and(|r| r.id == m.record.result_id);
+                    meterings.push(m);
+                    if done {
+                        break Ok(result.take().expect("checked"));
+                    }
+                }
+                _ => {}
+            }
+        };
+        let _ = self.client.unsubscribe(sub.id()).await;
+        let result = outcome?;
+        let metering = match meterings
+            .into_iter()
+            .find(|m| m.record.result_id == result.id)
+        {
+            Some(m) => {
+                let check = m.verify(&result, &parsed)?;
+                Some((m, check))
+            }
+            None => None,
+        };
+        let output = result.result.output.clone();
+        Ok(JobOutcome {
+            request: parsed,
+            result,
+            output,
+            metering,
+        })
+    }
+
+    /// Close connections.
+    pub async fn shutdown(self) {
+        self.client.shutdown().await;
+    }
+}
+
+/// Choose a worker for `model` (any model when `None`): healthy, serving it, with a free slot;
+/// the one with the most free capacity, ties broken at random so that many customers do not
+/// all pick the same worker. (The full scheduler arrives with `fedai-scheduler`.)
+pub fn pick_worker<'a>(
+    ads: &'a [ParsedCapabilityAd],
+    model: Option<&str>,
+) -> Option<&'a ParsedCapabilityAd> {
+    use std::hash::BuildHasher;
+    // A randomly seeded hasher gives each call its own random order of workers.
+    let order = std::collections::hash_map::RandomState::new();
+    ads.iter()
+        .filter(|a| a.ad.healthy && model.is_none_or(|m| a.ad.serves(m)) && !a.ad.models.is_empty())
+        .filter(|a| a.ad.in_flight < a.ad.max_concurrent)
+        .max_by_key(|a| {
+            let free = a.ad.max_concurrent.saturating_sub(a.ad.in_flight);
+            (free, order.hash_one((a.worker, &a.ad.instance)))
+        })
+}

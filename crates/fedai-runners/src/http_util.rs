@@ -1,0 +1,234 @@
+//! HTTP plumbing shared by the adapters: JSON calls with bounded connect retries, and streaming
+//! bodies split into lines with an idle timeout.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::{HttpOptions, RunnerError};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+    base: String,
+    pub(crate) opts: HttpOptions,
+}
+
+fn map_err(e: reqwest::Error, opts: &HttpOptions) -> RunnerError {
+    if e.is_connect() {
+        RunnerError::Unreachable(e.to_string())
+    } else if e.is_timeout() {
+        RunnerError::Timeout(opts.idle_timeout)
+    } else {
+        RunnerError::Protocol(e.to_string())
+    }
+}
+
+impl Http {
+    pub(crate) fn new(base: &str, opts: HttpOptions) -> Result<Self, RunnerError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .map_err(|e| RunnerError::Protocol(e.to_string()))?;
+        Ok(Self {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+            opts,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Send, retrying only when the connection could not be made (nothing reached the server).
+    async fn send(
+        &self,
+        req: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RunnerError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match req().send().await {
+                Ok(resp) => return check_status(resp).await,
+                Err(e) if e.is_connect() && attempt < self.opts.connect_attempts => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(map_err(e, &self.opts)),
+            }
+        }
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<reqwest::Response, RunnerError> {
+        let url = self.url(path);
+        let idle = self.opts.idle_timeout;
+        self.send(|| self.client.get(&url).timeout(idle)).await
+    }
+
+    pub(crate) async fn get_json(&self, path: &str) -> Result<Value, RunnerError> {
+        let resp = self.get(path).await?;
+        resp.json().await.map_err(|e| map_err(e, &self.opts))
+    }
+
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> Result<Value, RunnerError> {
+        let url = self.url(path);
+        let idle = self.opts.idle_timeout;
+        let resp = self
+            .send(|| self.client.post(&url).json(body).timeout(idle))
+            .await?;
+        resp.json().await.map_err(|e| map_err(e, &self.opts))
+    }
+
+    /// POST and return the response for streaming (no overall timeout: see [`lines`]).
+    pub(crate) async fn post_stream(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, RunnerError> {
+        let url = self.url(path);
+        self.send(|| self.client.post(&url).json(body)).await
+    }
+}
+
+async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, RunnerError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let message: String = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .or(v["error"].as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or(text)
+        .chars()
+        .take(300)
+        .collect();
+    Err(RunnerError::Status {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+/// The body of `resp` as lines (without the newline), each awaited for at most `idle`.
+pub(crate) fn lines(
+    resp: reqwest::Response,
+    idle: Duration,
+) -> impl Stream<Item = Result<String, RunnerError>> + Send {
+    let body = resp.bytes_stream();
+    futures_util::stream::unfold(
+        (
+            Box::pin(body),
+            Vec::<u8>::new(),
+            VecDeque::<String>::new(),
+            false,
+        ),
+        move |(mut body, mut buf, mut ready, mut ended)| async move {
+            loop {
+                if let Some(line) = ready.pop_front() {
+                    return Some((Ok(line), (body, buf, ready, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match tokio::time::timeout(idle, body.next()).await {
+                    Err(_) => {
+                        ended = true;
+                        return Some((Err(RunnerError::Timeout(idle)), (body, buf, ready, ended)));
+                    }
+                    Ok(None) => {
+                        ended = true;
+                        if !buf.is_empty() {
+                            ready.push_back(String::from_utf8_lossy(&buf).into_owned());
+                            buf.clear();
+                        }
+                    }
+                    Ok(Some(Err(e))) => {
+                        ended = true;
+                        return Some((
+                            Err(RunnerError::Protocol(e.to_string())),
+                            (body, buf, ready, ended),
+                        ));
+                    }
+                    Ok(Some(Ok(bytes))) => {
+                        buf.extend_from_slice(&bytes);
+                        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                            let mut line: Vec<u8> = buf.drain(..=pos).collect();
+                            line.pop();
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                            ready.push_back(String::from_utf8_lossy(&line).into_owned());
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Server-sent events: the `data:` payloads of `resp`, stopping at `[DONE]`.
+pub(crate) fn sse_data(
+    resp: reqwest::Response,
+    idle: Duration,
+) -> impl Stream<Item = Result<Value, RunnerError>> + Send {
+    lines(resp, idle).filter_map(|l| async move {
+        match l {
+            Err(e) => Some(Err(e)),
+            Ok(line) => {
+                let data = line.strip_prefix("data:")?.trim();
+                if data == "[DONE]" {
+                    return None;
+                }
+                Some(
+                    serde_json::from_str::<Value>(data)
+                        .map_err(|e| RunnerError::Protocol(format!("bad SSE payload: {e}"))),
+                )
+            }
+        }
+    })
+}
+
+/// Newline-delimited JSON.
+pub(crate) fn ndjson(
+    resp: reqwest::Response,
+    idle: Duration,
+) -> impl Stream<Item = Result<Value, RunnerError>> + Send {
+    lines(resp, idle).filter_map(|l| async move {
+        match l {
+            Err(e) => Some(Err(e)),
+            Ok(line) if line.trim().is_empty() => None,
+            Ok(line) => Some(
+                serde_json::from_str::<Value>(&line)
+                    .map_err(|e| RunnerError::Protocol(format!("bad NDJSON line: {e}"))),
+            ),
+        }
+    })
+}
+
+/// Common sampling fields for JSON bodies.
+pub(crate) fn sampling(body: &mut Value, p: &fedai_protocol::JobParams) {
+    if let Some(t) = p.temperature {
+        body["temperature"] = t.into();
+    }
+    if let Some(k) = p.top_k {
+        body["top_k"] = k.into();
+    }
+    if let Some(t) = p.top_p {
+        body["top_p"] = t.into();
+    }
+    if let Some(f) = p.frequency_penalty {
+        body["frequency_penalty"] = f.into();
+    }
+    if !p.stop.is_empty() {
+        body["stop"] = p.stop.clone().into();
+    }
+}

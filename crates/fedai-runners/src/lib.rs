@@ -1,0 +1,174 @@
+//! # fedai-runners
+//!
+//! One [`Runner`] trait over the inference servers a worker can front. Every adapter talks to a
+//! separate process over HTTP — no inference runs inside fed_AI processes — so runners are
+//! hot-swappable and never need protocol changes.
+//!
+//! | kind | server | endpoints |
+//! |---|---|---|
+//! | `llama-cpp` | llama.cpp `llama-server` | `/completion` (SSE), `/apply-template`, `/health`, `/v1/models`, `/props` |
+//! | `openai` | any OpenAI-compatible server (vLLM, llama.cpp `/v1`) | `/v1/completions`, `/v1/chat/completions` (SSE), `/v1/models` |
+//! | `ollama` | Ollama | `/api/generate`, `/api/chat` (NDJSON), `/api/tags` |
+//! | `http` | the generic fed_AI runner contract | `/models`, `/infer`, `/estimate`, `/health` |
+//! | `mock` | none: deterministic, **for unit tests only** | — |
+//!
+//! Streams are cancel-safe: dropping a [`TokenStream`] drops the HTTP response, which closes the
+//! connection and stops generation upstream. Connection errors (and only those) are retried a
+//! bounded number of times before the first byte.
+
+pub mod generic;
+mod http_util;
+pub mod llama_cpp;
+pub mod local;
+pub mod mock;
+pub mod ollama;
+pub mod openai;
+pub mod sandbox;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedai_protocol::{JobInput, JobParams, ModelInfo};
+use futures_util::Stream;
+
+pub use sandbox::SandboxPolicy;
+
+/// A boxed future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The tokens of one inference, ending with [`Piece::Done`].
+pub type TokenStream = Pin<Box<dyn Stream<Item = Result<Piece, RunnerError>> + Send>>;
+
+/// What a runner is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    /// Model id (resolved by the worker: never empty).
+    pub model: String,
+    /// Prompt or chat.
+    pub input: JobInput,
+    /// Sampling parameters (the model field is ignored; see `model`).
+    pub params: JobParams,
+    /// Tokens to generate at most (resolved by the worker).
+    pub max_tokens: u32,
+}
+
+/// One item of a token stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Generated text.
+    Text(String),
+    /// End of generation, with the token counts the runner reported.
+    Done {
+        /// Prompt tokens.
+        input_tokens: u64,
+        /// Generated tokens.
+        output_tokens: u64,
+    },
+}
+
+/// A cost estimate before running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Upper bound of generated tokens.
+    pub max_output_tokens: u64,
+}
+
+/// Runner failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunnerError {
+    /// The server could not be reached (after retries).
+    #[error("runner unreachable: {0}")]
+    Unreachable(String),
+    /// The model is not served.
+    #[error("model `{0}` is not available on this runner")]
+    UnknownModel(String),
+    /// The server answered with an error status.
+    #[error("runner returned HTTP {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Server message (never contains the prompt: servers echo errors, not inputs).
+        message: String,
+    },
+    /// The server's answer could not be understood.
+    #[error("runner protocol error: {0}")]
+    Protocol(String),
+    /// No progress within the deadline.
+    #[error("runner timed out after {0:?}")]
+    Timeout(Duration),
+    /// The request is not allowed (sandbox) or not supported by this runner.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// An inference server.
+pub trait Runner: Send + Sync {
+    /// Runner kind (`llama-cpp`, `openai`, …) as advertised.
+    fn kind(&self) -> &'static str;
+    /// Models the server serves.
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>>;
+    /// Start an inference; the stream yields text pieces then `Done`.
+    fn infer(&self, req: InferRequest) -> BoxFuture<'_, Result<TokenStream, RunnerError>>;
+    /// Estimate token counts without generating.
+    fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>>;
+    /// Whether the server is up and ready.
+    fn health(&self) -> BoxFuture<'_, Result<(), RunnerError>>;
+}
+
+/// Timeouts and retries shared by the HTTP adapters.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next piece of a stream (and for non-streaming answers).
+    pub idle_timeout: Duration,
+    /// Connect attempts before giving up (connection errors only).
+    pub connect_attempts: u32,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            connect_attempts: 3,
+        }
+    }
+}
+
+/// Build a runner of `kind` for `url`, after checking the sandbox policy.
+pub fn build(
+    kind: &str,
+    url: &str,
+    policy: &SandboxPolicy,
+    opts: HttpOptions,
+) -> Result<Arc<dyn Runner>, RunnerError> {
+    policy.check(kind, url)?;
+    Ok(match kind {
+        "llama-cpp" => Arc::new(llama_cpp::LlamaCpp::new(url, opts)?),
+        "openai" => Arc::new(openai::OpenAi::new(url, opts)?),
+        "ollama" => Arc::new(ollama::Ollama::new(url, opts)?),
+        "http" => Arc::new(generic::GenericHttp::new(url, opts)?),
+        "mock" => Arc::new(mock::MockRunner::default()),
+        other => {
+            return Err(RunnerError::Refused(format!(
+                "unknown runner kind `{other}`"
+            )))
+        }
+    })
+}
+
+/// Chat messages of an input (a text prompt is one user message).
+pub(crate) fn as_messages(input: &JobInput) -> Vec<fedai_protocol::ChatMessage> {
+    match input {
+        JobInput::Text(t) => vec![fedai_protocol::ChatMessage {
+            role: "user".into(),
+            content: t.clone(),
+        }],
+        JobInput::Chat(m) => m.clone(),
+    }
+}

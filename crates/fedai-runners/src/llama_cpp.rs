@@ -1,0 +1,150 @@
+//! llama.cpp's `llama-server`: `/completion` with SSE streaming.
+
+use std::sync::Mutex;
+
+use fedai_protocol::{JobInput, ModelInfo};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::http_util::{sampling, sse_data, Http};
+use crate::{
+    BoxFuture, Estimate, HttpOptions, InferRequest, Piece, Runner, RunnerError, TokenStream,
+};
+
+/// Adapter for a llama.cpp server.
+#[derive(Debug)]
+pub struct LlamaCpp {
+    http: Http,
+    models: Mutex<Vec<ModelInfo>>,
+}
+
+impl LlamaCpp {
+    /// A runner for the server at `url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(url: &str, opts: HttpOptions) -> Result<Self, RunnerError> {
+        Ok(Self {
+            http: Http::new(url, opts)?,
+            models: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn fetch_models(&self) -> Result<Vec<ModelInfo>, RunnerError> {
+        let v = self.http.get_json("/v1/models").await?;
+        let props = self.http.get_json("/props").await.unwrap_or(Value::Null);
+        let ctx = props["default_generation_settings"]["n_ctx"]
+            .as_u64()
+            .unwrap_or(0) as u32;
+        let quant = props["model_ftype"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned();
+        let models: Vec<ModelInfo> = v["data"]
+            .as_array()
+            .ok_or_else(|| RunnerError::Protocol("/v1/models has no data".into()))?
+            .iter()
+            .filter_map(|m| m["id"].as_str())
+            .map(|id| ModelInfo {
+                id: id.to_owned(),
+                context_length: ctx,
+                quantisation: quant.clone(),
+            })
+            .collect();
+        *self.models.lock().unwrap_or_else(|e| e.into_inner()) = models.clone();
+        Ok(models)
+    }
+
+    /// Whether `model` is served; refreshes the cached list on a miss (models can be swapped).
+    async fn check_model(&self, model: &str) -> Result<(), RunnerError> {
+        let known = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m.id == model);
+        if known || self.fetch_models().await?.iter().any(|m| m.id == model) {
+            Ok(())
+        } else {
+            Err(RunnerError::UnknownModel(model.to_owned()))
+        }
+    }
+
+    async fn prompt(&self, input: &JobInput) -> Result<String, RunnerError> {
+        match input {
+            JobInput::Text(t) => Ok(t.clone()),
+            JobInput::Chat(messages) => {
+                // The server applies the model's own chat template.
+                let v = self
+                    .http
+                    .post_json("/apply-template", &json!({ "messages": messages }))
+                    .await?;
+                v["prompt"].as_str().map(str::to_owned).ok_or_else(|| {
+                    RunnerError::Protocol("/apply-template returned no prompt".into())
+                })
+            }
+        }
+    }
+}
+
+impl Runner for LlamaCpp {
+    fn kind(&self) -> &'static str {
+        "llama-cpp"
+    }
+
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {
+        Box::pin(self.fetch_models())
+    }
+
+    fn infer(&self, req: InferRequest) -> BoxFuture<'_, Result<TokenStream, RunnerError>> {
+        Box::pin(async move {
+            self.check_model(&req.model).await?;
+            let prompt = self.prompt(&req.input).await?;
+            let mut body = json!({
+                "prompt": prompt,
+                "n_predict": req.max_tokens,
+                "stream": true,
+                "cache_prompt": true,
+            });
+            sampling(&mut body, &req.params);
+            let resp = self.http.post_stream("/completion", &body).await?;
+            let stream = sse_data(resp, self.http.opts.idle_timeout).flat_map(|item| {
+                let out: Vec<Result<Piece, RunnerError>> = match item {
+                    Err(e) => vec![Err(e)],
+                    Ok(v) => {
+                        let mut out = Vec::new();
+                        if let Some(t) = v["content"].as_str().filter(|t| !t.is_empty()) {
+                            out.push(Ok(Piece::Text(t.to_owned())));
+                        }
+                        if v["stop"].as_bool() == Some(true) {
+                            out.push(Ok(Piece::Done {
+                                input_tokens: v["tokens_evaluated"].as_u64().unwrap_or(0),
+                                output_tokens: v["tokens_predicted"].as_u64().unwrap_or(0),
+                            }));
+                        }
+                        out
+                    }
+                };
+                futures_util::stream::iter(out)
+            });
+            Ok(Box::pin(stream) as TokenStream)
+        })
+    }
+
+    fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>> {
+        let req = req.clone();
+        Box::pin(async move {
+            let prompt = self.prompt(&req.input).await?;
+            let v = self
+                .http
+                .post_json("/tokenize", &json!({ "content": prompt }))
+                .await?;
+            let n = v["tokens"].as_array().map(Vec::len).unwrap_or(0) as u64;
+            Ok(Estimate {
+                input_tokens: n,
+                max_output_tokens: u64::from(req.max_tokens),
+            })
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), RunnerError>> {
+        Box::pin(async move { self.http.get("/health").await.map(drop) })
+    }
+}

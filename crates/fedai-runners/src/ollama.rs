@@ -1,0 +1,135 @@
+//! Ollama: `/api/generate` and `/api/chat` with NDJSON streaming, `/api/tags`.
+
+use fedai_protocol::{JobInput, ModelInfo};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::http_util::{ndjson, Http};
+use crate::{
+    as_messages, BoxFuture, Estimate, HttpOptions, InferRequest, Piece, Runner, RunnerError,
+    TokenStream,
+};
+
+/// Adapter for an Ollama server.
+#[derive(Debug)]
+pub struct Ollama {
+    http: Http,
+}
+
+impl Ollama {
+    /// A runner for the server at `url` (e.g. `http://127.0.0.1:11434`).
+    pub fn new(url: &str, opts: HttpOptions) -> Result<Self, RunnerError> {
+        Ok(Self {
+            http: Http::new(url, opts)?,
+        })
+    }
+}
+
+impl Runner for Ollama {
+    fn kind(&self) -> &'static str {
+        "ollama"
+    }
+
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {
+        Box::pin(async move {
+            let v = self.http.get_json("/api/tags").await?;
+            Ok(v["models"]
+                .as_array()
+                .ok_or_else(|| RunnerError::Protocol("/api/tags has no models".into()))?
+                .iter()
+                .filter_map(|m| {
+                    let id = m["name"].as_str().or(m["model"].as_str())?;
+                    let quant = m["details"]["quantization_level"]
+                        .as_str()
+                        .unwrap_or("unknown");
+                    Some(ModelInfo {
+                        id: id.to_owned(),
+                        context_length: 0,
+                        quantisation: quant.to_owned(),
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn infer(&self, req: InferRequest) -> BoxFuture<'_, Result<TokenStream, RunnerError>> {
+        Box::pin(async move {
+            let p = &req.params;
+            let mut options = json!({ "num_predict": req.max_tokens });
+            if let Some(t) = p.temperature {
+                options["temperature"] = t.into();
+            }
+            if let Some(k) = p.top_k {
+                options["top_k"] = k.into();
+            }
+            if let Some(t) = p.top_p {
+                options["top_p"] = t.into();
+            }
+            if let Some(f) = p.frequency_penalty {
+                options["frequency_penalty"] = f.into();
+            }
+            if !p.stop.is_empty() {
+                options["stop"] = p.stop.clone().into();
+            }
+            let chat = matches!(req.input, JobInput::Chat(_));
+            let mut body = json!({ "model": req.model, "stream": true, "options": options });
+            if chat {
+                body["messages"] =
+                    serde_json::to_value(as_messages(&req.input)).unwrap_or(Value::Null);
+            } else if let JobInput::Text(t) = &req.input {
+                body["prompt"] = t.clone().into();
+            }
+            let path = if chat { "/api/chat" } else { "/api/generate" };
+            let resp = match self.http.post_stream(path, &body).await {
+                Err(RunnerError::Status { status: 404, .. }) => {
+                    return Err(RunnerError::UnknownModel(req.model.clone()))
+                }
+                r => r?,
+            };
+            let stream = ndjson(resp, self.http.opts.idle_timeout)
+                .map(move |item| -> Vec<Result<Piece, RunnerError>> {
+                    let v = match item {
+                        Err(e) => return vec![Err(e)],
+                        Ok(v) => v,
+                    };
+                    if let Some(err) = v["error"].as_str() {
+                        return vec![Err(RunnerError::Protocol(err.chars().take(300).collect()))];
+                    }
+                    let mut out = Vec::new();
+                    let text = if chat {
+                        v["message"]["content"].as_str()
+                    } else {
+                        v["response"].as_str()
+                    };
+                    if let Some(t) = text.filter(|t| !t.is_empty()) {
+                        out.push(Ok(Piece::Text(t.to_owned())));
+                    }
+                    if v["done"].as_bool() == Some(true) {
+                        out.push(Ok(Piece::Done {
+                            input_tokens: v["prompt_eval_count"].as_u64().unwrap_or(0),
+                            output_tokens: v["eval_count"].as_u64().unwrap_or(0),
+                        }));
+                    }
+                    out
+                })
+                .flat_map(futures_util::stream::iter);
+            Ok(Box::pin(stream) as TokenStream)
+        })
+    }
+
+    fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>> {
+        let bytes: usize = as_messages(&req.input)
+            .iter()
+            .map(|m| m.content.len())
+            .sum();
+        let est = Estimate {
+            input_tokens: (bytes as u64).div_ceil(4),
+            max_output_tokens: u64::from(req.max_tokens),
+        };
+        Box::pin(async move { Ok(est) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), RunnerError>> {
+        Box::pin(async move { self.http.get("/api/tags").await.map(drop) })
+    }
+}

@@ -1,0 +1,370 @@
+//! Worker configuration: clap flags, `FEDAI_*` environment variables and an optional TOML file
+//! (flag > environment > file > default). The secret key comes from `--nsec`, `FEDAI_NSEC`,
+//! `--nsec-file` or the file's `nsec_file`; it is never logged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use fedai_protocol::nostr::prelude::{Keys, SecretKey};
+use fedai_protocol::Price;
+use serde::Deserialize;
+
+/// `fedai-worker` command line.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "fedai-worker",
+    version,
+    about = "Serve AI inference on the fed_AI market"
+)]
+pub struct Cli {
+    /// TOML configuration file (keys as the long flags with `_`).
+    #[arg(long, env = "FEDAI_WORKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Secret key (nsec1… or hex). Prefer --nsec-file or FEDAI_NSEC: flags show in `ps`.
+    #[arg(long, env = "FEDAI_NSEC", hide_env_values = true)]
+    pub nsec: Option<String>,
+    /// File holding the secret key.
+    #[arg(long, env = "FEDAI_NSEC_FILE")]
+    pub nsec_file: Option<PathBuf>,
+    /// Relay URL (repeatable).
+    #[arg(long = "relay", env = "FEDAI_RELAYS", value_delimiter = ',')]
+    pub relays: Vec<String>,
+    /// Runner kind: llama-cpp, openai, ollama, http.
+    #[arg(long, env = "FEDAI_RUNNER")]
+    pub runner: Option<String>,
+    /// Runner base URL.
+    #[arg(long, env = "FEDAI_RUNNER_URL")]
+    pub runner_url: Option<String>,
+    /// Extra allowed runner URL prefix (sandbox; loopback is always allowed).
+    #[arg(
+        long = "allow-runner-url",
+        env = "FEDAI_ALLOW_RUNNER_URLS",
+        value_delimiter = ','
+    )]
+    pub allow_runner_urls: Vec<String>,
+    /// Price for a model: MODEL=BASE:PER_1K_IN:PER_1K_OUT (msat; repeatable).
+    #[arg(long = "price", env = "FEDAI_PRICES", value_delimiter = ',')]
+    pub prices: Vec<String>,
+    /// Price for models without --price: BASE:PER_1K_IN:PER_1K_OUT (default 0:0:0, free).
+    #[arg(long, env = "FEDAI_DEFAULT_PRICE")]
+    pub default_price: Option<String>,
+    /// Jobs run at once.
+    #[arg(long, env = "FEDAI_MAX_CONCURRENT")]
+    pub max_concurrent: Option<u32>,
+    /// Largest prompt accepted, in bytes.
+    #[arg(long, env = "FEDAI_MAX_PROMPT_BYTES")]
+    pub max_prompt_bytes: Option<usize>,
+    /// Largest max_tokens accepted.
+    #[arg(long, env = "FEDAI_MAX_TOKENS")]
+    pub max_tokens: Option<u32>,
+    /// max_tokens when the request gives none.
+    #[arg(long, env = "FEDAI_DEFAULT_MAX_TOKENS")]
+    pub default_max_tokens: Option<u32>,
+    /// Seconds between capability-ad heartbeats.
+    #[arg(long, env = "FEDAI_HEARTBEAT_SECS")]
+    pub heartbeat_secs: Option<u64>,
+    /// Oldest request (seconds) the worker still takes, and the recovery window after a restart.
+    #[arg(long, env = "FEDAI_REQUEST_MAX_AGE_SECS")]
+    pub request_max_age_secs: Option<u64>,
+    /// Deadline of one job in seconds.
+    #[arg(long, env = "FEDAI_JOB_TIMEOUT_SECS")]
+    pub job_timeout_secs: Option<u64>,
+    /// On SIGTERM, how long to let running jobs finish.
+    #[arg(long, env = "FEDAI_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Serve /metrics and /health here.
+    #[arg(long, env = "FEDAI_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Worker instance id (`d` tag); default: "default".
+    #[arg(long, env = "FEDAI_INSTANCE")]
+    pub instance: Option<String>,
+    /// Display name in the ad.
+    #[arg(long, env = "FEDAI_NAME")]
+    pub name: Option<String>,
+    /// Log filter.
+    #[arg(long, env = "FEDAI_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    nsec_file: Option<PathBuf>,
+    relays: Option<Vec<String>>,
+    runner: Option<String>,
+    runner_url: Option<String>,
+    allow_runner_urls: Option<Vec<String>>,
+    prices: Option<Vec<String>>,
+    default_price: Option<String>,
+    max_concurrent: Option<u32>,
+    max_prompt_bytes: Option<usize>,
+    max_tokens: Option<u32>,
+    default_max_tokens: Option<u32>,
+    heartbeat_secs: Option<u64>,
+    request_max_age_secs: Option<u64>,
+    job_timeout_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    metrics_bind: Option<SocketAddr>,
+    instance: Option<String>,
+    name: Option<String>,
+    log: Option<String>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Signing keys.
+    pub keys: Keys,
+    /// Relays.
+    pub relays: Vec<String>,
+    /// Runner kind.
+    pub runner: String,
+    /// Runner URL.
+    pub runner_url: String,
+    /// Extra sandbox URL prefixes.
+    pub allow_runner_urls: Vec<String>,
+    /// Explicit prices.
+    pub prices: Vec<Price>,
+    /// Price template for other models (model field empty).
+    pub default_price: Price,
+    /// Concurrency.
+    pub max_concurrent: u32,
+    /// Prompt size limit.
+    pub max_prompt_bytes: usize,
+    /// max_tokens limit.
+    pub max_tokens: u32,
+    /// Default max_tokens.
+    pub default_max_tokens: u32,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Oldest request accepted / recovery window.
+    pub request_max_age: Duration,
+    /// Job deadline.
+    pub job_timeout: Duration,
+    /// Drain on shutdown.
+    pub drain_timeout: Duration,
+    /// Metrics listener.
+    pub metrics_bind: Option<SocketAddr>,
+    /// Instance id.
+    pub instance: String,
+    /// Display name.
+    pub name: String,
+    /// Log filter.
+    pub log: String,
+}
+
+/// Configuration errors (messages never include the secret).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No key given.
+    #[error("no secret key: give --nsec-file, FEDAI_NSEC or --nsec")]
+    NoKey,
+    /// The key does not parse.
+    #[error("the secret key is not a valid nsec or hex key")]
+    BadKey,
+    /// File problems.
+    #[error("cannot read {path}: {message}")]
+    File {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// A value is malformed.
+    #[error("invalid {what}: `{value}` ({expected})")]
+    Invalid {
+        /// Which setting.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// Missing required setting.
+    #[error("missing {0}")]
+    Missing(&'static str),
+}
+
+fn read(path: &PathBuf) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Parse `BASE:IN:OUT` into a price for `model`.
+pub fn parse_price(model: &str, s: &str) -> Result<Price, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        what: "price",
+        value: s.to_owned(),
+        expected: "BASE:PER_1K_IN:PER_1K_OUT in msat",
+    };
+    let v: Vec<u64> = s
+        .split(':')
+        .map(|x| x.trim().parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let [b, i, o] = v[..] else { return Err(bad()) };
+    Ok(Price {
+        model: model.to_owned(),
+        base_msat: b,
+        per_1k_input_msat: i,
+        per_1k_output_msat: o,
+    })
+}
+
+impl Cli {
+    /// Merge with file and defaults.
+    pub fn resolve(self) -> Result<WorkerConfig, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(p) => toml::from_str(&read(p)?).map_err(|e| ConfigError::File {
+                path: p.clone(),
+                message: e.to_string(),
+            })?,
+            None => FileConfig::default(),
+        };
+        let secret = match (self.nsec, self.nsec_file.or(file.nsec_file)) {
+            (Some(s), _) => s,
+            (None, Some(p)) => read(&p)?.trim().to_owned(),
+            (None, None) => return Err(ConfigError::NoKey),
+        };
+        let keys = SecretKey::parse(&secret)
+            .map(Keys::new)
+            .map_err(|_| ConfigError::BadKey)?;
+        let relays = if self.relays.is_empty() {
+            file.relays.unwrap_or_default()
+        } else {
+            self.relays
+        };
+        if relays.is_empty() {
+            return Err(ConfigError::Missing("--relay"));
+        }
+        let prices_raw = if self.prices.is_empty() {
+            file.prices.unwrap_or_default()
+        } else {
+            self.prices
+        };
+        let mut prices = Vec::new();
+        for p in prices_raw {
+            let (m, v) = p.split_once('=').ok_or(ConfigError::Invalid {
+                what: "price",
+                value: p.clone(),
+                expected: "MODEL=BASE:IN:OUT",
+            })?;
+            prices.push(parse_price(m, v)?);
+        }
+        let default_price = parse_price(
+            "",
+            &self
+                .default_price
+                .or(file.default_price)
+                .unwrap_or_else(|| "0:0:0".into()),
+        )?;
+        let max_concurrent = self
+            .max_concurrent
+            .or(file.max_concurrent)
+            .unwrap_or(4)
+            .max(1);
+        Ok(WorkerConfig {
+            keys,
+            relays,
+            runner: self
+                .runner
+                .or(file.runner)
+                .unwrap_or_else(|| "llama-cpp".into()),
+            runner_url: self
+                .runner_url
+                .or(file.runner_url)
+                .ok_or(ConfigError::Missing("--runner-url"))?,
+            allow_runner_urls: if self.allow_runner_urls.is_empty() {
+                file.allow_runner_urls.unwrap_or_default()
+            } else {
+                self.allow_runner_urls
+            },
+            prices,
+            default_price,
+            max_concurrent,
+            max_prompt_bytes: self
+                .max_prompt_bytes
+                .or(file.max_prompt_bytes)
+                .unwrap_or(64 * 1024),
+            max_tokens: self.max_tokens.or(file.max_tokens).unwrap_or(4096),
+            default_max_tokens: self
+                .default_max_tokens
+                .or(file.default_max_tokens)
+                .unwrap_or(256),
+            heartbeat: Duration::from_secs(
+                self.heartbeat_secs
+                    .or(file.heartbeat_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            request_max_age: Duration::from_secs(
+                self.request_max_age_secs
+                    .or(file.request_max_age_secs)
+                    .unwrap_or(600),
+            ),
+            job_timeout: Duration::from_secs(
+                self.job_timeout_secs
+                    .or(file.job_timeout_secs)
+                    .unwrap_or(300),
+            ),
+            drain_timeout: Duration::from_secs(
+                self.drain_timeout_secs
+                    .or(file.drain_timeout_secs)
+                    .unwrap_or(30),
+            ),
+            metrics_bind: self.metrics_bind.or(file.metrics_bind),
+            instance: self
+                .instance
+                .or(file.instance)
+                .unwrap_or_else(|| "default".into()),
+            name: self
+                .name
+                .or(file.name)
+                .unwrap_or_else(|| "fedai worker".into()),
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_and_keys_parse_with_clear_errors() {
+        let p = parse_price("m", "1000:10:50").unwrap();
+        assert_eq!(
+            (p.base_msat, p.per_1k_input_msat, p.per_1k_output_msat),
+            (1000, 10, 50)
+        );
+        assert!(parse_price("m", "1:2").is_err());
+        let keys = Keys::generate();
+        let cli = Cli {
+            nsec: Some(keys.secret_key().to_secret_hex()),
+            relays: vec!["ws://127.0.0.1:1".into()],
+            runner_url: Some("http://127.0.0.1:2".into()),
+            prices: vec!["m=5:6:7".into()],
+            ..Cli::default()
+        };
+        let c = cli.resolve().unwrap();
+        assert_eq!(c.keys.public_key(), keys.public_key());
+        assert_eq!(c.prices[0].base_msat, 5);
+        let err = Cli {
+            nsec: Some("nsec1garbage".into()),
+            ..Cli::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            !err.to_string().contains("garbage"),
+            "the key never appears in errors"
+        );
+        assert!(matches!(
+            Cli::default().resolve().unwrap_err(),
+            ConfigError::NoKey
+        ));
+    }
+}

@@ -1,0 +1,749 @@
+//! The worker: subscribes to job requests on every relay, runs them on the runner, publishes
+//! feedback, results and metering, and keeps its capability ad fresh.
+//!
+//! Stateless by design: nothing is kept on disk. After a restart the worker reads its own
+//! feedback and results from the relays (within the request window) to find the jobs it had
+//! accepted and not answered, and answers them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fedai_protocol::capability::PaymentInfo;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{
+    kinds, Amount, CapabilityAd, ErrorCode, FeedbackStatus, Freshness, JobFeedback, JobRequest,
+    JobResult, MeteringRecord, ModelInfo, ParsedJobRequest, Price, ProtocolError, ReplayGuard,
+    Usage,
+};
+use fedai_runners::{HttpOptions, InferRequest, Piece, Runner, RunnerError, SandboxPolicy};
+use futures_util::StreamExt;
+use nostr_sdk::prelude::{Client, ClientNotification, RelayStatus};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::config::WorkerConfig;
+use crate::hardware;
+use crate::metrics::Metrics;
+
+/// Software version advertised in the ad.
+pub const VERSION: &str = concat!("fedai-worker/", env!("CARGO_PKG_VERSION"));
+
+/// Partial chunks are flushed when this old or this large, to bound the event rate.
+const PARTIAL_FLUSH: Duration = Duration::from_millis(40);
+const PARTIAL_MAX_BYTES: usize = 256;
+
+struct Inner {
+    cfg: WorkerConfig,
+    client: Client,
+    runner: Arc<dyn Runner>,
+    models: RwLock<Vec<ModelInfo>>,
+    healthy: AtomicBool,
+    slots: Arc<Semaphore>,
+    in_flight: AtomicU32,
+    seen: Mutex<ReplayGuard>,
+    running: Mutex<HashMap<EventId, (PublicKey, oneshot::Sender<()>)>>,
+    accepting: AtomicBool,
+    started: Timestamp,
+    /// Accepted (processing sent) but unanswered before this process started.
+    recover: Mutex<HashSet<EventId>>,
+    /// Answered (result or error sent) before this process started.
+    answered: Mutex<HashSet<EventId>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A running worker.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+enum Outcome {
+    Done {
+        output: String,
+        usage: Usage,
+        first_token: Option<Duration>,
+        runner_time: Duration,
+    },
+    Failed(ErrorCode, String),
+}
+
+fn runner_error_code(e: &RunnerError) -> ErrorCode {
+    match e {
+        RunnerError::UnknownModel(_) => ErrorCode::ModelUnavailable,
+        RunnerError::Timeout(_) => ErrorCode::Timeout,
+        _ => ErrorCode::RunnerFailed,
+    }
+}
+
+impl Worker {
+    /// Connect to the relays and the runner. Does not take jobs until [`Worker::run`].
+    pub async fn connect(cfg: WorkerConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut policy = SandboxPolicy::default();
+        policy
+            .url_prefixes
+            .extend(cfg.allow_runner_urls.iter().cloned());
+        let opts = HttpOptions {
+            idle_timeout: cfg.job_timeout.min(Duration::from_secs(120)),
+            ..HttpOptions::default()
+        };
+        let runner = fedai_runners::build(&cfg.runner, &cfg.runner_url, &policy, opts)?;
+        Self::with_runner(cfg, runner, metrics).await
+    }
+
+    /// Like [`Worker::connect`] with a runner built by the caller (tests, embedding).
+    pub async fn with_runner(
+        cfg: WorkerConfig,
+        runner: Arc<dyn Runner>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let client = Client::default();
+        for r in &cfg.relays {
+            client.add_relay(r.as_str()).await?;
+        }
+        // Relays that are down now are retried in the background (with backoff) by the client.
+        client.connect().and_wait(Duration::from_secs(5)).await;
+        let window = cfg.request_max_age.as_secs();
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
+            client,
+            runner,
+            models: RwLock::new(Vec::new()),
+            healthy: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            seen: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
+            running: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            started: Timestamp::now(),
+            recover: Mutex::new(HashSet::new()),
+            answered: Mutex::new(HashSet::new()),
+            metrics,
+            cfg,
+        });
+        let w = Self { inner };
+        w.probe_runner().await;
+        Ok(w)
+    }
+
+    /// The worker's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.cfg.keys.public_key()
+    }
+
+    async fn probe_runner(&self) {
+        let i = &self.inner;
+        let ok = match i.runner.health().await {
+            Ok(()) => match i.runner.list_models().await {
+                Ok(m) if !m.is_empty() => {
+                    *i.models.write().unwrap_or_else(|e| e.into_inner()) = m;
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "runner model list failed");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "runner health probe failed");
+                false
+            }
+        };
+        if ok != i.healthy.swap(ok, Ordering::SeqCst) {
+            tracing::info!(healthy = ok, "runner health changed");
+        }
+        i.metrics.set_runner_healthy(ok);
+    }
+
+    fn price_for(&self, model: &str) -> Price {
+        let c = &self.inner.cfg;
+        c.prices
+            .iter()
+            .find(|p| p.model == model)
+            .cloned()
+            .unwrap_or(Price {
+                model: model.to_owned(),
+                ..c.default_price.clone()
+            })
+    }
+
+    /// The capability ad as it stands now.
+    pub fn ad(&self, healthy: bool, lifetime: Duration) -> CapabilityAd {
+        let i = &self.inner;
+        let models = i.models.read().unwrap_or_else(|e| e.into_inner()).clone();
+        CapabilityAd {
+            instance: i.cfg.instance.clone(),
+            name: i.cfg.name.clone(),
+            about: format!("{} runner", i.runner.kind()),
+            job_kinds: vec![kinds::JOB_REQUEST],
+            prices: models.iter().map(|m| self.price_for(&m.id)).collect(),
+            models,
+            max_concurrent: i.cfg.max_concurrent,
+            in_flight: i.in_flight.load(Ordering::SeqCst),
+            queue_depth: 0,
+            hardware: hardware::detect(),
+            runner: i.runner.kind().to_owned(),
+            healthy,
+            payment: PaymentInfo {
+                mode: Some(fedai_protocol::PaymentMode::Free),
+                ..PaymentInfo::default()
+            },
+            relays: i.cfg.relays.clone(),
+            version: VERSION.into(),
+            encryption_supported: true,
+            expiration: Timestamp::from_secs(
+                Timestamp::now().as_secs() + lifetime.as_secs().max(1),
+            ),
+        }
+    }
+
+    async fn publish(&self, ev: &Event) {
+        match self
+            .inner
+            .client
+            .send_event(ev)
+            .save_into_database(false)
+            .await
+        {
+            Ok(out) if out.success.is_empty() => {
+                tracing::warn!(id = %ev.id, kind = ev.kind.as_u16(), failed = ?out.failed.values().collect::<Vec<_>>(), "no relay accepted event")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(id = %ev.id, kind = ev.kind.as_u16(), error = %e, "publish failed")
+            }
+        }
+    }
+
+    async fn heartbeat(&self) {
+        self.probe_runner().await;
+        let i = &self.inner;
+        let healthy = i.healthy.load(Ordering::SeqCst) && i.accepting.load(Ordering::SeqCst);
+        match self.ad(healthy, i.cfg.heartbeat * 3).to_event(&i.cfg.keys) {
+            Ok(ev) => self.publish(&ev).await,
+            Err(e) => tracing::warn!(error = %e, "cannot build capability ad"),
+        }
+        let relays = i.client.relays().await;
+        i.metrics.set_relays(
+            relays
+                .values()
+                .filter(|r| r.status() == RelayStatus::Connected)
+                .count() as i64,
+        );
+    }
+
+    /// Read our own recent feedback and results to find jobs a previous run left unanswered.
+    async fn recover(&self) {
+        let i = &self.inner;
+        let since = Timestamp::from_secs(
+            i.started
+                .as_secs()
+                .saturating_sub(i.cfg.request_max_age.as_secs()),
+        );
+        let filter = Filter::new()
+            .author(self.public_key())
+            .kinds([
+                Kind::from_u16(kinds::JOB_FEEDBACK),
+                Kind::from_u16(kinds::JOB_RESULT),
+            ])
+            .since(since);
+        let events = match i
+            .client
+            .fetch_events(filter)
+            .timeout(Duration::from_secs(5))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery query failed; continuing without it");
+                return;
+            }
+        };
+        let (mut accepted, mut answered) = (HashSet::new(), HashSet::new());
+        for ev in events.iter() {
+            if ev.kind.as_u16() == kinds::JOB_RESULT {
+                if let Ok(r) = JobResult::from_event(ev, None) {
+                    answered.insert(r.request_id());
+                }
+            } else if let Ok(f) = JobFeedback::from_event(ev, None) {
+                match f.status {
+                    FeedbackStatus::Processing => {
+                        accepted.insert(f.request_id);
+                    }
+                    FeedbackStatus::Error => {
+                        answered.insert(f.request_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let pending: HashSet<EventId> = accepted.difference(&answered).copied().collect();
+        if !pending.is_empty() {
+            tracing::info!(
+                jobs = pending.len(),
+                "recovering jobs accepted before a restart"
+            );
+        }
+        *i.recover.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+        *i.answered.lock().unwrap_or_else(|e| e.into_inner()) = answered;
+    }
+
+    /// Take jobs until `shutdown` resolves, then drain and withdraw the ad.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let i = self.inner.clone();
+        self.recover().await;
+        // Notifications first: events that arrive right after the REQ must not be missed.
+        let mut notifications = i.client.notifications();
+        let since = Timestamp::from_secs(
+            i.started
+                .as_secs()
+                .saturating_sub(i.cfg.request_max_age.as_secs()),
+        );
+        i.client
+            .subscribe(
+                Filter::new()
+                    .kind(Kind::from_u16(kinds::JOB_REQUEST))
+                    .since(since),
+            )
+            .await?;
+        i.client
+            .subscribe(
+                Filter::new()
+                    .kind(Kind::from_u16(kinds::DELETION))
+                    .custom_tag(
+                        SingleLetterTag::from_char('k').expect("k is a tag letter"),
+                        kinds::JOB_REQUEST.to_string(),
+                    )
+                    .since(i.started),
+            )
+            .await?;
+        let hb = {
+            let w = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(w.inner.cfg.heartbeat);
+                loop {
+                    tick.tick().await;
+                    w.heartbeat().await;
+                }
+            })
+        };
+        tracing::info!(pubkey = %self.public_key().to_bech32().unwrap_or_default(), relays = i.cfg.relays.len(), runner = i.runner.kind(), "worker running");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                n = notifications.next() => match n {
+                    Some(ClientNotification::Event { event, .. }) => self.on_event(*event),
+                    Some(ClientNotification::Shutdown) | None => break,
+                    Some(_) => {}
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!("shutting down: no new jobs");
+        i.accepting.store(false, Ordering::SeqCst);
+        let _ = i.client.unsubscribe_all().await;
+        let deadline = Instant::now() + i.cfg.drain_timeout;
+        while i.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Jobs still running past the drain deadline are stopped and answered with `shutdown`.
+        let left: Vec<_> = i
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, (_, tx)) in left {
+            let _ = tx.send(());
+        }
+        while i.in_flight.load(Ordering::SeqCst) > 0
+            && Instant::now() < deadline + Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hb.abort();
+        // Withdraw: a final ad marked down that expires almost at once.
+        if let Ok(ev) = self.ad(false, Duration::from_secs(2)).to_event(&i.cfg.keys) {
+            self.publish(&ev).await;
+        }
+        i.client.shutdown().await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    fn on_event(&self, event: Event) {
+        let i = &self.inner;
+        // Each event is acted on once, whichever relays deliver it.
+        if i.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_and_insert(event.id, Timestamp::now())
+            .is_err()
+        {
+            return;
+        }
+        match event.kind.as_u16() {
+            kinds::JOB_REQUEST => {
+                let w = self.clone();
+                tokio::spawn(async move { w.on_request(event).await });
+            }
+            kinds::DELETION => self.on_cancel(&event),
+            _ => {}
+        }
+    }
+
+    fn on_cancel(&self, event: &Event) {
+        if event.verify().is_err() {
+            return;
+        }
+        let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        for id in event.tags.event_ids() {
+            // Only the request's author may cancel it.
+            if running
+                .get(&id)
+                .is_some_and(|(customer, _)| *customer == event.pubkey)
+            {
+                if let Some((_, tx)) = running.remove(&id) {
+                    tracing::info!(request = %id, "job cancelled by customer");
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, request: &ParsedJobRequest, code: ErrorCode, reason: String) {
+        tracing::info!(request = %request.id, code = %code, "job refused");
+        self.inner.metrics.job(code.as_str());
+        let mut fb = JobFeedback::error(request.id, request.customer, code, reason);
+        fb.encrypted = request.encrypted.is_some();
+        if let Ok(ev) = fb.to_event(&self.inner.cfg.keys) {
+            self.publish(&ev).await;
+        }
+    }
+
+    async fn on_request(&self, event: Event) {
+        let i = &self.inner;
+        let me = self.public_key();
+        let directed_to_me = event.tags.public_keys().any(|p| p == me);
+        let parsed = match JobRequest::from_event(&event, Some(&i.cfg.keys)) {
+            Ok(p) => p,
+            // Encrypted for another worker: not ours to read or answer.
+            Err(ProtocolError::NotRecipient) => return,
+            Err(e) => {
+                if directed_to_me && event.verify().is_ok() {
+                    tracing::info!(request = %event.id, error = %e, "malformed request");
+                    let fb = JobFeedback::error(
+                        event.id,
+                        event.pubkey,
+                        ErrorCode::InvalidRequest,
+                        e.to_string(),
+                    );
+                    if let Ok(ev) = fb.to_event(&i.cfg.keys) {
+                        self.publish(&ev).await;
+                    }
+                }
+                return;
+            }
+        };
+        if parsed.request.provider.is_some_and(|p| p != me) {
+            return; // directed to another worker
+        }
+        // Stored requests from before this process started: only those we owe an answer.
+        if parsed.created_at.as_secs() + 2 < i.started.as_secs() {
+            let owed = i
+                .recover
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&parsed.id)
+                || (directed_to_me
+                    && !i
+                        .answered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&parsed.id));
+            if !owed {
+                return;
+            }
+        }
+        match Freshness::for_requests(i.cfg.request_max_age.as_secs())
+            .check(&event, Timestamp::now())
+        {
+            Ok(()) => {}
+            Err(ProtocolError::TooOld { .. }) => return,
+            Err(ProtocolError::Expired(_)) => {
+                return self
+                    .refuse(
+                        &parsed,
+                        ErrorCode::Expired,
+                        "the request expired before it could run".into(),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .refuse(&parsed, ErrorCode::InvalidRequest, e.to_string())
+                    .await
+            }
+        }
+        if !i.accepting.load(Ordering::SeqCst) {
+            return self
+                .refuse(
+                    &parsed,
+                    ErrorCode::Shutdown,
+                    "the worker is shutting down".into(),
+                )
+                .await;
+        }
+        let models = i.models.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if !i.healthy.load(Ordering::SeqCst) || models.is_empty() {
+            return self
+                .refuse(
+                    &parsed,
+                    ErrorCode::RunnerFailed,
+                    "the inference runner is unavailable".into(),
+                )
+                .await;
+        }
+        let model = match &parsed.request.params.model {
+            Some(m) if models.iter().any(|x| &x.id == m) => m.clone(),
+            Some(m) => {
+                let served: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+                return self
+                    .refuse(
+                        &parsed,
+                        ErrorCode::ModelUnavailable,
+                        format!(
+                            "model `{m}` is not served here (serving: {})",
+                            served.join(", ")
+                        ),
+                    )
+                    .await;
+            }
+            None => models[0].id.clone(),
+        };
+        if parsed.input_data.len() > i.cfg.max_prompt_bytes {
+            return self
+                .refuse(
+                    &parsed,
+                    ErrorCode::PromptTooLarge,
+                    format!(
+                        "prompt is {} bytes; this worker accepts at most {}",
+                        parsed.input_data.len(),
+                        i.cfg.max_prompt_bytes
+                    ),
+                )
+                .await;
+        }
+        let max_tokens = parsed
+            .request
+            .params
+            .max_tokens
+            .unwrap_or(i.cfg.default_max_tokens);
+        if max_tokens > i.cfg.max_tokens {
+            return self
+                .refuse(
+                    &parsed,
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "max_tokens {max_tokens} exceeds this worker's limit {}",
+                        i.cfg.max_tokens
+                    ),
+                )
+                .await;
+        }
+        let Ok(permit) = i.slots.clone().try_acquire_owned() else {
+            return self
+                .refuse(
+                    &parsed,
+                    ErrorCode::Capacity,
+                    format!("all {} slots are busy", i.cfg.max_concurrent),
+                )
+                .await;
+        };
+        let n = i.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        i.metrics.set_in_flight(n as i64);
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        i.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(parsed.id, (parsed.customer, cancel_tx));
+        tracing::info!(request = %parsed.id, model = %model, encrypted = parsed.encrypted.is_some(), "job accepted");
+
+        let mut processing =
+            JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
+        processing.encrypted = parsed.encrypted.is_some();
+        if let Ok(ev) = processing.to_event(&i.cfg.keys) {
+            self.publish(&ev).await;
+        }
+        let req = InferRequest {
+            model: model.clone(),
+            input: parsed.request.input.clone(),
+            params: parsed.request.params.clone(),
+            max_tokens,
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = tokio::time::timeout(i.cfg.job_timeout, self.infer(&parsed, req)) => match o {
+                Ok(o) => o,
+                Err(_) => Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", i.cfg.job_timeout.as_secs())),
+            },
+            r = cancel_rx => match r {
+                Ok(()) if i.accepting.load(Ordering::SeqCst) => Outcome::Failed(ErrorCode::Cancelled, "cancelled by the customer".into()),
+                _ => Outcome::Failed(ErrorCode::Shutdown, "the worker stopped before the job finished; resubmit".into()),
+            },
+        };
+        i.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&parsed.id);
+        match outcome {
+            Outcome::Failed(code, reason) => self.refuse(&parsed, code, reason).await,
+            Outcome::Done {
+                output,
+                usage,
+                first_token,
+                runner_time,
+            } => {
+                if let Some(ft) = first_token {
+                    i.metrics.first_token(ft);
+                }
+                i.metrics.job_time(runner_time);
+                self.deliver(&event, &parsed, model, output, usage, started.elapsed())
+                    .await;
+            }
+        }
+        drop(permit);
+        let n = i.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        i.metrics.set_in_flight(n as i64);
+    }
+
+    async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {
+        let i = &self.inner;
+        let t0 = Instant::now();
+        let mut stream = match i.runner.infer(req).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
+        };
+        let stream_partials = parsed.request.params.stream;
+        let (mut output, mut pending, mut seq) = (String::new(), String::new(), 0u64);
+        let mut last_flush = Instant::now();
+        let mut first_token = None;
+        let mut usage = None;
+        while let Some(piece) = stream.next().await {
+            match piece {
+                Ok(Piece::Text(t)) => {
+                    first_token.get_or_insert_with(|| t0.elapsed());
+                    output.push_str(&t);
+                    if stream_partials {
+                        pending.push_str(&t);
+                        if last_flush.elapsed() >= PARTIAL_FLUSH
+                            || pending.len() >= PARTIAL_MAX_BYTES
+                        {
+                            self.partial(parsed, seq, std::mem::take(&mut pending))
+                                .await;
+                            seq += 1;
+                            last_flush = Instant::now();
+                        }
+                    }
+                }
+                Ok(Piece::Done {
+                    input_tokens,
+                    output_tokens,
+                }) => {
+                    usage = Some(Usage {
+                        input_tokens,
+                        output_tokens,
+                    });
+                    break;
+                }
+                Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
+            }
+        }
+        if stream_partials && !pending.is_empty() {
+            self.partial(parsed, seq, pending).await;
+        }
+        match usage {
+            Some(usage) => Outcome::Done {
+                output,
+                usage,
+                first_token,
+                runner_time: t0.elapsed(),
+            },
+            None => Outcome::Failed(
+                ErrorCode::RunnerFailed,
+                "the runner ended without reporting token usage".into(),
+            ),
+        }
+    }
+
+    async fn partial(&self, parsed: &ParsedJobRequest, seq: u64, chunk: String) {
+        let mut fb = JobFeedback::partial(parsed.id, parsed.customer, seq, chunk);
+        fb.encrypted = parsed.encrypted.is_some();
+        if let Ok(ev) = fb.to_event(&self.inner.cfg.keys) {
+            self.publish(&ev).await;
+        }
+    }
+
+    async fn deliver(
+        &self,
+        event: &Event,
+        parsed: &ParsedJobRequest,
+        model: String,
+        output: String,
+        usage: Usage,
+        wall: Duration,
+    ) {
+        let i = &self.inner;
+        let price = self
+            .price_for(&model)
+            .cost_msat(usage.input_tokens, usage.output_tokens);
+        let bytes_out = output.len() as u64;
+        let mut result = JobResult::for_request(event, parsed, output, model.clone(), usage);
+        if price > 0 {
+            result.amount = Some(Amount {
+                msat: price,
+                bolt11: None,
+            });
+        }
+        let result_ev = match result.to_event(&i.cfg.keys) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return self
+                    .refuse(
+                        parsed,
+                        ErrorCode::RunnerFailed,
+                        format!("cannot build result: {e}"),
+                    )
+                    .await
+            }
+        };
+        let record = MeteringRecord {
+            request_id: parsed.id,
+            result_id: result_ev.id,
+            customer: parsed.customer,
+            model,
+            prompt_sha256: parsed.prompt_sha256(),
+            usage,
+            wall_ms: wall.as_millis() as u64,
+            bytes_in: parsed.input_data.len() as u64,
+            bytes_out,
+            price_msat: price,
+            payment_hash: None,
+        };
+        self.publish(&result_ev).await;
+        match record.to_event(&i.cfg.keys) {
+            Ok(ev) => self.publish(&ev).await,
+            Err(e) => {
+                tracing::warn!(request = %parsed.id, error = %e, "cannot build metering record")
+            }
+        }
+        let mut success = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Success);
+        success.encrypted = parsed.encrypted.is_some();
+        if let Ok(ev) = success.to_event(&i.cfg.keys) {
+            self.publish(&ev).await;
+        }
+        i.metrics.job("success");
+        i.metrics.tokens(usage.input_tokens, usage.output_tokens);
+        tracing::info!(request = %parsed.id, input_tokens = usage.input_tokens, output_tokens = usage.output_tokens, wall_ms = wall.as_millis() as u64, "job done");
+    }
+}
