@@ -10,7 +10,10 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let config = Cli::parse().resolve().context("invalid configuration")?;
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log).context("invalid --log filter")?)
+        .with_env_filter(
+            EnvFilter::try_new(fedai_protocol::private_log_filter(&config.log))
+                .context("invalid --log filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     // Install handlers before announcing readiness, so a SIGTERM right after start is graceful.

@@ -43,6 +43,90 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A running `fedai-worker` child process. Killed on drop.
+pub struct WorkerProc {
+    /// Child process.
+    pub child: Child,
+    /// Worker public key (hex).
+    pub pubkey: String,
+    /// Captured stderr (logs).
+    pub stderr_path: PathBuf,
+}
+
+impl WorkerProc {
+    /// Start `fedai-worker` with `nsec` on `relay` in front of `runner_url`, plus `args`; waits
+    /// for its ready line.
+    pub fn start(nsec: &str, relay: &str, runner_url: &str, args: &[&str]) -> Self {
+        let stderr_path = std::env::temp_dir().join(format!(
+            "fedai-worker-{}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let mut child = Command::new(binary("fedai-worker"))
+            .env("FEDAI_NSEC", nsec)
+            .args([
+                "--relay",
+                relay,
+                "--runner",
+                "llama-cpp",
+                "--runner-url",
+                runner_url,
+                "--heartbeat-secs",
+                "1",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn fedai-worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut pubkey = String::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read worker output");
+            if let Some(pk) = line
+                .trim()
+                .strip_prefix("fedai-worker ")
+                .and_then(|l| l.strip_suffix(" ready"))
+            {
+                pubkey = pk.to_owned();
+                break;
+            }
+        }
+        assert!(
+            !pubkey.is_empty(),
+            "worker did not become ready; log: {}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Self {
+            child,
+            pubkey,
+            stderr_path,
+        }
+    }
+
+    /// The worker's log output so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A running `fedai-relay` child process. Killed on drop.
 pub struct RelayProc {
     /// Child process.

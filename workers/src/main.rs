@@ -12,7 +12,10 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let cfg = Cli::parse().resolve().context("invalid configuration")?;
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cfg.log).context("invalid --log filter")?)
+        .with_env_filter(
+            EnvFilter::try_new(fedai_protocol::private_log_filter(&cfg.log))
+                .context("invalid --log filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let mut term = signal(SignalKind::terminate())?;

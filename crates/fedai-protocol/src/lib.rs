@@ -125,3 +125,33 @@ impl Amount {
         Ok(Some(Self { msat, bolt11 }))
     }
 }
+
+/// Dependencies that log whole messages (event JSON, HTTP bodies) at debug or trace level.
+/// Every fed_AI binary caps them at `info` whatever log filter the operator sets, because prompts
+/// and outputs must never reach a log (see docs/data-handling.md).
+pub const PAYLOAD_LOGGING_CRATES: &[&str] = &[
+    "nostr_sdk",
+    "nostr_relay_pool",
+    "nostr_database",
+    "nostr_lmdb",
+    "async_wsocket",
+    "tungstenite",
+    "tokio_tungstenite",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+];
+
+/// The operator's log filter with [`PAYLOAD_LOGGING_CRATES`] capped at `info`, as a
+/// `tracing_subscriber::EnvFilter` string.
+pub fn private_log_filter(filter: &str) -> String {
+    let mut f = filter.trim().to_owned();
+    for c in PAYLOAD_LOGGING_CRATES {
+        if !f.is_empty() {
+            f.push(',');
+        }
+        f.push_str(c);
+        f.push_str("=info");
+    }
+    f
+}

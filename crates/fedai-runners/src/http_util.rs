@@ -232,3 +232,38 @@ pub(crate) fn sampling(body: &mut Value, p: &fedai_protocol::JobParams) {
         body["stop"] = p.stop.clone().into();
     }
 }
+
+/// The models a server reported last, refreshed on a miss (models can be swapped under a
+/// running server), so an unknown model is refused with a clear error before generating.
+#[derive(Debug, Default)]
+pub(crate) struct ModelCache(std::sync::Mutex<Vec<fedai_protocol::ModelInfo>>);
+
+impl ModelCache {
+    pub(crate) fn set(&self, models: &[fedai_protocol::ModelInfo]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = models.to_vec();
+    }
+
+    fn has(&self, model: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m.id == model)
+    }
+
+    pub(crate) async fn check<F>(&self, model: &str, refresh: F) -> Result<(), RunnerError>
+    where
+        F: std::future::Future<Output = Result<Vec<fedai_protocol::ModelInfo>, RunnerError>>,
+    {
+        if self.has(model) {
+            return Ok(());
+        }
+        let fresh = refresh.await?;
+        self.set(&fresh);
+        if self.has(model) {
+            Ok(())
+        } else {
+            Err(RunnerError::UnknownModel(model.to_owned()))
+        }
+    }
+}

@@ -1,12 +1,10 @@
 //! llama.cpp's `llama-server`: `/completion` with SSE streaming.
 
-use std::sync::Mutex;
-
 use fedai_protocol::{JobInput, ModelInfo};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::http_util::{sampling, sse_data, Http};
+use crate::http_util::{sampling, sse_data, Http, ModelCache};
 use crate::{
     BoxFuture, Estimate, HttpOptions, InferRequest, Piece, Runner, RunnerError, TokenStream,
 };
@@ -15,7 +13,7 @@ use crate::{
 #[derive(Debug)]
 pub struct LlamaCpp {
     http: Http,
-    models: Mutex<Vec<ModelInfo>>,
+    models: ModelCache,
 }
 
 impl LlamaCpp {
@@ -23,7 +21,7 @@ impl LlamaCpp {
     pub fn new(url: &str, opts: HttpOptions) -> Result<Self, RunnerError> {
         Ok(Self {
             http: Http::new(url, opts)?,
-            models: Mutex::new(Vec::new()),
+            models: ModelCache::default(),
         })
     }
 
@@ -48,23 +46,8 @@ impl LlamaCpp {
                 quantisation: quant.clone(),
             })
             .collect();
-        *self.models.lock().unwrap_or_else(|e| e.into_inner()) = models.clone();
+        self.models.set(&models);
         Ok(models)
-    }
-
-    /// Whether `model` is served; refreshes the cached list on a miss (models can be swapped).
-    async fn check_model(&self, model: &str) -> Result<(), RunnerError> {
-        let known = self
-            .models
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|m| m.id == model);
-        if known || self.fetch_models().await?.iter().any(|m| m.id == model) {
-            Ok(())
-        } else {
-            Err(RunnerError::UnknownModel(model.to_owned()))
-        }
     }
 
     async fn prompt(&self, input: &JobInput) -> Result<String, RunnerError> {
@@ -95,7 +78,7 @@ impl Runner for LlamaCpp {
 
     fn infer(&self, req: InferRequest) -> BoxFuture<'_, Result<TokenStream, RunnerError>> {
         Box::pin(async move {
-            self.check_model(&req.model).await?;
+            self.models.check(&req.model, self.fetch_models()).await?;
             let prompt = self.prompt(&req.input).await?;
             let mut body = json!({
                 "prompt": prompt,

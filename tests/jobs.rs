@@ -1,0 +1,344 @@
+//! Jobs end to end: the real `fedai-relay` and `fedai-worker` binaries, a real llama.cpp server
+//! with real GGUF models, and the customer SDK over WebSockets.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use fedai_client::{pick_worker, ClientError, FedaiClient, JobUpdate};
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{
+    kinds, CapabilityAd, ChatMessage, ErrorCode, FeedbackStatus, JobFeedback, JobInput, JobRequest,
+};
+use fedai_runners::local::{LocalLlamaServer, LocalModel};
+use fedai_tests::{RelayProc, WorkerProc};
+
+const T: Duration = Duration::from_secs(60);
+
+fn nsec() -> (String, PublicKey) {
+    let k = Keys::generate();
+    (k.secret_key().to_secret_hex(), k.public_key())
+}
+
+async fn client(relay: &RelayProc) -> FedaiClient {
+    FedaiClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
+        .await
+        .unwrap()
+}
+
+/// Wait until `n` healthy ads are visible.
+async fn wait_for_workers(
+    c: &FedaiClient,
+    n: usize,
+) -> Vec<fedai_protocol::capability::ParsedCapabilityAd> {
+    for _ in 0..100 {
+        let ads = c.workers().await.unwrap();
+        if ads.len() >= n {
+            return ads;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} workers did not appear");
+}
+
+fn tiny_job(prompt: &str, max_tokens: u32) -> JobRequest {
+    let mut r = JobRequest::text(prompt);
+    r.params.model = Some("tiny".into());
+    r.params.max_tokens = Some(max_tokens);
+    r.params.temperature = Some(0.0);
+    r
+}
+
+#[tokio::test]
+async fn open_directed_streaming_and_private_jobs() {
+    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 2)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk1, pk1) = nsec();
+    let (sk2, pk2) = nsec();
+    let w1 = WorkerProc::start(&sk1, &relay.url, &llama.url, &["--log", "debug"]);
+    let _w2 = WorkerProc::start(&sk2, &relay.url, &llama.url, &[]);
+    let c = client(&relay).await;
+    let ads = wait_for_workers(&c, 2).await;
+    let ad = ads
+        .iter()
+        .find(|a| a.worker == pk1)
+        .expect("worker 1 advertised");
+    assert_eq!(ad.ad.models[0].id, "tiny");
+    assert_eq!(ad.ad.runner, "llama-cpp");
+    assert!(ad.ad.expiration.as_secs() > Timestamp::now().as_secs());
+
+    // Open job: whoever answers first, verified with its metering.
+    let secret_prompt = "SECRET-PROMPT the cat sat on the mat";
+    let done = c
+        .submit(tiny_job(secret_prompt, 16), false, T, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.result.result.usage.output_tokens, 16);
+    let (m, check) = done
+        .metering
+        .as_ref()
+        .expect("metering arrives with the result");
+    assert!(check.prompt_checked && check.output_checked);
+    assert_eq!(
+        m.record.prompt_sha256,
+        fedai_protocol::sha256_hex(secret_prompt.as_bytes())
+    );
+
+    // Directed + streamed: partials arrive in order and add up to the result.
+    let mut req = tiny_job("once upon a time", 64);
+    req.provider = Some(pk1);
+    req.params.stream = true;
+    let mut streamed = String::new();
+    let mut processing_by = None;
+    let done = c
+        .submit(req, false, T, |u| match u {
+            JobUpdate::Partial(t) => streamed.push_str(&t),
+            JobUpdate::Processing(w) => processing_by = Some(w),
+            JobUpdate::Submitted(_) => {}
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.result.worker, pk1);
+    assert_eq!(processing_by, Some(pk1));
+    assert_eq!(
+        streamed, done.output,
+        "partials, in seq order, are the whole output"
+    );
+    assert_eq!(done.result.result.usage.output_tokens, 64);
+
+    // Private job to worker 2: it answers; worker 1 sees only ciphertext and stays silent.
+    let mut req = JobRequest {
+        input: JobInput::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: "SECRET-PRIVATE what is two plus two".into(),
+        }]),
+        ..tiny_job("", 8)
+    };
+    req.provider = Some(pk2);
+    let done = c.submit(req, true, T, |_| {}).await.unwrap();
+    assert_eq!(done.result.worker, pk2);
+    assert!(done.result.result.encrypted);
+    assert_eq!(done.result.result.usage.output_tokens, 8);
+    let raw = c
+        .fetch(Filter::new().event(done.request.id), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        raw.iter().all(|e| e.pubkey == pk2),
+        "worker 1 never answered a job it cannot read"
+    );
+    assert!(raw.iter().all(|e| !e.content.contains("SECRET-PRIVATE") && !e.as_json().contains("two plus two")), "nothing private in clear on the relay");
+
+    // Neither prompts nor outputs are logged, even at debug level.
+    let logs = w1.logs();
+    assert!(logs.contains("job done"), "worker logged its jobs");
+    for secret in [
+        "SECRET-PROMPT",
+        "once upon a time",
+        "SECRET-PRIVATE",
+        done.output.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "worker log leaked `{secret}`");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_carry_the_right_error_code() {
+    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = nsec();
+    let _w = WorkerProc::start(
+        &sk,
+        &relay.url,
+        &llama.url,
+        &["--max-prompt-bytes", "64", "--max-tokens", "100"],
+    );
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    let expect = |r: Result<fedai_client::JobOutcome, ClientError>, code: ErrorCode| match r {
+        Err(ClientError::Job { code: c, reason }) => {
+            assert_eq!(c, code, "{reason}");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected {code}, got {:?}", other.map(|o| o.output)),
+    };
+    let mut big = tiny_job(&"x".repeat(65), 4);
+    big.provider = Some(pk);
+    expect(
+        c.submit(big, false, T, |_| {}).await,
+        ErrorCode::PromptTooLarge,
+    );
+    let mut unknown = tiny_job("hi", 4);
+    unknown.params.model = Some("gpt-9".into());
+    unknown.provider = Some(pk);
+    expect(
+        c.submit(unknown, false, T, |_| {}).await,
+        ErrorCode::ModelUnavailable,
+    );
+    let mut greedy = tiny_job("hi", 101);
+    greedy.provider = Some(pk);
+    expect(
+        c.submit(greedy, false, T, |_| {}).await,
+        ErrorCode::InvalidRequest,
+    );
+    let mut expired = tiny_job("hi", 4);
+    expired.provider = Some(pk);
+    expired.expiration = Some(Timestamp::from_secs(Timestamp::now().as_secs() + 1));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The relay refuses an already-expired event, so it cannot reach the worker either.
+    assert!(c
+        .submit(expired, false, Duration::from_secs(3), |_| {})
+        .await
+        .is_err());
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_the_load() {
+    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 2)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk1, pk1) = nsec();
+    let (sk2, pk2) = nsec();
+    let _w1 = WorkerProc::start(&sk1, &relay.url, &llama.url, &[]);
+    let _w2 = WorkerProc::start(&sk2, &relay.url, &llama.url, &[]);
+    let c = client(&relay).await;
+    let ads = wait_for_workers(&c, 2).await;
+    let mut served = HashSet::new();
+    for i in 0..16 {
+        let mut req = tiny_job(&format!("job {i}"), 4);
+        req.provider = Some(pick_worker(&ads, Some("tiny")).unwrap().worker);
+        served.insert(c.submit(req, false, T, |_| {}).await.unwrap().result.worker);
+    }
+    assert_eq!(served, HashSet::from([pk1, pk2]), "both workers took jobs");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_answers_after_restart() {
+    let llama = LocalLlamaServer::start(LocalModel::SmolLm2, "smol", 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = nsec();
+    let mut w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    let mut req = JobRequest {
+        input: JobInput::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: "Write a long story about a lighthouse keeper.".into(),
+        }]),
+        ..JobRequest::text("")
+    };
+    req.params.model = Some("smol".into());
+    req.params.max_tokens = Some(300);
+    req.params.stream = true;
+    req.provider = Some(pk);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = tokio::spawn(async move {
+        let r = c
+            .submit(req, false, Duration::from_secs(90), move |u| {
+                let _ = tx.send(u);
+            })
+            .await;
+        c.shutdown().await;
+        r
+    });
+    // Kill the worker once it is streaming.
+    loop {
+        match tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("job starts")
+        {
+            Some(JobUpdate::Partial(_)) => break,
+            Some(_) => {}
+            None => panic!("job ended before streaming"),
+        }
+    }
+    w.kill();
+    let _w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
+    let outcome = job.await.unwrap();
+    match outcome {
+        Ok(done) => {
+            assert_eq!(done.result.worker, pk);
+            assert!(done.metering.is_some());
+        }
+        Err(ClientError::Job { code, .. }) => assert!(
+            matches!(code, ErrorCode::Shutdown | ErrorCode::RunnerFailed),
+            "explicit error: {code}"
+        ),
+        Err(e) => panic!("the customer got neither a result nor an explicit error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn runner_down_gives_error_feedback_fast_and_an_unhealthy_ad() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = nsec();
+    let _w = WorkerProc::start(&sk, &relay.url, &dead, &[]);
+    let c = client(&relay).await;
+    let filter = Filter::new()
+        .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+        .author(pk);
+    let mut ad = None;
+    for _ in 0..50 {
+        if let Some(ev) = c
+            .fetch(filter.clone(), Duration::from_secs(1))
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+        {
+            ad = Some(CapabilityAd::from_event(&ev).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !ad.expect("ad published").ad.healthy,
+        "ad shows the runner is down"
+    );
+    let mut req = tiny_job("hi", 4);
+    req.provider = Some(pk);
+    let t0 = std::time::Instant::now();
+    match c.submit(req, false, T, |_| {}).await {
+        Err(ClientError::Job {
+            code: ErrorCode::RunnerFailed,
+            ..
+        }) => {}
+        other => panic!("expected runner-failed, got {:?}", other.map(|o| o.output)),
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "error within a second: {:?}",
+        t0.elapsed()
+    );
+    // The feedback event itself is a valid error with its code.
+    let fbs = c
+        .fetch(
+            Filter::new()
+                .kind(Kind::from_u16(kinds::JOB_FEEDBACK))
+                .author(pk),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(
+        fbs.iter()
+            .any(|e| JobFeedback::from_event(e, None)
+                .is_ok_and(|f| f.status == FeedbackStatus::Error))
+    );
+    c.shutdown().await;
+}

@@ -1,0 +1,194 @@
+//! Runner adapters against a real llama.cpp server (the `xllamacpp` wheel) with real GGUF models.
+//! The Ollama adapter is tested against `workers/runner/ollama_shim.py`, a **format shim** that
+//! puts Ollama's API in front of the same llama.cpp server: it is not Ollama (which cannot be
+//! installed here).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fedai_protocol::{ChatMessage, JobInput, JobParams};
+use fedai_runners::local::{install, runner_dir, LocalLlamaServer, LocalModel};
+use fedai_runners::{build, HttpOptions, InferRequest, Piece, Runner, RunnerError, SandboxPolicy};
+use futures_util::StreamExt;
+
+async fn collect(r: &dyn Runner, req: InferRequest) -> (String, u64, u64) {
+    let mut s = r.infer(req).await.expect("infer starts");
+    let mut text = String::new();
+    while let Some(p) = s.next().await {
+        match p.expect("piece") {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Done {
+                input_tokens,
+                output_tokens,
+            } => return (text, input_tokens, output_tokens),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+fn req(model: &str, input: JobInput, max_tokens: u32) -> InferRequest {
+    InferRequest {
+        model: model.into(),
+        input,
+        params: JobParams {
+            temperature: Some(0.0),
+            ..JobParams::default()
+        },
+        max_tokens,
+    }
+}
+
+#[tokio::test]
+async fn llama_cpp_and_openai_adapters_on_a_real_server() {
+    let server = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 2)
+        .await
+        .expect("llama.cpp server");
+    let policy = SandboxPolicy::default();
+    for kind in ["llama-cpp", "openai"] {
+        let r = build(kind, &server.url, &policy, HttpOptions::default()).unwrap();
+        r.health().await.unwrap();
+        let models = r.list_models().await.unwrap();
+        assert_eq!(models[0].id, "tiny", "{kind}");
+        // The tiny model never emits EOS: exactly max_tokens come out.
+        let (text, input, output) = collect(
+            r.as_ref(),
+            req("tiny", JobInput::Text("the cat and the dog".into()), 24),
+        )
+        .await;
+        assert_eq!(output, 24, "{kind}: exact token count");
+        assert!(input >= 4, "{kind}: prompt tokens counted ({input})");
+        assert!(!text.is_empty());
+        let chat = JobInput::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: "hello there".into(),
+        }]);
+        let (_, cin, cout) = collect(r.as_ref(), req("tiny", chat, 8)).await;
+        assert_eq!(cout, 8, "{kind}: chat");
+        assert!(
+            cin > input.min(4),
+            "{kind}: chat template adds tokens ({cin})"
+        );
+        let err = r
+            .infer(req("no-such-model", JobInput::Text("x".into()), 4))
+            .await
+            .err()
+            .expect("unknown model fails");
+        assert!(
+            matches!(
+                err,
+                RunnerError::UnknownModel(_) | RunnerError::Status { .. }
+            ),
+            "{kind}: {err:?}"
+        );
+        let est = r
+            .estimate(&req(
+                "tiny",
+                JobInput::Text("the cat and the dog".into()),
+                10,
+            ))
+            .await
+            .unwrap();
+        assert!(est.input_tokens > 0 && est.max_output_tokens == 10);
+    }
+    // Cancellation: dropping a stream mid-generation stops it; the server keeps serving.
+    let r = build("llama-cpp", &server.url, &policy, HttpOptions::default()).unwrap();
+    let mut s = r
+        .infer(req("tiny", JobInput::Text("go".into()), 100_000))
+        .await
+        .unwrap();
+    assert!(matches!(s.next().await, Some(Ok(Piece::Text(_)))));
+    drop(s);
+    let (_, _, out) = tokio::time::timeout(
+        Duration::from_secs(20),
+        collect(r.as_ref(), req("tiny", JobInput::Text("again".into()), 5)),
+    )
+    .await
+    .expect("server free again after a cancelled stream");
+    assert_eq!(out, 5);
+}
+
+#[tokio::test]
+async fn runner_down_fails_fast_with_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let opts = HttpOptions {
+        connect_attempts: 3,
+        ..HttpOptions::default()
+    };
+    let r = build("llama-cpp", &url, &SandboxPolicy::default(), opts).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = r.health().await.unwrap_err();
+    assert!(matches!(e, RunnerError::Unreachable(_)), "{e:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "bounded retries: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        build(
+            "llama-cpp",
+            "http://192.0.2.1:80",
+            &SandboxPolicy::default(),
+            opts
+        )
+        .is_err(),
+        "sandbox refuses non-loopback"
+    );
+}
+
+#[tokio::test]
+async fn ollama_adapter_through_the_format_shim() {
+    let server = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
+        .await
+        .expect("llama.cpp server");
+    let inst = install().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut shim = Command::new(&inst.python)
+        .arg(runner_dir().join("ollama_shim.py"))
+        .args(["--upstream", &server.url, "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let r = build(
+        "ollama",
+        &url,
+        &SandboxPolicy::default(),
+        HttpOptions::default(),
+    )
+    .unwrap();
+    let mut up = false;
+    for _ in 0..50 {
+        if r.health().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "shim up");
+    let model = r.list_models().await.unwrap()[0].id.clone();
+    let (text, _, out) = collect(
+        r.as_ref(),
+        req(&model, JobInput::Text("the sky".into()), 12),
+    )
+    .await;
+    assert_eq!(out, 12);
+    assert!(!text.is_empty());
+    let chat = JobInput::Chat(vec![ChatMessage {
+        role: "user".into(),
+        content: "hi".into(),
+    }]);
+    let (_, _, out) = collect(r.as_ref(), req(&model, chat, 6)).await;
+    assert_eq!(out, 6);
+    let _ = shim.kill();
+    let _ = shim.wait();
+}
