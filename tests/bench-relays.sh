@@ -43,7 +43,7 @@ max_event_bytes = 524288
 max_ws_message_bytes = 1048576
 max_ws_frame_bytes = 1048576
 TOML
-(cd "$WORK/nrs" && RUST_LOG=warn "$PEERS/bin/nostr-rs-relay" --config "$WORK/nrs/config.toml" --db "$WORK/nrs" >/dev/null 2>&1) &
+(cd "$WORK/nrs" && RUST_LOG=warn exec "$PEERS/bin/nostr-rs-relay" --config "$WORK/nrs/config.toml" --db "$WORK/nrs" >/dev/null 2>&1) &
 PIDS+=($!)
 sleep 2
 
