@@ -2,7 +2,7 @@
 //! WebSocket, so tests see exactly the NIP-01 messages a client would.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::Duration;
@@ -17,11 +17,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The workspace's target directory for the current profile (where the binaries are).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    // Tests live in target/<profile>/deps/<test>, bench binaries in target/<profile>/<bin>.
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 static BUILD: Once = Once::new();

@@ -97,7 +97,7 @@ impl Worker {
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = Client::default();
+        let client = fedai_client::nostr_client();
         for r in &cfg.relays {
             client.add_relay(r.as_str()).await?;
         }
@@ -596,6 +596,9 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&parsed.id);
+        // The slot guards the runner: free it as soon as the runner is done, before publishing
+        // (in-flight still counts the job until its answer is out, for the drain on shutdown).
+        drop(permit);
         match outcome {
             Outcome::Failed(code, reason) => self.refuse(&parsed, code, reason).await,
             Outcome::Done {
@@ -612,7 +615,6 @@ impl Worker {
                     .await;
             }
         }
-        drop(permit);
         let n = i.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
         i.metrics.set_in_flight(n as i64);
     }

@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod transport;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -36,6 +38,8 @@ use fedai_protocol::{
 };
 use futures_util::StreamExt;
 use nostr_sdk::prelude::{Client, ClientNotification};
+
+pub use transport::nostr_client;
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +99,7 @@ pub struct FedaiClient {
 impl FedaiClient {
     /// Connect to `relays` (waits up to 5 s; unreachable relays are retried in the background).
     pub async fn connect(relays: &[String], keys: Keys) -> Result<Self, ClientError> {
-        let client = Client::default();
+        let client = transport::nostr_client();
         for r in relays {
             client
                 .add_relay(r.as_str())

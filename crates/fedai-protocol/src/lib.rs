@@ -143,9 +143,14 @@ pub const PAYLOAD_LOGGING_CRATES: &[&str] = &[
 ];
 
 /// The operator's log filter with [`PAYLOAD_LOGGING_CRATES`] capped at `info`, as a
-/// `tracing_subscriber::EnvFilter` string.
+/// `tracing_subscriber::EnvFilter` string. Filters that enable nothing above `info` are returned
+/// unchanged (so `warn` stays `warn` for those crates too).
 pub fn private_log_filter(filter: &str) -> String {
     let mut f = filter.trim().to_owned();
+    let lower = f.to_ascii_lowercase();
+    if !lower.contains("debug") && !lower.contains("trace") {
+        return f;
+    }
     for c in PAYLOAD_LOGGING_CRATES {
         if !f.is_empty() {
             f.push(',');

@@ -17,12 +17,20 @@ pub(crate) struct Http {
 }
 
 fn map_err(e: reqwest::Error, opts: &HttpOptions) -> RunnerError {
+    // Include the cause chain: "error sending request" alone says nothing.
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
     if e.is_connect() {
-        RunnerError::Unreachable(e.to_string())
+        RunnerError::Unreachable(msg)
     } else if e.is_timeout() {
         RunnerError::Timeout(opts.idle_timeout)
     } else {
-        RunnerError::Protocol(e.to_string())
+        RunnerError::Protocol(msg)
     }
 }
 
@@ -31,6 +39,11 @@ impl Http {
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
+            // No connection reuse: a pooled connection that the server closes (llama.cpp does
+            // under load) fails the next POST with "connection closed before message
+            // completed", which cannot be retried safely. A fresh loopback connection costs
+            // ~0.1 ms per request.
+            .pool_max_idle_per_host(0)
             .no_proxy()
             .build()
             .map_err(|e| RunnerError::Protocol(e.to_string()))?;
