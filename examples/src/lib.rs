@@ -1,0 +1,1 @@
+//! Examples live in `examples/`: `cargo run -p fedai-examples --example list_workers`.
