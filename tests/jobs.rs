@@ -342,3 +342,191 @@ async fn runner_down_gives_error_feedback_fast_and_an_unhealthy_ad() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_health_and_graceful_shutdown_finishing_the_running_job() {
+    let llama = LocalLlamaServer::start(LocalModel::SmolLm2, "smol", 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = nsec();
+    let mut w = WorkerProc::start(
+        &sk,
+        &relay.url,
+        &llama.url,
+        &[
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "--drain-timeout-secs",
+            "30",
+        ],
+    );
+    let metrics = w.metrics_url.clone().expect("metrics address printed");
+    let addr = metrics.trim_start_matches("http://").to_owned();
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    let (status, _) = fedai_tests::http_get(&addr, "/health", "*/*").await;
+    assert!(status.contains("200"), "{status}");
+    let mut req = JobRequest {
+        input: JobInput::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: "Tell a long story about the sea.".into(),
+        }]),
+        ..JobRequest::text("")
+    };
+    req.params.model = Some("smol".into());
+    req.params.max_tokens = Some(200);
+    req.params.stream = true;
+    req.provider = Some(pk);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = tokio::spawn(async move {
+        let r = c
+            .submit(req, false, T, move |u| {
+                let _ = tx.send(u);
+            })
+            .await;
+        (r, c)
+    });
+    while !matches!(rx.recv().await, Some(JobUpdate::Partial(_)) | None) {}
+    // SIGTERM mid-job: no new jobs, but the running one finishes and is delivered.
+    let exited = tokio::task::spawn_blocking(move || {
+        let ok = w.terminate(40);
+        (ok, w)
+    });
+    let (outcome, c) = job.await.unwrap();
+    let done = outcome.expect("the running job is delivered during the drain");
+    assert_eq!(done.result.worker, pk);
+    let (ok, w) = exited.await.unwrap();
+    assert!(ok, "worker exits 0 after draining; log: {}", w.logs());
+    // Its final ad says it is down.
+    let ads = c
+        .fetch(
+            Filter::new()
+                .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+                .author(pk),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let newest = ads.iter().max_by_key(|e| e.created_at).expect("ad");
+    assert!(
+        !CapabilityAd::from_event(newest).unwrap().ad.healthy,
+        "withdrawn ad is marked down"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn worker_metrics_count_jobs_and_tokens() {
+    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = nsec();
+    let w = WorkerProc::start(
+        &sk,
+        &relay.url,
+        &llama.url,
+        &["--metrics-bind", "127.0.0.1:0"],
+    );
+    let addr = w
+        .metrics_url
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    let mut req = tiny_job("count these tokens", 12);
+    req.provider = Some(pk);
+    c.submit(req, false, T, |_| {}).await.unwrap();
+    let mut bad = tiny_job("hi", 4);
+    bad.params.model = Some("nope".into());
+    bad.provider = Some(pk);
+    assert!(c.submit(bad, false, T, |_| {}).await.is_err());
+    let (_, body) = fedai_tests::http_get(&addr, "/metrics", "*/*").await;
+    assert!(
+        body.contains("fedai_worker_jobs_total{outcome=\"success\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("fedai_worker_jobs_total{outcome=\"model-unavailable\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("fedai_worker_tokens_total{direction=\"output\"} 12"),
+        "{body}"
+    );
+    assert!(body.contains("fedai_worker_runner_healthy 1"), "{body}");
+    assert!(
+        body.contains("fedai_worker_runner_job_seconds_count 1"),
+        "{body}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn cli_infer_job_metering_verify_and_keygen() {
+    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, _) = nsec();
+    let _w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    c.shutdown().await;
+    let fedai = fedai_tests::binary("fedai");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&fedai)
+            .args(["--relay", &relay.url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fedai {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run(&[
+        "infer",
+        "the river and the stone",
+        "--model",
+        "tiny",
+        "--max-tokens",
+        "10",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["usage"]["output_tokens"], 10);
+    assert_eq!(v["metering"]["verified"], true);
+    let request = v["request"].as_str().unwrap();
+    let metering = v["metering"]["id"].as_str().unwrap();
+    let verified = run(&["metering", "verify", metering]);
+    assert!(
+        verified.contains("verified") && verified.contains("prompt hash checked"),
+        "{verified}"
+    );
+    let job = run(&["job", request]);
+    assert!(
+        job.contains("state: done") && job.contains("metering:"),
+        "{job}"
+    );
+    let workers = run(&["workers", "--json"]);
+    assert!(workers.contains("\"tiny\""), "{workers}");
+    let dir = fedai_tests::temp_dir("keygen");
+    let file = dir.join("me.nsec");
+    let out = run(&["keygen", "--out", file.to_str().unwrap()]);
+    assert!(
+        out.contains("npub1") && !out.contains("nsec1"),
+        "the secret is not printed: {out}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("nsec1"));
+}

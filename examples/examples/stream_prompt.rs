@@ -12,12 +12,17 @@ use fedai_protocol::{ChatMessage, JobInput, JobRequest, Keys};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let relay = args.next().unwrap_or_else(|| "ws://127.0.0.1:7777".into());
-    let prompt = args.next().unwrap_or_else(|| "Say hello in one sentence.".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "Say hello in one sentence.".into());
     let client = FedaiClient::connect(&[relay], Keys::generate()).await?;
     let ads = client.workers().await?;
     let worker = pick_worker(&ads, None).ok_or("no live worker")?;
     let mut req = JobRequest {
-        input: JobInput::Chat(vec![ChatMessage { role: "user".into(), content: prompt }]),
+        input: JobInput::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: prompt,
+        }]),
         ..JobRequest::text("")
     };
     req.provider = Some(worker.worker);
@@ -32,7 +37,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     let u = done.result.result.usage;
-    println!("\n[{} in / {} out tokens, metering verified: {}]", u.input_tokens, u.output_tokens, done.metering.is_some());
+    println!(
+        "\n[{} in / {} out tokens, metering verified: {}]",
+        u.input_tokens,
+        u.output_tokens,
+        done.metering.is_some()
+    );
     client.shutdown().await;
     Ok(())
 }

@@ -51,6 +51,8 @@ pub struct WorkerProc {
     pub child: Child,
     /// Worker public key (hex).
     pub pubkey: String,
+    /// `http://host:port` of `/metrics` and `/health`, when started with `--metrics-bind`.
+    pub metrics_url: Option<String>,
     /// Captured stderr (logs).
     pub stderr_path: PathBuf,
 }
@@ -85,9 +87,13 @@ impl WorkerProc {
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
         let mut pubkey = String::new();
+        let mut metrics_url = None;
         for _ in 0..3 {
             let mut line = String::new();
             reader.read_line(&mut line).expect("read worker output");
+            if let Some(url) = line.trim().strip_prefix("fedai-worker metrics on ") {
+                metrics_url = Some(url.to_owned());
+            }
             if let Some(pk) = line
                 .trim()
                 .strip_prefix("fedai-worker ")
@@ -107,6 +113,7 @@ impl WorkerProc {
         Self {
             child,
             pubkey,
+            metrics_url,
             stderr_path,
         }
     }
@@ -114,6 +121,20 @@ impl WorkerProc {
     /// The worker's log output so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Send SIGTERM; returns whether the process exited successfully within `secs`.
+    pub fn terminate(&mut self, secs: u64) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..secs * 20 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// SIGKILL now.
@@ -220,6 +241,21 @@ impl Drop for RelayProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Plain HTTP/1.1 GET to `addr` (`host:port`); returns (status line, body).
+pub async fn http_get(addr: &str, path: &str, accept: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
 
 fn unique() -> u64 {
