@@ -192,3 +192,141 @@ async fn ollama_adapter_through_the_format_shim() {
     let _ = shim.kill();
     let _ = shim.wait();
 }
+
+/// A server speaking the generic fed_AI runner contract (`/models`, `/infer`, `/estimate`,
+/// `/health`) in front of the real llama.cpp server, through the llama-cpp adapter. It is a
+/// contract front written for this test (like a third-party runner would be), generating with
+/// the real model.
+async fn contract_server(upstream: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let runner: std::sync::Arc<dyn Runner> = build(
+        "llama-cpp",
+        &upstream,
+        &SandboxPolicy::default(),
+        HttpOptions::default(),
+    )
+    .unwrap()
+    .into();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let runner = runner.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head_end, len) = loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        break (p + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
+                let req = || InferRequest {
+                    model: body["model"].as_str().unwrap_or("").into(),
+                    input: JobInput::Text(body["prompt"].as_str().unwrap_or("").into()),
+                    params: JobParams::default(),
+                    max_tokens: body["maxTokens"].as_u64().unwrap_or(16) as u32,
+                };
+                let (status, out) = match path.as_str() {
+                    "/health" => ("200 OK", serde_json::json!({"ok": true})),
+                    "/models" => {
+                        let m = runner.list_models().await.unwrap();
+                        (
+                            "200 OK",
+                            serde_json::json!({"models": m.iter().map(|m| serde_json::json!({"id": m.id, "contextLength": m.context_length, "quantisation": m.quantisation})).collect::<Vec<_>>()}),
+                        )
+                    }
+                    "/estimate" => {
+                        let e = runner.estimate(&req()).await.unwrap();
+                        (
+                            "200 OK",
+                            serde_json::json!({"inputTokens": e.input_tokens, "maxOutputTokens": e.max_output_tokens}),
+                        )
+                    }
+                    "/infer" => match runner.infer(req()).await {
+                        Err(RunnerError::UnknownModel(_)) => (
+                            "404 Not Found",
+                            serde_json::json!({"error": "unknown model"}),
+                        ),
+                        Err(e) => (
+                            "500 Internal Server Error",
+                            serde_json::json!({"error": e.to_string()}),
+                        ),
+                        Ok(mut st) => {
+                            let (mut output, mut usage) = (String::new(), (0, 0));
+                            while let Some(p) = st.next().await {
+                                match p.unwrap() {
+                                    Piece::Text(t) => output.push_str(&t),
+                                    Piece::Done {
+                                        input_tokens,
+                                        output_tokens,
+                                    } => usage = (input_tokens, output_tokens),
+                                }
+                            }
+                            (
+                                "200 OK",
+                                serde_json::json!({"output": output, "usage": {"inputTokens": usage.0, "outputTokens": usage.1}}),
+                            )
+                        }
+                    },
+                    _ => ("404 Not Found", serde_json::json!({})),
+                };
+                let b = out.to_string();
+                let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn generic_http_adapter_speaks_the_runner_contract() {
+    let server = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
+        .await
+        .expect("llama.cpp server");
+    let url = contract_server(server.url.clone()).await;
+    let r = build(
+        "http",
+        &url,
+        &SandboxPolicy::default(),
+        HttpOptions::default(),
+    )
+    .unwrap();
+    r.health().await.unwrap();
+    assert_eq!(r.list_models().await.unwrap()[0].id, "tiny");
+    let (text, input, output) =
+        collect(r.as_ref(), req("tiny", JobInput::Text("a river".into()), 9)).await;
+    assert_eq!(output, 9);
+    assert!(input > 0 && !text.is_empty());
+    let est = r
+        .estimate(&req("tiny", JobInput::Text("a river".into()), 9))
+        .await
+        .unwrap();
+    assert_eq!(est.max_output_tokens, 9);
+    let err = r
+        .infer(req("nope", JobInput::Text("x".into()), 2))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, RunnerError::UnknownModel(_)), "{err:?}");
+}
