@@ -208,7 +208,7 @@ async fn contract_server(upstream: String) -> String {
         HttpOptions::default(),
     )
     .unwrap()
-    .into();
+    ;
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
