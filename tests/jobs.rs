@@ -229,13 +229,7 @@ async fn a_worker_killed_mid_job_answers_after_restart() {
     let mut w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
     let c = client(&relay).await;
     wait_for_workers(&c, 1).await;
-    let mut req = JobRequest {
-        input: JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "Write a long story about a lighthouse keeper.".into(),
-        }]),
-        ..JobRequest::text("")
-    };
+    let mut req = JobRequest::chat("Write a long story about a lighthouse keeper.");
     req.params.model = Some("smol".into());
     req.params.max_tokens = Some(300);
     req.params.stream = true;
@@ -367,13 +361,7 @@ async fn metrics_health_and_graceful_shutdown_finishing_the_running_job() {
     wait_for_workers(&c, 1).await;
     let (status, _) = fedai_tests::http_get(&addr, "/health", "*/*").await;
     assert!(status.contains("200"), "{status}");
-    let mut req = JobRequest {
-        input: JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "Tell a long story about the sea.".into(),
-        }]),
-        ..JobRequest::text("")
-    };
+    let mut req = JobRequest::chat("Tell a long story about the sea.");
     req.params.model = Some("smol".into());
     req.params.max_tokens = Some(200);
     req.params.stream = true;

@@ -207,8 +207,7 @@ async fn contract_server(upstream: String) -> String {
         &SandboxPolicy::default(),
         HttpOptions::default(),
     )
-    .unwrap()
-    ;
+    .unwrap();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use fedai_client::{pick_worker, FedaiClient, JobUpdate};
-use fedai_protocol::{ChatMessage, JobInput, JobRequest, Keys};
+use fedai_protocol::{JobRequest, Keys};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,13 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = FedaiClient::connect(&[relay], Keys::generate()).await?;
     let ads = client.workers().await?;
     let worker = pick_worker(&ads, None).ok_or("no live worker")?;
-    let mut req = JobRequest {
-        input: JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: prompt,
-        }]),
-        ..JobRequest::text("")
-    };
+    let mut req = JobRequest::chat(prompt);
     req.provider = Some(worker.worker);
     req.params.stream = true;
     req.params.max_tokens = Some(128);

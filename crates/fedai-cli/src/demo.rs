@@ -53,7 +53,7 @@ pub async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut req = crate::chat_request(prompt);
+    let mut req = fedai_protocol::JobRequest::chat(prompt);
     req.params.model = Some(DEMO_MODEL.into());
     req.params.max_tokens = Some(max_tokens);
     req.params.temperature = Some(0.2);

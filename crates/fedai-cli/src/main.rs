@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fedai_client::{pick_worker, FedaiClient, JobOutcome, JobUpdate};
 use fedai_protocol::nostr::prelude::*;
-use fedai_protocol::{kinds, JobFeedback, JobRequest, JobResult, MeteringRecord};
+use fedai_protocol::{kinds, FeedbackStatus, JobFeedback, JobRequest, JobResult, MeteringRecord};
 
 #[derive(Parser)]
 #[command(
@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
             let mut req = if *raw {
                 JobRequest::text(prompt.clone())
             } else {
-                chat_request(prompt)
+                JobRequest::chat(prompt.clone())
             };
             req.params.model = model.clone();
             req.params.max_tokens = *max_tokens;
@@ -177,17 +177,6 @@ async fn main() -> anyhow::Result<()> {
             cmd: MeteringCmd::Verify { target },
         } => metering_verify(&cli, target).await,
         Cmd::Demo { prompt, max_tokens } => demo::run(prompt, *max_tokens).await,
-    }
-}
-
-/// A one-turn chat request: instruct models answer it through their chat template.
-pub(crate) fn chat_request(prompt: &str) -> JobRequest {
-    JobRequest {
-        input: fedai_protocol::JobInput::Chat(vec![fedai_protocol::ChatMessage {
-            role: "user".into(),
-            content: prompt.to_owned(),
-        }]),
-        ..JobRequest::text("")
     }
 }
 
@@ -383,25 +372,22 @@ async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
     if events.is_empty() {
         bail!("no events for {id} on {}", cli.relays.join(", "));
     }
-    events.sort_by_key(|e| e.created_at);
-    let mut state = "submitted";
+    // Events of one second have no order among themselves: the state is derived from which
+    // events exist (furthest stage wins), not from the order they are listed in.
+    events.sort_by_key(|e| (e.created_at, e.kind.as_u16()));
+    let mut stage = 0u8;
+    let mut raise = |s: u8| stage = stage.max(s);
     for e in &events {
         let what = match e.kind.as_u16() {
             kinds::JOB_REQUEST => "request".to_owned(),
             kinds::JOB_FEEDBACK => match JobFeedback::from_event(e, None) {
                 Ok(f) => {
-                    state = match f.status.as_str() {
-                        "error" => "failed",
-                        "success" => "done",
-                        "processing" => "processing",
-                        s => {
-                            if state == "done" {
-                                "done"
-                            } else {
-                                s
-                            }
-                        }
-                    };
+                    raise(match f.status {
+                        FeedbackStatus::PaymentRequired => 1,
+                        FeedbackStatus::Processing | FeedbackStatus::Partial => 2,
+                        FeedbackStatus::Error => 3,
+                        FeedbackStatus::Success => 4,
+                    });
                     match (&f.code, f.seq) {
                         (Some(c), _) => format!(
                             "feedback {} ({c}: {})",
@@ -420,7 +406,7 @@ async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
             },
             kinds::JOB_RESULT => match JobResult::from_event(e, None) {
                 Ok(r) => {
-                    state = "done";
+                    raise(4);
                     format!(
                         "result: {} in / {} out tokens, model {}",
                         r.result.usage.input_tokens, r.result.usage.output_tokens, r.result.model
@@ -436,7 +422,7 @@ async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
                 Err(err) => format!("invalid metering ({err})"),
             },
             kinds::DELETION => {
-                state = "cancelled";
+                raise(5);
                 "cancellation".into()
             }
             k => format!("kind {k}"),
@@ -448,6 +434,14 @@ async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
             &e.id.to_hex()[..12]
         );
     }
+    let state = [
+        "submitted",
+        "quoted",
+        "processing",
+        "failed",
+        "done",
+        "cancelled",
+    ][stage as usize];
     println!("state: {state}");
     Ok(())
 }

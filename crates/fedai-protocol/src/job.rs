@@ -140,6 +140,18 @@ impl JobRequest {
         }
     }
 
+    /// A one-turn chat (`user` message) with default parameters: instruct models answer it
+    /// through their chat template.
+    pub fn chat(prompt: impl Into<String>) -> Self {
+        Self {
+            input: JobInput::Chat(vec![ChatMessage {
+                role: "user".into(),
+                content: prompt.into(),
+            }]),
+            ..Self::text("")
+        }
+    }
+
     /// The private tags (`i` and `param`), which are encrypted for private jobs.
     fn private_tags(&self) -> Vec<Tag> {
         let mut out = vec![tag(

@@ -162,6 +162,18 @@ pub fn build(
     })
 }
 
+/// A tokenizer-free estimate (about 4 bytes per token), for servers without a tokenize endpoint.
+pub(crate) fn byte_estimate(req: &InferRequest) -> Estimate {
+    let bytes: usize = as_messages(&req.input)
+        .iter()
+        .map(|m| m.content.len())
+        .sum();
+    Estimate {
+        input_tokens: (bytes as u64).div_ceil(4),
+        max_output_tokens: u64::from(req.max_tokens),
+    }
+}
+
 /// Chat messages of an input (a text prompt is one user message).
 pub(crate) fn as_messages(input: &JobInput) -> Vec<fedai_protocol::ChatMessage> {
     match input {

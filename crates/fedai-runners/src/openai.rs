@@ -132,15 +132,8 @@ impl Runner for OpenAi {
     }
 
     fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>> {
-        // The OpenAI API has no tokenizer endpoint: about 4 bytes per token.
-        let bytes: usize = as_messages(&req.input)
-            .iter()
-            .map(|m| m.content.len())
-            .sum();
-        let est = Estimate {
-            input_tokens: (bytes as u64).div_ceil(4),
-            max_output_tokens: u64::from(req.max_tokens),
-        };
+        // No tokenizer endpoint in this API.
+        let est = crate::byte_estimate(req);
         Box::pin(async move { Ok(est) })
     }
 

@@ -68,13 +68,7 @@ async fn direct(url: &str, model: &str, prompt: &str, max_tokens: u32) -> Durati
 }
 
 fn job(model: &str, prompt: &str, max_tokens: u32, worker: PublicKey) -> JobRequest {
-    let mut r = JobRequest {
-        input: JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: prompt.into(),
-        }]),
-        ..JobRequest::text("")
-    };
+    let mut r = JobRequest::chat(prompt);
     r.params.model = Some(model.into());
     r.params.max_tokens = Some(max_tokens);
     r.params.temperature = Some(0.0);
