@@ -9,7 +9,7 @@ use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{
     kinds, CapabilityAd, ChatMessage, ErrorCode, FeedbackStatus, JobFeedback, JobInput, JobRequest,
 };
-use fedai_runners::local::{LocalLlamaServer, LocalModel};
+use fedai_runners::local::LocalModel;
 use fedai_tests::{RelayProc, WorkerProc};
 
 const T: Duration = Duration::from_secs(60);
@@ -50,9 +50,7 @@ fn tiny_job(prompt: &str, max_tokens: u32) -> JobRequest {
 
 #[tokio::test]
 async fn open_directed_streaming_and_private_jobs() {
-    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 2)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk1, pk1) = nsec();
     let (sk2, pk2) = nsec();
@@ -146,9 +144,7 @@ async fn open_directed_streaming_and_private_jobs() {
 
 #[tokio::test]
 async fn refusals_carry_the_right_error_code() {
-    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk, pk) = nsec();
     let _w = WorkerProc::start(
@@ -199,9 +195,7 @@ async fn refusals_carry_the_right_error_code() {
 
 #[tokio::test]
 async fn two_workers_share_the_load() {
-    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 2)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk1, pk1) = nsec();
     let (sk2, pk2) = nsec();
@@ -221,9 +215,7 @@ async fn two_workers_share_the_load() {
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_answers_after_restart() {
-    let llama = LocalLlamaServer::start(LocalModel::SmolLm2, "smol", 1)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::SmolLm2, "smol", 1).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk, pk) = nsec();
     let mut w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
@@ -339,9 +331,7 @@ async fn runner_down_gives_error_feedback_fast_and_an_unhealthy_ad() {
 
 #[tokio::test]
 async fn metrics_health_and_graceful_shutdown_finishing_the_running_job() {
-    let llama = LocalLlamaServer::start(LocalModel::SmolLm2, "smol", 1)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::SmolLm2, "smol", 1).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk, pk) = nsec();
     let mut w = WorkerProc::start(
@@ -406,9 +396,7 @@ async fn metrics_health_and_graceful_shutdown_finishing_the_running_job() {
 
 #[tokio::test]
 async fn worker_metrics_count_jobs_and_tokens() {
-    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk, pk) = nsec();
     let w = WorkerProc::start(
@@ -455,9 +443,7 @@ async fn worker_metrics_count_jobs_and_tokens() {
 
 #[tokio::test]
 async fn cli_infer_job_metering_verify_and_keygen() {
-    let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
-        .await
-        .unwrap();
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
     let relay = RelayProc::start(&["--memory"]);
     let (sk, _) = nsec();
     let _w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fedai_protocol::{ChatMessage, JobInput, JobParams};
-use fedai_runners::local::{install, runner_dir, LocalLlamaServer, LocalModel};
+use fedai_runners::local::{install, runner_dir, LocalModel};
 use fedai_runners::{build, HttpOptions, InferRequest, Piece, Runner, RunnerError, SandboxPolicy};
 use futures_util::StreamExt;
 
@@ -40,9 +40,7 @@ fn req(model: &str, input: JobInput, max_tokens: u32) -> InferRequest {
 
 #[tokio::test]
 async fn llama_cpp_and_openai_adapters_on_a_real_server() {
-    let server = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 2)
-        .await
-        .expect("llama.cpp server");
+    let server = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
     let policy = SandboxPolicy::default();
     for kind in ["llama-cpp", "openai"] {
         let r = build(kind, &server.url, &policy, HttpOptions::default()).unwrap();
@@ -142,9 +140,7 @@ async fn runner_down_fails_fast_with_a_clear_error() {
 
 #[tokio::test]
 async fn ollama_adapter_through_the_format_shim() {
-    let server = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
-        .await
-        .expect("llama.cpp server");
+    let server = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
     let inst = install().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -300,9 +296,7 @@ async fn contract_server(upstream: String) -> String {
 
 #[tokio::test]
 async fn generic_http_adapter_speaks_the_runner_contract() {
-    let server = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 1)
-        .await
-        .expect("llama.cpp server");
+    let server = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
     let url = contract_server(server.url.clone()).await;
     let r = build(
         "http",

@@ -388,3 +388,16 @@ pub fn job_request(keys: &Keys, prompt: &str) -> Event {
         .to_event(keys, None)
         .expect("build request")
 }
+
+/// Start a real llama.cpp server for a test with one compute thread: the tests run two at a
+/// time on small machines, and llama.cpp threads spin while they wait for each other, so two
+/// servers with two threads each on two cores run many times slower than with one each.
+pub async fn llama(
+    model: fedai_runners::local::LocalModel,
+    alias: &str,
+    parallel: u32,
+) -> fedai_runners::local::LocalLlamaServer {
+    fedai_runners::local::LocalLlamaServer::start_with_threads(model, alias, parallel, 1)
+        .await
+        .expect("start a llama.cpp server (workers/runner/setup.sh)")
+}

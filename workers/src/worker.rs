@@ -42,7 +42,7 @@ struct Inner {
     slots: Arc<Semaphore>,
     in_flight: AtomicU32,
     seen: Mutex<ReplayGuard>,
-    running: Mutex<HashMap<EventId, (PublicKey, oneshot::Sender<()>)>>,
+    running: Mutex<HashMap<EventId, (PublicKey, oneshot::Sender<Stop>)>>,
     accepting: AtomicBool,
     started: Timestamp,
     /// Accepted (processing sent) but unanswered before this process started.
@@ -56,6 +56,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Worker {
     inner: Arc<Inner>,
+}
+
+/// Why a running job is stopped before its runner finishes.
+enum Stop {
+    /// The request's author deleted it (NIP-09 kind 5).
+    Cancelled,
+    /// The drain deadline passed during shutdown.
+    Shutdown,
 }
 
 enum Outcome {
@@ -354,7 +362,7 @@ impl Worker {
             .drain()
             .collect();
         for (_, (_, tx)) in left {
-            let _ = tx.send(());
+            let _ = tx.send(Stop::Shutdown);
         }
         while i.in_flight.load(Ordering::SeqCst) > 0
             && Instant::now() < deadline + Duration::from_secs(5)
@@ -405,7 +413,7 @@ impl Worker {
             {
                 if let Some((_, tx)) = running.remove(&id) {
                     tracing::info!(request = %id, "job cancelled by customer");
-                    let _ = tx.send(());
+                    let _ = tx.send(Stop::Cancelled);
                 }
             }
         }
@@ -587,9 +595,10 @@ impl Worker {
                 Ok(o) => o,
                 Err(_) => Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", i.cfg.job_timeout.as_secs())),
             },
-            r = cancel_rx => match r {
-                Ok(()) if i.accepting.load(Ordering::SeqCst) => Outcome::Failed(ErrorCode::Cancelled, "cancelled by the customer".into()),
-                _ => Outcome::Failed(ErrorCode::Shutdown, "the worker stopped before the job finished; resubmit".into()),
+            // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
+            Ok(stop) = cancel_rx => match stop {
+                Stop::Cancelled => Outcome::Failed(ErrorCode::Cancelled, "cancelled by the customer".into()),
+                Stop::Shutdown => Outcome::Failed(ErrorCode::Shutdown, "the worker stopped before the job finished; resubmit".into()),
             },
         };
         i.running

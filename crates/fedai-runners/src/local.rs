@@ -94,8 +94,26 @@ fn free_port() -> std::io::Result<u16> {
 
 impl LocalLlamaServer {
     /// Install if needed, start the server for `model` under the id `alias`, and wait until it
-    /// answers `/health` (at most 60 s).
+    /// answers `/health` (at most 60 s). Compute threads come from `FEDAI_LLAMA_THREADS`
+    /// (default 2).
     pub async fn start(model: LocalModel, alias: &str, parallel: u32) -> Result<Self, RunnerError> {
+        let threads = std::env::var("FEDAI_LLAMA_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(2);
+        Self::start_with_threads(model, alias, parallel, threads).await
+    }
+
+    /// [`Self::start`] with an explicit number of compute threads. llama.cpp's threads spin
+    /// while they wait for each other, so servers that together hold more threads than there
+    /// are cores slow down by an order of magnitude: tests that run servers side by side give
+    /// each one thread.
+    pub async fn start_with_threads(
+        model: LocalModel,
+        alias: &str,
+        parallel: u32,
+        threads: u32,
+    ) -> Result<Self, RunnerError> {
         let inst = install()?;
         let path = match model {
             LocalModel::SmolLm2 => &inst.smollm2,
@@ -120,7 +138,7 @@ impl LocalLlamaServer {
                 "-c",
                 &(2048 * parallel.max(1)).to_string(),
                 "-t",
-                "2",
+                &threads.max(1).to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
