@@ -48,7 +48,16 @@ pub struct Price {
 
 impl Price {
     /// Price of a job with these token counts, rounded up to the next msat.
+    #[inline]
     pub fn cost_msat(&self, input_tokens: u64, output_tokens: u64) -> u64 {
+        // The u64 path covers every realistic price; 128-bit division is a slow library call,
+        // and the scheduler prices thousands of ads per decision.
+        let fast = input_tokens
+            .checked_mul(self.per_1k_input_msat)
+            .and_then(|i| i.checked_add(output_tokens.checked_mul(self.per_1k_output_msat)?));
+        if let Some(v) = fast {
+            return self.base_msat.saturating_add(v.div_ceil(1000));
+        }
         let var = (input_tokens as u128 * self.per_1k_input_msat as u128)
             .saturating_add(output_tokens as u128 * self.per_1k_output_msat as u128)
             .div_ceil(1000);

@@ -365,3 +365,19 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The fast 64-bit path of `cost_msat` agrees with exact 128-bit arithmetic everywhere.
+    #[test]
+    fn price_cost_matches_exact_arithmetic(
+        base in any::<u64>(), pi in any::<u64>(), po in any::<u64>(),
+        i in prop_oneof![0u64..1_000_000, any::<u64>()], o in prop_oneof![0u64..1_000_000, any::<u64>()],
+        small in any::<bool>(),
+    ) {
+        let (pi, po, base) = if small { (pi % 100_000, po % 100_000, base % 1_000_000) } else { (pi, po, base) };
+        let p = Price { model: "m".into(), base_msat: base, per_1k_input_msat: pi, per_1k_output_msat: po };
+        let exact = (base as u128 + (i as u128 * pi as u128).saturating_add(o as u128 * po as u128).div_ceil(1000))
+            .min(u64::MAX as u128) as u64;
+        prop_assert_eq!(p.cost_msat(i, o), exact);
+    }
+}
