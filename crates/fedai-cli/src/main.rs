@@ -2,6 +2,7 @@
 //! worker and a real llama.cpp server.
 
 mod demo;
+mod sim;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -93,6 +94,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MeteringCmd,
     },
+    /// Simulate a market scenario with the real scheduler (no network).
+    Sim(SimArgs),
     /// Start a relay, a worker and a real llama.cpp model in this process, and run one job.
     Demo {
         /// Prompt to run.
@@ -102,6 +105,27 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         max_tokens: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Scenario file (TOML; see crates/fedai-sim/scenarios/).
+    scenario: PathBuf,
+    /// Sweep one parameter: `param=v1,v2,…` (dotted path, e.g. `client.top_n=1,3,5`).
+    #[arg(long)]
+    sweep: Option<String>,
+    /// Override the number of jobs.
+    #[arg(long)]
+    jobs: Option<u64>,
+    /// Override the seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the reports as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the full Markdown report here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +201,14 @@ async fn main() -> anyhow::Result<()> {
             cmd: MeteringCmd::Verify { target },
         } => metering_verify(&cli, target).await,
         Cmd::Demo { prompt, max_tokens } => demo::run(prompt, *max_tokens).await,
+        Cmd::Sim(a) => sim::run(
+            &a.scenario,
+            a.sweep.as_deref(),
+            a.jobs,
+            a.seed,
+            a.json.as_ref(),
+            a.markdown.as_ref(),
+        ),
     }
 }
 
