@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{
-    kinds, Amount, CapabilityAd, ErrorCode, FeedbackStatus, Freshness, JobFeedback, JobRequest,
-    JobResult, MeteringRecord, ModelInfo, ParsedJobRequest, Price, ProtocolError, ReplayGuard,
-    Usage,
+    kinds, Amount, Award, CapabilityAd, ErrorCode, FeedbackStatus, Freshness, JobFeedback,
+    JobRequest, JobResult, MeteringRecord, ModelInfo, ParsedJobRequest, Price, ProtocolError,
+    ReplayGuard, Usage,
 };
 use fedai_runners::{HttpOptions, InferRequest, Piece, Runner, RunnerError, SandboxPolicy};
 use futures_util::StreamExt;
@@ -42,6 +42,9 @@ struct Inner {
     slots: Arc<Semaphore>,
     in_flight: AtomicU32,
     seen: Mutex<ReplayGuard>,
+    /// Requests this process has taken to run: a request reaches the run path by more than
+    /// one road (its own event, its award, recovery after a restart) and must run once.
+    taken: Mutex<ReplayGuard>,
     running: Mutex<HashMap<EventId, (PublicKey, oneshot::Sender<Stop>)>>,
     accepting: AtomicBool,
     started: Timestamp,
@@ -120,6 +123,7 @@ impl Worker {
             healthy: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             seen: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
+            taken: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             started: Timestamp::now(),
@@ -325,6 +329,15 @@ impl Worker {
                     .since(i.started),
             )
             .await?;
+        // Awards of our quotes (auctions, fedai-04).
+        i.client
+            .subscribe(
+                Filter::new()
+                    .kind(Kind::from_u16(kinds::AWARD))
+                    .pubkey(self.public_key())
+                    .since(since),
+            )
+            .await?;
         let hb = {
             let w = self.clone();
             tokio::spawn(async move {
@@ -393,7 +406,11 @@ impl Worker {
         match event.kind.as_u16() {
             kinds::JOB_REQUEST => {
                 let w = self.clone();
-                tokio::spawn(async move { w.on_request(event).await });
+                tokio::spawn(async move { w.on_request(event, false).await });
+            }
+            kinds::AWARD => {
+                let w = self.clone();
+                tokio::spawn(async move { w.on_award(event).await });
             }
             kinds::DELETION => self.on_cancel(&event),
             _ => {}
@@ -429,10 +446,68 @@ impl Worker {
         }
     }
 
-    async fn on_request(&self, event: Event) {
+    /// An award of one of our quotes: check it against the request and our own quote on the
+    /// relays (we keep no state), then run the request as if it were directed to us.
+    async fn on_award(&self, event: Event) {
+        let i = &self.inner;
+        let Ok(a) = Award::from_event(&event) else {
+            return;
+        };
+        let me = self.public_key();
+        if a.award.worker != me || a.award.expiration.is_some_and(|e| e <= Timestamp::now()) {
+            return;
+        }
+        let filter = Filter::new().ids([a.award.request_id, a.award.quote_id]);
+        let events = match i
+            .client
+            .fetch_events(filter)
+            .timeout(Duration::from_secs(5))
+            .await
+        {
+            Ok(evs) => evs,
+            Err(e) => {
+                tracing::warn!(award = %a.id, error = %e, "cannot fetch the awarded request");
+                return;
+            }
+        };
+        let request = events
+            .iter()
+            .find(|e| e.id == a.award.request_id && e.pubkey == a.customer)
+            .cloned();
+        // The award must name a quote we really made, for this request and this amount.
+        let quote_ok = events
+            .iter()
+            .find(|e| e.id == a.award.quote_id && e.pubkey == me)
+            .and_then(|e| JobFeedback::from_event(e, Some(&i.cfg.keys)).ok())
+            .is_some_and(|q| {
+                q.request_id == a.award.request_id
+                    && q.status == FeedbackStatus::PaymentRequired
+                    && q.amount.is_some_and(|x| x.msat == a.award.amount_msat)
+            });
+        match request {
+            Some(req) if quote_ok => {
+                tracing::info!(request = %req.id, award = %a.id, "quote awarded");
+                self.on_request(req, true).await;
+            }
+            Some(req) => {
+                let fb = JobFeedback::error(
+                    req.id,
+                    a.customer,
+                    ErrorCode::InvalidRequest,
+                    "the award does not match a quote of this worker",
+                );
+                if let Ok(ev) = fb.to_event(&i.cfg.keys) {
+                    self.publish(&ev).await;
+                }
+            }
+            None => tracing::info!(award = %a.id, "awarded request not found"),
+        }
+    }
+
+    async fn on_request(&self, event: Event, awarded: bool) {
         let i = &self.inner;
         let me = self.public_key();
-        let directed_to_me = event.tags.public_keys().any(|p| p == me);
+        let directed_to_me = awarded || event.tags.public_keys().any(|p| p == me);
         let parsed = match JobRequest::from_event(&event, Some(&i.cfg.keys)) {
             Ok(p) => p,
             // Encrypted for another worker: not ours to read or answer.
@@ -558,6 +633,57 @@ impl Worker {
                     ),
                 )
                 .await;
+        }
+        // An open request with a bid is an auction: quote, and run only when awarded (or when
+        // a previous run of this worker had already started it).
+        let resumed = i
+            .recover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&parsed.id);
+        if let (Some(bid), false) = (
+            parsed.request.bid_msat,
+            awarded || directed_to_me || resumed,
+        ) {
+            // Quote on the runner's token count (exact for llama.cpp), at most max_tokens out.
+            let req = InferRequest {
+                model: model.clone(),
+                input: parsed.request.input.clone(),
+                params: parsed.request.params.clone(),
+                max_tokens,
+            };
+            let input_tokens = match i.runner.estimate(&req).await {
+                Ok(e) => e.input_tokens,
+                Err(_) => (parsed.input_data.len() as u64).div_ceil(4),
+            };
+            let price = self
+                .price_for(&model)
+                .cost_msat(input_tokens, max_tokens as u64);
+            if price > bid {
+                tracing::info!(request = %parsed.id, "bid under our price: no quote");
+                return;
+            }
+            let fb = JobFeedback::payment_required(
+                parsed.id,
+                parsed.customer,
+                Amount {
+                    msat: price,
+                    bolt11: None,
+                },
+            );
+            if let Ok(ev) = fb.to_event(&i.cfg.keys) {
+                tracing::info!(request = %parsed.id, price_msat = price, "quoted");
+                self.publish(&ev).await;
+            }
+            return;
+        }
+        if i.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_and_insert(parsed.id, Timestamp::now())
+            .is_err()
+        {
+            return; // already running or answered by this process
         }
         let Ok(permit) = i.slots.clone().try_acquire_owned() else {
             return self

@@ -2,20 +2,21 @@
 //!
 //! The customer side of fed_AI, used by the `fedai` CLI (and later the gateway):
 //! - [`FedaiClient::workers`]: live capability ads from every relay, expired ones dropped;
-//! - [`FedaiClient::submit`]: publish a job, stream its partial tokens in order, await the
-//!   result with a deadline, and verify result and metering signatures and consistency.
+//! - [`FedaiClient::run`]: choose a worker with `fedai-scheduler` (or run an auction), submit,
+//!   stream partial tokens in order, verify result and metering, and fail over to the next
+//!   worker on error, timeout or an invalid result — one answer or one error, never two;
+//! - [`FedaiClient::quotes`]: collect quotes without running;
+//! - [`FedaiClient::submit`]: one attempt with a request the caller addressed itself.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fedai_client::ClientError> {
-//! use fedai_client::{FedaiClient, JobUpdate};
+//! use fedai_client::{FedaiClient, JobUpdate, RunOptions};
 //! use fedai_protocol::{JobRequest, Keys};
 //! let client = FedaiClient::connect(&["ws://127.0.0.1:7777".into()], Keys::generate()).await?;
-//! let ads = client.workers().await?;
-//! let worker = fedai_client::pick_worker(&ads, None).expect("a live worker");
-//! let mut req = JobRequest::text("Say hello");
-//! req.provider = Some(worker.worker);
+//! let mut req = JobRequest::chat("Say hello");
+//! req.params.stream = true;
 //! let done = client
-//!     .submit(req, false, std::time::Duration::from_secs(60), |u| {
+//!     .run(req, &RunOptions::default(), |u| {
 //!         if let JobUpdate::Partial(text) = u { print!("{text}") }
 //!     })
 //!     .await?;
@@ -23,7 +24,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod market;
 pub mod transport;
+
+pub use market::{Quote, RunOptions};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -64,6 +68,17 @@ pub enum ClientError {
     /// No worker fits.
     #[error("no live worker serves this job")]
     NoWorker,
+    /// The chosen worker answered with a result that fails verification.
+    #[error("invalid result from the worker: {0}")]
+    InvalidResult(String),
+    /// Every attempt failed; the last error.
+    #[error("{attempts} attempt(s) failed; last: {last}")]
+    Exhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<ClientError>,
+    },
 }
 
 /// Progress of a job, in order.
@@ -75,6 +90,14 @@ pub enum JobUpdate {
     Processing(PublicKey),
     /// The next chunk of streamed output (delivered in `seq` order, without gaps).
     Partial(String),
+    /// The attempt with this worker failed and the job moves to another: discard the partial
+    /// output shown so far.
+    Failover {
+        /// The worker that failed.
+        worker: PublicKey,
+        /// Why.
+        error: String,
+    },
 }
 
 /// A finished, verified job.
@@ -88,12 +111,29 @@ pub struct JobOutcome {
     pub output: String,
     /// The metering record and what its verification covered, if it arrived in time.
     pub metering: Option<(ParsedMetering, MeteringCheck)>,
+    /// From publishing the request to the first streamed token (or to the result).
+    pub first_token: Duration,
+    /// From publishing the request to the verified result.
+    pub total: Duration,
+}
+
+/// A published request being followed: its subscription and notification stream.
+pub(crate) struct Tracker {
+    notifications: std::pin::Pin<Box<dyn futures_util::Stream<Item = ClientNotification> + Send>>,
+    event: Event,
+    parsed: ParsedJobRequest,
+    sub: nostr_sdk::prelude::SubscriptionId,
+    sent_at: tokio::time::Instant,
 }
 
 /// A connection to fed_AI relays with the customer's keys.
 pub struct FedaiClient {
     client: Client,
     keys: Keys,
+    /// What this customer observed of each worker (the scheduler's input).
+    stats: std::sync::Mutex<HashMap<PublicKey, fedai_scheduler::WorkerStats>>,
+    /// The clock the statistics' cooldowns use.
+    epoch: std::time::Instant,
 }
 
 impl FedaiClient {
@@ -107,7 +147,12 @@ impl FedaiClient {
                 .map_err(|e| ClientError::Relay(format!("{r}: {e}")))?;
         }
         client.connect().and_wait(Duration::from_secs(5)).await;
-        Ok(Self { client, keys })
+        Ok(Self {
+            client,
+            keys,
+            stats: Default::default(),
+            epoch: std::time::Instant::now(),
+        })
     }
 
     /// The customer's public key.
@@ -169,6 +214,22 @@ impl FedaiClient {
         timeout: Duration,
         mut on_update: impl FnMut(JobUpdate),
     ) -> Result<JobOutcome, ClientError> {
+        let mut t = self.publish_request(&request, private).await?;
+        on_update(JobUpdate::Submitted(t.event.id));
+        let r = self
+            .follow(&mut t, request.provider, timeout, &mut on_update)
+            .await;
+        self.close(t).await;
+        r
+    }
+
+    /// Subscribe to a request's answers, then publish it (in that order: early answers must
+    /// not be missed).
+    pub(crate) async fn publish_request(
+        &self,
+        request: &JobRequest,
+        private: bool,
+    ) -> Result<Tracker, ClientError> {
         let event = request.to_event(&self.keys, private.then_some(Encryption::Nip44))?;
         let parsed = JobRequest::from_event(&event, None).or_else(|e| match e {
             // Our own encrypted request: we know the plaintext.
@@ -182,9 +243,7 @@ impl FedaiClient {
             }),
             e => Err(e),
         })?;
-        let worker_filter = request.provider;
-        // Take notifications before subscribing, or early answers are missed.
-        let mut notifications = self.client.notifications();
+        let notifications = self.client.notifications();
         let filter = Filter::new()
             .kinds([kinds::JOB_FEEDBACK, kinds::JOB_RESULT, kinds::METERING].map(Kind::from_u16))
             .event(event.id);
@@ -192,22 +251,57 @@ impl FedaiClient {
             .client
             .subscribe(filter)
             .await
-            .map_err(|e| ClientError::Relay(e.to_string()))?;
+            .map_err(|e| ClientError::Relay(e.to_string()))?
+            .value;
+        self.send(&event).await?;
+        Ok(Tracker {
+            notifications,
+            event,
+            parsed,
+            sub,
+            sent_at: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Publish an event; at least one relay must accept it.
+    pub(crate) async fn send(&self, event: &Event) -> Result<(), ClientError> {
         let sent = self
             .client
-            .send_event(&event)
+            .send_event(event)
             .save_into_database(false)
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?;
         if sent.success.is_empty() {
             let why: Vec<String> = sent.failed.values().cloned().collect();
             return Err(ClientError::Relay(format!(
-                "no relay accepted the request: {}",
+                "no relay accepted event {}: {}",
+                event.id,
                 why.join("; ")
             )));
         }
-        on_update(JobUpdate::Submitted(event.id));
+        Ok(())
+    }
 
+    pub(crate) async fn close(&self, t: Tracker) {
+        let _ = self.client.unsubscribe(&t.sub).await;
+    }
+
+    /// Cancel a request (NIP-09 deletion): its worker stops it and answers `cancelled`.
+    pub async fn cancel(&self, request_id: EventId) -> Result<(), ClientError> {
+        let ev = fedai_protocol::cancellation(request_id, &self.keys)?;
+        self.send(&ev).await
+    }
+
+    /// Follow a published request until `worker`'s (any worker's, when `None`) verified result,
+    /// its error, or the deadline.
+    pub(crate) async fn follow(
+        &self,
+        t: &mut Tracker,
+        worker_filter: Option<PublicKey>,
+        timeout: Duration,
+        on_update: &mut impl FnMut(JobUpdate),
+    ) -> Result<JobOutcome, ClientError> {
+        let request_id = t.event.id;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut next_seq = 0u64;
         let mut early: BTreeMap<u64, String> = BTreeMap::new();
@@ -215,9 +309,10 @@ impl FedaiClient {
         let mut meterings: Vec<ParsedMetering> = Vec::new();
         let mut processing_seen = false;
         let mut metering_deadline = None;
+        let mut first_token = None;
         let outcome = loop {
             let until = metering_deadline.unwrap_or(deadline).min(deadline);
-            let n = match tokio::time::timeout_at(until, notifications.next()).await {
+            let n = match tokio::time::timeout_at(until, t.notifications.next()).await {
                 Ok(Some(n)) => n,
                 Ok(None) => break Err(ClientError::Relay("client shut down".into())),
                 Err(_) => match result.take() {
@@ -228,16 +323,17 @@ impl FedaiClient {
             let ClientNotification::Event { event: ev, .. } = n else {
                 continue;
             };
-            // Only the worker we chose may answer a directed job.
+            // Only the worker we chose may answer a directed or awarded job.
             if worker_filter.is_some_and(|w| w != ev.pubkey) {
                 continue;
             }
+            let chosen = worker_filter.is_some();
             match ev.kind.as_u16() {
                 kinds::JOB_FEEDBACK => {
                     let Ok(fb) = JobFeedback::from_event(&ev, Some(&self.keys)) else {
                         continue;
                     };
-                    if fb.request_id != event.id {
+                    if fb.request_id != request_id {
                         continue;
                     }
                     match fb.status {
@@ -246,6 +342,7 @@ impl FedaiClient {
                             on_update(JobUpdate::Processing(ev.pubkey));
                         }
                         FeedbackStatus::Partial => {
+                            first_token.get_or_insert_with(|| t.sent_at.elapsed());
                             if let Some(seq) = fb.seq.filter(|s| *s >= next_seq) {
                                 early.insert(seq, fb.content);
                                 while let Some(chunk) = early.remove(&next_seq) {
@@ -264,13 +361,22 @@ impl FedaiClient {
                     }
                 }
                 kinds::JOB_RESULT if result.is_none() => {
-                    let Ok(r) = JobResult::from_event(&ev, Some(&self.keys)) else {
-                        tracing::warn!(id = %ev.id, "ignoring an invalid result");
-                        continue;
+                    let r = match JobResult::from_event(&ev, Some(&self.keys)) {
+                        Ok(r) => r,
+                        // From the worker we chose, an unreadable result is a failure to act
+                        // on now; from anyone else on an open job it is noise.
+                        Err(e) if chosen && ev.tags.event_ids().any(|id| id == request_id) => {
+                            break Err(ClientError::InvalidResult(e.to_string()))
+                        }
+                        Err(_) => {
+                            tracing::warn!(id = %ev.id, "ignoring an invalid result");
+                            continue;
+                        }
                     };
-                    if r.request_id() != event.id {
+                    if r.request_id() != request_id {
                         continue;
                     }
+                    first_token.get_or_insert_with(|| t.sent_at.elapsed());
                     // Give the metering record a moment to arrive (it is published right after).
                     metering_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                     let have_metering = meterings.iter().any(|m| m.record.result_id == r.id);
@@ -292,24 +398,28 @@ impl FedaiClient {
                 _ => {}
             }
         };
-        let _ = self.client.unsubscribe(sub.id()).await;
         let result = outcome?;
         let metering = match meterings
             .into_iter()
             .find(|m| m.record.result_id == result.id)
         {
             Some(m) => {
-                let check = m.verify(&result, &parsed)?;
+                let check = m
+                    .verify(&result, &t.parsed)
+                    .map_err(|e| ClientError::InvalidResult(format!("metering: {e}")))?;
                 Some((m, check))
             }
             None => None,
         };
+        let total = t.sent_at.elapsed();
         let output = result.result.output.clone();
         Ok(JobOutcome {
-            request: parsed,
+            request: t.parsed.clone(),
             result,
             output,
             metering,
+            first_token: first_token.unwrap_or(total),
+            total,
         })
     }
 
@@ -317,23 +427,4 @@ impl FedaiClient {
     pub async fn shutdown(self) {
         self.client.shutdown().await;
     }
-}
-
-/// Choose a worker for `model` (any model when `None`): healthy, serving it, with a free slot;
-/// the one with the most free capacity, ties broken at random so that many customers do not
-/// all pick the same worker. (The full scheduler arrives with `fedai-scheduler`.)
-pub fn pick_worker<'a>(
-    ads: &'a [ParsedCapabilityAd],
-    model: Option<&str>,
-) -> Option<&'a ParsedCapabilityAd> {
-    use std::hash::BuildHasher;
-    // A randomly seeded hasher gives each call its own random order of workers.
-    let order = std::collections::hash_map::RandomState::new();
-    ads.iter()
-        .filter(|a| a.ad.healthy && model.is_none_or(|m| a.ad.serves(m)) && !a.ad.models.is_empty())
-        .filter(|a| a.ad.in_flight < a.ad.max_concurrent)
-        .max_by_key(|a| {
-            let free = a.ad.max_concurrent.saturating_sub(a.ad.in_flight);
-            (free, order.hash_one((a.worker, &a.ad.instance)))
-        })
 }

@@ -126,6 +126,18 @@ fn fmt_f32(v: f32) -> String {
     format!("{v}")
 }
 
+/// The customer's cancellation of a request: a NIP-09 deletion (kind 5) naming the request and
+/// its kind (`k` = 5050), so workers can subscribe to cancellations of jobs only.
+pub fn cancellation(request_id: EventId, keys: &Keys) -> Result<Event, ProtocolError> {
+    EventBuilder::new(kinds::kind(kinds::DELETION), "")
+        .tags([
+            Tag::event(request_id),
+            tag("k", [kinds::JOB_REQUEST.to_string()]),
+        ])
+        .finalize(keys)
+        .map_err(|e| ProtocolError::Signing(e.to_string()))
+}
+
 impl JobRequest {
     /// A plain-text prompt with default parameters.
     pub fn text(prompt: impl Into<String>) -> Self {

@@ -253,7 +253,7 @@ impl std::fmt::Display for Rejection {
         match self {
             Self::ModelNotServed => write!(f, "model not served"),
             Self::Unhealthy => write!(f, "unhealthy"),
-            Self::Excluded => write!(f, "excluded (already tried)"),
+            Self::Excluded => write!(f, "excluded (already tried, pinned elsewhere or no quote)"),
             Self::NoCapacity {
                 in_flight,
                 max_concurrent,
@@ -336,18 +336,16 @@ pub fn job_price(c: &Candidate<'_>, job: &JobSpec) -> Option<u64> {
     }
 }
 
-/// Expected time to the whole result at a candidate, ms.
-pub fn expected_ms(c: &Candidate<'_>, job: &JobSpec, policy: &Policy) -> f64 {
+/// Expected time to the whole result at a candidate, ms; `None` when it was never measured
+/// and has no speed hint.
+pub fn expected_ms(c: &Candidate<'_>, job: &JobSpec, policy: &Policy) -> Option<f64> {
     let stats = c.stats;
+    let measured = stats.and_then(|s| s.tokens_per_s);
+    let tps = measured.or(c.speed_hint_tps).filter(|t| *t > 0.0)?;
     let first = stats
         .and_then(|s| s.first_token_ms)
         .unwrap_or(policy.prior_first_token_ms);
-    let tps = stats
-        .and_then(|s| s.tokens_per_s)
-        .or(c.speed_hint_tps)
-        .filter(|t| *t > 0.0)
-        .unwrap_or(policy.prior_tokens_per_s);
-    first + job.output_tokens as f64 * 1000.0 / tps
+    Some(first + job.output_tokens as f64 * 1000.0 / tps)
 }
 
 fn filter(
@@ -434,12 +432,18 @@ pub fn select_into(
     d.chosen = None;
     // Pass 1: filters, raw measures and the best of each axis.
     let (mut best_ms, mut best_price) = (f64::INFINITY, u64::MAX);
+    let (mut known_sum, mut known) = (0.0, 0u32);
     for (index, c) in candidates.iter().enumerate() {
         match filter(c, job, policy, now_ms) {
             Err(r) => d.rejected.push((index, r)),
             Ok((price_msat, trust)) => {
-                let expected_ms = expected_ms(c, job, policy);
-                best_ms = best_ms.min(expected_ms);
+                // Unmeasured: NaN for now, filled in below.
+                let expected_ms = expected_ms(c, job, policy).unwrap_or(f64::NAN);
+                if !expected_ms.is_nan() {
+                    best_ms = best_ms.min(expected_ms);
+                    known_sum += expected_ms;
+                    known += 1;
+                }
                 best_price = best_price.min(price_msat);
                 d.ranked.push(Scored {
                     index,
@@ -455,6 +459,20 @@ pub fn select_into(
     }
     if d.ranked.is_empty() {
         return;
+    }
+    // A worker never measured is assumed as fast as the measured average (optimism under
+    // uncertainty): a pessimistic prior would never try newcomers, so the first worker to
+    // answer would take every job.
+    let assumed = if known > 0 {
+        known_sum / known as f64
+    } else {
+        policy.prior_first_token_ms + job.output_tokens as f64 * 1000.0 / policy.prior_tokens_per_s
+    };
+    if (known as usize) < d.ranked.len() {
+        best_ms = best_ms.min(assumed);
+        for s in d.ranked.iter_mut().filter(|s| s.expected_ms.is_nan()) {
+            s.expected_ms = assumed;
+        }
     }
     // Pass 2: scale-free parts (log ratios to the best), weighted; keep the best few in order
     // (ties by candidate order, for determinism) with an insertion into a short sorted list.

@@ -305,3 +305,44 @@ fn thousands_of_candidates_give_the_true_best_in_order() {
         );
     }
 }
+
+#[test]
+fn a_newcomer_is_assumed_as_fast_as_the_measured_average_so_it_gets_tried() {
+    let p = price(100, 10);
+    let known = WorkerStats {
+        verified: 1,
+        first_token_ms: Some(50.0),
+        tokens_per_s: Some(200.0),
+        ..Default::default()
+    };
+    let mut a = Candidate::new(Some(&p), 0, 4, 0);
+    a.stats = Some(&known);
+    let b = Candidate::new(Some(&p), 0, 4, 0);
+    let d = select(
+        &[a, b],
+        &job(),
+        &Policy::new(Strategy::Fastest),
+        0,
+        &mut Rng::new(1),
+    );
+    let (sa, sb) = (d.ranked[0], d.ranked[1]);
+    assert_eq!(
+        sa.expected_ms, sb.expected_ms,
+        "unmeasured takes the measured mean"
+    );
+    let mut rng = Rng::new(5);
+    let picks: std::collections::HashSet<_> = (0..50)
+        .map(|_| {
+            select(
+                &[a, b],
+                &job(),
+                &Policy::new(Strategy::Fastest),
+                0,
+                &mut rng,
+            )
+            .chosen_index()
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(picks.len(), 2, "both get jobs");
+}

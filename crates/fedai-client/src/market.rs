@@ -1,0 +1,406 @@
+//! Choosing workers and recovering from their failures: scheduled directed jobs with
+//! failover, and auctions (quotes → award).
+//!
+//! The choice is [`fedai_scheduler::select`] over the live ads and this customer's own
+//! observations of each worker. A failed attempt (error feedback, timeout, invalid result)
+//! puts the worker in cooldown, cancels the request (NIP-09) and moves on to the next choice,
+//! up to `max_attempts`; every attempt is a new request id, and only the current attempt's
+//! worker is listened to, so the caller receives one answer or one error — never two.
+
+use std::time::Duration;
+
+use fedai_protocol::capability::ParsedCapabilityAd;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{Award, ErrorCode, FeedbackStatus, JobFeedback, JobRequest};
+use fedai_scheduler::{
+    select, Candidate, Decision, Failure, JobSpec, Policy, Rejection, Rng, WorkerStats,
+};
+use futures_util::StreamExt;
+use nostr_sdk::prelude::ClientNotification;
+
+use crate::{ClientError, FedaiClient, JobOutcome, JobUpdate};
+
+/// How [`FedaiClient::run`] chooses and retries.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Scheduler policy (strategy weights, top-N, trust floor, cooldown).
+    pub policy: Policy,
+    /// Never pay more than this per job, msat (also sent as the request's `bid`).
+    pub max_price_msat: Option<u64>,
+    /// Encrypt each attempt to its worker (NIP-44). Not possible in an auction.
+    pub private: bool,
+    /// Deadline of one attempt.
+    pub timeout: Duration,
+    /// Attempts in all (1 = no failover).
+    pub max_attempts: u32,
+    /// Only this worker (no failover to others).
+    pub worker: Option<PublicKey>,
+    /// Run an auction: publish an open request with a `bid`, collect quotes this long, award.
+    pub auction: Option<Duration>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            max_price_msat: None,
+            private: false,
+            timeout: Duration::from_secs(120),
+            max_attempts: 3,
+            worker: None,
+            auction: None,
+        }
+    }
+}
+
+/// A worker's `payment-required` answer to an open request with a bid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    /// The quoting worker.
+    pub worker: PublicKey,
+    /// The feedback event carrying the quote (named in the award).
+    pub feedback_id: EventId,
+    /// Price, msat.
+    pub amount_msat: u64,
+    /// Invoice, when the worker asks for payment.
+    pub bolt11: Option<String>,
+}
+
+/// One candidate worker in an explanation.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// The worker.
+    pub worker: PublicKey,
+    /// Its instance (`d` tag).
+    pub instance: String,
+    /// Its score, when it passed the filters.
+    pub scored: Option<fedai_scheduler::Scored>,
+    /// Why it was filtered out, otherwise.
+    pub rejected: Option<Rejection>,
+    /// Whether it was picked.
+    pub chosen: bool,
+}
+
+/// Token estimate for prices and context checks: prompt bytes / 4, output = `max_tokens`.
+fn job_spec(request: &JobRequest, opts: &RunOptions, default_max_tokens: u32) -> JobSpec {
+    JobSpec {
+        input_tokens: (request.input.data().len() as u64).div_ceil(4),
+        output_tokens: request.params.max_tokens.unwrap_or(default_max_tokens) as u64,
+        max_price_msat: opts.max_price_msat.or(request.bid_msat),
+        needs_encryption: opts.private,
+    }
+}
+
+impl FedaiClient {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The scheduler's view of `ads` for `request`, and its decision.
+    fn decide(
+        &self,
+        ads: &[ParsedCapabilityAd],
+        request: &JobRequest,
+        opts: &RunOptions,
+        tried: &[PublicKey],
+        quotes: Option<&[Quote]>,
+        rng: &mut Rng,
+    ) -> Decision {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let spec = job_spec(request, opts, 256);
+        let model = request.params.model.as_deref();
+        let candidates: Vec<Candidate> = ads
+            .iter()
+            .map(|a| {
+                // No model asked: the worker's first model.
+                let m = model.or(a.ad.models.first().map(|m| m.id.as_str()));
+                let info = m.and_then(|m| a.ad.models.iter().find(|x| x.id == m));
+                let quote = quotes.map(|q| q.iter().find(|q| q.worker == a.worker));
+                Candidate {
+                    price: info.and_then(|i| a.ad.price_for(&i.id)),
+                    quote_msat: quote.flatten().map(|q| q.amount_msat),
+                    context_length: info.map_or(0, |i| i.context_length),
+                    max_concurrent: a.ad.max_concurrent,
+                    in_flight: a.ad.in_flight,
+                    healthy: a.ad.healthy,
+                    encryption: a.ad.encryption_supported,
+                    excluded: tried.contains(&a.worker)
+                        || opts.worker.is_some_and(|w| w != a.worker)
+                        || quote.is_some_and(|q| q.is_none()),
+                    stats: stats.get(&a.worker),
+                    speed_hint_tps: None,
+                }
+            })
+            .collect();
+        select(&candidates, &spec, &opts.policy, self.now_ms(), rng)
+    }
+
+    /// The worker the scheduler picks for `request` among `ads` (no job is sent).
+    pub fn choose<'a>(
+        &self,
+        ads: &'a [ParsedCapabilityAd],
+        request: &JobRequest,
+        opts: &RunOptions,
+    ) -> Option<&'a ParsedCapabilityAd> {
+        let d = self.decide(ads, request, opts, &[], None, &mut Rng::from_entropy());
+        d.chosen_index().map(|i| &ads[i])
+    }
+
+    /// Why each live worker would or would not be chosen for `request` (`fedai infer --explain`).
+    pub fn explain(
+        &self,
+        ads: &[ParsedCapabilityAd],
+        request: &JobRequest,
+        opts: &RunOptions,
+    ) -> Vec<Explained> {
+        let d = self.decide(ads, request, opts, &[], None, &mut Rng::from_entropy());
+        let mut out: Vec<Explained> = ads
+            .iter()
+            .map(|a| Explained {
+                worker: a.worker,
+                instance: a.ad.instance.clone(),
+                scored: None,
+                rejected: None,
+                chosen: false,
+            })
+            .collect();
+        for s in &d.ranked {
+            out[s.index].scored = Some(*s);
+        }
+        for (i, r) in &d.rejected {
+            out[*i].rejected = Some(*r);
+        }
+        if let Some(i) = d.chosen_index() {
+            out[i].chosen = true;
+        }
+        out.sort_by(|a, b| {
+            let key = |e: &Explained| e.scored.map_or(f64::INFINITY, |s| s.score);
+            key(a).total_cmp(&key(b))
+        });
+        out
+    }
+
+    fn record(&self, worker: PublicKey, outcome: Result<&JobOutcome, Failure>, opts: &RunOptions) {
+        let now = self.now_ms();
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let s = stats.entry(worker).or_default();
+        match outcome {
+            Ok(o) => {
+                let first = o.first_token.as_secs_f64() * 1000.0;
+                let total = o.total.as_secs_f64() * 1000.0;
+                s.record_success(first, o.result.result.usage.output_tokens, total - first);
+            }
+            Err(f) => s.record_failure(f, now, &opts.policy.cooldown),
+        }
+    }
+
+    /// A snapshot of this customer's observations of `worker`.
+    pub fn worker_stats(&self, worker: &PublicKey) -> Option<WorkerStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(worker)
+            .cloned()
+    }
+
+    /// Run `request` on the best live worker with failover (or by auction, per `opts`);
+    /// streams updates to `on_update` and returns one verified result or one error.
+    pub async fn run(
+        &self,
+        request: JobRequest,
+        opts: &RunOptions,
+        mut on_update: impl FnMut(JobUpdate),
+    ) -> Result<JobOutcome, ClientError> {
+        let ads = self.workers().await?;
+        if opts.auction.is_some() {
+            return self.run_auction(&ads, request, opts, &mut on_update).await;
+        }
+        let mut rng = Rng::from_entropy();
+        let mut tried = Vec::new();
+        let mut last: Option<ClientError> = None;
+        for attempt in 0..opts.max_attempts.max(1) {
+            let d = self.decide(&ads, &request, opts, &tried, None, &mut rng);
+            let Some(i) = d.chosen_index() else { break };
+            let worker = ads[i].worker;
+            let mut req = request.clone();
+            req.provider = Some(worker);
+            if req.bid_msat.is_none() {
+                req.bid_msat = opts.max_price_msat;
+            }
+            tracing::debug!(%worker, attempt, "attempt");
+            let mut t = self.publish_request(&req, opts.private).await?;
+            on_update(JobUpdate::Submitted(t.event.id));
+            let attempt_id = t.event.id;
+            let r = self
+                .follow(&mut t, Some(worker), opts.timeout, &mut on_update)
+                .await;
+            self.close(t).await;
+            match r {
+                Ok(o) => {
+                    self.record(worker, Ok(&o), opts);
+                    return Ok(o);
+                }
+                Err(e) => {
+                    let Some(f) = failure_of(&e) else {
+                        return Err(e);
+                    };
+                    self.record(worker, Err(f), opts);
+                    // Tell the worker to stop (it may still be running); best effort.
+                    let _ = self.cancel(attempt_id).await;
+                    tried.push(worker);
+                    on_update(JobUpdate::Failover {
+                        worker,
+                        error: e.to_string(),
+                    });
+                    last = Some(e);
+                }
+            }
+        }
+        Err(match last {
+            None => ClientError::NoWorker,
+            Some(e) => ClientError::Exhausted {
+                attempts: tried.len() as u32,
+                last: Box::new(e),
+            },
+        })
+    }
+
+    /// Publish `request` open with a bid, collect quotes for `window`, and return them
+    /// (cheapest first) without awarding: `fedai quote`.
+    pub async fn quotes(
+        &self,
+        request: JobRequest,
+        bid_msat: u64,
+        window: Duration,
+    ) -> Result<Vec<Quote>, ClientError> {
+        let mut req = request;
+        req.provider = None;
+        req.bid_msat = Some(bid_msat);
+        let mut t = self.publish_request(&req, false).await?;
+        let id = t.event.id;
+        let quotes = collect_quotes(&mut t.notifications, id, &self.keys, window).await;
+        self.close(t).await;
+        // Nobody will be awarded: withdraw the request.
+        let _ = self.cancel(id).await;
+        Ok(quotes)
+    }
+
+    async fn run_auction(
+        &self,
+        ads: &[ParsedCapabilityAd],
+        request: JobRequest,
+        opts: &RunOptions,
+        on_update: &mut impl FnMut(JobUpdate),
+    ) -> Result<JobOutcome, ClientError> {
+        let window = opts.auction.unwrap_or(Duration::from_secs(2));
+        let mut req = request.clone();
+        req.provider = None;
+        // The bid caps what workers may quote; without a cap, any quote may come.
+        req.bid_msat = Some(opts.max_price_msat.or(req.bid_msat).unwrap_or(u64::MAX / 2));
+        let mut t = self.publish_request(&req, false).await?;
+        on_update(JobUpdate::Submitted(t.event.id));
+        let quotes = collect_quotes(&mut t.notifications, t.event.id, &self.keys, window).await;
+        let mut rng = Rng::from_entropy();
+        let mut tried = Vec::new();
+        let mut last = None;
+        for _ in 0..opts.max_attempts.max(1) {
+            let d = self.decide(ads, &req, opts, &tried, Some(&quotes), &mut rng);
+            let Some(i) = d.chosen_index() else { break };
+            let worker = ads[i].worker;
+            let q = quotes
+                .iter()
+                .find(|q| q.worker == worker)
+                .expect("only quoting workers are candidates");
+            let award = Award {
+                request_id: t.event.id,
+                quote_id: q.feedback_id,
+                worker,
+                amount_msat: q.amount_msat,
+                expiration: Some(Timestamp::now() + opts.timeout.as_secs()),
+            }
+            .to_event(&self.keys)?;
+            self.send(&award).await?;
+            let r = self
+                .follow(&mut t, Some(worker), opts.timeout, on_update)
+                .await;
+            match r {
+                Ok(o) => {
+                    self.record(worker, Ok(&o), opts);
+                    self.close(t).await;
+                    return Ok(o);
+                }
+                Err(e) => {
+                    let Some(f) = failure_of(&e) else {
+                        self.close(t).await;
+                        return Err(e);
+                    };
+                    self.record(worker, Err(f), opts);
+                    tried.push(worker);
+                    on_update(JobUpdate::Failover {
+                        worker,
+                        error: e.to_string(),
+                    });
+                    last = Some(e);
+                }
+            }
+        }
+        self.close(t).await;
+        Err(match last {
+            None => ClientError::NoWorker,
+            Some(e) => ClientError::Exhausted {
+                attempts: tried.len() as u32,
+                last: Box::new(e),
+            },
+        })
+    }
+}
+
+/// Which failures move a job to another worker (and how they count against the worker);
+/// `None`: the job cannot succeed elsewhere either (relay down, our own request invalid).
+fn failure_of(e: &ClientError) -> Option<Failure> {
+    match e {
+        ClientError::Job { code, .. } => match code {
+            ErrorCode::Capacity | ErrorCode::Shutdown => Some(Failure::Busy),
+            ErrorCode::PromptTooLarge | ErrorCode::InvalidRequest | ErrorCode::Expired => None,
+            ErrorCode::Cancelled => None,
+            _ => Some(Failure::Error),
+        },
+        ClientError::Timeout(_) => Some(Failure::Timeout),
+        ClientError::InvalidResult(_) => Some(Failure::Invalid),
+        _ => None,
+    }
+}
+
+async fn collect_quotes(
+    notifications: &mut std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = ClientNotification> + Send>,
+    >,
+    request_id: EventId,
+    keys: &Keys,
+    window: Duration,
+) -> Vec<Quote> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut quotes: Vec<Quote> = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout_at(deadline, notifications.next()).await {
+        let ClientNotification::Event { event, .. } = n else {
+            continue;
+        };
+        let Ok(fb) = JobFeedback::from_event(&event, Some(keys)) else {
+            continue;
+        };
+        if fb.request_id != request_id || fb.status != FeedbackStatus::PaymentRequired {
+            continue;
+        }
+        let Some(amount) = fb.amount else { continue };
+        // One quote per worker: its latest.
+        quotes.retain(|q| q.worker != event.pubkey);
+        quotes.push(Quote {
+            worker: event.pubkey,
+            feedback_id: event.id,
+            amount_msat: amount.msat,
+            bolt11: amount.bolt11,
+        });
+    }
+    quotes.sort_by_key(|q| q.amount_msat);
+    quotes
+}
