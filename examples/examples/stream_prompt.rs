@@ -1,11 +1,11 @@
-//! Send a prompt to a live worker and print the answer as it streams, then the verified usage.
+//! Send a prompt to the best live worker (with failover) and print the answer as it streams, then the verified usage.
 //!
 //! `cargo run -p fedai-examples --example stream_prompt -- ws://127.0.0.1:7777 "Why is the sky blue?"`
 
 use std::io::Write;
 use std::time::Duration;
 
-use fedai_client::{pick_worker, FedaiClient, JobUpdate};
+use fedai_client::{FedaiClient, JobUpdate, RunOptions};
 use fedai_protocol::{JobRequest, Keys};
 
 #[tokio::main]
@@ -16,18 +16,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "Say hello in one sentence.".into());
     let client = FedaiClient::connect(&[relay], Keys::generate()).await?;
-    let ads = client.workers().await?;
-    let worker = pick_worker(&ads, None).ok_or("no live worker")?;
     let mut req = JobRequest::chat(prompt);
-    req.provider = Some(worker.worker);
     req.params.stream = true;
     req.params.max_tokens = Some(128);
+    // The scheduler picks the worker; on failure the job moves to the next one.
+    let opts = RunOptions {
+        timeout: Duration::from_secs(120),
+        ..RunOptions::default()
+    };
     let done = client
-        .submit(req, false, Duration::from_secs(120), |u| {
-            if let JobUpdate::Partial(t) = u {
+        .run(req, &opts, |u| match u {
+            JobUpdate::Partial(t) => {
                 print!("{t}");
                 let _ = std::io::stdout().flush();
             }
+            JobUpdate::Failover { error, .. } => eprintln!("\n[worker failed: {error}; retrying]"),
+            _ => {}
         })
         .await?;
     let u = done.result.result.usage;

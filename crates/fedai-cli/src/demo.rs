@@ -58,7 +58,11 @@ pub async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
     req.params.max_tokens = Some(max_tokens);
     req.params.temperature = Some(0.2);
     eprintln!("• prompt: {prompt}\n");
-    let result = crate::infer(&client, req, None, false, false, Duration::from_secs(120)).await;
+    let opts = fedai_client::RunOptions {
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let result = crate::infer(&client, req, &opts, false, false).await;
     client.shutdown().await;
     let _ = stop_tx.send(());
     let _ = worker_task.await;

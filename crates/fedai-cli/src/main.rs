@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use fedai_client::{pick_worker, FedaiClient, JobOutcome, JobUpdate};
+use fedai_client::{FedaiClient, JobOutcome, JobUpdate, RunOptions};
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{kinds, FeedbackStatus, JobFeedback, JobRequest, JobResult, MeteringRecord};
+use fedai_scheduler::Policy;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +84,41 @@ enum Cmd {
         /// applies the model's chat template).
         #[arg(long)]
         raw: bool,
+        /// Never pay more than this per job, msat (workers above it are never chosen).
+        #[arg(long)]
+        max_price: Option<u64>,
+        /// How to choose the worker.
+        #[arg(long, default_value = "balanced", value_parser = ["cheapest", "fastest", "balanced"])]
+        strategy: String,
+        /// Run an auction: collect quotes for this many seconds, then award the best.
+        #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+        auction: Option<f64>,
+        /// Print the scheduler's scores and filter reasons before running.
+        #[arg(long)]
+        explain: bool,
+        /// Attempts in all: on error, timeout or an invalid result, fail over to the next worker.
+        #[arg(long, default_value_t = 3)]
+        attempts: u32,
+    },
+    /// Collect quotes for a prompt from live workers without running it.
+    Quote {
+        /// The prompt.
+        prompt: String,
+        /// Model id.
+        #[arg(long)]
+        model: Option<String>,
+        /// Maximum tokens to generate (quotes cover this many).
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        /// The most you would pay, msat (workers above it do not quote).
+        #[arg(long, default_value_t = 1_000_000_000)]
+        bid: u64,
+        /// Seconds to collect quotes.
+        #[arg(long, default_value_t = 2.0)]
+        window: f64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a job's events and state.
     Job {
@@ -174,6 +210,11 @@ async fn main() -> anyhow::Result<()> {
             json,
             timeout,
             raw,
+            max_price,
+            strategy,
+            auction,
+            explain,
+            attempts,
         } => {
             let client = FedaiClient::connect(&cli.relays, keys(&cli)?).await?;
             let mut req = if *raw {
@@ -184,17 +225,47 @@ async fn main() -> anyhow::Result<()> {
             req.params.model = model.clone();
             req.params.max_tokens = *max_tokens;
             req.params.temperature = *temperature;
-            let r = infer(
-                &client,
-                req,
-                worker.as_deref(),
-                *private,
-                *json,
-                Duration::from_secs(*timeout),
-            )
-            .await;
+            let worker = worker
+                .as_deref()
+                .map(|w| {
+                    PublicKey::parse(w)
+                        .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))
+                })
+                .transpose()?;
+            if *private && auction.is_some() {
+                bail!("--encrypt needs a chosen worker; it cannot be combined with --auction");
+            }
+            let opts = RunOptions {
+                policy: Policy::new(strategy.parse().map_err(|e: String| anyhow::anyhow!(e))?),
+                max_price_msat: *max_price,
+                private: *private,
+                timeout: Duration::from_secs(*timeout),
+                max_attempts: (*attempts).max(1),
+                worker,
+                auction: auction.map(|s| Duration::from_secs_f64(s.clamp(0.1, 60.0))),
+            };
+            let r = infer(&client, req, &opts, *json, *explain).await;
             client.shutdown().await;
             r.map(drop)
+        }
+        Cmd::Quote {
+            prompt,
+            model,
+            max_tokens,
+            bid,
+            window,
+            json,
+        } => {
+            quote(
+                &cli,
+                prompt,
+                model.clone(),
+                *max_tokens,
+                *bid,
+                *window,
+                *json,
+            )
+            .await
         }
         Cmd::Job { id } => job(&cli, id).await,
         Cmd::Metering {
@@ -283,34 +354,24 @@ async fn workers(cli: &Cli, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pick a worker, run the job, print as it streams. Shared by `infer` and `demo`.
+/// Choose a worker, run the job with failover, print as it streams. Shared by `infer` and
+/// `demo`.
 pub(crate) async fn infer(
     client: &FedaiClient,
     mut req: JobRequest,
-    worker: Option<&str>,
-    private: bool,
+    opts: &RunOptions,
     json: bool,
-    timeout: Duration,
+    explain: bool,
 ) -> anyhow::Result<JobOutcome> {
-    let provider = match worker {
-        Some(w) => PublicKey::parse(w)
-            .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))?,
-        None => {
-            let ads = client.workers().await?;
-            match pick_worker(&ads, req.params.model.as_deref()) {
-                Some(a) => a.worker,
-                None => bail!(
-                    "no live worker serves {} (try `fedai workers`)",
-                    req.params.model.as_deref().unwrap_or("any model")
-                ),
-            }
-        }
-    };
-    req.provider = Some(provider);
+    let timeout = opts.timeout;
     req.params.stream = !json;
     req.expiration = Some(Timestamp::from_secs(
-        Timestamp::now().as_secs() + timeout.as_secs(),
+        Timestamp::now().as_secs() + timeout.as_secs() * opts.max_attempts.max(1) as u64,
     ));
+    if explain {
+        let ads = client.workers().await?;
+        print_explanation(&client.explain(&ads, &req, opts));
+    }
     let tty = std::io::stderr().is_terminal() && !json;
     let mut spinner = tty.then(|| {
         tokio::spawn(async {
@@ -328,18 +389,38 @@ pub(crate) async fn infer(
         }
     };
     let mut streamed = false;
+    let model = req.params.model.clone();
     let outcome = client
-        .submit(req, private, timeout, |u| {
-            if let JobUpdate::Partial(text) = u {
+        .run(req, opts, |u| match u {
+            JobUpdate::Partial(text) => {
                 stop_spinner(&mut spinner);
                 streamed = true;
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
+            JobUpdate::Failover { worker, error } => {
+                stop_spinner(&mut spinner);
+                if streamed {
+                    println!();
+                    streamed = false;
+                }
+                let w = worker.to_bech32().unwrap_or_default();
+                eprintln!(
+                    "⚠ worker {}… failed ({error}); trying another",
+                    &w[..16.min(w.len())]
+                );
+            }
+            _ => {}
         })
         .await;
     stop_spinner(&mut spinner);
-    let done = outcome?;
+    let done = match outcome {
+        Err(fedai_client::ClientError::NoWorker) => bail!(
+            "no live worker fits this job (model {}, try `fedai workers` or `--explain`)",
+            model.as_deref().unwrap_or("any")
+        ),
+        o => o?,
+    };
     if json {
         let m = done.metering.as_ref();
         println!(
@@ -375,6 +456,77 @@ pub(crate) async fn infer(
         }
     }
     Ok(done)
+}
+
+fn print_explanation(rows: &[fedai_client::market::Explained]) {
+    eprintln!(
+        "{:<3} {:<20} {:>7} {:>9} {:>10} {:>6} {:>6}  reason",
+        "", "worker", "score", "expect ms", "price msat", "load", "trust"
+    );
+    for r in rows {
+        let npub = r.worker.to_bech32().unwrap_or_default();
+        let w = format!("{}…", &npub[..16.min(npub.len())]);
+        match (&r.scored, &r.rejected) {
+            (Some(s), _) => eprintln!(
+                "{:<3} {:<20} {:>7.3} {:>9.0} {:>10} {:>6.2} {:>6.2}  latency {:.2} · price {:.2} · load {:.2} · distrust {:.2}",
+                if r.chosen { "→" } else { "" },
+                w,
+                s.score,
+                s.expected_ms,
+                s.price_msat,
+                s.load,
+                s.trust,
+                s.parts[0],
+                s.parts[1],
+                s.parts[2],
+                s.parts[3]
+            ),
+            (None, Some(why)) => eprintln!(
+                "{:<3} {:<20} {:>7} {:>9} {:>10} {:>6} {:>6}  filtered: {why}",
+                "", w, "-", "-", "-", "-", "-"
+            ),
+            _ => {}
+        }
+    }
+}
+
+async fn quote(
+    cli: &Cli,
+    prompt: &str,
+    model: Option<String>,
+    max_tokens: u32,
+    bid: u64,
+    window: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
+    let mut req = JobRequest::chat(prompt.to_owned());
+    req.params.model = model;
+    req.params.max_tokens = Some(max_tokens);
+    let quotes = client
+        .quotes(req, bid, Duration::from_secs_f64(window.clamp(0.1, 60.0)))
+        .await;
+    client.shutdown().await;
+    let quotes = quotes?;
+    if json {
+        let v: Vec<serde_json::Value> = quotes
+            .iter()
+            .map(|q| serde_json::json!({"worker": q.worker.to_bech32().unwrap_or_default(), "amount_msat": q.amount_msat, "quote": q.feedback_id.to_hex(), "bolt11": q.bolt11}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if quotes.is_empty() {
+        println!("no quotes within {window} s");
+    }
+    for q in &quotes {
+        println!(
+            "{} {:>12} msat",
+            q.worker.to_bech32().unwrap_or_default(),
+            q.amount_msat
+        );
+    }
+    Ok(())
 }
 
 async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {

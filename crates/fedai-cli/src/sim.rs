@@ -44,11 +44,8 @@ pub fn run(
         "_{total} simulated jobs in {wall:.2} s (seed {})._\n",
         s.seed
     );
-    match markdown {
-        Some(p) => {
-            std::fs::write(p, &md).with_context(|| format!("cannot write {}", p.display()))?
-        }
-        None => {}
+    if let Some(p) = markdown {
+        std::fs::write(p, &md).with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = json {
         let v: Vec<serde_json::Value> = rows
