@@ -4,49 +4,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fedai_client::{pick_worker, ClientError, FedaiClient, JobUpdate};
+use fedai_client::{ClientError, JobUpdate, RunOptions};
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{
     kinds, CapabilityAd, ChatMessage, ErrorCode, FeedbackStatus, JobFeedback, JobInput, JobRequest,
 };
 use fedai_runners::local::LocalModel;
-use fedai_tests::{RelayProc, WorkerProc};
+use fedai_tests::{client, nsec, tiny_job, wait_for_workers, RelayProc, WorkerProc};
 
 const T: Duration = Duration::from_secs(60);
-
-fn nsec() -> (String, PublicKey) {
-    let k = Keys::generate();
-    (k.secret_key().to_secret_hex(), k.public_key())
-}
-
-async fn client(relay: &RelayProc) -> FedaiClient {
-    FedaiClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
-        .await
-        .unwrap()
-}
-
-/// Wait until `n` healthy ads are visible.
-async fn wait_for_workers(
-    c: &FedaiClient,
-    n: usize,
-) -> Vec<fedai_protocol::capability::ParsedCapabilityAd> {
-    for _ in 0..100 {
-        let ads = c.workers().await.unwrap();
-        if ads.len() >= n {
-            return ads;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{n} workers did not appear");
-}
-
-fn tiny_job(prompt: &str, max_tokens: u32) -> JobRequest {
-    let mut r = JobRequest::text(prompt);
-    r.params.model = Some("tiny".into());
-    r.params.max_tokens = Some(max_tokens);
-    r.params.temperature = Some(0.0);
-    r
-}
 
 #[tokio::test]
 async fn open_directed_streaming_and_private_jobs() {
@@ -93,7 +59,7 @@ async fn open_directed_streaming_and_private_jobs() {
         .submit(req, false, T, |u| match u {
             JobUpdate::Partial(t) => streamed.push_str(&t),
             JobUpdate::Processing(w) => processing_by = Some(w),
-            JobUpdate::Submitted(_) => {}
+            _ => {}
         })
         .await
         .unwrap();
@@ -206,7 +172,8 @@ async fn two_workers_share_the_load() {
     let mut served = HashSet::new();
     for i in 0..16 {
         let mut req = tiny_job(&format!("job {i}"), 4);
-        req.provider = Some(pick_worker(&ads, Some("tiny")).unwrap().worker);
+        // The scheduler, with no observations yet, spreads equal workers at random.
+        req.provider = Some(c.choose(&ads, &req, &RunOptions::default()).unwrap().worker);
         served.insert(c.submit(req, false, T, |_| {}).await.unwrap().result.worker);
     }
     assert_eq!(served, HashSet::from([pk1, pk2]), "both workers took jobs");

@@ -401,3 +401,40 @@ pub async fn llama(
         .await
         .expect("start a llama.cpp server (workers/runner/setup.sh)")
 }
+
+/// A fresh key pair: (secret hex for a worker's `--nsec`, public key).
+pub fn nsec() -> (String, PublicKey) {
+    let k = Keys::generate();
+    (k.secret_key().to_secret_hex(), k.public_key())
+}
+
+/// A customer SDK client with a fresh key, connected to `relay`.
+pub async fn client(relay: &RelayProc) -> fedai_client::FedaiClient {
+    fedai_client::FedaiClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
+        .await
+        .unwrap()
+}
+
+/// Wait until `n` healthy ads are visible.
+pub async fn wait_for_workers(
+    c: &fedai_client::FedaiClient,
+    n: usize,
+) -> Vec<fedai_protocol::capability::ParsedCapabilityAd> {
+    for _ in 0..100 {
+        let ads = c.workers().await.unwrap();
+        if ads.len() >= n {
+            return ads;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} workers did not appear");
+}
+
+/// A deterministic job for the tiny model.
+pub fn tiny_job(prompt: &str, max_tokens: u32) -> fedai_protocol::JobRequest {
+    let mut r = fedai_protocol::JobRequest::text(prompt);
+    r.params.model = Some("tiny".into());
+    r.params.max_tokens = Some(max_tokens);
+    r.params.temperature = Some(0.0);
+    r
+}

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedai_client::{pick_worker, FedaiClient};
+use fedai_client::{FedaiClient, RunOptions};
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{ChatMessage, JobInput, JobParams, JobRequest};
 use fedai_runners::local::{LocalLlamaServer, LocalModel};
@@ -203,7 +203,11 @@ async fn throughput(workers: usize, jobs: usize, relay_args: &[&str]) {
         tasks.push(tokio::spawn(async move {
             let mut ok = 0;
             for i in (t..jobs).step_by(concurrency) {
-                let w = pick_worker(&ads, Some("tiny")).unwrap().worker;
+                let probe = job("tiny", "", 4, ads[0].worker);
+                let w = c
+                    .choose(&ads, &probe, &RunOptions::default())
+                    .unwrap()
+                    .worker;
                 match c
                     .submit(
                         job("tiny", &format!("job {i}"), 4, w),

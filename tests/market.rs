@@ -1,0 +1,319 @@
+//! The market end to end: the scheduler's choice on live ads, failover when a worker dies
+//! mid-job or answers with an invalid result, and auctions (quotes → award). Real relay,
+//! real workers, a real llama.cpp server; the one forger is a test-process worker that signs
+//! well-formed events with a false metering record, which is the point of the test.
+
+use std::time::Duration;
+
+use fedai_client::{ClientError, JobUpdate, RunOptions};
+use fedai_protocol::capability::PaymentInfo;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{
+    kinds, CapabilityAd, Hardware, JobRequest, JobResult, MeteringRecord, ModelInfo, Price, Usage,
+};
+use fedai_runners::local::LocalModel;
+use fedai_scheduler::{Policy, Strategy};
+use fedai_tests::{client, nsec, tiny_job, wait_for_workers, RelayProc, WorkerProc};
+use futures_util::StreamExt;
+
+fn cheapest(timeout: Duration) -> RunOptions {
+    RunOptions {
+        policy: Policy::new(Strategy::Cheapest),
+        timeout,
+        ..RunOptions::default()
+    }
+}
+
+/// Results on the relay for a request, by worker.
+async fn results_for(c: &fedai_client::FedaiClient, request: EventId) -> Vec<PublicKey> {
+    c.fetch(
+        Filter::new()
+            .kind(Kind::from_u16(kinds::JOB_RESULT))
+            .event(request),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|e| e.pubkey)
+    .collect()
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_fails_over_to_the_next_and_the_customer_gets_one_answer() {
+    let llama = fedai_tests::llama(LocalModel::SmolLm2, "smol", 2).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk1, pk1) = nsec();
+    let (sk2, pk2) = nsec();
+    // The free worker is the cheapest choice; it will die.
+    let mut w1 = WorkerProc::start(&sk1, &relay.url, &llama.url, &[]);
+    let _w2 = WorkerProc::start(
+        &sk2,
+        &relay.url,
+        &llama.url,
+        &["--price", "smol=1000:1000:1000"],
+    );
+    let c = client(&relay).await;
+    wait_for_workers(&c, 2).await;
+    let mut req = JobRequest::chat("Count from one to twenty in words.");
+    req.params.model = Some("smol".into());
+    req.params.max_tokens = Some(48);
+    req.params.stream = true;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = cheapest(Duration::from_secs(8));
+    let job = tokio::spawn(async move {
+        let r = c.run(req, &opts, move |u| {
+            let _ = tx.send(u);
+        });
+        let r = r.await;
+        (r, c)
+    });
+    let mut submitted = Vec::new();
+    let mut failovers = Vec::new();
+    let mut killed = false;
+    while let Some(u) = rx.recv().await {
+        match u {
+            JobUpdate::Submitted(id) => submitted.push(id),
+            JobUpdate::Partial(_) if !killed => {
+                w1.kill();
+                killed = true;
+            }
+            JobUpdate::Failover { worker, .. } => failovers.push(worker),
+            _ => {}
+        }
+    }
+    let (outcome, c) = job.await.unwrap();
+    assert!(killed, "the first worker streamed before it was killed");
+    let done = outcome.expect("the job completes on the second worker");
+    assert_eq!(done.result.worker, pk2);
+    assert_eq!(failovers, vec![pk1]);
+    assert_eq!(submitted.len(), 2, "one request per attempt");
+    assert!(done.metering.is_some(), "metering verified");
+    // The dead worker is cooling down in this customer's statistics.
+    let s = c.worker_stats(&pk1).unwrap();
+    assert!(s.cooldown_until_ms > 0 && s.penalty > 0, "{s:?}");
+    // One answer: the first attempt has no result anywhere, the second exactly one.
+    assert!(results_for(&c, submitted[0]).await.is_empty());
+    assert_eq!(results_for(&c, submitted[1]).await, vec![pk2]);
+    c.shutdown().await;
+}
+
+/// A worker that advertises the lowest price and answers every job directed to it with a
+/// well-formed, validly signed result whose metering record lies about the prompt.
+async fn forger(relay: &str, keys: Keys) -> tokio::task::JoinHandle<()> {
+    let nc = fedai_client::nostr_client();
+    nc.add_relay(relay).await.unwrap();
+    nc.connect().and_wait(Duration::from_secs(5)).await;
+    let ad = CapabilityAd {
+        instance: "forger".into(),
+        name: "forger".into(),
+        about: "a test forger".into(),
+        job_kinds: vec![kinds::JOB_REQUEST],
+        models: vec![ModelInfo {
+            id: "tiny".into(),
+            context_length: 2048,
+            quantisation: "f32".into(),
+        }],
+        prices: vec![Price {
+            model: "tiny".into(),
+            base_msat: 0,
+            per_1k_input_msat: 0,
+            per_1k_output_msat: 0,
+        }],
+        max_concurrent: 4,
+        in_flight: 0,
+        queue_depth: 0,
+        hardware: Hardware::Cpu {
+            name: "test".into(),
+            cores: 1,
+            memory_mib: 1,
+        },
+        runner: "mock".into(),
+        healthy: true,
+        payment: PaymentInfo::default(),
+        relays: vec![relay.to_owned()],
+        version: "0".into(),
+        encryption_supported: true,
+        expiration: Timestamp::now() + 120,
+    };
+    nc.send_event(&ad.to_event(&keys).unwrap()).await.unwrap();
+    let mut notes = nc.notifications();
+    nc.subscribe(
+        Filter::new()
+            .kind(Kind::from_u16(kinds::JOB_REQUEST))
+            .pubkey(keys.public_key())
+            .since(Timestamp::now() - 5),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        while let Some(n) = notes.next().await {
+            let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
+                continue;
+            };
+            let Ok(p) = JobRequest::from_event(&event, Some(&keys)) else {
+                continue;
+            };
+            let usage = Usage {
+                input_tokens: 3,
+                output_tokens: 2,
+            };
+            let result = JobResult::for_request(&event, &p, "forged".into(), "tiny".into(), usage)
+                .to_event(&keys)
+                .unwrap();
+            let metering = MeteringRecord {
+                request_id: event.id,
+                result_id: result.id,
+                customer: event.pubkey,
+                model: "tiny".into(),
+                prompt_sha256: "00".repeat(32),
+                usage,
+                wall_ms: 1,
+                bytes_in: p.input_data.len() as u64,
+                bytes_out: 6,
+                price_msat: 0,
+                payment_hash: None,
+            }
+            .to_event(&keys)
+            .unwrap();
+            let _ = nc.send_event(&result).await;
+            let _ = nc.send_event(&metering).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_invalid_result_is_refused_and_the_job_moves_to_an_honest_worker() {
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let forger_keys = Keys::generate();
+    let _f = forger(&relay.url, forger_keys.clone()).await;
+    let (sk, pk) = nsec();
+    let _w = WorkerProc::start(&sk, &relay.url, &llama.url, &["--price", "tiny=10:10:10"]);
+    let c = client(&relay).await;
+    let ads = wait_for_workers(&c, 2).await;
+    let req = tiny_job("the quick brown fox", 8);
+    let first = c.choose(&ads, &req, &cheapest(Duration::from_secs(10)));
+    assert_eq!(
+        first.unwrap().worker,
+        forger_keys.public_key(),
+        "cheapest first"
+    );
+    let mut failovers = Vec::new();
+    let done = c
+        .run(req, &cheapest(Duration::from_secs(20)), |u| {
+            if let JobUpdate::Failover { worker, error } = u {
+                failovers.push((worker, error));
+            }
+        })
+        .await
+        .expect("the honest worker answers");
+    assert_eq!(done.result.worker, pk);
+    assert_ne!(done.output, "forged");
+    assert_eq!(failovers.len(), 1);
+    assert_eq!(failovers[0].0, forger_keys.public_key());
+    assert!(
+        failovers[0].1.contains("invalid result"),
+        "{}",
+        failovers[0].1
+    );
+    // An invalid result costs the forger the most: straight to the longest cooldown.
+    let s = c.worker_stats(&forger_keys.public_key()).unwrap();
+    assert!(s.cooldown_until_ms >= 600_000, "{s:?}");
+    // The next job does not go near it.
+    let again = c
+        .run(
+            tiny_job("jumps over", 4),
+            &cheapest(Duration::from_secs(20)),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.result.worker, pk);
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_auction_awards_the_cheapest_quote_and_only_the_winner_runs() {
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk1, pk1) = nsec();
+    let (sk2, pk2) = nsec();
+    let _w1 = WorkerProc::start(
+        &sk1,
+        &relay.url,
+        &llama.url,
+        &["--price", "tiny=5000:1000:1000"],
+    );
+    let _w2 = WorkerProc::start(
+        &sk2,
+        &relay.url,
+        &llama.url,
+        &["--price", "tiny=100:1000:1000"],
+    );
+    let c = client(&relay).await;
+    wait_for_workers(&c, 2).await;
+
+    // Quotes only: both workers quote their advertised price for this job; nobody runs it.
+    let quotes = c
+        .quotes(
+            tiny_job("once upon a time", 16),
+            1_000_000,
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(quotes.len(), 2, "{quotes:?}");
+    assert_eq!(quotes[0].worker, pk2);
+    assert_eq!(quotes[1].worker, pk1);
+    assert_eq!(quotes[1].amount_msat - quotes[0].amount_msat, 4_900);
+    // A bid under a worker's price gets no quote from it.
+    let low = c
+        .quotes(
+            tiny_job("once upon a time", 16),
+            1_000,
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(low.iter().map(|q| q.worker).collect::<Vec<_>>(), vec![pk2]);
+
+    // The auction: the cheaper quote wins under `cheapest`, and only the winner runs.
+    let mut submitted = None;
+    let opts = RunOptions {
+        auction: Some(Duration::from_millis(1500)),
+        ..cheapest(Duration::from_secs(20))
+    };
+    let done = c
+        .run(tiny_job("once upon a time", 16), &opts, |u| {
+            if let JobUpdate::Submitted(id) = u {
+                submitted = Some(id);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.result.worker, pk2);
+    let id = submitted.unwrap();
+    assert_eq!(done.request.id, id);
+    let awards = c
+        .fetch(
+            Filter::new().kind(Kind::from_u16(kinds::AWARD)).event(id),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(awards.len(), 1);
+    assert!(awards[0].tags.public_keys().any(|p| p == pk2));
+    assert_eq!(results_for(&c, id).await, vec![pk2], "the loser never ran");
+    // A bid below every quote: no worker, a clear error.
+    let opts = RunOptions {
+        max_price_msat: Some(10),
+        ..opts
+    };
+    let err = c
+        .run(tiny_job("once upon a time", 16), &opts, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NoWorker), "{err}");
+    c.shutdown().await;
+}
