@@ -317,3 +317,48 @@ async fn an_auction_awards_the_cheapest_quote_and_only_the_winner_runs() {
     assert!(matches!(err, ClientError::NoWorker), "{err}");
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_ad_follows_the_load_between_heartbeats() {
+    let llama = fedai_tests::llama(LocalModel::SmolLm2, "smol", 1).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = nsec();
+    // Heartbeats far apart: only the load-driven refresh can show the change.
+    let _w = WorkerProc::start(&sk, &relay.url, &llama.url, &["--heartbeat-secs", "300"]);
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    let mut req = JobRequest::chat("Tell a story about a lighthouse keeper.");
+    req.params.model = Some("smol".into());
+    req.params.max_tokens = Some(120);
+    req.provider = Some(pk);
+    let c = std::sync::Arc::new(c);
+    let job = {
+        let c = c.clone();
+        tokio::spawn(async move { c.submit(req, false, Duration::from_secs(60), |_| {}).await })
+    };
+    let in_flight = |c: std::sync::Arc<fedai_client::FedaiClient>| async move {
+        c.workers().await.unwrap().first().map(|a| a.ad.in_flight)
+    };
+    let mut seen_busy = false;
+    for _ in 0..50 {
+        if in_flight(c.clone()).await == Some(1) {
+            seen_busy = true;
+            break;
+        }
+        if job.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_busy, "the ad showed the running job");
+    job.await.unwrap().unwrap();
+    let mut idle = false;
+    for _ in 0..40 {
+        if in_flight(c.clone()).await == Some(0) {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(idle, "the ad showed the worker idle again");
+}

@@ -69,6 +69,8 @@ impl WorkerProc {
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
         let mut child = Command::new(binary("fedai-worker"))
             .env("FEDAI_NSEC", nsec)
+            // Fast heartbeats by default (a test's own `--heartbeat-secs` overrides the env).
+            .env("FEDAI_HEARTBEAT_SECS", "1")
             .args([
                 "--relay",
                 relay,
@@ -76,8 +78,6 @@ impl WorkerProc {
                 "llama-cpp",
                 "--runner-url",
                 runner_url,
-                "--heartbeat-secs",
-                "1",
             ])
             .args(args)
             .stdout(Stdio::piped())

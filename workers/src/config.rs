@@ -65,6 +65,9 @@ pub struct Cli {
     /// Seconds between capability-ad heartbeats.
     #[arg(long, env = "FEDAI_HEARTBEAT_SECS")]
     pub heartbeat_secs: Option<u64>,
+    /// Re-publish the ad when the load changes, at most this often (ms; 0 = heartbeat only).
+    #[arg(long, env = "FEDAI_AD_REFRESH_MS")]
+    pub ad_refresh_ms: Option<u64>,
     /// Oldest request (seconds) the worker still takes, and the recovery window after a restart.
     #[arg(long, env = "FEDAI_REQUEST_MAX_AGE_SECS")]
     pub request_max_age_secs: Option<u64>,
@@ -103,6 +106,7 @@ struct FileConfig {
     max_tokens: Option<u32>,
     default_max_tokens: Option<u32>,
     heartbeat_secs: Option<u64>,
+    ad_refresh_ms: Option<u64>,
     request_max_age_secs: Option<u64>,
     job_timeout_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
@@ -139,6 +143,8 @@ pub struct WorkerConfig {
     pub default_max_tokens: u32,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// Least time between load-driven ad refreshes; zero disables them.
+    pub ad_refresh: Duration,
     /// Oldest request accepted / recovery window.
     pub request_max_age: Duration,
     /// Job deadline.
@@ -299,6 +305,9 @@ impl Cli {
                     .or(file.heartbeat_secs)
                     .unwrap_or(30)
                     .max(1),
+            ),
+            ad_refresh: Duration::from_millis(
+                self.ad_refresh_ms.or(file.ad_refresh_ms).unwrap_or(1000),
             ),
             request_max_age: Duration::from_secs(
                 self.request_max_age_secs

@@ -53,6 +53,12 @@ struct Inner {
     /// Answered (result or error sent) before this process started.
     answered: Mutex<HashSet<EventId>>,
     metrics: Arc<Metrics>,
+    /// Signalled when `in_flight` changes: customers schedule on the advertised load, and the
+    /// simulator shows that stale load is what makes them pile onto full workers.
+    load_changed: tokio::sync::Notify,
+    /// `created_at` of the last ad, and the lock that keeps ads in order.
+    last_ad: std::sync::atomic::AtomicU64,
+    ad_lock: tokio::sync::Mutex<()>,
 }
 
 /// A running worker.
@@ -130,6 +136,9 @@ impl Worker {
             recover: Mutex::new(HashSet::new()),
             answered: Mutex::new(HashSet::new()),
             metrics,
+            load_changed: tokio::sync::Notify::new(),
+            last_ad: std::sync::atomic::AtomicU64::new(0),
+            ad_lock: tokio::sync::Mutex::new(()),
             cfg,
         });
         let w = Self { inner };
@@ -209,6 +218,28 @@ impl Worker {
         }
     }
 
+    /// Publish the ad, each one with a later `created_at` than the last: relays keep one
+    /// addressable event per `d` tag and break same-second ties by the lowest id, so two ads in
+    /// one second could leave the older state standing.
+    async fn publish_ad(&self, healthy: bool, lifetime: Duration) {
+        let i = &self.inner;
+        let _order = i.ad_lock.lock().await;
+        loop {
+            let last = i.last_ad.load(Ordering::SeqCst);
+            if Timestamp::now().as_secs() > last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match self.ad(healthy, lifetime).to_event(&i.cfg.keys) {
+            Ok(ev) => {
+                i.last_ad.store(ev.created_at.as_secs(), Ordering::SeqCst);
+                self.publish(&ev).await
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build capability ad"),
+        }
+    }
+
     async fn publish(&self, ev: &Event) {
         match self
             .inner
@@ -231,10 +262,7 @@ impl Worker {
         self.probe_runner().await;
         let i = &self.inner;
         let healthy = i.healthy.load(Ordering::SeqCst) && i.accepting.load(Ordering::SeqCst);
-        match self.ad(healthy, i.cfg.heartbeat * 3).to_event(&i.cfg.keys) {
-            Ok(ev) => self.publish(&ev).await,
-            Err(e) => tracing::warn!(error = %e, "cannot build capability ad"),
-        }
+        self.publish_ad(healthy, i.cfg.heartbeat * 3).await;
         let relays = i.client.relays().await;
         i.metrics.set_relays(
             relays
@@ -348,6 +376,23 @@ impl Worker {
                 }
             })
         };
+        // Load-driven refresh: the ad follows `in_flight` within `ad_refresh` (a change during
+        // the pause leaves a stored permit, so the last change is always published).
+        let refresh = (!i.cfg.ad_refresh.is_zero()).then(|| {
+            let w = self.clone();
+            tokio::spawn(async move {
+                let i = &w.inner;
+                loop {
+                    i.load_changed.notified().await;
+                    if !i.accepting.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let healthy = i.healthy.load(Ordering::SeqCst);
+                    w.publish_ad(healthy, i.cfg.heartbeat * 3).await;
+                    tokio::time::sleep(i.cfg.ad_refresh).await;
+                }
+            })
+        });
         tracing::info!(pubkey = %self.public_key().to_bech32().unwrap_or_default(), relays = i.cfg.relays.len(), runner = i.runner.kind(), "worker running");
         tokio::pin!(shutdown);
         loop {
@@ -383,10 +428,11 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         hb.abort();
-        // Withdraw: a final ad marked down that expires almost at once.
-        if let Ok(ev) = self.ad(false, Duration::from_secs(2)).to_event(&i.cfg.keys) {
-            self.publish(&ev).await;
+        if let Some(r) = refresh {
+            r.abort();
         }
+        // Withdraw: a final ad marked down that expires almost at once.
+        self.publish_ad(false, Duration::from_secs(2)).await;
         i.client.shutdown().await;
         tracing::info!("worker stopped");
         Ok(())
@@ -695,6 +741,7 @@ impl Worker {
                 .await;
         };
         let n = i.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        i.load_changed.notify_one();
         i.metrics.set_in_flight(n as i64);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         i.running
@@ -751,6 +798,7 @@ impl Worker {
             }
         }
         let n = i.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        i.load_changed.notify_one();
         i.metrics.set_in_flight(n as i64);
     }
 

@@ -1,5 +1,5 @@
 //! `cargo bench -p fedai-sim`: wall time of one million simulated jobs (default market:
-//! 50 workers, Poisson arrivals at 20/s, balanced top-3 policy, failover on).
+//! 50 workers, Poisson arrivals at 15/s, balanced top-3 policy, failover on).
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ fn main() {
         };
         s.workers[0].count = workers;
         if let fedai_sim::scenario::Arrivals::Poisson { rate_per_s } = &mut s.workload.arrivals {
-            *rate_per_s = 20.0 * workers as f64 / 50.0;
+            *rate_per_s = 15.0 * workers as f64 / 50.0;
         }
         let t = Instant::now();
         let r = fedai_sim::run(&s);
