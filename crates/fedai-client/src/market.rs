@@ -20,6 +20,9 @@ use nostr_sdk::prelude::ClientNotification;
 
 use crate::{ClientError, FedaiClient, JobOutcome, JobUpdate};
 
+/// Workers tried for one job at most (failed attempts plus capacity refusals).
+const MAX_TRIES: usize = 16;
+
 /// How [`FedaiClient::run`] chooses and retries.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -31,7 +34,8 @@ pub struct RunOptions {
     pub private: bool,
     /// Deadline of one attempt.
     pub timeout: Duration,
-    /// Attempts in all (1 = no failover).
+    /// Failed attempts before giving up (1 = no failover). Capacity refusals move the job on
+    /// without counting.
     pub max_attempts: u32,
     /// Only this worker (no failover to others).
     pub worker: Option<PublicKey>,
@@ -218,7 +222,12 @@ impl FedaiClient {
         let mut rng = Rng::from_entropy();
         let mut tried = Vec::new();
         let mut last: Option<ClientError> = None;
-        for attempt in 0..opts.max_attempts.max(1) {
+        let mut failures = 0;
+        // A capacity refusal comes back at once: it moves the job on without using up an
+        // attempt (the simulator showed "cheapest" dropping a third of the jobs otherwise),
+        // but each worker is tried once at most.
+        while failures < opts.max_attempts.max(1) && tried.len() < MAX_TRIES {
+            let attempt = tried.len();
             let d = self.decide(&ads, &request, opts, &tried, None, &mut rng);
             let Some(i) = d.chosen_index() else { break };
             let worker = ads[i].worker;
@@ -244,6 +253,9 @@ impl FedaiClient {
                     let Some(f) = failure_of(&e) else {
                         return Err(e);
                     };
+                    if f != Failure::Busy {
+                        failures += 1;
+                    }
                     self.record(worker, Err(f), opts);
                     // Tell the worker to stop (it may still be running); best effort.
                     let _ = self.cancel(attempt_id).await;
@@ -303,7 +315,8 @@ impl FedaiClient {
         let mut rng = Rng::from_entropy();
         let mut tried = Vec::new();
         let mut last = None;
-        for _ in 0..opts.max_attempts.max(1) {
+        let mut failures = 0;
+        while failures < opts.max_attempts.max(1) && tried.len() < MAX_TRIES {
             let d = self.decide(ads, &req, opts, &tried, Some(&quotes), &mut rng);
             let Some(i) = d.chosen_index() else { break };
             let worker = ads[i].worker;
@@ -334,6 +347,9 @@ impl FedaiClient {
                         self.close(t).await;
                         return Err(e);
                     };
+                    if f != Failure::Busy {
+                        failures += 1;
+                    }
                     self.record(worker, Err(f), opts);
                     tried.push(worker);
                     on_update(JobUpdate::Failover {

@@ -31,7 +31,9 @@ impl Failure {
 }
 
 /// Cooldown after failures: `base × 2^(consecutive failures − 1)`, capped at `max`; an invalid
-/// result goes straight to `max`.
+/// result goes straight to `max`; a capacity refusal waits a fixed `busy` (about one ad refresh:
+/// a full worker is not a failing one, and backing off from it for minutes starves the
+/// customer — the simulator showed drops from exactly that).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Cooldown {
@@ -39,6 +41,8 @@ pub struct Cooldown {
     pub base_ms: u64,
     /// Longest cooldown, ms.
     pub max_ms: u64,
+    /// After a capacity refusal, ms.
+    pub busy_ms: u64,
 }
 
 impl Default for Cooldown {
@@ -46,6 +50,7 @@ impl Default for Cooldown {
         Self {
             base_ms: 5_000,
             max_ms: 600_000,
+            busy_ms: 2_000,
         }
     }
 }
@@ -105,6 +110,12 @@ impl WorkerStats {
 
     /// A failed job at `now_ms`; sets the cooldown.
     pub fn record_failure(&mut self, failure: Failure, now_ms: u64, cooldown: &Cooldown) {
+        if failure == Failure::Busy {
+            self.cooldown_until_ms = self
+                .cooldown_until_ms
+                .max(now_ms.saturating_add(cooldown.busy_ms));
+            return;
+        }
         self.penalty = self.penalty.saturating_add(failure.penalty());
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.last_failure_ms = Some(now_ms);
@@ -148,6 +159,7 @@ mod tests {
         let c = Cooldown {
             base_ms: 1000,
             max_ms: 5000,
+            busy_ms: 300,
         };
         let mut s = WorkerStats::default();
         s.record_failure(Failure::Error, 10_000, &c);
@@ -163,6 +175,12 @@ mod tests {
         assert_eq!(s.cooldown_until_ms, 31_000, "a success resets the backoff");
         s.record_failure(Failure::Invalid, 40_000, &c);
         assert_eq!(s.cooldown_until_ms, 45_000, "invalid goes straight to max");
+        let mut b = WorkerStats::default();
+        for t in [0, 1_000, 2_000] {
+            b.record_failure(Failure::Busy, t, &c);
+            assert_eq!(b.cooldown_until_ms, t + 300, "busy: fixed, no backoff");
+        }
+        assert_eq!(b.consecutive_failures, 0);
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::scenario::{Arrivals, Dist, PayMode, Scenario};
 
 const US: f64 = 1_000_000.0;
 
+/// Workers tried per job at most (attempts plus capacity refusals).
+const MAX_TRIES: usize = 16;
+
 fn us(seconds: f64) -> u64 {
     (seconds.max(0.0) * US) as u64
 }
@@ -37,6 +40,8 @@ struct Worker {
     /// What customers see: the last ad.
     ad_in_flight: u32,
     ad_alive: bool,
+    /// When its last ad expires (a crashed worker's ad lingers until then).
+    ad_expiry: u64,
     busy_us: u128,
     alive_us: u64,
     last_change: u64,
@@ -68,7 +73,9 @@ struct Job {
     input: u64,
     output: u64,
     attempt: u32,
-    tried: [u32; 8],
+    /// Attempts that failed for a reason other than a capacity refusal.
+    failures: u32,
+    tried: [u32; MAX_TRIES],
     /// The current attempt's unique token (events of other attempts, or of an earlier job in
     /// this reused slot, carry another).
     token: u64,
@@ -175,6 +182,7 @@ impl<'a> Sim<'a> {
                     in_flight: 0,
                     ad_in_flight: 0,
                     ad_alive: false,
+                    ad_expiry: 0,
                     busy_us: 0,
                     alive_us: 0,
                     last_change: 0,
@@ -302,9 +310,16 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Ev::AdTick => {
+                    let ttl = us(self.s.client.ad_ttl_s);
                     for w in &mut self.workers {
-                        w.ad_in_flight = w.in_flight;
-                        w.ad_alive = w.alive && !w.leaving;
+                        if w.alive && !w.leaving {
+                            w.ad_in_flight = w.in_flight;
+                            w.ad_alive = true;
+                            w.ad_expiry = t + ttl;
+                        } else if t >= w.ad_expiry {
+                            // Crashed: nobody re-publishes, the old ad stands until it expires.
+                            w.ad_alive = false;
+                        }
                     }
                     if self.arrived < self.s.jobs || self.in_system > 0 {
                         self.at(t + us(self.s.client.ad_interval_s), Ev::AdTick);
@@ -321,6 +336,7 @@ impl<'a> Sim<'a> {
                         // Its first ad goes out at once.
                         w.ad_alive = true;
                         w.ad_in_flight = 0;
+                        w.ad_expiry = t + us(self.s.client.ad_ttl_s);
                     }
                 }
                 Ev::Leave { worker } => {
@@ -348,7 +364,8 @@ impl<'a> Sim<'a> {
             input: self.draw(&di),
             output: self.draw(&doo),
             attempt: 0,
-            tried: [u32::MAX; 8],
+            failures: 0,
+            tried: [u32::MAX; MAX_TRIES],
             token: 0,
             worker: u32::MAX,
             sent: 0,
@@ -550,7 +567,12 @@ impl<'a> Sim<'a> {
         );
         let jm = &mut self.jobs[id as usize];
         jm.attempt += 1;
-        if jm.attempt >= self.s.client.max_attempts {
+        // A capacity refusal comes back at once and costs the customer nothing but a round
+        // trip: it does not use up an attempt (the client's rule too), only a try.
+        if f != Failure::Busy {
+            jm.failures += 1;
+        }
+        if jm.failures >= self.s.client.max_attempts || jm.attempt as usize >= MAX_TRIES {
             self.dropped_exhausted += 1;
             self.finish_job(id);
         } else {

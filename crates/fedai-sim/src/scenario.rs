@@ -201,10 +201,14 @@ pub struct ClientModel {
     pub timeout_s: f64,
     /// Attempts per job (1 = no failover).
     pub max_attempts: u32,
-    /// Customers see worker load as of the last ad, re-published this often, s.
+    /// Customers see worker load as of the last ad, re-published this often, s (the worker
+    /// re-publishes within `--ad-refresh-ms` of a load change: 1 s by default).
     pub ad_interval_s: f64,
     /// Round trip customer → relay → worker, ms.
     pub rtt_ms: f64,
+    /// A crashed worker's last ad stays visible this long (the worker's NIP-40 expiration:
+    /// 3 heartbeats), s.
+    pub ad_ttl_s: f64,
 }
 
 impl Default for ClientModel {
@@ -216,8 +220,9 @@ impl Default for ClientModel {
             customers: 50,
             timeout_s: 60.0,
             max_attempts: 3,
-            ad_interval_s: 5.0,
+            ad_interval_s: 1.0,
             rtt_ms: 20.0,
+            ad_ttl_s: 90.0,
         }
     }
 }

@@ -64,9 +64,8 @@ fn failover_saves_jobs_in_a_crash_wave() {
     let s = scenario("crash-wave.toml", 20_000);
     let rows = run_all(&s, Some(&parse_sweep("client.max_attempts=1,3").unwrap())).unwrap();
     let (one, three) = (&rows[0].1, &rows[1].1);
-    assert_eq!(one.failovers, 0);
     assert!(one.timeouts > 0, "crashed workers' jobs time out");
-    assert!(three.failovers > 0);
+    assert!(three.failovers > one.failovers);
     assert!(
         three.drop_rate < one.drop_rate / 2.0,
         "{} vs {}",
