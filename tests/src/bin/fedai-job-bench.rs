@@ -76,20 +76,6 @@ fn job(model: &str, prompt: &str, max_tokens: u32, worker: PublicKey) -> JobRequ
     r
 }
 
-async fn wait_ads(
-    c: &FedaiClient,
-    n: usize,
-) -> Vec<fedai_protocol::capability::ParsedCapabilityAd> {
-    for _ in 0..100 {
-        let ads = c.workers().await.unwrap();
-        if ads.len() >= n {
-            return ads;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("workers did not appear");
-}
-
 async fn overhead(
     model: LocalModel,
     alias: &str,
@@ -109,7 +95,7 @@ async fn overhead(
     let c = FedaiClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
         .await
         .unwrap();
-    wait_ads(&c, 1).await;
+    fedai_tests::wait_for_workers(&c, 1).await;
     let ps = prompts(jobs);
     // Warm-up (connections, caches). Its prompt differs from the measured ones: a request
     // identical to an earlier one within the same second is the same event (same id).
@@ -194,7 +180,7 @@ async fn throughput(workers: usize, jobs: usize, relay_args: &[&str]) {
             .await
             .unwrap(),
     );
-    let ads = Arc::new(wait_ads(&c, workers).await);
+    let ads = Arc::new(fedai_tests::wait_for_workers(&c, workers).await);
     let t0 = Instant::now();
     let concurrency = 8;
     let mut tasks = Vec::new();
