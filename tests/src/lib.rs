@@ -438,3 +438,13 @@ pub fn tiny_job(prompt: &str, max_tokens: u32) -> fedai_protocol::JobRequest {
     r.params.temperature = Some(0.0);
     r
 }
+
+/// The workspace root (the parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub mod lightning;

@@ -1,0 +1,99 @@
+//! A BOLT11 invoice checked against what was agreed, before any money moves.
+
+use std::str::FromStr;
+
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescriptionRef};
+use sha2::{Digest, Sha256};
+
+pub use lightning_invoice::Currency;
+
+use crate::{job_memo, LnError, PaymentHash};
+
+/// What the invoice must say.
+#[derive(Debug, Clone)]
+pub struct Expected<'a> {
+    /// The quoted amount, msat (an invoice without an amount is refused).
+    pub amount_msat: u64,
+    /// The LN node the worker advertised (hex); `None` skips the check.
+    pub payee: Option<&'a str>,
+    /// The chain.
+    pub currency: Currency,
+    /// The job request the invoice must commit to (its description, or description hash,
+    /// is [`job_memo`] of this id).
+    pub request_id_hex: &'a str,
+    /// Now, unix seconds (expiry is checked against it).
+    pub now_unix: u64,
+}
+
+/// An invoice that passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Its payment hash.
+    pub payment_hash: PaymentHash,
+    /// The payee node (hex).
+    pub payee: String,
+    /// When it expires, unix seconds.
+    pub expires_at: u64,
+}
+
+fn refuse(m: impl Into<String>) -> LnError {
+    LnError::Invoice(m.into())
+}
+
+/// Parse `bolt11` (its signature is verified by the parse) and check amount, expiry, network,
+/// payee and the commitment to the job request.
+pub fn check(bolt11: &str, e: &Expected<'_>) -> Result<Checked, LnError> {
+    let inv = Bolt11Invoice::from_str(bolt11.trim())
+        .map_err(|err| refuse(format!("not a valid signed BOLT11 invoice: {err}")))?;
+    if inv.currency() != e.currency {
+        return Err(refuse(format!(
+            "invoice is for {:?}, expected {:?}",
+            inv.currency(),
+            e.currency
+        )));
+    }
+    match inv.amount_milli_satoshis() {
+        Some(a) if a == e.amount_msat => {}
+        Some(a) => {
+            return Err(refuse(format!(
+                "invoice asks {a} msat, the quote was {} msat",
+                e.amount_msat
+            )))
+        }
+        None => return Err(refuse("invoice has no amount")),
+    }
+    let expires_at = inv
+        .duration_since_epoch()
+        .as_secs()
+        .saturating_add(inv.expiry_time().as_secs());
+    if expires_at <= e.now_unix {
+        return Err(refuse("invoice has expired"));
+    }
+    let payee = inv.get_payee_pub_key().to_string();
+    if let Some(want) = e.payee {
+        if !payee.eq_ignore_ascii_case(want) {
+            return Err(refuse(format!(
+                "invoice is payable to {payee}, not to the advertised node {want}"
+            )));
+        }
+    }
+    let memo = job_memo(e.request_id_hex);
+    let commits = match inv.description() {
+        Bolt11InvoiceDescriptionRef::Direct(d) => d.as_inner().0 == memo,
+        Bolt11InvoiceDescriptionRef::Hash(h) => {
+            let want: [u8; 32] = Sha256::digest(memo.as_bytes()).into();
+            AsRef::<[u8]>::as_ref(&h.0) == want.as_slice()
+        }
+    };
+    if !commits {
+        return Err(refuse(
+            "invoice description does not commit to this job request",
+        ));
+    }
+    let payment_hash: [u8; 32] = *inv.payment_hash().as_ref();
+    Ok(Checked {
+        payment_hash,
+        payee,
+        expires_at,
+    })
+}

@@ -1,0 +1,385 @@
+//! A real Lightning network on 127.0.0.1 for tests: one `btcd` in simnet and `lnd` nodes on top,
+//! built from Go modules by `tests/lightning/setup.sh` (cached in `.cache/lightning`).
+//!
+//! Bring-up follows lnd's own integration tests: btcd starts without a mining address, the
+//! first lnd node gives one, btcd restarts with it and mines the coinbase the nodes fund their
+//! channels from. Setup actions use `lncli` (the product talks gRPC through fedai-lightning).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{temp_dir, workspace_root};
+
+/// A running simnet: btcd and lnd nodes, killed on drop.
+pub struct LightningNet {
+    dir: PathBuf,
+    bin: PathBuf,
+    btcd: Option<Child>,
+    btcd_rpc: String,
+    btcd_p2p: String,
+    /// The lnd nodes, in start order.
+    pub nodes: Vec<LndNode>,
+}
+
+/// One lnd node.
+pub struct LndNode {
+    child: Child,
+    dir: PathBuf,
+    bin: PathBuf,
+    /// gRPC address (`127.0.0.1:port`).
+    pub rpc: String,
+    /// Peer address.
+    pub p2p: String,
+    /// TLS certificate (pinned by clients).
+    pub cert: PathBuf,
+    /// Admin macaroon.
+    pub macaroon: PathBuf,
+    /// Node public key, hex.
+    pub pubkey: String,
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Build (once) and return the directory of btcd/lnd binaries.
+pub fn install() -> PathBuf {
+    let root = workspace_root();
+    let st = Command::new("bash")
+        .arg(root.join("tests/lightning/setup.sh"))
+        .status()
+        .expect("run tests/lightning/setup.sh");
+    assert!(st.success(), "tests/lightning/setup.sh failed");
+    root.join(".cache/lightning/bin")
+}
+
+impl LndNode {
+    /// Run `lncli`; its JSON output when it succeeds.
+    pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
+        let out = Command::new(self.bin.join("lncli"))
+            .args([
+                "--network=simnet",
+                &format!("--lnddir={}", self.dir.display()),
+                &format!("--rpcserver={}", self.rpc),
+                &format!("--tlscertpath={}", self.cert.display()),
+                &format!("--macaroonpath={}", self.macaroon.display()),
+            ])
+            .args(args)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        // `sendpayment --json` prints progress lines before the final object: take the last.
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&text).ok().or_else(|| {
+            let start = text.rfind("\n{")?;
+            serde_json::from_str(&text[start + 1..]).ok()
+        })
+    }
+
+    /// Run `lncli` against this node and parse its JSON output.
+    pub fn cli(&self, args: &[&str]) -> Value {
+        let out = Command::new(self.bin.join("lncli"))
+            .args([
+                "--network=simnet",
+                &format!("--lnddir={}", self.dir.display()),
+                &format!("--rpcserver={}", self.rpc),
+                &format!("--tlscertpath={}", self.cert.display()),
+                &format!("--macaroonpath={}", self.macaroon.display()),
+            ])
+            .args(args)
+            .output()
+            .expect("run lncli");
+        assert!(
+            out.status.success(),
+            "lncli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Total local balance over open channels, sat.
+    pub fn channel_local_sat(&self) -> u64 {
+        let v = self.cli(&["channelbalance"]);
+        v["local_balance"]["sat"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LndNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LightningNet {
+    /// Start btcd and `n` lnd nodes, fund node 0 and open a channel of `channel_sat` from node 0
+    /// to every other node; returns when the channels are active. Bounded: panics after 180 s.
+    pub fn start(n: usize, channel_sat: u64) -> Self {
+        let bin = install();
+        let dir = temp_dir("ln");
+        let mut net = Self {
+            dir: dir.clone(),
+            bin: bin.clone(),
+            btcd: None,
+            btcd_rpc: format!("127.0.0.1:{}", port()),
+            btcd_p2p: format!("127.0.0.1:{}", port()),
+            nodes: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        net.start_btcd(None);
+        for i in 0..n {
+            let node = net.start_lnd(i, deadline);
+            net.nodes.push(node);
+        }
+        // Mine to node 0: restart btcd with its address, then mature the coinbase.
+        let addr = net.nodes[0].cli(&["newaddress", "p2wkh"])["address"]
+            .as_str()
+            .expect("address")
+            .to_owned();
+        net.stop_btcd();
+        net.start_btcd(Some(&addr));
+        net.mine(400);
+        wait(deadline, "node 0 sees its coins", || {
+            let b = net.nodes[0].cli(&["walletbalance"]);
+            b["confirmed_balance"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s > channel_sat * n as u64)
+        });
+        for i in 1..n {
+            let peer = format!("{}@{}", net.nodes[i].pubkey, net.nodes[i].p2p);
+            net.nodes[0].cli(&["connect", &peer]);
+            let pk = net.nodes[i].pubkey.clone();
+            wait(deadline, "peers connected", || {
+                net.nodes[0].cli(&["listpeers"])["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x["pub_key"] == pk.as_str()))
+            });
+            net.nodes[0].cli(&[
+                "openchannel",
+                "--node_key",
+                &pk,
+                "--local_amt",
+                &channel_sat.to_string(),
+            ]);
+            net.mine(6);
+        }
+        net.mine(6);
+        wait(deadline, "channels active", || {
+            net.nodes[0].cli(&["listchannels", "--active_only"])["channels"]
+                .as_array()
+                .is_some_and(|c| c.len() == n - 1)
+        });
+        // "Active" comes before the link can forward: a 1-sat keysend to each peer proves the
+        // channel carries payments before any test measures a balance.
+        for i in 1..n {
+            let dest = net.nodes[i].pubkey.clone();
+            wait(deadline, "a first payment goes through", || {
+                net.nodes[0]
+                    .try_cli(&[
+                        "sendpayment",
+                        "--keysend",
+                        "--dest",
+                        &dest,
+                        "--amt",
+                        "1",
+                        "--json",
+                    ])
+                    .is_some_and(|v| v["status"] == "SUCCEEDED")
+            });
+        }
+        net
+    }
+
+    fn start_btcd(&mut self, mining_addr: Option<&str>) {
+        let d = self.dir.join("btcd");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut cmd = Command::new(self.bin.join("btcd"));
+        cmd.args([
+            "--simnet",
+            "--txindex",
+            "--rpcuser=fedai",
+            "--rpcpass=fedai",
+            &format!("--rpclisten={}", self.btcd_rpc),
+            &format!("--listen={}", self.btcd_p2p),
+            &format!("--datadir={}", d.join("data").display()),
+            &format!("--logdir={}", d.join("logs").display()),
+            &format!("--rpccert={}", d.join("rpc.cert").display()),
+            &format!("--rpckey={}", d.join("rpc.key").display()),
+        ]);
+        if let Some(a) = mining_addr {
+            cmd.arg(format!("--miningaddr={a}"));
+        }
+        let log = std::fs::File::create(d.join("stdout.log")).unwrap();
+        self.btcd = Some(
+            cmd.stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start btcd"),
+        );
+        wait(
+            Instant::now() + Duration::from_secs(30),
+            "btcd answers",
+            || self.btcctl(&["getblockcount"]).is_some(),
+        );
+    }
+
+    fn stop_btcd(&mut self) {
+        if let Some(mut c) = self.btcd.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn btcctl(&self, args: &[&str]) -> Option<String> {
+        let d = self.dir.join("btcd");
+        let out = Command::new(self.bin.join("btcctl"))
+            .args([
+                "--simnet",
+                "--rpcuser=fedai",
+                "--rpcpass=fedai",
+                &format!("--rpcserver={}", self.btcd_rpc),
+                &format!("--rpccert={}", d.join("rpc.cert").display()),
+            ])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Mine `n` blocks and wait until every node has synced to the tip. A node that has just
+    /// finished starting may not have seen the last blocks (it subscribes to block notifications
+    /// late in its start-up): one more block every few seconds brings it along.
+    pub fn mine(&self, n: u32) {
+        self.btcctl(&["generate", &n.to_string()])
+            .expect("btcctl generate");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut nudge = Instant::now() + Duration::from_secs(3);
+        loop {
+            let height: u64 = self
+                .btcctl(&["getblockcount"])
+                .and_then(|h| h.trim().parse().ok())
+                .expect("height");
+            let synced = self.nodes.iter().all(|node| {
+                let v = node.cli(&["getinfo"]);
+                v["block_height"].as_u64() == Some(height) && v["synced_to_chain"] == true
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lnd nodes did not sync to height {height}"
+            );
+            if Instant::now() > nudge {
+                self.btcctl(&["generate", "1"]);
+                nudge = Instant::now() + Duration::from_secs(3);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn start_lnd(&self, i: usize, deadline: Instant) -> LndNode {
+        let d = self.dir.join(format!("lnd{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let (rpc, p2p) = (
+            format!("127.0.0.1:{}", port()),
+            format!("127.0.0.1:{}", port()),
+        );
+        let btcd_cert = self.dir.join("btcd/rpc.cert");
+        let log = std::fs::File::create(d.join("stdout.log")).unwrap();
+        let child = Command::new(self.bin.join("lnd"))
+            .args([
+                "--bitcoin.active",
+                "--bitcoin.simnet",
+                "--bitcoin.node=btcd",
+                &format!("--btcd.rpchost={}", self.btcd_rpc),
+                "--btcd.rpcuser=fedai",
+                "--btcd.rpcpass=fedai",
+                &format!("--btcd.rpccert={}", btcd_cert.display()),
+                &format!("--lnddir={}", d.display()),
+                &format!("--rpclisten={rpc}"),
+                &format!("--listen={p2p}"),
+                "--norest",
+                "--noseedbackup",
+                "--debuglevel=info",
+                "--trickledelay=50",
+                "--bitcoin.defaultchanconfs=1",
+                "--accept-keysend",
+                &format!("--alias=fedai-test-{i}"),
+            ])
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lnd");
+        let cert = d.join("tls.cert");
+        let macaroon = d.join("data/chain/bitcoin/simnet/admin.macaroon");
+        let mut node = LndNode {
+            child,
+            dir: d,
+            bin: self.bin.clone(),
+            rpc,
+            p2p,
+            cert,
+            macaroon,
+            pubkey: String::new(),
+        };
+        wait(deadline, "lnd ready", || {
+            node.macaroon.exists() && {
+                let out = Command::new(self.bin.join("lncli"))
+                    .args([
+                        "--network=simnet",
+                        &format!("--rpcserver={}", node.rpc),
+                        &format!("--tlscertpath={}", node.cert.display()),
+                        &format!("--macaroonpath={}", node.macaroon.display()),
+                        "getinfo",
+                    ])
+                    .output();
+                out.is_ok_and(|o| o.status.success())
+            }
+        });
+        node.pubkey = node.cli(&["getinfo"])["identity_pubkey"]
+            .as_str()
+            .expect("pubkey")
+            .to_owned();
+        node
+    }
+
+    /// Where the logs are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for LightningNet {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        self.stop_btcd();
+    }
+}
+
+fn wait(deadline: Instant, what: &str, mut f: impl FnMut() -> bool) {
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting: {what}");
+}
