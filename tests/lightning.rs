@@ -153,3 +153,186 @@ async fn hold_invoices_settle_on_delivery_and_refund_on_failure_and_plain_invoic
 fn hex(b: &[u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+mod paid_jobs {
+    use super::*;
+    use fedai_client::{ClientError, JobUpdate, PayContext, RunOptions};
+    use fedai_protocol::nostr::prelude::*;
+    use fedai_protocol::{kinds, JobRequest, PaymentReceipt};
+    use fedai_runners::local::LocalModel;
+    use fedai_tests::{client, nsec, tiny_job, wait_for_workers, RelayProc, WorkerProc};
+
+    fn lnd_args(n: &LndNode, mode: &str) -> Vec<String> {
+        vec![
+            "--payment-mode".into(),
+            mode.into(),
+            "--lnd-url".into(),
+            format!("https://{}", n.rpc),
+            "--lnd-cert".into(),
+            n.cert.display().to_string(),
+            "--lnd-macaroon".into(),
+            n.macaroon.display().to_string(),
+        ]
+    }
+
+    fn refs(a: &[String]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+
+    async fn balance_becomes(n: &LndNode, want: u64) -> u64 {
+        let mut got = 0;
+        for _ in 0..100 {
+            got = n.channel_local_msat();
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paid_jobs_escrow_refund_pay_after_and_no_payer() {
+        let net = tokio::task::spawn_blocking(|| LightningNet::start(2, 1_000_000))
+            .await
+            .unwrap();
+        let (cust, work) = (&net.nodes[0], &net.nodes[1]);
+        let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+        let smol = fedai_tests::llama(LocalModel::SmolLm2, "smol", 1).await;
+        let relay = RelayProc::start(&["--memory"]);
+        let price = [
+            "--price",
+            "tiny=2000:1000:1000",
+            "--price",
+            "smol=2000:1000:1000",
+        ];
+        let arg = |mode: &str, extra: &[&str]| {
+            let mut a: Vec<String> = lnd_args(work, mode);
+            a.extend(price.iter().chain(extra).map(|s| s.to_string()));
+            a
+        };
+        let (sk_before, pk_before) = nsec();
+        let (sk_slow, pk_slow) = nsec();
+        let (sk_after, pk_after) = nsec();
+        let a1 = arg("before", &[]);
+        let a2 = arg("before", &["--job-timeout-secs", "1"]);
+        let a3 = arg("after", &[]);
+        let _w1 = WorkerProc::start(&sk_before, &relay.url, &tiny.url, &refs(&a1));
+        let _w2 = WorkerProc::start(&sk_slow, &relay.url, &smol.url, &refs(&a2));
+        let _w3 = WorkerProc::start(&sk_after, &relay.url, &tiny.url, &refs(&a3));
+        let c = client(&relay).await;
+        let ads = wait_for_workers(&c, 3).await;
+        assert!(ads
+            .iter()
+            .all(|a| a.ad.payment.ln_node.as_deref() == Some(work.pubkey.as_str())));
+        let payer = Lnd::connect(&config(cust)).await.unwrap();
+        let pay = PayContext {
+            payer: std::sync::Arc::new(payer),
+            currency: Currency::Simnet,
+            max_msat: Some(100_000),
+            max_fee_msat: 1_000,
+        };
+        let opts = |w: PublicKey| RunOptions {
+            worker: Some(w),
+            max_attempts: 1,
+            timeout: Duration::from_secs(30),
+            pay: Some(pay.clone()),
+            ..RunOptions::default()
+        };
+
+        // Pay-before: the hold invoice is paid, the job runs, the worker settles, the customer
+        // holds the preimage and publishes a receipt that anyone can check.
+        let before = cust.channel_local_msat();
+        let mut paying = None;
+        let done = c
+            .run(tiny_job("a paid job", 8), &opts(pk_before), |u| {
+                if let JobUpdate::Paying(m) = u {
+                    paying = Some(m);
+                }
+            })
+            .await
+            .expect("the paid job completes");
+        let proof = done.payment.clone().expect("paid");
+        assert_eq!(paying, Some(proof.amount_msat));
+        let (m, _) = done.metering.clone().expect("metering");
+        assert_eq!(
+            m.record.payment_hash.as_deref(),
+            Some(proof.payment_hash.as_str())
+        );
+        assert_eq!(m.record.price_msat, proof.amount_msat);
+        assert_eq!(
+            balance_becomes(cust, before - proof.amount_msat).await,
+            before - proof.amount_msat,
+            "charged exactly the quote"
+        );
+        let receipts = c
+            .fetch(
+                Filter::new()
+                    .kind(Kind::from_u16(kinds::PAYMENT_RECEIPT))
+                    .id(proof.receipt.expect("receipt published")),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        let r = PaymentReceipt::from_event(&receipts[0]).expect("a valid receipt");
+        assert_eq!(r.receipt.worker, pk_before);
+        assert_eq!(r.receipt.preimage, proof.preimage);
+
+        // Pay-before, failed job (the worker's 1 s deadline): refunded, nothing charged.
+        let before = cust.channel_local_msat();
+        let mut req = JobRequest::chat("Write a long poem about rivers.");
+        req.params.model = Some("smol".into());
+        req.params.max_tokens = Some(256);
+        let mut paid_for_it = false;
+        let err = c
+            .run(req, &opts(pk_slow), |u| {
+                if let JobUpdate::Paying(_) = u {
+                    paid_for_it = true;
+                }
+            })
+            .await
+            .unwrap_err();
+        assert!(paid_for_it, "the customer paid before the job ran");
+        assert!(err.to_string().contains("timeout"), "{err}");
+        assert_eq!(
+            balance_becomes(cust, before).await,
+            before,
+            "a failed job is never charged"
+        );
+
+        // Pay-after: the invoice comes with the result, for what the job cost.
+        let before = cust.channel_local_msat();
+        let done = c
+            .run(tiny_job("pay me later", 8), &opts(pk_after), |_| {})
+            .await
+            .unwrap();
+        let proof = done.payment.clone().expect("paid after");
+        let u = done.result.result.usage;
+        assert_eq!(
+            proof.amount_msat,
+            2000 + (u.input_tokens * 1000 + u.output_tokens * 1000).div_ceil(1000)
+        );
+        assert_eq!(
+            balance_becomes(cust, before - proof.amount_msat).await,
+            before - proof.amount_msat
+        );
+
+        // No payer: a clear error, nothing paid.
+        let bare = RunOptions {
+            pay: None,
+            ..opts(pk_before)
+        };
+        let err = c
+            .run(tiny_job("free lunch?", 4), &bare, |_| {})
+            .await
+            .unwrap_err();
+        match err {
+            ClientError::Exhausted { last, .. } => {
+                assert!(matches!(*last, ClientError::Payment(_)), "{last}");
+                assert!(last.to_string().contains("no payer"), "{last}");
+            }
+            other => panic!("expected a payment error, got {other}"),
+        }
+        c.shutdown().await;
+    }
+}

@@ -106,6 +106,15 @@ impl LndNode {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// Total local balance over open channels, msat.
+    pub fn channel_local_msat(&self) -> u64 {
+        let v = self.cli(&["channelbalance"]);
+        v["local_balance"]["msat"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Total local balance over open channels, sat.
     pub fn channel_local_sat(&self) -> u64 {
         let v = self.cli(&["channelbalance"]);

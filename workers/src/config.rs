@@ -89,6 +89,22 @@ pub struct Cli {
     /// Log filter.
     #[arg(long, env = "FEDAI_LOG")]
     pub log: Option<String>,
+    /// When to be paid: `before` (hold invoice, escrow), `after` (invoice with the result) or
+    /// `free`.
+    #[arg(long, env = "FEDAI_PAYMENT_MODE", value_parser = ["before", "after", "free"])]
+    pub payment_mode: Option<String>,
+    /// LND gRPC address (`https://host:port`) for invoices.
+    #[arg(long, env = "FEDAI_LND_URL")]
+    pub lnd_url: Option<String>,
+    /// LND's tls.cert (pinned).
+    #[arg(long, env = "FEDAI_LND_CERT")]
+    pub lnd_cert: Option<PathBuf>,
+    /// An LND macaroon allowed to create, look up, settle and cancel invoices.
+    #[arg(long, env = "FEDAI_LND_MACAROON")]
+    pub lnd_macaroon: Option<PathBuf>,
+    /// Pay-before: how long a quote's hold invoice waits for the customer's payment, seconds.
+    #[arg(long, env = "FEDAI_PAYMENT_TIMEOUT_SECS")]
+    pub payment_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +129,11 @@ struct FileConfig {
     metrics_bind: Option<SocketAddr>,
     instance: Option<String>,
     name: Option<String>,
+    payment_mode: Option<String>,
+    lnd_url: Option<String>,
+    lnd_cert: Option<PathBuf>,
+    lnd_macaroon: Option<PathBuf>,
+    payment_timeout_secs: Option<u64>,
     log: Option<String>,
 }
 
@@ -155,6 +176,12 @@ pub struct WorkerConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// Instance id.
     pub instance: String,
+    /// When the worker is paid.
+    pub payment_mode: fedai_protocol::PaymentMode,
+    /// Its LND node, when it takes payments.
+    pub lnd: Option<fedai_lightning::lnd::LndConfig>,
+    /// How long a hold invoice waits for payment.
+    pub payment_timeout: Duration,
     /// Display name.
     pub name: String,
     /// Log filter.
@@ -238,6 +265,45 @@ impl Cli {
         let keys = SecretKey::parse(&secret)
             .map(Keys::new)
             .map_err(|_| ConfigError::BadKey)?;
+        let payment_mode = match self
+            .payment_mode
+            .or(file.payment_mode)
+            .as_deref()
+            .unwrap_or("free")
+        {
+            "before" => fedai_protocol::PaymentMode::Before,
+            "after" => fedai_protocol::PaymentMode::After,
+            "free" => fedai_protocol::PaymentMode::Free,
+            o => {
+                return Err(ConfigError::Invalid {
+                    what: "payment mode",
+                    value: o.to_owned(),
+                    expected: "before, after or free",
+                })
+            }
+        };
+        let lnd = match (
+            self.lnd_url.or(file.lnd_url),
+            self.lnd_cert.or(file.lnd_cert),
+            self.lnd_macaroon.or(file.lnd_macaroon),
+        ) {
+            (Some(url), Some(cert), Some(macaroon)) => Some(fedai_lightning::lnd::LndConfig {
+                url,
+                cert,
+                macaroon,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(ConfigError::Missing(
+                    "--lnd-url, --lnd-cert and --lnd-macaroon together",
+                ))
+            }
+        };
+        if payment_mode != fedai_protocol::PaymentMode::Free && lnd.is_none() {
+            return Err(ConfigError::Missing(
+                "--lnd-url/--lnd-cert/--lnd-macaroon (a paid --payment-mode needs a Lightning node)",
+            ));
+        }
         let relays = if self.relays.is_empty() {
             file.relays.unwrap_or_default()
         } else {
@@ -334,6 +400,14 @@ impl Cli {
                 .or(file.name)
                 .unwrap_or_else(|| "fedai worker".into()),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+            payment_mode,
+            lnd,
+            payment_timeout: Duration::from_secs(
+                self.payment_timeout_secs
+                    .or(file.payment_timeout_secs)
+                    .unwrap_or(120)
+                    .max(1),
+            ),
         })
     }
 }

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use fedai_lightning::lnd::Lnd;
+use fedai_lightning::{InvoiceBackend, InvoiceState};
 use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{
     kinds, Amount, Award, CapabilityAd, ErrorCode, FeedbackStatus, Freshness, JobFeedback,
-    JobRequest, JobResult, MeteringRecord, ModelInfo, ParsedJobRequest, Price, ProtocolError,
-    ReplayGuard, Usage,
+    JobRequest, JobResult, MeteringRecord, ModelInfo, ParsedJobRequest, PaymentMode, Price,
+    ProtocolError, ReplayGuard, Usage,
 };
 use fedai_runners::{HttpOptions, InferRequest, Piece, Runner, RunnerError, SandboxPolicy};
 use futures_util::StreamExt;
@@ -53,6 +55,10 @@ struct Inner {
     /// Answered (result or error sent) before this process started.
     answered: Mutex<HashSet<EventId>>,
     metrics: Arc<Metrics>,
+    /// Our Lightning node, when we take payments.
+    ln: Option<Arc<dyn InvoiceBackend>>,
+    /// Its public key (hex), for the ad.
+    ln_node: Option<String>,
     /// Signalled when `in_flight` changes: customers schedule on the advertised load, and the
     /// simulator shows that stale load is what makes them pile onto full workers.
     load_changed: tokio::sync::Notify,
@@ -67,6 +73,21 @@ pub struct Worker {
     inner: Arc<Inner>,
 }
 
+/// What a finished job hands to `deliver`.
+struct Delivery {
+    model: String,
+    output: String,
+    usage: Usage,
+    wall: Duration,
+}
+
+/// A customer's payment held by our node (pay-before).
+struct Paid {
+    amount_msat: u64,
+    preimage: fedai_lightning::Preimage,
+    hash: fedai_lightning::PaymentHash,
+}
+
 /// Why a running job is stopped before its runner finishes.
 enum Stop {
     /// The request's author deleted it (NIP-09 kind 5).
@@ -75,6 +96,21 @@ enum Stop {
     Shutdown,
 }
 
+impl Stop {
+    fn outcome(self) -> Outcome {
+        match self {
+            Stop::Cancelled => {
+                Outcome::Failed(ErrorCode::Cancelled, "cancelled by the customer".into())
+            }
+            Stop::Shutdown => Outcome::Failed(
+                ErrorCode::Shutdown,
+                "the worker stopped before the job finished; resubmit".into(),
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
 enum Outcome {
     Done {
         output: String,
@@ -120,6 +156,15 @@ impl Worker {
         }
         // Relays that are down now are retried in the background (with backoff) by the client.
         client.connect().and_wait(Duration::from_secs(5)).await;
+        let (ln, ln_node) = match &cfg.lnd {
+            Some(l) => {
+                let lnd = Lnd::connect(l).await?;
+                let pubkey = lnd.node_pubkey().await?;
+                tracing::info!(node = %pubkey, mode = cfg.payment_mode.as_str(), "lightning node connected");
+                (Some(Arc::new(lnd) as Arc<dyn InvoiceBackend>), Some(pubkey))
+            }
+            None => (None, None),
+        };
         let window = cfg.request_max_age.as_secs();
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
@@ -136,6 +181,8 @@ impl Worker {
             recover: Mutex::new(HashSet::new()),
             answered: Mutex::new(HashSet::new()),
             metrics,
+            ln,
+            ln_node,
             load_changed: tokio::sync::Notify::new(),
             last_ad: std::sync::atomic::AtomicU64::new(0),
             ad_lock: tokio::sync::Mutex::new(()),
@@ -206,7 +253,8 @@ impl Worker {
             runner: i.runner.kind().to_owned(),
             healthy,
             payment: PaymentInfo {
-                mode: Some(fedai_protocol::PaymentMode::Free),
+                mode: Some(i.cfg.payment_mode),
+                ln_node: i.ln_node.clone(),
                 ..PaymentInfo::default()
             },
             relays: i.cfg.relays.clone(),
@@ -492,6 +540,102 @@ impl Worker {
         }
     }
 
+    /// This job's price on our ad: the runner's token count of the prompt (exact for
+    /// llama.cpp), `max_tokens` out. Quotes and pay-before invoices use it.
+    async fn job_price(&self, parsed: &ParsedJobRequest, model: &str, max_tokens: u32) -> u64 {
+        let req = InferRequest {
+            model: model.to_owned(),
+            input: parsed.request.input.clone(),
+            params: parsed.request.params.clone(),
+            max_tokens,
+        };
+        let input_tokens = match self.inner.runner.estimate(&req).await {
+            Ok(e) => e.input_tokens,
+            Err(_) => (parsed.input_data.len() as u64).div_ceil(4),
+        };
+        self.price_for(model)
+            .cost_msat(input_tokens, max_tokens as u64)
+    }
+
+    /// Pay-before: a hold invoice whose preimage only we can derive (so a restarted worker can
+    /// still settle), sent as `payment-required`; returns once our node holds the customer's
+    /// HTLC. The money is locked, not taken: it is settled on delivery or cancelled on failure.
+    async fn collect_payment(
+        &self,
+        ln: &dyn InvoiceBackend,
+        parsed: &ParsedJobRequest,
+        price: u64,
+        cancel_rx: &mut oneshot::Receiver<Stop>,
+    ) -> Result<Paid, Outcome> {
+        let i = &self.inner;
+        let preimage = fedai_lightning::preimage_for(
+            &i.cfg.keys.secret_key().to_secret_bytes(),
+            &parsed.id.to_bytes(),
+        );
+        let hash = fedai_lightning::payment_hash(&preimage);
+        let paid = Paid {
+            amount_msat: price,
+            preimage,
+            hash,
+        };
+        let failed = |m: String| Outcome::Failed(ErrorCode::PaymentFailed, m);
+        let memo = fedai_lightning::job_memo(&parsed.id.to_hex());
+        match ln
+            .add_hold_invoice(hash, price, &memo, i.cfg.payment_timeout.as_secs())
+            .await
+        {
+            Ok(inv) => {
+                let mut fb = JobFeedback::payment_required(
+                    parsed.id,
+                    parsed.customer,
+                    Amount {
+                        msat: price,
+                        bolt11: Some(inv.bolt11),
+                    },
+                );
+                fb.encrypted = parsed.encrypted.is_some();
+                match fb.to_event(&i.cfg.keys) {
+                    Ok(ev) => self.publish(&ev).await,
+                    Err(e) => return Err(failed(format!("cannot build the quote: {e}"))),
+                }
+                tracing::info!(request = %parsed.id, price_msat = price, "waiting for payment");
+            }
+            // Same request again (a restart): the invoice exists; its state decides below.
+            Err(e) => {
+                if !matches!(ln.invoice_state(hash).await, Ok(InvoiceState::Accepted)) {
+                    return Err(failed(format!("cannot create the invoice: {e}")));
+                }
+            }
+        }
+        let deadline = Instant::now() + i.cfg.payment_timeout;
+        loop {
+            match ln.invoice_state(hash).await {
+                Ok(InvoiceState::Accepted) => return Ok(paid),
+                Ok(InvoiceState::Settled) => {
+                    return Err(failed("this job's invoice was already settled".into()))
+                }
+                Ok(InvoiceState::Canceled) => {
+                    return Err(failed("the invoice was cancelled".into()))
+                }
+                Ok(InvoiceState::Open) | Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                let _ = ln.cancel(hash).await;
+                return Err(failed(format!(
+                    "not paid within {}s",
+                    i.cfg.payment_timeout.as_secs()
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                Ok(stop) = &mut *cancel_rx => {
+                    let _ = ln.cancel(hash).await;
+                    return Err(stop.outcome());
+                }
+            }
+        }
+    }
+
     /// An award of one of our quotes: check it against the request and our own quote on the
     /// relays (we keep no state), then run the request as if it were directed to us.
     async fn on_award(&self, event: Event) {
@@ -691,20 +835,7 @@ impl Worker {
             parsed.request.bid_msat,
             awarded || directed_to_me || resumed,
         ) {
-            // Quote on the runner's token count (exact for llama.cpp), at most max_tokens out.
-            let req = InferRequest {
-                model: model.clone(),
-                input: parsed.request.input.clone(),
-                params: parsed.request.params.clone(),
-                max_tokens,
-            };
-            let input_tokens = match i.runner.estimate(&req).await {
-                Ok(e) => e.input_tokens,
-                Err(_) => (parsed.input_data.len() as u64).div_ceil(4),
-            };
-            let price = self
-                .price_for(&model)
-                .cost_msat(input_tokens, max_tokens as u64);
+            let price = self.job_price(&parsed, &model, max_tokens).await;
             if price > bid {
                 tracing::info!(request = %parsed.id, "bid under our price: no quote");
                 return;
@@ -749,31 +880,44 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .insert(parsed.id, (parsed.customer, cancel_tx));
         tracing::info!(request = %parsed.id, model = %model, encrypted = parsed.encrypted.is_some(), "job accepted");
-
-        let mut processing =
-            JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
-        processing.encrypted = parsed.encrypted.is_some();
-        if let Ok(ev) = processing.to_event(&i.cfg.keys) {
-            self.publish(&ev).await;
-        }
-        let req = InferRequest {
-            model: model.clone(),
-            input: parsed.request.input.clone(),
-            params: parsed.request.params.clone(),
-            max_tokens,
-        };
+        let mut cancel_rx = cancel_rx;
         let started = Instant::now();
-        let outcome = tokio::select! {
-            o = tokio::time::timeout(i.cfg.job_timeout, self.infer(&parsed, req)) => match o {
-                Ok(o) => o,
-                Err(_) => Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", i.cfg.job_timeout.as_secs())),
-            },
-            // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
-            Ok(stop) = cancel_rx => match stop {
-                Stop::Cancelled => Outcome::Failed(ErrorCode::Cancelled, "cancelled by the customer".into()),
-                Stop::Shutdown => Outcome::Failed(ErrorCode::Shutdown, "the worker stopped before the job finished; resubmit".into()),
-            },
+        // Pay-before: the job runs only once the customer's HTLC is held by our node.
+        let paid = match (&i.ln, i.cfg.payment_mode) {
+            (Some(ln), PaymentMode::Before) => {
+                let price = self.job_price(&parsed, &model, max_tokens).await;
+                self.collect_payment(ln.as_ref(), &parsed, price, &mut cancel_rx)
+                    .await
+                    .map(Some)
+            }
+            _ => Ok(None),
         };
+        let outcome = match &paid {
+            Err(failed) => failed.clone(),
+            Ok(_) => {
+                let mut processing =
+                    JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
+                processing.encrypted = parsed.encrypted.is_some();
+                if let Ok(ev) = processing.to_event(&i.cfg.keys) {
+                    self.publish(&ev).await;
+                }
+                let req = InferRequest {
+                    model: model.clone(),
+                    input: parsed.request.input.clone(),
+                    params: parsed.request.params.clone(),
+                    max_tokens,
+                };
+                tokio::select! {
+                    o = tokio::time::timeout(i.cfg.job_timeout, self.infer(&parsed, req)) => match o {
+                        Ok(o) => o,
+                        Err(_) => Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", i.cfg.job_timeout.as_secs())),
+                    },
+                    // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
+                    Ok(stop) = &mut cancel_rx => stop.outcome(),
+                }
+            }
+        };
+        let paid = paid.ok().flatten();
         i.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -782,7 +926,18 @@ impl Worker {
         // (in-flight still counts the job until its answer is out, for the drain on shutdown).
         drop(permit);
         match outcome {
-            Outcome::Failed(code, reason) => self.refuse(&parsed, code, reason).await,
+            Outcome::Failed(code, reason) => {
+                // Escrow: a failed job is never charged; the held HTLC goes back.
+                if let (Some(p), Some(ln)) = (&paid, &i.ln) {
+                    match ln.cancel(p.hash).await {
+                        Ok(()) => tracing::info!(request = %parsed.id, "payment refunded"),
+                        Err(e) => {
+                            tracing::warn!(request = %parsed.id, error = %e, "cannot cancel the hold invoice; it expires on its own")
+                        }
+                    }
+                }
+                self.refuse(&parsed, code, reason).await
+            }
             Outcome::Done {
                 output,
                 usage,
@@ -793,8 +948,13 @@ impl Worker {
                     i.metrics.first_token(ft);
                 }
                 i.metrics.job_time(runner_time);
-                self.deliver(&event, &parsed, model, output, usage, started.elapsed())
-                    .await;
+                let done = Delivery {
+                    model,
+                    output,
+                    usage,
+                    wall: started.elapsed(),
+                };
+                self.deliver(&event, &parsed, done, paid).await;
             }
         }
         let n = i.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
@@ -873,21 +1033,58 @@ impl Worker {
         &self,
         event: &Event,
         parsed: &ParsedJobRequest,
-        model: String,
-        output: String,
-        usage: Usage,
-        wall: Duration,
+        done: Delivery,
+        paid: Option<Paid>,
     ) {
+        let Delivery {
+            model,
+            output,
+            usage,
+            wall,
+        } = done;
         let i = &self.inner;
-        let price = self
-            .price_for(&model)
-            .cost_msat(usage.input_tokens, usage.output_tokens);
         let bytes_out = output.len() as u64;
+        let mut payment_hash = None;
+        let (price, bolt11) = match (&paid, &i.ln, i.cfg.payment_mode) {
+            // Pay-before: claim the held payment, the quoted amount.
+            (Some(p), Some(ln), _) => {
+                if let Err(e) = ln.settle(p.preimage).await {
+                    tracing::warn!(request = %parsed.id, error = %e, "cannot settle the hold invoice");
+                }
+                payment_hash = Some(hex::encode(p.hash));
+                (p.amount_msat, None)
+            }
+            // Pay-after: an invoice for what the job cost, with the result.
+            (None, Some(ln), PaymentMode::After) => {
+                let price = self
+                    .price_for(&model)
+                    .cost_msat(usage.input_tokens, usage.output_tokens);
+                match ln
+                    .add_invoice(price, &fedai_lightning::job_memo(&parsed.id.to_hex()), 3600)
+                    .await
+                {
+                    Ok(inv) if price > 0 => {
+                        payment_hash = Some(hex::encode(inv.payment_hash));
+                        (price, Some(inv.bolt11))
+                    }
+                    Ok(_) => (0, None),
+                    Err(e) => {
+                        tracing::warn!(request = %parsed.id, error = %e, "cannot create the invoice");
+                        (price, None)
+                    }
+                }
+            }
+            _ => (
+                self.price_for(&model)
+                    .cost_msat(usage.input_tokens, usage.output_tokens),
+                None,
+            ),
+        };
         let mut result = JobResult::for_request(event, parsed, output, model.clone(), usage);
         if price > 0 {
             result.amount = Some(Amount {
                 msat: price,
-                bolt11: None,
+                bolt11,
             });
         }
         let result_ev = match result.to_event(&i.cfg.keys) {
@@ -913,7 +1110,7 @@ impl Worker {
             bytes_in: parsed.input_data.len() as u64,
             bytes_out,
             price_msat: price,
-            payment_hash: None,
+            payment_hash,
         };
         self.publish(&result_ev).await;
         match record.to_event(&i.cfg.keys) {

@@ -99,6 +99,8 @@ enum Cmd {
         /// Attempts in all: on error, timeout or an invalid result, fail over to the next worker.
         #[arg(long, default_value_t = 3)]
         attempts: u32,
+        #[command(flatten)]
+        pay: PayArgs,
     },
     /// Collect quotes for a prompt from live workers without running it.
     Quote {
@@ -141,6 +143,61 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         max_tokens: u32,
     },
+}
+
+/// Paying workers over Lightning from your own LND node.
+#[derive(clap::Args)]
+struct PayArgs {
+    /// Pay invoices that workers send (checked against the quote, the ad and the request first).
+    #[arg(long, env = "FEDAI_AUTO_PAY")]
+    auto_pay: bool,
+    /// LND gRPC address (`https://host:port`).
+    #[arg(long, env = "FEDAI_LND_URL")]
+    lnd_url: Option<String>,
+    /// LND's tls.cert (pinned).
+    #[arg(long, env = "FEDAI_LND_CERT")]
+    lnd_cert: Option<PathBuf>,
+    /// A macaroon allowed to pay.
+    #[arg(long, env = "FEDAI_LND_MACAROON")]
+    lnd_macaroon: Option<PathBuf>,
+    /// The chain invoices must be on.
+    #[arg(long, env = "FEDAI_LN_NETWORK", default_value = "bitcoin", value_parser = ["bitcoin", "testnet", "signet", "regtest", "simnet"])]
+    ln_network: String,
+    /// Routing fee cap per payment, msat.
+    #[arg(long, default_value_t = 10_000)]
+    max_fee_msat: u64,
+}
+
+impl PayArgs {
+    async fn context(&self) -> anyhow::Result<Option<fedai_client::PayContext>> {
+        use fedai_client::fedai_lightning::{invoice::Currency, lnd};
+        if !self.auto_pay {
+            return Ok(None);
+        }
+        let (Some(url), Some(cert), Some(macaroon)) =
+            (&self.lnd_url, &self.lnd_cert, &self.lnd_macaroon)
+        else {
+            bail!("--auto-pay needs --lnd-url, --lnd-cert and --lnd-macaroon");
+        };
+        let node = lnd::Lnd::connect(&lnd::LndConfig {
+            url: url.clone(),
+            cert: cert.clone(),
+            macaroon: macaroon.clone(),
+        })
+        .await?;
+        Ok(Some(fedai_client::PayContext {
+            payer: std::sync::Arc::new(node),
+            currency: match self.ln_network.as_str() {
+                "testnet" => Currency::BitcoinTestnet,
+                "signet" => Currency::Signet,
+                "regtest" => Currency::Regtest,
+                "simnet" => Currency::Simnet,
+                _ => Currency::Bitcoin,
+            },
+            max_msat: None,
+            max_fee_msat: self.max_fee_msat,
+        }))
+    }
 }
 
 #[derive(clap::Args)]
@@ -215,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
             auction,
             explain,
             attempts,
+            pay,
         } => {
             let client = FedaiClient::connect(&cli.relays, keys(&cli)?).await?;
             let mut req = if *raw {
@@ -243,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
                 max_attempts: (*attempts).max(1),
                 worker,
                 auction: auction.map(|s| Duration::from_secs_f64(s.clamp(0.1, 60.0))),
+                pay: pay.context().await?,
             };
             let r = infer(&client, req, &opts, *json, *explain).await;
             client.shutdown().await;
@@ -398,6 +457,10 @@ pub(crate) async fn infer(
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
+            JobUpdate::Paying(msat) => {
+                stop_spinner(&mut spinner);
+                eprintln!("⚡ paying {msat} msat (hold invoice checked against the quote)");
+            }
             JobUpdate::Failover { worker, error } => {
                 stop_spinner(&mut spinner);
                 if streamed {
@@ -431,6 +494,7 @@ pub(crate) async fn infer(
                 "output": done.output,
                 "usage": {"input_tokens": done.result.result.usage.input_tokens, "output_tokens": done.result.result.usage.output_tokens},
                 "price_msat": m.map(|(m, _)| m.record.price_msat),
+                "payment": done.payment.as_ref().map(|p| serde_json::json!({"amount_msat": p.amount_msat, "payment_hash": p.payment_hash, "preimage": p.preimage, "receipt": p.receipt.map(|r| r.to_hex())})),
                 "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
             }))?
         );
@@ -440,6 +504,15 @@ pub(crate) async fn infer(
         }
         println!();
         let u = done.result.result.usage;
+        if let Some(p) = &done.payment {
+            eprintln!(
+                "⚡ paid {} msat · preimage verified · receipt {}",
+                p.amount_msat,
+                p.receipt
+                    .map(|r| r.to_hex())
+                    .unwrap_or_else(|| "not published".into())
+            );
+        }
         match &done.metering {
             Some((m, _)) => eprintln!(
                 "— {} · {} in / {} out tokens · {} ms · {} msat · result and metering verified",

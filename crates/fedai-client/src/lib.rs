@@ -27,6 +27,7 @@
 pub mod market;
 pub mod transport;
 
+pub use fedai_lightning;
 pub use market::{Quote, RunOptions};
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +72,10 @@ pub enum ClientError {
     /// The chosen worker answered with a result that fails verification.
     #[error("invalid result from the worker: {0}")]
     InvalidResult(String),
+    /// Payment was asked and could not be made (no payer configured, an invoice that fails the
+    /// checks, a quote over the cap, or a failed Lightning payment).
+    #[error("payment: {0}")]
+    Payment(String),
     /// Every attempt failed; the last error.
     #[error("{attempts} attempt(s) failed; last: {last}")]
     Exhausted {
@@ -90,6 +95,8 @@ pub enum JobUpdate {
     Processing(PublicKey),
     /// The next chunk of streamed output (delivered in `seq` order, without gaps).
     Partial(String),
+    /// The worker asked for payment and the invoice passed the checks: paying this many msat.
+    Paying(u64),
     /// The attempt with this worker failed and the job moves to another: discard the partial
     /// output shown so far.
     Failover {
@@ -115,6 +122,55 @@ pub struct JobOutcome {
     pub first_token: Duration,
     /// From publishing the request to the verified result.
     pub total: Duration,
+    /// What was paid for it, with the proof.
+    pub payment: Option<PaymentProof>,
+}
+
+/// A payment made for a job: the preimage is the proof (its SHA-256 is the payment hash the
+/// metering record carries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentProof {
+    /// Paid, msat.
+    pub amount_msat: u64,
+    /// The invoice.
+    pub bolt11: String,
+    /// Hex.
+    pub payment_hash: String,
+    /// Hex.
+    pub preimage: String,
+    /// The receipt event published (kind 7062).
+    pub receipt: Option<EventId>,
+}
+
+/// How this customer pays, when a worker asks.
+#[derive(Clone)]
+pub struct PayContext {
+    /// The customer's Lightning payer.
+    pub payer: std::sync::Arc<dyn fedai_lightning::Payer>,
+    /// The chain invoices must be on.
+    pub currency: fedai_lightning::invoice::Currency,
+    /// Never pay more per job, msat.
+    pub max_msat: Option<u64>,
+    /// Routing fee cap, msat.
+    pub max_fee_msat: u64,
+}
+
+/// A payment started for the current request.
+impl std::fmt::Debug for PayContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayContext")
+            .field("currency", &self.currency)
+            .field("max_msat", &self.max_msat)
+            .field("max_fee_msat", &self.max_fee_msat)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Pending {
+    amount_msat: u64,
+    bolt11: String,
+    hash: [u8; 32],
+    task: tokio::task::JoinHandle<Result<[u8; 32], fedai_lightning::LnError>>,
 }
 
 /// A published request being followed: its subscription and notification stream.
@@ -124,6 +180,9 @@ pub(crate) struct Tracker {
     parsed: ParsedJobRequest,
     sub: nostr_sdk::prelude::SubscriptionId,
     sent_at: tokio::time::Instant,
+    /// How to pay if asked, and the worker's advertised LN node (the payee to expect).
+    pub(crate) pay: Option<(PayContext, Option<String>)>,
+    pending: Option<Pending>,
 }
 
 /// A connection to fed_AI relays with the customer's keys.
@@ -260,6 +319,8 @@ impl FedaiClient {
             parsed,
             sub,
             sent_at: tokio::time::Instant::now(),
+            pay: None,
+            pending: None,
         })
     }
 
@@ -351,6 +412,20 @@ impl FedaiClient {
                                 }
                             }
                         }
+                        FeedbackStatus::PaymentRequired if chosen && result.is_none() => {
+                            let Some(amount) = fb.amount else { continue };
+                            // A bare quote (an auction's) carries no invoice: nothing to pay yet.
+                            let Some(bolt11) = amount.bolt11 else {
+                                continue;
+                            };
+                            if t.pending.is_some() {
+                                continue; // pay once per request
+                            }
+                            match start_payment(t, request_id, amount.msat, bolt11) {
+                                Ok(()) => on_update(JobUpdate::Paying(amount.msat)),
+                                Err(e) => break Err(e),
+                            }
+                        }
                         FeedbackStatus::Error if result.is_none() => {
                             break Err(ClientError::Job {
                                 code: fb.code.unwrap_or(ErrorCode::Other("unknown".into())),
@@ -398,7 +473,15 @@ impl FedaiClient {
                 _ => {}
             }
         };
-        let result = outcome?;
+        let result = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                // The worker failed after we paid: its node cancels the hold invoice and our
+                // payment fails back; nothing to wait for here.
+                t.pending = None;
+                return Err(e);
+            }
+        };
         let metering = match meterings
             .into_iter()
             .find(|m| m.record.result_id == result.id)
@@ -411,6 +494,19 @@ impl FedaiClient {
             }
             None => None,
         };
+        // Pay-after: the invoice came with the result.
+        if t.pending.is_none() && t.pay.is_some() {
+            if let Some(a) = result.result.amount.clone() {
+                if let Some(bolt11) = a.bolt11 {
+                    start_payment(t, request_id, a.msat, bolt11)?;
+                    on_update(JobUpdate::Paying(a.msat));
+                }
+            }
+        }
+        let payment = match t.pending.take() {
+            None => None,
+            Some(p) => Some(self.finish_payment(p, &result).await?),
+        };
         let total = t.sent_at.elapsed();
         let output = result.result.output.clone();
         Ok(JobOutcome {
@@ -420,6 +516,50 @@ impl FedaiClient {
             metering,
             first_token: first_token.unwrap_or(total),
             total,
+            payment,
+        })
+    }
+
+    /// Wait for a started payment (a hold invoice completes once the worker settles, which it
+    /// does before publishing the result), check the preimage, publish the receipt.
+    async fn finish_payment(
+        &self,
+        p: Pending,
+        result: &ParsedJobResult,
+    ) -> Result<PaymentProof, ClientError> {
+        let preimage = match tokio::time::timeout(Duration::from_secs(60), p.task).await {
+            Ok(Ok(Ok(pre))) => pre,
+            Ok(Ok(Err(e))) => return Err(ClientError::Payment(e.to_string())),
+            Ok(Err(e)) => return Err(ClientError::Payment(e.to_string())),
+            Err(_) => return Err(ClientError::Payment("the payment did not complete".into())),
+        };
+        if fedai_lightning::payment_hash(&preimage) != p.hash {
+            return Err(ClientError::Payment(
+                "the preimage does not match the invoice".into(),
+            ));
+        }
+        let receipt = fedai_protocol::PaymentReceipt {
+            request_id: result.request_id(),
+            result_id: Some(result.id),
+            worker: result.worker,
+            amount_msat: p.amount_msat,
+            bolt11: p.bolt11.clone(),
+            payment_hash: hex(&p.hash),
+            preimage: hex(&preimage),
+        };
+        let receipt_id = match receipt.to_event(&self.keys) {
+            Ok(ev) => self.send(&ev).await.ok().map(|()| ev.id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the payment receipt");
+                None
+            }
+        };
+        Ok(PaymentProof {
+            amount_msat: p.amount_msat,
+            bolt11: p.bolt11,
+            payment_hash: receipt.payment_hash,
+            preimage: receipt.preimage,
+            receipt: receipt_id,
         })
     }
 
@@ -427,4 +567,49 @@ impl FedaiClient {
     pub async fn shutdown(self) {
         self.client.shutdown().await;
     }
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Check an invoice against the request and the worker's ad, then start paying it.
+fn start_payment(
+    t: &mut Tracker,
+    request_id: EventId,
+    amount_msat: u64,
+    bolt11: String,
+) -> Result<(), ClientError> {
+    let Some((ctx, payee)) = &t.pay else {
+        return Err(ClientError::Payment(format!(
+            "the worker asks {amount_msat} msat and no payer is configured"
+        )));
+    };
+    if ctx.max_msat.is_some_and(|m| amount_msat > m) {
+        return Err(ClientError::Payment(format!(
+            "the worker asks {amount_msat} msat, over the cap of {} msat",
+            ctx.max_msat.unwrap_or_default()
+        )));
+    }
+    let now = Timestamp::now().as_secs();
+    let checked = fedai_lightning::invoice::check(
+        &bolt11,
+        &fedai_lightning::invoice::Expected {
+            amount_msat,
+            payee: payee.as_deref(),
+            currency: ctx.currency.clone(),
+            request_id_hex: &request_id.to_hex(),
+            now_unix: now,
+        },
+    )
+    .map_err(|e| ClientError::Payment(e.to_string()))?;
+    let (payer, b, fee) = (ctx.payer.clone(), bolt11.clone(), ctx.max_fee_msat);
+    let task = tokio::spawn(async move { payer.pay(&b, fee, 120).await });
+    t.pending = Some(Pending {
+        amount_msat,
+        bolt11,
+        hash: checked.payment_hash,
+        task,
+    });
+    Ok(())
 }

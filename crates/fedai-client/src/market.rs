@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub worker: Option<PublicKey>,
     /// Run an auction: publish an open request with a `bid`, collect quotes this long, award.
     pub auction: Option<Duration>,
+    /// Pay workers that ask (pay-before hold invoices, pay-after invoices); without it a job
+    /// that asks for payment ends with [`ClientError::Payment`].
+    pub pay: Option<crate::PayContext>,
 }
 
 impl Default for RunOptions {
@@ -53,6 +56,7 @@ impl Default for RunOptions {
             max_attempts: 3,
             worker: None,
             auction: None,
+            pay: None,
         }
     }
 }
@@ -238,6 +242,7 @@ impl FedaiClient {
             }
             tracing::debug!(%worker, attempt, "attempt");
             let mut t = self.publish_request(&req, opts.private).await?;
+            t.pay = pay_context(opts, &ads[i]);
             on_update(JobUpdate::Submitted(t.event.id));
             let attempt_id = t.event.id;
             let r = self
@@ -333,6 +338,7 @@ impl FedaiClient {
             }
             .to_event(&self.keys)?;
             self.send(&award).await?;
+            t.pay = pay_context(opts, &ads[i]);
             let r = self
                 .follow(&mut t, Some(worker), opts.timeout, on_update)
                 .await;
@@ -383,8 +389,21 @@ fn failure_of(e: &ClientError) -> Option<Failure> {
         },
         ClientError::Timeout(_) => Some(Failure::Timeout),
         ClientError::InvalidResult(_) => Some(Failure::Invalid),
+        ClientError::Payment(_) => Some(Failure::Error),
         _ => None,
     }
+}
+
+/// The payer for a job at `ad`'s worker: the cap defaults to the run's price cap, the payee
+/// to the node the worker advertises.
+fn pay_context(
+    opts: &RunOptions,
+    ad: &ParsedCapabilityAd,
+) -> Option<(crate::PayContext, Option<String>)> {
+    opts.pay.clone().map(|mut c| {
+        c.max_msat = c.max_msat.or(opts.max_price_msat);
+        (c, ad.ad.payment.ln_node.clone())
+    })
 }
 
 async fn collect_quotes(
