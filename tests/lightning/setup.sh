@@ -17,12 +17,17 @@ LND_SUM='h1:/8i2UdARiEpI2iAmPoSDcwZSSEuWqXyfsMxz/mLGbdw='
 BTCD_SUM='h1:aLmxPguqxza+4ag8R1I2nnJjSu2iFn/kqtHTIImswcY='
 WANT="lnd $LND_VERSION btcd $BTCD_VERSION"
 
-if [[ -x "$BIN/lnd" && -x "$BIN/lncli" && -x "$BIN/btcd" && -x "$BIN/btcctl" \
-      && "$(cat "$BIN/.versions" 2>/dev/null)" == "$WANT" ]]; then
-    exit 0
-fi
-command -v go >/dev/null || { echo "setup.sh: the Go toolchain is needed to build btcd and lnd" >&2; exit 1; }
+built() {
+    [[ -x "$BIN/lnd" && -x "$BIN/lncli" && -x "$BIN/btcd" && -x "$BIN/btcctl" \
+       && "$(cat "$BIN/.versions" 2>/dev/null)" == "$WANT" ]]
+}
+built && exit 0
 mkdir -p "$BIN"
+# One build at a time (tests start in parallel); whoever waited finds it built.
+exec 9>"$CACHE/.lock"
+flock 9
+built && exit 0
+command -v go >/dev/null || { echo "setup.sh: the Go toolchain is needed to build btcd and lnd" >&2; exit 1; }
 # Everything Go writes stays under the project's cache (and stays removable: -modcacherw).
 export GOPATH="$CACHE/gopath" GOMODCACHE="$CACHE/gopath/pkg/mod" GOCACHE="$CACHE/gocache"
 # The two top modules are checked against the pinned sums below and their dependencies against

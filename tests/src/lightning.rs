@@ -51,12 +51,15 @@ fn port() -> u16 {
 
 /// Build (once) and return the directory of btcd/lnd binaries.
 pub fn install() -> PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
     let root = workspace_root();
-    let st = Command::new("bash")
-        .arg(root.join("tests/lightning/setup.sh"))
-        .status()
-        .expect("run tests/lightning/setup.sh");
-    assert!(st.success(), "tests/lightning/setup.sh failed");
+    ONCE.call_once(|| {
+        let st = Command::new("bash")
+            .arg(root.join("tests/lightning/setup.sh"))
+            .status()
+            .expect("run tests/lightning/setup.sh");
+        assert!(st.success(), "tests/lightning/setup.sh failed");
+    });
     root.join(".cache/lightning/bin")
 }
 
