@@ -277,6 +277,21 @@ mod paid_jobs {
         let r = PaymentReceipt::from_event(&receipts[0]).expect("a valid receipt");
         assert_eq!(r.receipt.worker, pk_before);
         assert_eq!(r.receipt.preimage, proof.preimage);
+        // Anyone can check it against the invoice and the worker's metering record.
+        let out = std::process::Command::new(fedai_tests::binary("fedai"))
+            .args(["--relay", &relay.url, "receipt", &receipts[0].id.to_hex()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("verified") && text.contains("carries the same payment hash"),
+            "{text}"
+        );
 
         // Pay-before, failed job (the worker's 1 s deadline): refunded, nothing charged.
         let before = cust.channel_local_msat();

@@ -132,6 +132,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MeteringCmd,
     },
+    /// Show and verify a payment receipt (event id on the relays, or a JSON file): the preimage
+    /// matches the payment hash, the invoice matches both, and the job's metering record carries
+    /// the same hash.
+    Receipt {
+        /// Event id (hex) or path to a JSON event.
+        target: String,
+    },
     /// Simulate a market scenario with the real scheduler (no network).
     Sim(SimArgs),
     /// Start a relay, a worker and a real llama.cpp model in this process, and run one job.
@@ -327,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Cmd::Job { id } => job(&cli, id).await,
+        Cmd::Receipt { target } => receipt(&cli, target).await,
         Cmd::Metering {
             cmd: MeteringCmd::Verify { target },
         } => metering_verify(&cli, target).await,
@@ -703,21 +711,99 @@ async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An event from a JSON file, or by id from the relays.
+async fn event_arg(client: &FedaiClient, target: &str, what: &str) -> anyhow::Result<Event> {
+    if std::path::Path::new(target).exists() {
+        return Event::from_json(std::fs::read_to_string(target)?)
+            .context("file is not a Nostr event");
+    }
+    let id = EventId::parse(target).map_err(|_| anyhow::anyhow!("not an event id or a file"))?;
+    client
+        .fetch(Filter::new().id(id), Duration::from_secs(3))
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{what} not found on the relays"))
+}
+
+async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
+    use fedai_client::fedai_lightning::invoice::{check, Currency, Expected};
+    let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
+    let ev = event_arg(&client, target, "receipt").await?;
+    // The parser refuses a receipt whose SHA-256(preimage) is not its payment hash.
+    let r = fedai_protocol::PaymentReceipt::from_event(&ev).context("not a valid receipt")?;
+    let rc = &r.receipt;
+    let meterings = client
+        .fetch(
+            Filter::new()
+                .kind(Kind::from_u16(kinds::METERING))
+                .event(rc.request_id),
+            Duration::from_secs(3),
+        )
+        .await?;
+    client.shutdown().await;
+    // The invoice: its hash and amount must be the receipt's (any network; expiry is past).
+    let mut invoice_ok = false;
+    for currency in [
+        Currency::Bitcoin,
+        Currency::BitcoinTestnet,
+        Currency::Signet,
+        Currency::Regtest,
+        Currency::Simnet,
+    ] {
+        let e = Expected {
+            amount_msat: rc.amount_msat,
+            payee: None,
+            currency,
+            request_id_hex: &rc.request_id.to_hex(),
+            now_unix: 0,
+        };
+        if let Ok(c) = check(&rc.bolt11, &e) {
+            anyhow::ensure!(
+                hex_of(&c.payment_hash) == rc.payment_hash,
+                "the invoice's payment hash is not the receipt's"
+            );
+            invoice_ok = true;
+        }
+    }
+    anyhow::ensure!(
+        invoice_ok,
+        "the invoice does not match the receipt (amount or job)"
+    );
+    let metered = meterings
+        .iter()
+        .filter_map(|e| MeteringRecord::from_event(e).ok())
+        .find(|m| m.worker == rc.worker);
+    println!(
+        "receipt {} verified: {} msat paid by {} to {} for job {}; preimage matches the invoice",
+        r.id.to_hex(),
+        rc.amount_msat,
+        r.customer.to_bech32()?,
+        rc.worker.to_bech32()?,
+        rc.request_id.to_hex()
+    );
+    match metered {
+        Some(m) if m.record.payment_hash.as_deref() == Some(rc.payment_hash.as_str()) => println!(
+            "the worker's metering record {} carries the same payment hash",
+            m.id.to_hex()
+        ),
+        Some(m) => bail!(
+            "the worker's metering record {} names another payment hash",
+            m.id.to_hex()
+        ),
+        None => println!("no metering record from the worker found for the job"),
+    }
+    Ok(())
+}
+
+fn hex_of(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 async fn metering_verify(cli: &Cli, target: &str) -> anyhow::Result<()> {
     let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
     let t = Duration::from_secs(3);
-    let metering_ev = if std::path::Path::new(target).exists() {
-        Event::from_json(std::fs::read_to_string(target)?).context("file is not a Nostr event")?
-    } else {
-        let id =
-            EventId::parse(target).map_err(|_| anyhow::anyhow!("not an event id or a file"))?;
-        client
-            .fetch(Filter::new().id(id), t)
-            .await?
-            .into_iter()
-            .next()
-            .context("metering record not found on the relays")?
-    };
+    let metering_ev = event_arg(&client, target, "metering record").await?;
     let m = MeteringRecord::from_event(&metering_ev).context("not a valid metering record")?;
     let result_ev = client
         .fetch(Filter::new().id(m.record.result_id), t)

@@ -94,8 +94,14 @@ async fn main() {
     println!("{runs} payments of 10 sat over one channel:");
     println!("| flow | p50 ms | p99 ms |\n|---|---|---|");
     for (name, v) in [
-        ("pay-before: quote → HTLC held (the job may start)", &mut held),
-        ("pay-before: quote → settled, preimage at the customer", &mut settled),
+        (
+            "pay-before: quote → HTLC held (the job may start)",
+            &mut held,
+        ),
+        (
+            "pay-before: quote → settled, preimage at the customer",
+            &mut settled,
+        ),
         ("pay-after: invoice → paid", &mut after),
     ] {
         println!("| {name} | {:.1} | {:.1} |", pct(v, 0.5), pct(v, 0.99));
