@@ -332,6 +332,34 @@ mod paid_jobs {
             before - proof.amount_msat
         );
 
+        // Pay-before through Nostr Wallet Connect: an ordinary NIP-47 wallet (a test wallet
+        // service in front of the customer's lnd) pays the hold invoice.
+        let wallet = fedai_tests::lightning::NwcService::start(
+            &relay.url,
+            std::sync::Arc::new(Lnd::connect(&config(cust)).await.unwrap()),
+        )
+        .await;
+        let nwc = fedai_lightning::nwc::Nwc::connect(&wallet.uri)
+            .await
+            .unwrap();
+        let via_nwc = RunOptions {
+            pay: Some(PayContext {
+                payer: std::sync::Arc::new(nwc),
+                ..pay.clone()
+            }),
+            ..opts(pk_before)
+        };
+        let before = cust.channel_local_msat();
+        let done = c
+            .run(tiny_job("paid by my wallet", 8), &via_nwc, |_| {})
+            .await
+            .expect("paid through NWC");
+        let proof = done.payment.clone().expect("paid");
+        assert_eq!(
+            balance_becomes(cust, before - proof.amount_msat).await,
+            before - proof.amount_msat
+        );
+
         // No payer: a clear error, nothing paid.
         let bare = RunOptions {
             pay: None,

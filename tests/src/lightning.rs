@@ -172,20 +172,25 @@ impl LightningNet {
         });
         for i in 1..n {
             let peer = format!("{}@{}", net.nodes[i].pubkey, net.nodes[i].p2p);
-            net.nodes[0].cli(&["connect", &peer]);
             let pk = net.nodes[i].pubkey.clone();
+            // lnd answers RPCs a moment before its peer server is up: retry until connected.
             wait(deadline, "peers connected", || {
+                let _ = net.nodes[0].try_cli(&["connect", &peer]);
                 net.nodes[0].cli(&["listpeers"])["peers"]
                     .as_array()
                     .is_some_and(|p| p.iter().any(|x| x["pub_key"] == pk.as_str()))
             });
-            net.nodes[0].cli(&[
-                "openchannel",
-                "--node_key",
-                &pk,
-                "--local_amt",
-                &channel_sat.to_string(),
-            ]);
+            wait(deadline, "channel opening", || {
+                net.nodes[0]
+                    .try_cli(&[
+                        "openchannel",
+                        "--node_key",
+                        &pk,
+                        "--local_amt",
+                        &channel_sat.to_string(),
+                    ])
+                    .is_some()
+            });
             net.mine(6);
         }
         net.mine(6);
@@ -394,4 +399,124 @@ fn wait(deadline: Instant, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("timed out waiting: {what}");
+}
+
+/// A small Nostr Wallet Connect (NIP-47) wallet service for tests, backed by a real lnd node:
+/// it answers `pay_invoice` requests from the one app key in its URI by paying through `payer`.
+pub struct NwcService {
+    /// `nostr+walletconnect://…` for the customer.
+    pub uri: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NwcService {
+    /// Start serving on `relay`.
+    pub async fn start(relay: &str, payer: std::sync::Arc<dyn fedai_lightning::Payer>) -> Self {
+        use fedai_protocol::nostr::nips::nip47::{
+            ErrorCode, Method, NIP47Error, NostrWalletConnectUri, PayInvoiceResponse, Request,
+            RequestParams, Response, ResponseResult,
+        };
+        use fedai_protocol::nostr::nips::{nip04, nip44};
+        use fedai_protocol::nostr::prelude::*;
+        use futures_util::StreamExt;
+
+        let service = Keys::generate();
+        let app = Keys::generate();
+        let uri = NostrWalletConnectUri::new(
+            service.public_key(),
+            vec![RelayUrl::parse(relay).expect("relay url")],
+            app.secret_key().clone(),
+            None,
+        );
+        let client = fedai_client::nostr_client();
+        client.add_relay(relay).await.expect("relay");
+        client.connect().and_wait(Duration::from_secs(5)).await;
+        let mut notes = client.notifications();
+        client
+            .subscribe(
+                Filter::new()
+                    .kind(Kind::WalletConnectRequest)
+                    .pubkey(service.public_key())
+                    .author(app.public_key()),
+            )
+            .await
+            .expect("subscribe");
+        let task = tokio::spawn(async move {
+            while let Some(n) = notes.next().await {
+                let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
+                    continue;
+                };
+                if event.kind != Kind::WalletConnectRequest || event.verify().is_err() {
+                    continue;
+                }
+                let sk = service.secret_key();
+                let nip44_tagged = event.tags.iter().any(|t| {
+                    t.as_slice().first().map(String::as_str) == Some("encryption")
+                        && t.as_slice().get(1).is_some_and(|v| v.contains("nip44"))
+                });
+                let plain = if nip44_tagged {
+                    nip44::decrypt(sk, &event.pubkey, &event.content).ok()
+                } else {
+                    nip04::decrypt(sk, &event.pubkey, &event.content).ok()
+                };
+                let Some(req) = plain.and_then(|p| Request::from_json(p).ok()) else {
+                    continue;
+                };
+                let response = match req.params {
+                    RequestParams::PayInvoice(p) => {
+                        match payer.pay(&p.invoice, 10_000, 120).await {
+                            Ok(pre) => Response {
+                                result_type: Method::PayInvoice,
+                                error: None,
+                                result: Some(ResponseResult::PayInvoice(PayInvoiceResponse {
+                                    preimage: pre.iter().map(|b| format!("{b:02x}")).collect(),
+                                    fees_paid: None,
+                                })),
+                            },
+                            Err(e) => Response {
+                                result_type: Method::PayInvoice,
+                                error: Some(NIP47Error {
+                                    code: ErrorCode::PaymentFailed,
+                                    message: e.to_string(),
+                                }),
+                                result: None,
+                            },
+                        }
+                    }
+                    _ => Response {
+                        result_type: req.method,
+                        error: Some(NIP47Error {
+                            code: ErrorCode::NotImplemented,
+                            message: "this test wallet only pays invoices".into(),
+                        }),
+                        result: None,
+                    },
+                };
+                let Ok(content) = nip44::encrypt(
+                    sk,
+                    &event.pubkey,
+                    response.as_json(),
+                    nip44::Version::default(),
+                ) else {
+                    continue;
+                };
+                if let Ok(ev) = EventBuilder::new(Kind::WalletConnectResponse, content)
+                    .tags([Tag::public_key(event.pubkey), Tag::event(event.id)])
+                    .finalize(&service)
+                {
+                    let _ = client.send_event(&ev).await;
+                }
+            }
+        });
+        Self {
+            uri: uri.to_string(),
+            task,
+        }
+    }
+}
+
+impl Drop for NwcService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -167,6 +167,9 @@ struct PayArgs {
     /// A macaroon allowed to pay.
     #[arg(long, env = "FEDAI_LND_MACAROON")]
     lnd_macaroon: Option<PathBuf>,
+    /// Pay through a Nostr Wallet Connect wallet (NIP-47) instead of an LND node.
+    #[arg(long, env = "FEDAI_NWC", hide_env_values = true)]
+    nwc: Option<String>,
     /// The chain invoices must be on.
     #[arg(long, env = "FEDAI_LN_NETWORK", default_value = "bitcoin", value_parser = ["bitcoin", "testnet", "signet", "regtest", "simnet"])]
     ln_network: String,
@@ -181,19 +184,23 @@ impl PayArgs {
         if !self.auto_pay {
             return Ok(None);
         }
-        let (Some(url), Some(cert), Some(macaroon)) =
-            (&self.lnd_url, &self.lnd_cert, &self.lnd_macaroon)
-        else {
-            bail!("--auto-pay needs --lnd-url, --lnd-cert and --lnd-macaroon");
-        };
-        let node = lnd::Lnd::connect(&lnd::LndConfig {
-            url: url.clone(),
-            cert: cert.clone(),
-            macaroon: macaroon.clone(),
-        })
-        .await?;
+        let payer: std::sync::Arc<dyn fedai_client::fedai_lightning::Payer> =
+            match (&self.nwc, &self.lnd_url, &self.lnd_cert, &self.lnd_macaroon) {
+                (Some(uri), ..) => std::sync::Arc::new(
+                    fedai_client::fedai_lightning::nwc::Nwc::connect(uri).await?,
+                ),
+                (None, Some(url), Some(cert), Some(macaroon)) => std::sync::Arc::new(
+                    lnd::Lnd::connect(&lnd::LndConfig {
+                        url: url.clone(),
+                        cert: cert.clone(),
+                        macaroon: macaroon.clone(),
+                    })
+                    .await?,
+                ),
+                _ => bail!("--auto-pay needs --nwc, or --lnd-url, --lnd-cert and --lnd-macaroon"),
+            };
         Ok(Some(fedai_client::PayContext {
-            payer: std::sync::Arc::new(node),
+            payer,
             currency: match self.ln_network.as_str() {
                 "testnet" => Currency::BitcoinTestnet,
                 "signet" => Currency::Signet,

@@ -13,6 +13,7 @@
 
 pub mod invoice;
 pub mod lnd;
+pub mod nwc;
 
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};

@@ -14,6 +14,8 @@ use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::result::Usage;
 use fedai_protocol::*;
+// nostr's prelude has a NIP-47 `ErrorCode` too; ours is meant.
+use fedai_protocol::ErrorCode;
 
 /// Example secret keys, published in nips/README.md. Never use them for anything else.
 pub const CUSTOMER_SK: &str = "7f7ff03d123792d6ac594bfa67bf6d0c0ab55b6b1fdb6249303fe861f1ccba9a";

@@ -3,6 +3,8 @@
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::result::Usage;
 use fedai_protocol::*;
+// nostr's prelude has a NIP-47 `ErrorCode` too; ours is meant.
+use fedai_protocol::ErrorCode;
 
 fn raw(kind: u16, content: &str, tags: &[&[&str]]) -> Event {
     raw_by(&Keys::generate(), kind, content, tags)

@@ -5,6 +5,8 @@ use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::result::Usage;
 use fedai_protocol::*;
+// nostr's prelude has a NIP-47 `ErrorCode` too; ours is meant.
+use fedai_protocol::ErrorCode;
 use proptest::prelude::*;
 
 fn keys() -> Keys {
