@@ -64,9 +64,8 @@ pub fn install() -> PathBuf {
 }
 
 impl LndNode {
-    /// Run `lncli`; its JSON output when it succeeds.
-    pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
-        let out = Command::new(self.bin.join("lncli"))
+    fn lncli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new(self.bin.join("lncli"))
             .args([
                 "--network=simnet",
                 &format!("--lnddir={}", self.dir.display()),
@@ -76,7 +75,11 @@ impl LndNode {
             ])
             .args(args)
             .output()
-            .ok()?;
+    }
+
+    /// Run `lncli`; its JSON output when it succeeds.
+    pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
+        let out = self.lncli(args).ok()?;
         if !out.status.success() {
             return None;
         }
@@ -88,19 +91,9 @@ impl LndNode {
         })
     }
 
-    /// Run `lncli` against this node and parse its JSON output.
+    /// Run `lncli` against this node and parse its JSON output (panics on failure).
     pub fn cli(&self, args: &[&str]) -> Value {
-        let out = Command::new(self.bin.join("lncli"))
-            .args([
-                "--network=simnet",
-                &format!("--lnddir={}", self.dir.display()),
-                &format!("--rpcserver={}", self.rpc),
-                &format!("--tlscertpath={}", self.cert.display()),
-                &format!("--macaroonpath={}", self.macaroon.display()),
-            ])
-            .args(args)
-            .output()
-            .expect("run lncli");
+        let out = self.lncli(args).expect("run lncli");
         assert!(
             out.status.success(),
             "lncli {args:?}: {}",
@@ -358,18 +351,7 @@ impl LightningNet {
             pubkey: String::new(),
         };
         wait(deadline, "lnd ready", || {
-            node.macaroon.exists() && {
-                let out = Command::new(self.bin.join("lncli"))
-                    .args([
-                        "--network=simnet",
-                        &format!("--rpcserver={}", node.rpc),
-                        &format!("--tlscertpath={}", node.cert.display()),
-                        &format!("--macaroonpath={}", node.macaroon.display()),
-                        "getinfo",
-                    ])
-                    .output();
-                out.is_ok_and(|o| o.status.success())
-            }
+            node.macaroon.exists() && node.try_cli(&["getinfo"]).is_some()
         });
         node.pubkey = node.cli(&["getinfo"])["identity_pubkey"]
             .as_str()
