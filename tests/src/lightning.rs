@@ -15,6 +15,9 @@ use crate::{temp_dir, workspace_root};
 
 /// A running simnet: btcd and lnd nodes, killed on drop.
 pub struct LightningNet {
+    /// One simnet at a time per test process: each runs btcd and lnd nodes, and two at once on
+    /// a 2-core machine slowed lnd's start-up past every deadline.
+    _serial: tokio::sync::OwnedMutexGuard<()>,
     dir: PathBuf,
     bin: PathBuf,
     btcd: Option<Child>,
@@ -130,11 +133,19 @@ impl Drop for LndNode {
 
 impl LightningNet {
     /// Start btcd and `n` lnd nodes, fund node 0 and open a channel of `channel_sat` from node 0
-    /// to every other node; returns when the channels are active. Bounded: panics after 180 s.
+    /// to every other node; returns when the channels are active. Bounded: panics after 300 s,
+    /// with the failing process's log. Call it off the async runtime (`spawn_blocking`).
     pub fn start(n: usize, channel_sat: u64) -> Self {
+        static SERIAL: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+            std::sync::OnceLock::new();
+        let serial = SERIAL
+            .get_or_init(Default::default)
+            .clone()
+            .blocking_lock_owned();
         let bin = install();
         let dir = temp_dir("ln");
         let mut net = Self {
+            _serial: serial,
             dir: dir.clone(),
             bin: bin.clone(),
             btcd: None,
@@ -142,7 +153,7 @@ impl LightningNet {
             btcd_p2p: format!("127.0.0.1:{}", port()),
             nodes: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let deadline = Instant::now() + Duration::from_secs(300);
         net.start_btcd(None);
         for i in 0..n {
             let node = net.start_lnd(i, deadline);
@@ -350,9 +361,18 @@ impl LightningNet {
             macaroon,
             pubkey: String::new(),
         };
-        wait(deadline, "lnd ready", || {
-            node.macaroon.exists() && node.try_cli(&["getinfo"]).is_some()
-        });
+        let log = node.dir.join("stdout.log");
+        wait_or(
+            deadline,
+            "lnd ready",
+            || {
+                if let Ok(Some(st)) = node.child.try_wait() {
+                    panic!("lnd exited ({st}); its log ends:\n{}", tail(&log));
+                }
+                node.macaroon.exists() && node.try_cli(&["getinfo"]).is_some()
+            },
+            || tail(&log),
+        );
         node.pubkey = node.cli(&["getinfo"])["identity_pubkey"]
             .as_str()
             .expect("pubkey")
@@ -373,14 +393,31 @@ impl Drop for LightningNet {
     }
 }
 
-fn wait(deadline: Instant, what: &str, mut f: impl FnMut() -> bool) {
+fn wait(deadline: Instant, what: &str, f: impl FnMut() -> bool) {
+    wait_or(deadline, what, f, String::new)
+}
+
+/// Poll `f` until it holds; on timeout panic with `what` and `context()` (a log tail).
+fn wait_or(
+    deadline: Instant,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
     while Instant::now() < deadline {
         if f() {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("timed out waiting: {what}");
+    panic!("timed out waiting: {what}\n{}", context());
+}
+
+/// The last lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
 /// A small Nostr Wallet Connect (NIP-47) wallet service for tests, backed by a real lnd node:
