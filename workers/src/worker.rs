@@ -110,7 +110,6 @@ impl Stop {
     }
 }
 
-#[derive(Clone)]
 enum Outcome {
     Done {
         output: String,
@@ -542,19 +541,13 @@ impl Worker {
 
     /// This job's price on our ad: the runner's token count of the prompt (exact for
     /// llama.cpp), `max_tokens` out. Quotes and pay-before invoices use it.
-    async fn job_price(&self, parsed: &ParsedJobRequest, model: &str, max_tokens: u32) -> u64 {
-        let req = InferRequest {
-            model: model.to_owned(),
-            input: parsed.request.input.clone(),
-            params: parsed.request.params.clone(),
-            max_tokens,
-        };
-        let input_tokens = match self.inner.runner.estimate(&req).await {
+    async fn job_price(&self, parsed: &ParsedJobRequest, req: &InferRequest) -> u64 {
+        let input_tokens = match self.inner.runner.estimate(req).await {
             Ok(e) => e.input_tokens,
             Err(_) => (parsed.input_data.len() as u64).div_ceil(4),
         };
-        self.price_for(model)
-            .cost_msat(input_tokens, max_tokens as u64)
+        self.price_for(&req.model)
+            .cost_msat(input_tokens, req.max_tokens as u64)
     }
 
     /// Pay-before: a hold invoice whose preimage only we can derive (so a restarted worker can
@@ -824,6 +817,12 @@ impl Worker {
                 )
                 .await;
         }
+        let req = InferRequest {
+            model: model.clone(),
+            input: parsed.request.input.clone(),
+            params: parsed.request.params.clone(),
+            max_tokens,
+        };
         // An open request with a bid is an auction: quote, and run only when awarded (or when
         // a previous run of this worker had already started it).
         let resumed = i
@@ -831,11 +830,8 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&parsed.id);
-        if let (Some(bid), false) = (
-            parsed.request.bid_msat,
-            awarded || directed_to_me || resumed,
-        ) {
-            let price = self.job_price(&parsed, &model, max_tokens).await;
+        if let (Some(bid), false) = (parsed.request.bid_msat, directed_to_me || resumed) {
+            let price = self.job_price(&parsed, &req).await;
             if price > bid {
                 tracing::info!(request = %parsed.id, "bid under our price: no quote");
                 return;
@@ -874,50 +870,43 @@ impl Worker {
         let n = i.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         i.load_changed.notify_one();
         i.metrics.set_in_flight(n as i64);
-        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let (cancel_tx, mut cancel_rx) = oneshot::channel();
         i.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(parsed.id, (parsed.customer, cancel_tx));
         tracing::info!(request = %parsed.id, model = %model, encrypted = parsed.encrypted.is_some(), "job accepted");
-        let mut cancel_rx = cancel_rx;
         let started = Instant::now();
         // Pay-before: the job runs only once the customer's HTLC is held by our node.
         let paid = match (&i.ln, i.cfg.payment_mode) {
             (Some(ln), PaymentMode::Before) => {
-                let price = self.job_price(&parsed, &model, max_tokens).await;
+                let price = self.job_price(&parsed, &req).await;
                 self.collect_payment(ln.as_ref(), &parsed, price, &mut cancel_rx)
                     .await
                     .map(Some)
             }
             _ => Ok(None),
         };
-        let outcome = match &paid {
-            Err(failed) => failed.clone(),
-            Ok(_) => {
+        let (outcome, paid) = match paid {
+            Err(failed) => (failed, None),
+            Ok(paid) => {
                 let mut processing =
                     JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
                 processing.encrypted = parsed.encrypted.is_some();
                 if let Ok(ev) = processing.to_event(&i.cfg.keys) {
                     self.publish(&ev).await;
                 }
-                let req = InferRequest {
-                    model: model.clone(),
-                    input: parsed.request.input.clone(),
-                    params: parsed.request.params.clone(),
-                    max_tokens,
-                };
-                tokio::select! {
+                let outcome = tokio::select! {
                     o = tokio::time::timeout(i.cfg.job_timeout, self.infer(&parsed, req)) => match o {
                         Ok(o) => o,
                         Err(_) => Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", i.cfg.job_timeout.as_secs())),
                     },
                     // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
                     Ok(stop) = &mut cancel_rx => stop.outcome(),
-                }
+                };
+                (outcome, paid)
             }
         };
-        let paid = paid.ok().flatten();
         i.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1045,6 +1034,9 @@ impl Worker {
         let i = &self.inner;
         let bytes_out = output.len() as u64;
         let mut payment_hash = None;
+        let cost = self
+            .price_for(&model)
+            .cost_msat(usage.input_tokens, usage.output_tokens);
         let (price, bolt11) = match (&paid, &i.ln, i.cfg.payment_mode) {
             // Pay-before: claim the held payment, the quoted amount.
             (Some(p), Some(ln), _) => {
@@ -1055,30 +1047,20 @@ impl Worker {
                 (p.amount_msat, None)
             }
             // Pay-after: an invoice for what the job cost, with the result.
-            (None, Some(ln), PaymentMode::After) => {
-                let price = self
-                    .price_for(&model)
-                    .cost_msat(usage.input_tokens, usage.output_tokens);
-                match ln
-                    .add_invoice(price, &fedai_lightning::job_memo(&parsed.id.to_hex()), 3600)
-                    .await
-                {
-                    Ok(inv) if price > 0 => {
-                        payment_hash = Some(hex::encode(inv.payment_hash));
-                        (price, Some(inv.bolt11))
-                    }
-                    Ok(_) => (0, None),
-                    Err(e) => {
-                        tracing::warn!(request = %parsed.id, error = %e, "cannot create the invoice");
-                        (price, None)
-                    }
+            (None, Some(ln), PaymentMode::After) if cost > 0 => match ln
+                .add_invoice(cost, &fedai_lightning::job_memo(&parsed.id.to_hex()), 3600)
+                .await
+            {
+                Ok(inv) => {
+                    payment_hash = Some(hex::encode(inv.payment_hash));
+                    (cost, Some(inv.bolt11))
                 }
-            }
-            _ => (
-                self.price_for(&model)
-                    .cost_msat(usage.input_tokens, usage.output_tokens),
-                None,
-            ),
+                Err(e) => {
+                    tracing::warn!(request = %parsed.id, error = %e, "cannot create the invoice");
+                    (cost, None)
+                }
+            },
+            _ => (cost, None),
         };
         let mut result = JobResult::for_request(event, parsed, output, model.clone(), usage);
         if price > 0 {
