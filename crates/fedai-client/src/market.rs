@@ -224,15 +224,10 @@ impl FedaiClient {
             return self.run_auction(&ads, request, opts, &mut on_update).await;
         }
         let mut rng = Rng::from_entropy();
-        let mut tried = Vec::new();
-        let mut last: Option<ClientError> = None;
-        let mut failures = 0;
-        // A capacity refusal comes back at once: it moves the job on without using up an
-        // attempt (the simulator showed "cheapest" dropping a third of the jobs otherwise),
-        // but each worker is tried once at most.
-        while failures < opts.max_attempts.max(1) && tried.len() < MAX_TRIES {
-            let attempt = tried.len();
-            let d = self.decide(&ads, &request, opts, &tried, None, &mut rng);
+        let mut tries = Tries::default();
+        while tries.more(opts) {
+            let attempt = tries.tried.len();
+            let d = self.decide(&ads, &request, opts, &tries.tried, None, &mut rng);
             let Some(i) = d.chosen_index() else { break };
             let worker = ads[i].worker;
             let mut req = request.clone();
@@ -255,31 +250,13 @@ impl FedaiClient {
                     return Ok(o);
                 }
                 Err(e) => {
-                    let Some(f) = failure_of(&e) else {
-                        return Err(e);
-                    };
-                    if f != Failure::Busy {
-                        failures += 1;
-                    }
-                    self.record(worker, Err(f), opts);
+                    tries.failed(self, worker, e, opts, &mut on_update)?;
                     // Tell the worker to stop (it may still be running); best effort.
                     let _ = self.cancel(attempt_id).await;
-                    tried.push(worker);
-                    on_update(JobUpdate::Failover {
-                        worker,
-                        error: e.to_string(),
-                    });
-                    last = Some(e);
                 }
             }
         }
-        Err(match last {
-            None => ClientError::NoWorker,
-            Some(e) => ClientError::Exhausted {
-                attempts: tried.len() as u32,
-                last: Box::new(e),
-            },
-        })
+        Err(tries.into_error())
     }
 
     /// Publish `request` open with a bid, collect quotes for `window`, and return them
@@ -318,11 +295,9 @@ impl FedaiClient {
         on_update(JobUpdate::Submitted(t.event.id));
         let quotes = collect_quotes(&mut t.notifications, t.event.id, &self.keys, window).await;
         let mut rng = Rng::from_entropy();
-        let mut tried = Vec::new();
-        let mut last = None;
-        let mut failures = 0;
-        while failures < opts.max_attempts.max(1) && tried.len() < MAX_TRIES {
-            let d = self.decide(ads, &req, opts, &tried, Some(&quotes), &mut rng);
+        let mut tries = Tries::default();
+        while tries.more(opts) {
+            let d = self.decide(ads, &req, opts, &tries.tried, Some(&quotes), &mut rng);
             let Some(i) = d.chosen_index() else { break };
             let worker = ads[i].worker;
             let q = quotes
@@ -349,31 +324,69 @@ impl FedaiClient {
                     return Ok(o);
                 }
                 Err(e) => {
-                    let Some(f) = failure_of(&e) else {
+                    if let Err(e) = tries.failed(self, worker, e, opts, on_update) {
                         self.close(t).await;
                         return Err(e);
-                    };
-                    if f != Failure::Busy {
-                        failures += 1;
                     }
-                    self.record(worker, Err(f), opts);
-                    tried.push(worker);
-                    on_update(JobUpdate::Failover {
-                        worker,
-                        error: e.to_string(),
-                    });
-                    last = Some(e);
                 }
             }
         }
         self.close(t).await;
-        Err(match last {
+        Err(tries.into_error())
+    }
+}
+
+/// The workers a job has tried and how its attempts went. A capacity refusal comes back at
+/// once: it moves the job on without using up an attempt (the simulator showed "cheapest"
+/// dropping a third of the jobs otherwise), but each worker is tried once at most.
+#[derive(Default)]
+struct Tries {
+    tried: Vec<PublicKey>,
+    failures: u32,
+    last: Option<ClientError>,
+}
+
+impl Tries {
+    /// Whether another worker may be tried.
+    fn more(&self, opts: &RunOptions) -> bool {
+        self.failures < opts.max_attempts.max(1) && self.tried.len() < MAX_TRIES
+    }
+
+    /// Record `worker`'s failure and announce the failover; `Err(e)` when `e` cannot succeed
+    /// elsewhere either.
+    fn failed(
+        &mut self,
+        client: &FedaiClient,
+        worker: PublicKey,
+        e: ClientError,
+        opts: &RunOptions,
+        on_update: &mut impl FnMut(JobUpdate),
+    ) -> Result<(), ClientError> {
+        let Some(f) = failure_of(&e) else {
+            return Err(e);
+        };
+        if f != Failure::Busy {
+            self.failures += 1;
+        }
+        client.record(worker, Err(f), opts);
+        self.tried.push(worker);
+        on_update(JobUpdate::Failover {
+            worker,
+            error: e.to_string(),
+        });
+        self.last = Some(e);
+        Ok(())
+    }
+
+    /// The error once no worker is left to try.
+    fn into_error(self) -> ClientError {
+        match self.last {
             None => ClientError::NoWorker,
             Some(e) => ClientError::Exhausted {
-                attempts: tried.len() as u32,
+                attempts: self.tried.len() as u32,
                 last: Box::new(e),
             },
-        })
+        }
     }
 }
 
