@@ -68,7 +68,7 @@ async fn hold_invoices_settle_on_delivery_and_refund_on_failure_and_plain_invoic
 
     // Pay-before, delivered: the HTLC is held while the job runs, then settled.
     let request = [1u8; 32];
-    let req_hex = hex(&request);
+    let req_hex = hex::encode(request);
     let preimage = preimage_for(&secret, &request);
     let hash = payment_hash(&preimage);
     let inv = worker
@@ -111,7 +111,7 @@ async fn hold_invoices_settle_on_delivery_and_refund_on_failure_and_plain_invoic
     let preimage = preimage_for(&secret, &request);
     let hash = payment_hash(&preimage);
     let inv = worker
-        .add_hold_invoice(hash, 50_000, &job_memo(&hex(&request)), 600)
+        .add_hold_invoice(hash, 50_000, &job_memo(&hex::encode(request)), 600)
         .await
         .unwrap();
     let before = cust_node.channel_local_sat();
@@ -136,7 +136,7 @@ async fn hold_invoices_settle_on_delivery_and_refund_on_failure_and_plain_invoic
 
     // Pay-after: a plain invoice, paid once; paying it again is refused by the payer's node.
     let inv = worker
-        .add_invoice(7_000, &job_memo(&hex(&[3u8; 32])), 600)
+        .add_invoice(7_000, &job_memo(&hex::encode([3u8; 32])), 600)
         .await
         .unwrap();
     let before = cust_node.channel_local_sat();
@@ -148,10 +148,6 @@ async fn hold_invoices_settle_on_delivery_and_refund_on_failure_and_plain_invoic
         "no double payment"
     );
     assert_eq!(cust_node.channel_local_sat(), before - 7);
-}
-
-fn hex(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 mod paid_jobs {

@@ -488,7 +488,7 @@ impl NwcService {
                                 result_type: Method::PayInvoice,
                                 error: None,
                                 result: Some(ResponseResult::PayInvoice(PayInvoiceResponse {
-                                    preimage: pre.iter().map(|b| format!("{b:02x}")).collect(),
+                                    preimage: hex::encode(pre),
                                     fees_paid: None,
                                 })),
                             },

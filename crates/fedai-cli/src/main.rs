@@ -767,7 +767,7 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         };
         if let Ok(c) = check(&rc.bolt11, &e) {
             anyhow::ensure!(
-                hex_of(&c.payment_hash) == rc.payment_hash,
+                hex::encode(c.payment_hash) == rc.payment_hash,
                 "the invoice's payment hash is not the receipt's"
             );
             invoice_ok = true;
@@ -801,10 +801,6 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         None => println!("no metering record from the worker found for the job"),
     }
     Ok(())
-}
-
-fn hex_of(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn metering_verify(cli: &Cli, target: &str) -> anyhow::Result<()> {

@@ -155,7 +155,6 @@ pub struct PayContext {
     pub max_fee_msat: u64,
 }
 
-/// A payment started for the current request.
 impl std::fmt::Debug for PayContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PayContext")
@@ -166,6 +165,7 @@ impl std::fmt::Debug for PayContext {
     }
 }
 
+/// A payment started for the current request.
 struct Pending {
     amount_msat: u64,
     bolt11: String,
@@ -544,8 +544,8 @@ impl FedaiClient {
             worker: result.worker,
             amount_msat: p.amount_msat,
             bolt11: p.bolt11.clone(),
-            payment_hash: hex(&p.hash),
-            preimage: hex(&preimage),
+            payment_hash: hex::encode(p.hash),
+            preimage: hex::encode(preimage),
         };
         let receipt_id = match receipt.to_event(&self.keys) {
             Ok(ev) => self.send(&ev).await.ok().map(|()| ev.id),
@@ -569,10 +569,6 @@ impl FedaiClient {
     }
 }
 
-fn hex(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Check an invoice against the request and the worker's ad, then start paying it.
 fn start_payment(
     t: &mut Tracker,
@@ -585,10 +581,9 @@ fn start_payment(
             "the worker asks {amount_msat} msat and no payer is configured"
         )));
     };
-    if ctx.max_msat.is_some_and(|m| amount_msat > m) {
+    if let Some(cap) = ctx.max_msat.filter(|m| amount_msat > *m) {
         return Err(ClientError::Payment(format!(
-            "the worker asks {amount_msat} msat, over the cap of {} msat",
-            ctx.max_msat.unwrap_or_default()
+            "the worker asks {amount_msat} msat, over the cap of {cap} msat"
         )));
     }
     let now = Timestamp::now().as_secs();

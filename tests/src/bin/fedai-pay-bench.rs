@@ -49,7 +49,7 @@ async fn main() {
     for i in 0..runs {
         let mut request = [0u8; 32];
         request[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let req_hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
+        let req_hex = hex::encode(request);
         let preimage = preimage_for(&[9; 32], &request);
         let hash = payment_hash(&preimage);
         let t0 = Instant::now();
