@@ -34,9 +34,18 @@ fn map_err(e: reqwest::Error, opts: &HttpOptions) -> RunnerError {
     }
 }
 
+/// A reqwest client builder. Elsewhere in a fed_AI process reqwest is built with rustls and no
+/// bundled crypto provider (LNURL over https); cargo unifies that feature into this crate, and
+/// such a client panics at build time unless a provider is installed — so install ring first
+/// (a no-op when one is already installed).
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 impl Http {
     pub(crate) fn new(base: &str, opts: HttpOptions) -> Result<Self, RunnerError> {
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             // No connection reuse: a pooled connection that the server closes (llama.cpp does

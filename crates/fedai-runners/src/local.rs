@@ -150,7 +150,9 @@ impl LocalLlamaServer {
             model: alias.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
+        let client = crate::http_util::client_builder()
+            .build()
+            .map_err(|e| RunnerError::Protocol(e.to_string()))?;
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(RunnerError::Unreachable(format!(
