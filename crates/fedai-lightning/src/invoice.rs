@@ -18,11 +18,20 @@ pub struct Expected<'a> {
     pub payee: Option<&'a str>,
     /// The chain.
     pub currency: Currency,
-    /// The job request the invoice must commit to (its description, or description hash,
-    /// is [`job_memo`] of this id).
-    pub request_id_hex: &'a str,
+    /// What the invoice's description must commit to.
+    pub commits_to: Commitment<'a>,
     /// Now, unix seconds (expiry is checked against it).
     pub now_unix: u64,
+}
+
+/// What an invoice's description commits to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commitment<'a> {
+    /// The job request with this id (hex): the description, or the description hash, is
+    /// [`job_memo`] of it. Invoices a worker's own node issues.
+    Job(&'a str),
+    /// This description hash: SHA-256 of a zap request (NIP-57) that names the job.
+    DescriptionHash([u8; 32]),
 }
 
 /// An invoice that passed.
@@ -77,13 +86,18 @@ pub fn check(bolt11: &str, e: &Expected<'_>) -> Result<Checked, LnError> {
             )));
         }
     }
-    let memo = job_memo(e.request_id_hex);
-    let commits = match inv.description() {
-        Bolt11InvoiceDescriptionRef::Direct(d) => d.as_inner().0 == memo,
-        Bolt11InvoiceDescriptionRef::Hash(h) => {
-            let want: [u8; 32] = Sha256::digest(memo.as_bytes()).into();
+    let commits = match (e.commits_to, inv.description()) {
+        (Commitment::Job(id), Bolt11InvoiceDescriptionRef::Direct(d)) => {
+            d.as_inner().0 == job_memo(id)
+        }
+        (Commitment::Job(id), Bolt11InvoiceDescriptionRef::Hash(h)) => {
+            let want: [u8; 32] = Sha256::digest(job_memo(id).as_bytes()).into();
             AsRef::<[u8]>::as_ref(&h.0) == want.as_slice()
         }
+        (Commitment::DescriptionHash(want), Bolt11InvoiceDescriptionRef::Hash(h)) => {
+            AsRef::<[u8]>::as_ref(&h.0) == want.as_slice()
+        }
+        (Commitment::DescriptionHash(_), Bolt11InvoiceDescriptionRef::Direct(_)) => false,
     };
     if !commits {
         return Err(refuse(

@@ -8,12 +8,17 @@
 //! - [`lnd::Lnd`]: both, over LND's gRPC (TLS certificate pinned, macaroon);
 //! - [`invoice::check`]: a BOLT11 invoice checked against the quote before paying (signature,
 //!   amount, expiry, network, payee, and a description that commits to the job request);
+//! - [`lnurl`]: LNURL-pay and lightning addresses (LUD-06, LUD-16), where zaps are paid;
+//! - [`zap`]: NIP-57 zaps of a job request as its payment — the zap request, the receipt an
+//!   LNURL service publishes, and the worker's checks of that receipt;
 //! - [`preimage_for`]: a hold invoice's preimage derived from the worker's secret and the request
 //!   id, so a stateless worker can settle after a restart.
 
 pub mod invoice;
 pub mod lnd;
+pub mod lnurl;
 pub mod nwc;
+pub mod zap;
 
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
@@ -33,6 +38,12 @@ pub enum LnError {
     /// An invoice failed a check.
     #[error("invoice refused: {0}")]
     Invoice(String),
+    /// An LNURL-pay endpoint could not be used.
+    #[error("LNURL: {0}")]
+    Lnurl(String),
+    /// A zap request or receipt failed a check.
+    #[error("zap refused: {0}")]
+    Zap(String),
 }
 
 /// A 32-byte payment hash.

@@ -1,0 +1,226 @@
+//! LNURL-pay (LUD-06) and lightning addresses (LUD-16): where a zap is paid.
+//!
+//! A pay target is a lightning address (`name@domain`), a bech32 LNURL (`lnurl1…`) or the
+//! LNURL-pay URL itself. `lnurl-rs` supplies the types and encodings; the two HTTP calls (the
+//! pay parameters, then the callback for an invoice) go through our own `reqwest`, with a time
+//! bound and a size bound on every answer.
+//!
+//! Transport: https, except on loopback hosts and `.onion` (LUD-16 allows http for onion
+//! services; loopback is a node on the same machine — tests, a local LNURL server). A plain-http
+//! endpoint on the open network is refused: anyone on the path could swap the invoice.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lnurl::lightning_address::LightningAddress;
+use lnurl::lnurl::LnUrl;
+use lnurl::pay::PayResponse;
+use nostr::prelude::PublicKey;
+use url::Url;
+
+use crate::LnError;
+
+/// Answers larger than this are refused (a pay response is a few hundred bytes).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+fn refuse(m: impl Into<String>) -> LnError {
+    LnError::Lnurl(m.into())
+}
+
+/// The LNURL-pay endpoint of a pay target, checked for a safe transport.
+pub fn endpoint(target: &str) -> Result<Url, LnError> {
+    let target = target.trim();
+    let url = if target.contains('@') {
+        let address = LightningAddress::new(target)
+            .map_err(|_| refuse(format!("`{target}` is not a lightning address")))?;
+        address.lnurlp_url()
+    } else if target.len() > 6 && target[..6].eq_ignore_ascii_case("lnurl1") {
+        LnUrl::decode(target.to_ascii_lowercase())
+            .map_err(|_| refuse("not a valid bech32 LNURL"))?
+            .url
+    } else {
+        target.to_owned()
+    };
+    let url = Url::parse(&url).map_err(|e| refuse(format!("bad LNURL-pay URL: {e}")))?;
+    check_transport(&url)?;
+    Ok(url)
+}
+
+/// The bech32 LNURL of an endpoint (the `lnurl` tag of a zap request).
+pub fn encode(endpoint: &Url) -> String {
+    LnUrl::from_url(endpoint.to_string()).encode()
+}
+
+fn check_transport(url: &Url) -> Result<(), LnError> {
+    let host = url.host_str().ok_or_else(|| refuse("LNURL has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || IpAddr::from_str(host).is_ok_and(|ip| ip.is_loopback())
+        || host.ends_with(".onion");
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if local => Ok(()),
+        s => Err(refuse(format!(
+            "LNURL over {s}:// to {host} refused: https is required off this machine"
+        ))),
+    }
+}
+
+/// An LNURL-pay service's terms (LUD-06), with its zap support (NIP-57).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayParams {
+    /// The endpoint these came from.
+    pub endpoint: Url,
+    /// Where to ask for an invoice.
+    pub callback: Url,
+    /// Smallest amount, msat.
+    pub min_msat: u64,
+    /// Largest amount, msat.
+    pub max_msat: u64,
+    /// The key that signs this service's zap receipts; `None` when it does not take zaps.
+    pub nostr_pubkey: Option<PublicKey>,
+}
+
+/// An HTTP client for LNURL-pay.
+#[derive(Debug, Clone)]
+pub struct LnurlClient {
+    http: reqwest::Client,
+}
+
+impl LnurlClient {
+    /// A client with a 10 s bound per call.
+    pub fn new() -> Result<Self, LnError> {
+        // reqwest's rustls uses the process-wide crypto provider (ring, as for LND).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| refuse(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { http })
+    }
+
+    async fn get_json(&self, url: &Url) -> Result<serde_json::Value, LnError> {
+        let mut resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| refuse(format!("{}: {e}", url.host_str().unwrap_or("?"))))?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| refuse(format!("reading the answer: {e}")))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(refuse("LNURL answer too large"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| refuse(format!("LNURL answer ({status}) is not JSON")))?;
+        // LUD-06 errors: {"status": "ERROR", "reason": "..."}.
+        if json.get("status").and_then(|s| s.as_str()) == Some("ERROR") {
+            let reason = json.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+            return Err(refuse(format!("LNURL service refused: {reason}")));
+        }
+        if !status.is_success() {
+            return Err(refuse(format!("LNURL service answered {status}")));
+        }
+        Ok(json)
+    }
+
+    /// Fetch a pay target's terms.
+    pub async fn pay_params(&self, target: &str) -> Result<PayParams, LnError> {
+        let endpoint = endpoint(target)?;
+        let json = self.get_json(&endpoint).await?;
+        let pay: PayResponse = serde_json::from_value(json)
+            .map_err(|e| refuse(format!("not an LNURL-pay answer: {e}")))?;
+        let callback =
+            Url::parse(&pay.callback).map_err(|e| refuse(format!("bad callback URL: {e}")))?;
+        check_transport(&callback)?;
+        if pay.min_sendable > pay.max_sendable {
+            return Err(refuse("minSendable is above maxSendable"));
+        }
+        let nostr_pubkey = match (pay.allows_nostr, pay.nostr_pubkey) {
+            (Some(true), Some(k)) => Some(
+                PublicKey::from_slice(&k.serialize())
+                    .map_err(|_| refuse("nostrPubkey is not a valid key"))?,
+            ),
+            _ => None,
+        };
+        Ok(PayParams {
+            endpoint,
+            callback,
+            min_msat: pay.min_sendable,
+            max_msat: pay.max_sendable,
+            nostr_pubkey,
+        })
+    }
+
+    /// Ask the callback for an invoice of `amount_msat`, for a zap when `zap_request` (its JSON)
+    /// is given. The invoice is returned unchecked: check it with [`crate::invoice::check`].
+    pub async fn invoice(
+        &self,
+        params: &PayParams,
+        amount_msat: u64,
+        zap_request: Option<&str>,
+    ) -> Result<String, LnError> {
+        if amount_msat < params.min_msat || amount_msat > params.max_msat {
+            return Err(refuse(format!(
+                "{amount_msat} msat is outside what the service takes ({}..={} msat)",
+                params.min_msat, params.max_msat
+            )));
+        }
+        let mut url = params.callback.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("amount", &amount_msat.to_string());
+            if let Some(z) = zap_request {
+                q.append_pair("nostr", z);
+                q.append_pair("lnurl", &encode(&params.endpoint));
+            }
+        }
+        let json = self.get_json(&url).await?;
+        json.get("pr")
+            .and_then(|p| p.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| refuse("the callback answered no invoice (`pr`)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lightning_address_maps_to_its_well_known_https_url() {
+        let u = endpoint("alice@example.com").unwrap();
+        assert_eq!(u.as_str(), "https://example.com/.well-known/lnurlp/alice");
+        assert!(endpoint("not an address@").is_err());
+    }
+
+    #[test]
+    fn bech32_lnurls_decode_and_round_trip() {
+        let u = Url::parse("https://example.com/.well-known/lnurlp/alice").unwrap();
+        let b = encode(&u);
+        assert!(b.starts_with("lnurl1"));
+        assert_eq!(endpoint(&b).unwrap(), u);
+        assert_eq!(endpoint(&b.to_ascii_uppercase()).unwrap(), u);
+        assert!(endpoint("lnurl1qqqqqq").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_on_this_machine_or_onion() {
+        assert!(endpoint("http://127.0.0.1:8080/lnurlp/w").is_ok());
+        assert!(endpoint("http://[::1]:8080/lnurlp/w").is_ok());
+        assert!(endpoint("http://localhost/lnurlp/w").is_ok());
+        assert!(endpoint("http://abcdef.onion/lnurlp/w").is_ok());
+        let e = endpoint("http://example.com/lnurlp/w").unwrap_err();
+        assert!(e.to_string().contains("https is required"), "{e}");
+        assert!(endpoint("ftp://127.0.0.1/x").is_err());
+    }
+}
