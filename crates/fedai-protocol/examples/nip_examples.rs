@@ -190,6 +190,50 @@ fn main() {
             bolt11: "lnbcrt120n1pexample".into(),
             payment_hash: sha256_hex(&[0x42; 32]),
             preimage: "42".repeat(32),
+            zap_request: None,
+        }
+        .to_event(&customer)
+        .unwrap(),
+    );
+    // Paying by zap (fedai-04): the worker offers a zap target, the customer zaps the request.
+    ex.insert(
+        "feedback-payment-required-zap",
+        JobFeedback {
+            zap: Some("worker@example.com".into()),
+            ..JobFeedback::payment_required(
+                req_ev.id,
+                customer.public_key(),
+                Amount {
+                    msat: 12_000,
+                    bolt11: None,
+                },
+            )
+        }
+        .to_event(&worker)
+        .unwrap(),
+    );
+    let zap_request = EventBuilder::new(Kind::ZapRequest, "")
+        .tags([
+            Tag::parse(["relays", "wss://relay.example.com"]).unwrap(),
+            Tag::parse(["amount", "12000"]).unwrap(),
+            Tag::public_key(worker.public_key()),
+            Tag::event(req_ev.id),
+        ])
+        .custom_created_at(Timestamp::from_secs(1_795_356_200))
+        .finalize(&customer)
+        .unwrap();
+    ex.insert("zap-request", zap_request.clone());
+    ex.insert(
+        "payment-receipt-zap",
+        PaymentReceipt {
+            request_id: req_ev.id,
+            result_id: Some(res_ev.id),
+            worker: worker.public_key(),
+            amount_msat: 12_000,
+            bolt11: "lnbcrt120n1pexample".into(),
+            payment_hash: sha256_hex(&[0x43; 32]),
+            preimage: "43".repeat(32),
+            zap_request: Some(zap_request.as_json()),
         }
         .to_event(&customer)
         .unwrap(),

@@ -3,6 +3,7 @@
 //! ```text
 //! ["status", "<status>", "<human info>"?]  ["e", "<request>"]  ["p", "<customer>"]
 //! ["amount", "<msat>", "<bolt11>"?]   (payment-required: the quote)
+//! ["zap", "<pay target>"]            (payment-required: a zap of the request also pays it)
 //! ["code", "<error-code>"]            (error)
 //! ["seq", "<n>"]                      (partial: chunk order, from 0)
 //! ["encrypted"]                       (content encrypted to the customer)
@@ -86,6 +87,9 @@ pub struct JobFeedback {
     pub info: Option<String>,
     /// Price quote (required for `payment-required`).
     pub amount: Option<Amount>,
+    /// On `payment-required`: a zap (NIP-57) of the request to this pay target (a lightning
+    /// address, a bech32 LNURL or an LNURL-pay URL) for `amount` also pays the job.
+    pub zap: Option<String>,
     /// Machine-readable error (required for `error`).
     pub code: Option<ErrorCode>,
     /// Chunk sequence number (required for `partial`).
@@ -105,6 +109,7 @@ impl JobFeedback {
             status,
             info: None,
             amount: None,
+            zap: None,
             code: None,
             seq: None,
             content: String::new(),
@@ -178,6 +183,9 @@ impl JobFeedback {
         if let Some(a) = &self.amount {
             t.push(a.to_tag());
         }
+        if let Some(z) = &self.zap {
+            t.push(tag("zap", [z.as_str()]));
+        }
         if let Some(c) = &self.code {
             t.push(tag("code", [c.as_str()]));
         }
@@ -242,6 +250,7 @@ impl JobFeedback {
             status,
             info,
             amount: Amount::from_tags(t)?,
+            zap: tags::opt_value(t, "zap")?.map(str::to_owned),
             code,
             seq,
             content,

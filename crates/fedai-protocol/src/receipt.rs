@@ -6,6 +6,7 @@
 //! ```text
 //! ["e", "<request id>", "", "request"]  ["e", "<result id>", "", "result"]?  ["p", "<worker>"]
 //! ["amount", "<msat>"]  ["bolt11", "<invoice>"]  ["payment_hash", "<hex>"]  ["preimage", "<hex>"]
+//! ["description", "<zap request JSON>"]?   (paid by a zap: what the invoice's hash commits to)
 //! ```
 
 use nostr::prelude::{Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag};
@@ -30,6 +31,9 @@ pub struct PaymentReceipt {
     pub payment_hash: String,
     /// Hex preimage (SHA-256 of it is the payment hash).
     pub preimage: String,
+    /// Paid by a zap: the zap request (NIP-57 kind 9734, JSON) whose SHA-256 is the invoice's
+    /// description hash, naming the job request and the worker.
+    pub zap_request: Option<String>,
 }
 
 /// A receipt received from the network, verified (signature and preimage).
@@ -68,6 +72,9 @@ impl PaymentReceipt {
             tag("payment_hash", [self.payment_hash.clone()]),
             tag("preimage", [self.preimage.clone()]),
         ]);
+        if let Some(z) = &self.zap_request {
+            t.push(tag("description", [z.clone()]));
+        }
         EventBuilder::new(kinds::kind(kinds::PAYMENT_RECEIPT), "")
             .tags(t)
             .finalize(keys)
@@ -96,6 +103,7 @@ impl PaymentReceipt {
             bolt11: tags::value(t, "bolt11")?.to_owned(),
             payment_hash: tags::value(t, "payment_hash")?.to_owned(),
             preimage: tags::value(t, "preimage")?.to_owned(),
+            zap_request: tags::opt_value(t, "description")?.map(str::to_owned),
         };
         check_preimage(&receipt.preimage, &receipt.payment_hash)?;
         Ok(ParsedReceipt {

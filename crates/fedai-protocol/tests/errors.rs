@@ -505,6 +505,7 @@ fn receipt_and_award_errors() {
         bolt11: "lnbcrt1x".into(),
         payment_hash: sha256_hex(&[1u8; 32]),
         preimage: "02".repeat(32),
+        zap_request: None,
     };
     assert_eq!(
         r.to_event(&customer).unwrap_err(),

@@ -70,6 +70,8 @@ fn every_example_parses_with_the_protocol_crate() {
             kinds::AWARD => Award::from_event(ev).is_ok(),
             kinds::PAYMENT_RECEIPT => PaymentReceipt::from_event(ev).is_ok(),
             kinds::CAPABILITY_AD => CapabilityAd::from_event(ev).is_ok(),
+            // NIP-57's zap request: only its signature is ours to check here.
+            9734 => ev.verify().is_ok(),
             k => panic!("{name}: unexpected kind {k}"),
         };
         assert!(ok, "{name} does not parse");
@@ -112,4 +114,20 @@ fn examples_tell_a_consistent_story() {
     assert_eq!(Some(receipt.receipt.payment_hash), rec.record.payment_hash);
     let award = Award::from_event(&ex["award"]).unwrap();
     assert_eq!(award.award.request_id, req.id);
+
+    // Paying by zap: the quote names a zap target; the receipt embeds the zap request, which
+    // names the job and the worker.
+    let q = JobFeedback::from_event(&ex["feedback-payment-required-zap"], None).unwrap();
+    assert!(q.zap.is_some() && q.amount.is_some_and(|a| a.bolt11.is_none()));
+    let zr = PaymentReceipt::from_event(&ex["payment-receipt-zap"])
+        .unwrap()
+        .receipt
+        .zap_request
+        .expect("a zap receipt embeds its zap request");
+    assert_eq!(zr, ex["zap-request"].as_json());
+    assert!(ex["zap-request"].tags.event_ids().any(|id| id == req.id));
+    assert!(ex["zap-request"]
+        .tags
+        .public_keys()
+        .any(|p| p == worker.public_key()));
 }

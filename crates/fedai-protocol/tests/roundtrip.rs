@@ -97,7 +97,7 @@ proptest! {
     }
 
     #[test]
-    fn feedback_roundtrip(text in arb_text(), seq in any::<u64>(), msat in any::<u64>(), enc in any::<bool>(), which in 0u8..5) {
+    fn feedback_roundtrip(text in arb_text(), seq in any::<u64>(), msat in any::<u64>(), enc in any::<bool>(), which in 0u8..6) {
         let worker = keys();
         let customer = keys();
         let rid = EventId::from_byte_array([7u8; 32]);
@@ -106,6 +106,8 @@ proptest! {
             1 => JobFeedback::error(rid, customer.public_key(), ErrorCode::PromptTooLarge, text.clone()),
             2 => JobFeedback::payment_required(rid, customer.public_key(), Amount { msat, bolt11: Some("lnbc1example".into()) }),
             3 => JobFeedback::new(rid, customer.public_key(), FeedbackStatus::Processing),
+            // A quote payable by a zap only (no invoice).
+            4 => JobFeedback { zap: Some("worker@example.com".into()), ..JobFeedback::payment_required(rid, customer.public_key(), Amount { msat, bolt11: None }) },
             _ => JobFeedback::new(rid, customer.public_key(), FeedbackStatus::Success),
         };
         fb.encrypted = enc;
@@ -230,7 +232,7 @@ proptest! {
     }
 
     #[test]
-    fn award_and_receipt_roundtrip(msat in any::<u64>(), preimage in any::<[u8; 32]>(), with_result in any::<bool>()) {
+    fn award_and_receipt_roundtrip(msat in any::<u64>(), preimage in any::<[u8; 32]>(), with_result in any::<bool>(), zap in proptest::option::of(arb_text())) {
         let customer = keys();
         let worker = keys().public_key();
         let award = Award { request_id: EventId::from_byte_array([7u8; 32]), quote_id: EventId::from_byte_array([7u8; 32]), worker, amount_msat: msat, expiration: Some(Timestamp::from_secs(4_000_000_000)) };
@@ -241,6 +243,7 @@ proptest! {
         let receipt = PaymentReceipt {
             request_id: EventId::from_byte_array([7u8; 32]), result_id: with_result.then(|| EventId::from_byte_array([9u8; 32])), worker,
             amount_msat: msat, bolt11: "lnbcrt1example".into(), payment_hash: sha256_hex(&preimage), preimage: hex,
+            zap_request: zap,
         };
         let ev = receipt.to_event(&customer).unwrap();
         prop_assert_eq!(PaymentReceipt::from_event(&ev).unwrap().receipt, receipt);
@@ -325,6 +328,7 @@ fn one_of_each() -> Vec<(Event, Parser)> {
         bolt11: "lnbc1x".into(),
         payment_hash: sha256_hex(&[5; 32]),
         preimage: "05".repeat(32),
+        zap_request: None,
     }
     .to_event(&customer)
     .unwrap();
