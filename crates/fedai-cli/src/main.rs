@@ -176,6 +176,10 @@ struct PayArgs {
     /// Routing fee cap per payment, msat.
     #[arg(long, default_value_t = 10_000)]
     max_fee_msat: u64,
+    /// Never pay by zap. A worker that takes only zaps (NIP-57, to its lightning address) gets
+    /// no escrow: a zapped job that fails is not refunded.
+    #[arg(long, env = "FEDAI_NO_ZAPS")]
+    no_zaps: bool,
 }
 
 impl PayArgs {
@@ -210,6 +214,7 @@ impl PayArgs {
             },
             max_msat: None,
             max_fee_msat: self.max_fee_msat,
+            zaps: !self.no_zaps,
         }))
     }
 }
@@ -734,7 +739,7 @@ async fn event_arg(client: &FedaiClient, target: &str, what: &str) -> anyhow::Re
 }
 
 async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
-    use fedai_client::fedai_lightning::invoice::{check, Currency, Expected};
+    use fedai_client::fedai_lightning::invoice::{check, Commitment, Currency, Expected};
     let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
     let ev = event_arg(&client, target, "receipt").await?;
     // The parser refuses a receipt whose SHA-256(preimage) is not its payment hash.
@@ -749,7 +754,28 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         )
         .await?;
     client.shutdown().await;
-    // The invoice: its hash and amount must be the receipt's (any network; expiry is past).
+    // The invoice: its hash and amount must be the receipt's (any network; expiry is past), and
+    // it must commit to the job — directly, or through the zap request it was paid for.
+    let zap_hash = match &rc.zap_request {
+        None => None,
+        Some(z) => {
+            let zr = Event::from_json(z).context("the receipt's zap request is not an event")?;
+            zr.verify()
+                .context("the receipt's zap request is not validly signed")?;
+            anyhow::ensure!(
+                zr.kind == Kind::ZapRequest
+                    && zr.tags.event_ids().any(|id| id == rc.request_id)
+                    && zr.tags.public_keys().any(|p| p == rc.worker),
+                "the zap request is not a zap of this job to this worker"
+            );
+            Some(fedai_client::fedai_lightning::zap::description_hash(z))
+        }
+    };
+    let request_hex = rc.request_id.to_hex();
+    let commits_to = match zap_hash {
+        Some(h) => Commitment::DescriptionHash(h),
+        None => Commitment::Job(&request_hex),
+    };
     let mut invoice_ok = false;
     for currency in [
         Currency::Bitcoin,
@@ -762,7 +788,7 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
             amount_msat: rc.amount_msat,
             payee: None,
             currency,
-            request_id_hex: &rc.request_id.to_hex(),
+            commits_to,
             now_unix: 0,
         };
         if let Ok(c) = check(&rc.bolt11, &e) {
@@ -782,9 +808,10 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         .filter_map(|e| MeteringRecord::from_event(e).ok())
         .find(|m| m.worker == rc.worker);
     println!(
-        "receipt {} verified: {} msat paid by {} to {} for job {}; preimage matches the invoice",
+        "receipt {} verified: {} msat paid{} by {} to {} for job {}; preimage matches the invoice",
         r.id.to_hex(),
         rc.amount_msat,
+        if zap_hash.is_some() { " by zap" } else { "" },
         r.customer.to_bech32()?,
         rc.worker.to_bech32()?,
         rc.request_id.to_hex()

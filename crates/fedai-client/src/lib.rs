@@ -153,6 +153,9 @@ pub struct PayContext {
     pub max_msat: Option<u64>,
     /// Routing fee cap, msat.
     pub max_fee_msat: u64,
+    /// Pay by zap (NIP-57) when a worker offers no invoice, only a zap target. A zap is final:
+    /// unlike a hold invoice there is no escrow, so a failed job is not refunded.
+    pub zaps: bool,
 }
 
 impl std::fmt::Debug for PayContext {
@@ -161,16 +164,57 @@ impl std::fmt::Debug for PayContext {
             .field("currency", &self.currency)
             .field("max_msat", &self.max_msat)
             .field("max_fee_msat", &self.max_fee_msat)
+            .field("zaps", &self.zaps)
             .finish_non_exhaustive()
     }
 }
 
-/// A payment started for the current request.
+/// A payment started for the current request: running, then its outcome.
 struct Pending {
     amount_msat: u64,
+    task: Option<tokio::task::JoinHandle<Result<Paid, ClientError>>>,
+    done: Option<Result<Paid, ClientError>>,
+}
+
+/// A completed Lightning payment, not yet checked against its invoice.
+struct Paid {
     bolt11: String,
     hash: [u8; 32],
-    task: tokio::task::JoinHandle<Result<[u8; 32], fedai_lightning::LnError>>,
+    preimage: [u8; 32],
+    /// Paid by zap: the zap request the invoice commits to.
+    zap_request: Option<String>,
+}
+
+impl Pending {
+    fn start(
+        amount_msat: u64,
+        pay: impl std::future::Future<Output = Result<Paid, ClientError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            amount_msat,
+            task: Some(tokio::spawn(pay)),
+            done: None,
+        }
+    }
+
+    /// Resolves when a running payment ends (never, when none runs): `Err` when it failed.
+    async fn ended(p: &mut Option<Pending>) -> Result<(), ClientError> {
+        let Some(task) = p.as_mut().and_then(|p| p.task.as_mut()) else {
+            return std::future::pending().await;
+        };
+        let r = task
+            .await
+            .unwrap_or_else(|e| Err(ClientError::Payment(e.to_string())));
+        let failed = r
+            .as_ref()
+            .err()
+            .map(|e| ClientError::Payment(e.to_string()));
+        if let Some(p) = p.as_mut() {
+            p.task = None;
+            p.done = Some(r);
+        }
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 /// A published request being followed: its subscription and notification stream.
@@ -371,14 +415,29 @@ impl FedaiClient {
         let mut processing_seen = false;
         let mut metering_deadline = None;
         let mut first_token = None;
+        // A payment that failed: reported unless the worker's own error arrives within a grace
+        // period (a failed job cancels its hold invoice, and the worker's reason is the news).
+        let mut payment_failed: Option<ClientError> = None;
+        let mut deadline = deadline;
         let outcome = loop {
             let until = metering_deadline.unwrap_or(deadline).min(deadline);
-            let n = match tokio::time::timeout_at(until, t.notifications.next()).await {
+            let n = tokio::select! {
+                n = tokio::time::timeout_at(until, t.notifications.next()) => n,
+                r = Pending::ended(&mut t.pending) => {
+                    if let Err(e) = r {
+                        payment_failed = Some(e);
+                        deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                    continue;
+                }
+            };
+            let n = match n {
                 Ok(Some(n)) => n,
                 Ok(None) => break Err(ClientError::Relay("client shut down".into())),
-                Err(_) => match result.take() {
-                    Some(r) => break Ok(r),
-                    None => break Err(ClientError::Timeout(timeout)),
+                Err(_) => match (result.take(), payment_failed.take()) {
+                    (Some(r), _) => break Ok(r),
+                    (None, Some(e)) => break Err(e),
+                    (None, None) => break Err(ClientError::Timeout(timeout)),
                 },
             };
             let ClientNotification::Event { event: ev, .. } = n else {
@@ -414,14 +473,21 @@ impl FedaiClient {
                         }
                         FeedbackStatus::PaymentRequired if chosen && result.is_none() => {
                             let Some(amount) = fb.amount else { continue };
-                            // A bare quote (an auction's) carries no invoice: nothing to pay yet.
-                            let Some(bolt11) = amount.bolt11 else {
-                                continue;
-                            };
                             if t.pending.is_some() {
                                 continue; // pay once per request
                             }
-                            match start_payment(t, request_id, amount.msat, bolt11) {
+                            // An invoice (escrow) first; a zap only where it is all that is
+                            // offered; a bare quote (an auction's) asks nothing yet.
+                            let started = match (amount.bolt11, fb.zap) {
+                                (Some(bolt11), _) => {
+                                    start_payment(t, request_id, amount.msat, bolt11)
+                                }
+                                (None, Some(target)) => {
+                                    self.start_zap(t, ev.pubkey, amount.msat, target).await
+                                }
+                                (None, None) => continue,
+                            };
+                            match started {
                                 Ok(()) => on_update(JobUpdate::Paying(amount.msat)),
                                 Err(e) => break Err(e),
                             }
@@ -520,6 +586,86 @@ impl FedaiClient {
         })
     }
 
+    /// Pay by zap (NIP-57): the worker's pay terms, a zap request for this job signed by us,
+    /// the callback's invoice checked to commit to it, then the payment — all in the background,
+    /// as the worker waits for the zap receipt before it starts.
+    async fn start_zap(
+        &self,
+        t: &mut Tracker,
+        worker: PublicKey,
+        amount_msat: u64,
+        target: String,
+    ) -> Result<(), ClientError> {
+        let ctx = pay_context(t, amount_msat)?.clone();
+        if !ctx.zaps {
+            return Err(ClientError::Payment(
+                "the worker takes only zaps (no escrow), and paying by zap is off".into(),
+            ));
+        }
+        let relays: Vec<String> = self
+            .client
+            .relays()
+            .await
+            .keys()
+            .map(|u| u.to_string())
+            .collect();
+        let (keys, request_id) = (self.keys.clone(), t.event.id);
+        let zap = async move {
+            use fedai_lightning::{invoice, lnurl, zap};
+            let pay = |e: fedai_lightning::LnError| ClientError::Payment(e.to_string());
+            let ln = lnurl::LnurlClient::new().map_err(pay)?;
+            let params = ln.pay_params(&target).await.map_err(pay)?;
+            if params.nostr_pubkey.is_none() {
+                return Err(ClientError::Payment(format!(
+                    "the worker's pay target {target} does not take zaps"
+                )));
+            }
+            let request = zap::request(
+                &keys,
+                &zap::ZapFor {
+                    worker,
+                    request_id,
+                    amount_msat,
+                    relays,
+                    lnurl: lnurl::encode(&params.endpoint),
+                },
+            )
+            .map_err(pay)?
+            .as_json();
+            let bolt11 = ln
+                .invoice(&params, amount_msat, Some(&request))
+                .await
+                .map_err(pay)?;
+            let checked = invoice::check(
+                &bolt11,
+                &invoice::Expected {
+                    amount_msat,
+                    // The LNURL service's node, which the worker's ad does not name.
+                    payee: None,
+                    currency: ctx.currency.clone(),
+                    commits_to: invoice::Commitment::DescriptionHash(zap::description_hash(
+                        &request,
+                    )),
+                    now_unix: Timestamp::now().as_secs(),
+                },
+            )
+            .map_err(pay)?;
+            let preimage = ctx
+                .payer
+                .pay(&bolt11, ctx.max_fee_msat, 120)
+                .await
+                .map_err(pay)?;
+            Ok(Paid {
+                bolt11,
+                hash: checked.payment_hash,
+                preimage,
+                zap_request: Some(request),
+            })
+        };
+        t.pending = Some(Pending::start(amount_msat, zap));
+        Ok(())
+    }
+
     /// Wait for a started payment (a hold invoice completes once the worker settles, which it
     /// does before publishing the result), check the preimage, publish the receipt.
     async fn finish_payment(
@@ -527,13 +673,23 @@ impl FedaiClient {
         p: Pending,
         result: &ParsedJobResult,
     ) -> Result<PaymentProof, ClientError> {
-        let preimage = match tokio::time::timeout(Duration::from_secs(60), p.task).await {
-            Ok(Ok(Ok(pre))) => pre,
-            Ok(Ok(Err(e))) => return Err(ClientError::Payment(e.to_string())),
-            Ok(Err(e)) => return Err(ClientError::Payment(e.to_string())),
-            Err(_) => return Err(ClientError::Payment("the payment did not complete".into())),
-        };
-        if fedai_lightning::payment_hash(&preimage) != p.hash {
+        let amount_msat = p.amount_msat;
+        let mut slot = Some(p);
+        if slot.as_ref().is_some_and(|p| p.done.is_none()) {
+            let wait = Pending::ended(&mut slot);
+            if tokio::time::timeout(Duration::from_secs(60), wait)
+                .await
+                .is_err()
+            {
+                return Err(ClientError::Payment(format!(
+                    "the payment of {amount_msat} msat did not complete"
+                )));
+            }
+        }
+        let paid = slot
+            .and_then(|p| p.done)
+            .ok_or_else(|| ClientError::Payment("the payment did not complete".into()))??;
+        if fedai_lightning::payment_hash(&paid.preimage) != paid.hash {
             return Err(ClientError::Payment(
                 "the preimage does not match the invoice".into(),
             ));
@@ -542,10 +698,11 @@ impl FedaiClient {
             request_id: result.request_id(),
             result_id: Some(result.id),
             worker: result.worker,
-            amount_msat: p.amount_msat,
-            bolt11: p.bolt11.clone(),
-            payment_hash: hex::encode(p.hash),
-            preimage: hex::encode(preimage),
+            amount_msat,
+            bolt11: paid.bolt11.clone(),
+            payment_hash: hex::encode(paid.hash),
+            preimage: hex::encode(paid.preimage),
+            zap_request: paid.zap_request,
         };
         let receipt_id = match receipt.to_event(&self.keys) {
             Ok(ev) => self.send(&ev).await.ok().map(|()| ev.id),
@@ -555,8 +712,8 @@ impl FedaiClient {
             }
         };
         Ok(PaymentProof {
-            amount_msat: p.amount_msat,
-            bolt11: p.bolt11,
+            amount_msat,
+            bolt11: paid.bolt11,
             payment_hash: receipt.payment_hash,
             preimage: receipt.preimage,
             receipt: receipt_id,
@@ -569,14 +726,9 @@ impl FedaiClient {
     }
 }
 
-/// Check an invoice against the request and the worker's ad, then start paying it.
-fn start_payment(
-    t: &mut Tracker,
-    request_id: EventId,
-    amount_msat: u64,
-    bolt11: String,
-) -> Result<(), ClientError> {
-    let Some((ctx, payee)) = &t.pay else {
+/// How to pay `amount_msat` for this request, if we pay it at all (a payer, under the cap).
+fn pay_context(t: &Tracker, amount_msat: u64) -> Result<&PayContext, ClientError> {
+    let Some((ctx, _)) = &t.pay else {
         return Err(ClientError::Payment(format!(
             "the worker asks {amount_msat} msat and no payer is configured"
         )));
@@ -586,25 +738,43 @@ fn start_payment(
             "the worker asks {amount_msat} msat, over the cap of {cap} msat"
         )));
     }
+    Ok(ctx)
+}
+
+/// Check an invoice against the request and the worker's ad, then start paying it.
+fn start_payment(
+    t: &mut Tracker,
+    request_id: EventId,
+    amount_msat: u64,
+    bolt11: String,
+) -> Result<(), ClientError> {
+    let ctx = pay_context(t, amount_msat)?;
+    let payee = t.pay.as_ref().and_then(|(_, p)| p.as_deref());
     let now = Timestamp::now().as_secs();
     let checked = fedai_lightning::invoice::check(
         &bolt11,
         &fedai_lightning::invoice::Expected {
             amount_msat,
-            payee: payee.as_deref(),
+            payee,
             currency: ctx.currency.clone(),
-            request_id_hex: &request_id.to_hex(),
+            commits_to: fedai_lightning::invoice::Commitment::Job(&request_id.to_hex()),
             now_unix: now,
         },
     )
     .map_err(|e| ClientError::Payment(e.to_string()))?;
-    let (payer, b, fee) = (ctx.payer.clone(), bolt11.clone(), ctx.max_fee_msat);
-    let task = tokio::spawn(async move { payer.pay(&b, fee, 120).await });
-    t.pending = Some(Pending {
-        amount_msat,
-        bolt11,
-        hash: checked.payment_hash,
-        task,
-    });
+    let (payer, fee, hash) = (ctx.payer.clone(), ctx.max_fee_msat, checked.payment_hash);
+    let pay = async move {
+        let preimage = payer
+            .pay(&bolt11, fee, 120)
+            .await
+            .map_err(|e| ClientError::Payment(e.to_string()))?;
+        Ok(Paid {
+            bolt11,
+            hash,
+            preimage,
+            zap_request: None,
+        })
+    };
+    t.pending = Some(Pending::start(amount_msat, pay));
     Ok(())
 }
