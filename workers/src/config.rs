@@ -105,6 +105,14 @@ pub struct Cli {
     /// Pay-before: how long a quote's hold invoice waits for the customer's payment, seconds.
     #[arg(long, env = "FEDAI_PAYMENT_TIMEOUT_SECS")]
     pub payment_timeout_secs: Option<u64>,
+    /// Take zaps (NIP-57) of job requests as payment, to this lightning address (`name@domain`)
+    /// or LNURL-pay endpoint (`lnurl1…` or its URL). Its LNURL service must take zaps
+    /// (`allowsNostr`, `nostrPubkey`). Zaps pay before the job, without escrow.
+    #[arg(long, env = "FEDAI_LIGHTNING_ADDRESS")]
+    pub lightning_address: Option<String>,
+    /// The chain invoices and zaps are on.
+    #[arg(long, env = "FEDAI_LN_NETWORK", value_parser = ["bitcoin", "testnet", "signet", "regtest", "simnet"])]
+    pub ln_network: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +142,8 @@ struct FileConfig {
     lnd_cert: Option<PathBuf>,
     lnd_macaroon: Option<PathBuf>,
     payment_timeout_secs: Option<u64>,
+    lightning_address: Option<String>,
+    ln_network: Option<String>,
     log: Option<String>,
 }
 
@@ -180,8 +190,12 @@ pub struct WorkerConfig {
     pub payment_mode: fedai_protocol::PaymentMode,
     /// Its LND node, when it takes payments.
     pub lnd: Option<fedai_lightning::lnd::LndConfig>,
-    /// How long a hold invoice waits for payment.
+    /// How long a hold invoice (or a zap) waits for payment.
     pub payment_timeout: Duration,
+    /// Where zaps of job requests pay it (a lightning address or LNURL-pay endpoint).
+    pub lightning_address: Option<String>,
+    /// The chain.
+    pub ln_network: fedai_lightning::invoice::Currency,
     /// Display name.
     pub name: String,
     /// Log filter.
@@ -299,11 +313,46 @@ impl Cli {
                 ))
             }
         };
-        if payment_mode != fedai_protocol::PaymentMode::Free && lnd.is_none() {
-            return Err(ConfigError::Missing(
-                "--lnd-url/--lnd-cert/--lnd-macaroon (a paid --payment-mode needs a Lightning node)",
-            ));
+        let lightning_address = self.lightning_address.or(file.lightning_address);
+        if let Some(a) = &lightning_address {
+            fedai_lightning::lnurl::endpoint(a).map_err(|e| ConfigError::Invalid {
+                what: "lightning address",
+                value: format!("{a} ({e})"),
+                expected: "name@domain, lnurl1… or an https LNURL-pay URL",
+            })?;
         }
+        match payment_mode {
+            fedai_protocol::PaymentMode::Before if lnd.is_none() && lightning_address.is_none() => {
+                return Err(ConfigError::Missing(
+                    "--lnd-url/--lnd-cert/--lnd-macaroon or --lightning-address (pay-before needs a Lightning node or a zap target)",
+                ))
+            }
+            fedai_protocol::PaymentMode::After if lnd.is_none() => {
+                return Err(ConfigError::Missing(
+                    "--lnd-url/--lnd-cert/--lnd-macaroon (pay-after invoices from a Lightning node; zaps pay before)",
+                ))
+            }
+            _ => {}
+        }
+        let ln_network = match self
+            .ln_network
+            .or(file.ln_network)
+            .as_deref()
+            .unwrap_or("bitcoin")
+        {
+            "bitcoin" => fedai_lightning::invoice::Currency::Bitcoin,
+            "testnet" => fedai_lightning::invoice::Currency::BitcoinTestnet,
+            "signet" => fedai_lightning::invoice::Currency::Signet,
+            "regtest" => fedai_lightning::invoice::Currency::Regtest,
+            "simnet" => fedai_lightning::invoice::Currency::Simnet,
+            o => {
+                return Err(ConfigError::Invalid {
+                    what: "Lightning network",
+                    value: o.to_owned(),
+                    expected: "bitcoin, testnet, signet, regtest or simnet",
+                })
+            }
+        };
         let relays = if self.relays.is_empty() {
             file.relays.unwrap_or_default()
         } else {
@@ -408,6 +457,8 @@ impl Cli {
                     .unwrap_or(120)
                     .max(1),
             ),
+            lightning_address,
+            ln_network,
         })
     }
 }

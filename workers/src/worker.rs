@@ -59,6 +59,10 @@ struct Inner {
     ln: Option<Arc<dyn InvoiceBackend>>,
     /// Its public key (hex), for the ad.
     ln_node: Option<String>,
+    /// Where zaps of job requests pay us, and the key that signs its receipts.
+    zap: Option<ZapTarget>,
+    /// Jobs waiting for a zap receipt, by request id.
+    zap_waiters: Mutex<HashMap<EventId, tokio::sync::mpsc::Sender<Event>>>,
     /// Signalled when `in_flight` changes: customers schedule on the advertised load, and the
     /// simulator shows that stale load is what makes them pile onto full workers.
     load_changed: tokio::sync::Notify,
@@ -81,11 +85,27 @@ struct Delivery {
     wall: Duration,
 }
 
-/// A customer's payment held by our node (pay-before).
-struct Paid {
-    amount_msat: u64,
-    preimage: fedai_lightning::Preimage,
-    hash: fedai_lightning::PaymentHash,
+/// Our zap target (a lightning address or LNURL-pay endpoint) and its LNURL service's terms.
+struct ZapTarget {
+    target: String,
+    params: fedai_lightning::lnurl::PayParams,
+    /// The `nostrPubkey` whose zap receipts count.
+    server: PublicKey,
+}
+
+/// A customer's payment for a job (pay-before).
+enum Paid {
+    /// Held by our node: settled on delivery, cancelled (refunded) on failure.
+    Held {
+        amount_msat: u64,
+        preimage: fedai_lightning::Preimage,
+        hash: fedai_lightning::PaymentHash,
+    },
+    /// Zapped to our lightning address: final.
+    Zapped {
+        amount_msat: u64,
+        hash: fedai_lightning::PaymentHash,
+    },
 }
 
 /// Why a running job is stopped before its runner finishes.
@@ -164,6 +184,25 @@ impl Worker {
             }
             None => (None, None),
         };
+        let zap = match &cfg.lightning_address {
+            Some(target) => {
+                let params = fedai_lightning::lnurl::LnurlClient::new()?
+                    .pay_params(target)
+                    .await?;
+                let Some(server) = params.nostr_pubkey else {
+                    anyhow::bail!(
+                        "{target} does not take zaps: its LNURL service gives no allowsNostr/nostrPubkey"
+                    );
+                };
+                tracing::info!(target = %target, "taking zaps");
+                Some(ZapTarget {
+                    target: target.clone(),
+                    params,
+                    server,
+                })
+            }
+            None => None,
+        };
         let window = cfg.request_max_age.as_secs();
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
@@ -182,6 +221,8 @@ impl Worker {
             metrics,
             ln,
             ln_node,
+            zap,
+            zap_waiters: Mutex::new(HashMap::new()),
             load_changed: tokio::sync::Notify::new(),
             last_ad: std::sync::atomic::AtomicU64::new(0),
             ad_lock: tokio::sync::Mutex::new(()),
@@ -254,7 +295,16 @@ impl Worker {
             payment: PaymentInfo {
                 mode: Some(i.cfg.payment_mode),
                 ln_node: i.ln_node.clone(),
-                ..PaymentInfo::default()
+                lightning_address: i
+                    .zap
+                    .as_ref()
+                    .filter(|z| z.target.contains('@'))
+                    .map(|z| z.target.clone()),
+                lnurl: i
+                    .zap
+                    .as_ref()
+                    .filter(|z| !z.target.contains('@'))
+                    .map(|z| z.target.clone()),
             },
             relays: i.cfg.relays.clone(),
             version: VERSION.into(),
@@ -404,6 +454,17 @@ impl Worker {
                     .since(i.started),
             )
             .await?;
+        // Zap receipts naming us (payments to our lightning address, NIP-57).
+        if i.zap.is_some() {
+            i.client
+                .subscribe(
+                    Filter::new()
+                        .kind(Kind::ZapReceipt)
+                        .pubkey(self.public_key())
+                        .since(i.started),
+                )
+                .await?;
+        }
         // Awards of our quotes (auctions, fedai-04).
         i.client
             .subscribe(
@@ -506,6 +567,7 @@ impl Worker {
                 tokio::spawn(async move { w.on_award(event).await });
             }
             kinds::DELETION => self.on_cancel(&event),
+            9735 => self.on_zap_receipt(event),
             _ => {}
         }
     }
@@ -525,6 +587,20 @@ impl Worker {
                     tracing::info!(request = %id, "job cancelled by customer");
                     let _ = tx.send(Stop::Cancelled);
                 }
+            }
+        }
+    }
+
+    /// Hand a zap receipt to the job it names, if one waits for it (it checks the receipt).
+    fn on_zap_receipt(&self, event: Event) {
+        let waiters = self
+            .inner
+            .zap_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for id in event.tags.event_ids() {
+            if let Some(tx) = waiters.get(&id) {
+                let _ = tx.try_send(event.clone());
             }
         }
     }
@@ -551,82 +627,226 @@ impl Worker {
     }
 
     /// Pay-before: a hold invoice whose preimage only we can derive (so a restarted worker can
-    /// still settle), sent as `payment-required`; returns once our node holds the customer's
-    /// HTLC. The money is locked, not taken: it is settled on delivery or cancelled on failure.
+    /// still settle), and/or our zap target, sent as `payment-required`; returns once our node
+    /// holds the customer's HTLC (the money is locked, not taken: settled on delivery, cancelled
+    /// on failure) or a valid zap receipt for the job arrives (final).
     async fn collect_payment(
         &self,
-        ln: &dyn InvoiceBackend,
         parsed: &ParsedJobRequest,
         price: u64,
         cancel_rx: &mut oneshot::Receiver<Stop>,
     ) -> Result<Paid, Outcome> {
         let i = &self.inner;
-        let preimage = fedai_lightning::preimage_for(
-            &i.cfg.keys.secret_key().to_secret_bytes(),
-            &parsed.id.to_bytes(),
-        );
-        let hash = fedai_lightning::payment_hash(&preimage);
-        let paid = Paid {
-            amount_msat: price,
-            preimage,
-            hash,
-        };
-        let failed = |m: String| Outcome::Failed(ErrorCode::PaymentFailed, m);
-        let memo = fedai_lightning::job_memo(&parsed.id.to_hex());
-        match ln
-            .add_hold_invoice(hash, price, &memo, i.cfg.payment_timeout.as_secs())
-            .await
-        {
-            Ok(inv) => {
-                let mut fb = JobFeedback::payment_required(
-                    parsed.id,
-                    parsed.customer,
-                    Amount {
-                        msat: price,
-                        bolt11: Some(inv.bolt11),
-                    },
-                );
-                fb.encrypted = parsed.encrypted.is_some();
-                match fb.to_event(&i.cfg.keys) {
-                    Ok(ev) => self.publish(&ev).await,
-                    Err(e) => return Err(failed(format!("cannot build the quote: {e}"))),
+        let hash = fedai_lightning::payment_hash(&self.preimage_for(parsed));
+        // The hold invoice, when we have a node: `Some(hash)` once it exists.
+        let mut held = None;
+        let mut bolt11 = None;
+        if let Some(ln) = &i.ln {
+            let memo = fedai_lightning::job_memo(&parsed.id.to_hex());
+            match ln
+                .add_hold_invoice(hash, price, &memo, i.cfg.payment_timeout.as_secs())
+                .await
+            {
+                Ok(inv) => {
+                    held = Some(hash);
+                    bolt11 = Some(inv.bolt11);
                 }
-                tracing::info!(request = %parsed.id, price_msat = price, "waiting for payment");
-            }
-            // Same request again (a restart): the invoice exists; its state decides below.
-            Err(e) => {
-                if !matches!(ln.invoice_state(hash).await, Ok(InvoiceState::Accepted)) {
-                    return Err(failed(format!("cannot create the invoice: {e}")));
-                }
+                // Same request again (a restart): the invoice exists; its state decides below.
+                Err(e) => match ln.invoice_state(hash).await {
+                    Ok(InvoiceState::Accepted) => held = Some(hash),
+                    _ => {
+                        tracing::warn!(request = %parsed.id, error = %e, "cannot create the hold invoice")
+                    }
+                },
             }
         }
+        // A zap, when our LNURL service takes this amount.
+        let zap = i
+            .zap
+            .as_ref()
+            .filter(|z| (z.params.min_msat..=z.params.max_msat).contains(&price));
+        let mut zaps = zap.map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            i.zap_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(parsed.id, tx.clone());
+            // Receipts stored before we listened (a restart after the customer paid).
+            let client = i.client.clone();
+            let filter = Filter::new()
+                .kind(Kind::ZapReceipt)
+                .pubkey(self.public_key())
+                .event(parsed.id);
+            tokio::spawn(async move {
+                if let Ok(evs) = client
+                    .fetch_events(filter)
+                    .timeout(Duration::from_secs(5))
+                    .await
+                {
+                    for ev in evs {
+                        let _ = tx.try_send(ev);
+                    }
+                }
+            });
+            rx
+        });
+        let paid = self
+            .await_payment(parsed, price, held, bolt11, zap, zaps.as_mut(), cancel_rx)
+            .await;
+        if zaps.is_some() {
+            i.zap_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&parsed.id);
+        }
+        let paid = paid?;
+        // Paid by zap: a hold invoice offered alongside is cancelled, so nobody pays twice.
+        if let (Paid::Zapped { .. }, Some(h), Some(ln)) = (&paid, held, &i.ln) {
+            let _ = ln.cancel(h).await;
+        }
+        Ok(paid)
+    }
+
+    /// This job's hold-invoice preimage: derived, never stored.
+    fn preimage_for(&self, parsed: &ParsedJobRequest) -> fedai_lightning::Preimage {
+        fedai_lightning::preimage_for(
+            &self.inner.cfg.keys.secret_key().to_secret_bytes(),
+            &parsed.id.to_bytes(),
+        )
+    }
+
+    /// Offer the payment options and wait for one to be taken.
+    #[allow(clippy::too_many_arguments)]
+    async fn await_payment(
+        &self,
+        parsed: &ParsedJobRequest,
+        price: u64,
+        held: Option<fedai_lightning::PaymentHash>,
+        bolt11: Option<String>,
+        zap: Option<&ZapTarget>,
+        mut zaps: Option<&mut tokio::sync::mpsc::Receiver<Event>>,
+        cancel_rx: &mut oneshot::Receiver<Stop>,
+    ) -> Result<Paid, Outcome> {
+        let i = &self.inner;
+        let failed = |m: String| Outcome::Failed(ErrorCode::PaymentFailed, m);
+        let cancel_hold = || async {
+            if let (Some(h), Some(ln)) = (held, &i.ln) {
+                let _ = ln.cancel(h).await;
+            }
+        };
+        if held.is_none() && zap.is_none() {
+            return Err(failed(
+                "this worker cannot take a payment for this job now".into(),
+            ));
+        }
+        if bolt11.is_some() || zap.is_some() {
+            let mut fb = JobFeedback::payment_required(
+                parsed.id,
+                parsed.customer,
+                Amount {
+                    msat: price,
+                    bolt11,
+                },
+            );
+            fb.zap = zap.map(|z| z.target.clone());
+            fb.encrypted = parsed.encrypted.is_some();
+            match fb.to_event(&i.cfg.keys) {
+                Ok(ev) => self.publish(&ev).await,
+                Err(e) => return Err(failed(format!("cannot build the quote: {e}"))),
+            }
+            tracing::info!(request = %parsed.id, price_msat = price, zap = zap.is_some(), "waiting for payment");
+        }
+        let preimage = self.preimage_for(parsed);
         let deadline = Instant::now() + i.cfg.payment_timeout;
         loop {
-            match ln.invoice_state(hash).await {
-                Ok(InvoiceState::Accepted) => return Ok(paid),
-                Ok(InvoiceState::Settled) => {
-                    return Err(failed("this job's invoice was already settled".into()))
+            if let (Some(h), Some(ln)) = (held, &i.ln) {
+                match ln.invoice_state(h).await {
+                    Ok(InvoiceState::Accepted) => {
+                        return Ok(Paid::Held {
+                            amount_msat: price,
+                            preimage,
+                            hash: h,
+                        })
+                    }
+                    Ok(InvoiceState::Settled) => {
+                        return Err(failed("this job's invoice was already settled".into()))
+                    }
+                    Ok(InvoiceState::Canceled) if zap.is_none() => {
+                        return Err(failed("the invoice was cancelled".into()))
+                    }
+                    _ => {}
                 }
-                Ok(InvoiceState::Canceled) => {
-                    return Err(failed("the invoice was cancelled".into()))
-                }
-                Ok(InvoiceState::Open) | Err(_) => {}
             }
             if Instant::now() >= deadline {
-                let _ = ln.cancel(hash).await;
+                cancel_hold().await;
                 return Err(failed(format!(
                     "not paid within {}s",
                     i.cfg.payment_timeout.as_secs()
                 )));
             }
+            let next_zap = async {
+                match zaps.as_deref_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                Some(receipt) = next_zap => {
+                    if let Some(z) = zap {
+                        if let Some(paid) = self.check_zap(parsed, price, z, &receipt).await {
+                            return Ok(paid);
+                        }
+                    }
+                }
                 Ok(stop) = &mut *cancel_rx => {
-                    let _ = ln.cancel(hash).await;
+                    cancel_hold().await;
                     return Err(stop.outcome());
                 }
             }
         }
+    }
+
+    /// A zap receipt for this job: valid per NIP-57 Appendix F and our own checks, and — when
+    /// the invoice is our own node's — settled on our node.
+    async fn check_zap(
+        &self,
+        parsed: &ParsedJobRequest,
+        price: u64,
+        z: &ZapTarget,
+        receipt: &Event,
+    ) -> Option<Paid> {
+        let i = &self.inner;
+        let expect = fedai_lightning::zap::Expect {
+            server: z.server,
+            worker: self.public_key(),
+            request_id: parsed.id,
+            min_amount_msat: price,
+            currency: i.cfg.ln_network.clone(),
+        };
+        let zap = match fedai_lightning::zap::verify_receipt(receipt, &expect) {
+            Ok(zap) => zap,
+            Err(e) => {
+                tracing::warn!(request = %parsed.id, receipt = %receipt.id, error = %e, "zap receipt refused");
+                return None;
+            }
+        };
+        if let (Some(ln), Some(node)) = (&i.ln, &i.ln_node) {
+            if zap.payee_node.eq_ignore_ascii_case(node)
+                && !matches!(
+                    ln.invoice_state(zap.payment_hash).await,
+                    Ok(InvoiceState::Settled)
+                )
+            {
+                tracing::warn!(request = %parsed.id, receipt = %receipt.id, "zap receipt for an invoice our node has not been paid");
+                return None;
+            }
+        }
+        tracing::info!(request = %parsed.id, amount_msat = zap.amount_msat, "paid by zap");
+        Some(Paid::Zapped {
+            amount_msat: price,
+            hash: zap.payment_hash,
+        })
     }
 
     /// An award of one of our quotes: check it against the request and our own quote on the
@@ -878,10 +1098,10 @@ impl Worker {
         tracing::info!(request = %parsed.id, model = %model, encrypted = parsed.encrypted.is_some(), "job accepted");
         let started = Instant::now();
         // Pay-before: the job runs only once the customer's HTLC is held by our node.
-        let paid = match (&i.ln, i.cfg.payment_mode) {
-            (Some(ln), PaymentMode::Before) => {
+        let paid = match i.cfg.payment_mode {
+            PaymentMode::Before => {
                 let price = self.job_price(&parsed, &req).await;
-                self.collect_payment(ln.as_ref(), &parsed, price, &mut cancel_rx)
+                self.collect_payment(&parsed, price, &mut cancel_rx)
                     .await
                     .map(Some)
             }
@@ -915,15 +1135,23 @@ impl Worker {
         // (in-flight still counts the job until its answer is out, for the drain on shutdown).
         drop(permit);
         match outcome {
-            Outcome::Failed(code, reason) => {
-                // Escrow: a failed job is never charged; the held HTLC goes back.
-                if let (Some(p), Some(ln)) = (&paid, &i.ln) {
-                    match ln.cancel(p.hash).await {
+            Outcome::Failed(code, mut reason) => {
+                match (&paid, &i.ln) {
+                    // Escrow: a failed job is never charged; the held HTLC goes back.
+                    (Some(Paid::Held { hash, .. }), Some(ln)) => match ln.cancel(*hash).await {
                         Ok(()) => tracing::info!(request = %parsed.id, "payment refunded"),
                         Err(e) => {
                             tracing::warn!(request = %parsed.id, error = %e, "cannot cancel the hold invoice; it expires on its own")
                         }
+                    },
+                    // A zap is final: say so rather than let the customer wait for a refund.
+                    (Some(Paid::Zapped { amount_msat, .. }), _) => {
+                        tracing::warn!(request = %parsed.id, "a zapped job failed; zaps are not refunded");
+                        reason.push_str(&format!(
+                            " (the zap of {amount_msat} msat is final and not refunded)"
+                        ));
                     }
+                    _ => {}
                 }
                 self.refuse(&parsed, code, reason).await
             }
@@ -1039,12 +1267,25 @@ impl Worker {
             .cost_msat(usage.input_tokens, usage.output_tokens);
         let (price, bolt11) = match (&paid, &i.ln, i.cfg.payment_mode) {
             // Pay-before: claim the held payment, the quoted amount.
-            (Some(p), Some(ln), _) => {
-                if let Err(e) = ln.settle(p.preimage).await {
+            (
+                Some(Paid::Held {
+                    amount_msat,
+                    preimage,
+                    hash,
+                }),
+                Some(ln),
+                _,
+            ) => {
+                if let Err(e) = ln.settle(*preimage).await {
                     tracing::warn!(request = %parsed.id, error = %e, "cannot settle the hold invoice");
                 }
-                payment_hash = Some(hex::encode(p.hash));
-                (p.amount_msat, None)
+                payment_hash = Some(hex::encode(hash));
+                (*amount_msat, None)
+            }
+            // Zapped: already ours.
+            (Some(Paid::Zapped { amount_msat, hash }), _, _) => {
+                payment_hash = Some(hex::encode(hash));
+                (*amount_msat, None)
             }
             // Pay-after: an invoice for what the job cost, with the result.
             (None, Some(ln), PaymentMode::After) if cost > 0 => match ln
