@@ -81,7 +81,7 @@ async fn hold_invoices_settle_on_delivery_and_refund_on_failure_and_plain_invoic
             amount_msat: 21_000,
             payee: Some(&work_node.pubkey),
             currency: Currency::Simnet,
-            request_id_hex: &req_hex,
+            commits_to: fedai_lightning::invoice::Commitment::Job(&req_hex),
             now_unix: now(),
         },
     )
@@ -188,7 +188,7 @@ mod paid_jobs {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn paid_jobs_escrow_refund_pay_after_and_no_payer() {
+    async fn paid_jobs_escrow_refund_pay_after_zap_and_no_payer() {
         let net = tokio::task::spawn_blocking(|| LightningNet::start(2, 1_000_000))
             .await
             .unwrap();
@@ -213,20 +213,43 @@ mod paid_jobs {
         let a1 = arg("before", &[]);
         let a2 = arg("before", &["--job-timeout-secs", "1"]);
         let a3 = arg("after", &[]);
+        // A worker without a node of its own: paid by zaps to its LNURL service (a test
+        // service that pays into the worker's lnd).
+        let lnurl = fedai_tests::lightning::LnurlServer::start(work).await;
+        let (sk_zap, pk_zap) = nsec();
+        let mut a4: Vec<String> = [
+            "--payment-mode",
+            "before",
+            "--lightning-address",
+            &lnurl.url,
+            "--ln-network",
+            "simnet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a4.extend(price.iter().map(|s| s.to_string()));
         let _w1 = WorkerProc::start(&sk_before, &relay.url, &tiny.url, &refs(&a1));
         let _w2 = WorkerProc::start(&sk_slow, &relay.url, &smol.url, &refs(&a2));
         let _w3 = WorkerProc::start(&sk_after, &relay.url, &tiny.url, &refs(&a3));
+        let _w4 = WorkerProc::start(&sk_zap, &relay.url, &tiny.url, &refs(&a4));
         let c = client(&relay).await;
-        let ads = wait_for_workers(&c, 3).await;
-        assert!(ads
-            .iter()
-            .all(|a| a.ad.payment.ln_node.as_deref() == Some(work.pubkey.as_str())));
+        let ads = wait_for_workers(&c, 4).await;
+        for a in &ads {
+            if a.worker == pk_zap {
+                assert_eq!(a.ad.payment.ln_node, None);
+                assert_eq!(a.ad.payment.lnurl.as_deref(), Some(lnurl.url.as_str()));
+            } else {
+                assert_eq!(a.ad.payment.ln_node.as_deref(), Some(work.pubkey.as_str()));
+            }
+        }
         let payer = Lnd::connect(&config(cust)).await.unwrap();
         let pay = PayContext {
             payer: std::sync::Arc::new(payer),
             currency: Currency::Simnet,
             max_msat: Some(100_000),
             max_fee_msat: 1_000,
+            zaps: true,
         };
         let opts = |w: PublicKey| RunOptions {
             worker: Some(w),
@@ -355,6 +378,76 @@ mod paid_jobs {
             balance_becomes(cust, before - proof.amount_msat).await,
             before - proof.amount_msat
         );
+
+        // Paid by zap: the customer zaps the request to the worker's LNURL service, which
+        // publishes the zap receipt; the worker checks it and runs the job.
+        let before = cust.channel_local_msat();
+        let worker_before = work.channel_local_msat();
+        let mut paying = None;
+        let done = c
+            .run(tiny_job("paid with a zap", 8), &opts(pk_zap), |u| {
+                if let JobUpdate::Paying(m) = u {
+                    paying = Some(m);
+                }
+            })
+            .await
+            .expect("the zapped job completes");
+        let proof = done.payment.clone().expect("paid by zap");
+        assert_eq!(paying, Some(proof.amount_msat));
+        let (m, _) = done.metering.clone().expect("metering");
+        assert_eq!(
+            m.record.payment_hash.as_deref(),
+            Some(proof.payment_hash.as_str()),
+            "the metering record names the zap invoice"
+        );
+        assert_eq!(
+            balance_becomes(cust, before - proof.amount_msat).await,
+            before - proof.amount_msat,
+            "charged exactly the quote"
+        );
+        assert_eq!(
+            work.channel_local_msat(),
+            worker_before + proof.amount_msat,
+            "the zap reached the worker's node"
+        );
+        let receipt_id = proof.receipt.expect("receipt published").to_hex();
+        let zap_receipts = c
+            .fetch(
+                Filter::new()
+                    .kind(Kind::ZapReceipt)
+                    .pubkey(pk_zap)
+                    .event(done.request.id),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(zap_receipts.len(), 1, "one zap receipt for the job");
+        assert_eq!(zap_receipts[0].pubkey, lnurl.nostr_pubkey);
+        let out = std::process::Command::new(fedai_tests::binary("fedai"))
+            .args(["--relay", &relay.url, "receipt", &receipt_id])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("by zap") && text.contains("same payment hash"),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A customer who refuses zaps (no escrow) is told so, and pays nothing.
+        let before = cust.channel_local_msat();
+        let no_zaps = RunOptions {
+            pay: Some(PayContext {
+                zaps: false,
+                ..pay.clone()
+            }),
+            ..opts(pk_zap)
+        };
+        let err = c
+            .run(tiny_job("no zaps please", 4), &no_zaps, |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("paying by zap is off"), "{err}");
+        assert_eq!(cust.channel_local_msat(), before);
 
         // No payer: a clear error, nothing paid.
         let bare = RunOptions {

@@ -66,8 +66,18 @@ pub fn install() -> PathBuf {
     root.join(".cache/lightning/bin")
 }
 
-impl LndNode {
-    fn lncli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+/// What `lncli` needs to reach one node: cheap to clone into a task.
+#[derive(Debug, Clone)]
+pub struct Lncli {
+    bin: PathBuf,
+    dir: PathBuf,
+    rpc: String,
+    cert: PathBuf,
+    macaroon: PathBuf,
+}
+
+impl Lncli {
+    fn output(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
         Command::new(self.bin.join("lncli"))
             .args([
                 "--network=simnet",
@@ -82,7 +92,7 @@ impl LndNode {
 
     /// Run `lncli`; its JSON output when it succeeds.
     pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
-        let out = self.lncli(args).ok()?;
+        let out = self.output(args).ok()?;
         if !out.status.success() {
             return None;
         }
@@ -92,6 +102,28 @@ impl LndNode {
             let start = text.rfind("\n{")?;
             serde_json::from_str(&text[start + 1..]).ok()
         })
+    }
+}
+
+impl LndNode {
+    /// `lncli` for this node, to use from another task.
+    pub fn lncli_handle(&self) -> Lncli {
+        Lncli {
+            bin: self.bin.clone(),
+            dir: self.dir.clone(),
+            rpc: self.rpc.clone(),
+            cert: self.cert.clone(),
+            macaroon: self.macaroon.clone(),
+        }
+    }
+
+    fn lncli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        self.lncli_handle().output(args)
+    }
+
+    /// Run `lncli`; its JSON output when it succeeds.
+    pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
+        self.lncli_handle().try_cli(args)
     }
 
     /// Run `lncli` against this node and parse its JSON output (panics on failure).
@@ -538,4 +570,188 @@ impl Drop for NwcService {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A small LNURL-pay service (LUD-06, LUD-16 path) that takes NIP-57 zaps, for tests: plain
+/// HTTP on 127.0.0.1, backed by a real lnd node. Its callback checks the zap request (NIP-57
+/// Appendix D) and issues the node's invoice with the zap request's SHA-256 as description
+/// hash; once the node shows it settled, it publishes the zap receipt (Appendix E) to the zap
+/// request's relays, signed with its `nostrPubkey`.
+pub struct LnurlServer {
+    /// The pay endpoint, `http://127.0.0.1:<port>/.well-known/lnurlp/worker`.
+    pub url: String,
+    /// The key that signs its zap receipts.
+    pub nostr_pubkey: fedai_protocol::nostr::prelude::PublicKey,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LnurlServer {
+    /// Serve, paying into `node`.
+    pub async fn start(node: &LndNode) -> Self {
+        use fedai_protocol::nostr::prelude::Keys;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let keys = Keys::generate();
+        let nostr_pubkey = keys.public_key();
+        let lncli = node.lncli_handle();
+        let url = format!("{base}/.well-known/lnurlp/worker");
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(lnurl_serve(sock, base.clone(), keys.clone(), lncli.clone()));
+            }
+        });
+        Self {
+            url,
+            nostr_pubkey,
+            task,
+        }
+    }
+}
+
+impl Drop for LnurlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One HTTP/1.1 GET, answered with JSON, then the connection is closed.
+async fn lnurl_serve(
+    mut sock: tokio::net::TcpStream,
+    base: String,
+    keys: fedai_protocol::nostr::prelude::Keys,
+    lncli: Lncli,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (status, body) = match url::Url::parse(&format!("{base}{target}")) {
+        Ok(u) if u.path() == "/.well-known/lnurlp/worker" => (
+            200,
+            serde_json::json!({
+                "tag": "payRequest",
+                "callback": format!("{base}/lnurlp/worker/callback"),
+                "minSendable": 1_000,
+                "maxSendable": 100_000_000,
+                "metadata": "[[\"text/plain\",\"a fed_AI worker\"]]",
+                "allowsNostr": true,
+                "nostrPubkey": keys.public_key().to_hex(),
+            }),
+        ),
+        Ok(u) if u.path() == "/lnurlp/worker/callback" => {
+            match lnurl_callback(&u, keys, lncli).await {
+                Ok(pr) => (200, serde_json::json!({ "pr": pr, "routes": [] })),
+                Err(reason) => (
+                    400,
+                    serde_json::json!({ "status": "ERROR", "reason": reason }),
+                ),
+            }
+        }
+        _ => (
+            404,
+            serde_json::json!({ "status": "ERROR", "reason": "not found" }),
+        ),
+    };
+    let body = body.to_string();
+    let reply = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(reply.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+/// The callback: an invoice for a checked zap request; the receipt once it is paid.
+async fn lnurl_callback(
+    u: &url::Url,
+    keys: fedai_protocol::nostr::prelude::Keys,
+    lncli: Lncli,
+) -> Result<String, String> {
+    use fedai_protocol::nostr::prelude::Timestamp;
+    let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
+    let amount: u64 = q
+        .get("amount")
+        .and_then(|a| a.parse().ok())
+        .ok_or("amount missing")?;
+    let json = q.get("nostr").ok_or("this test service only takes zaps")?;
+    let zr = fedai_lightning::zap::check_request(json, amount).map_err(|e| e.to_string())?;
+    let hash = hex::encode(fedai_lightning::zap::description_hash(json));
+    let cli = lncli.clone();
+    let amt = amount.to_string();
+    let inv = tokio::task::spawn_blocking(move || {
+        cli.try_cli(&[
+            "addinvoice",
+            "--amt_msat",
+            &amt,
+            "--description_hash",
+            &hash,
+            "--expiry",
+            "600",
+        ])
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or("the node refused the invoice")?;
+    let bolt11 = inv["payment_request"]
+        .as_str()
+        .ok_or("no payment_request")?
+        .to_owned();
+    let r_hash = inv["r_hash"].as_str().ok_or("no r_hash")?.to_owned();
+    let relays: Vec<String> = zr
+        .tags
+        .iter()
+        .map(|t| t.as_slice())
+        .find(|t| t.first().map(String::as_str) == Some("relays"))
+        .map(|t| t[1..].to_vec())
+        .unwrap_or_default();
+    // Watch the invoice; publish the receipt when it settles.
+    let pr = bolt11.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            let (cli, h) = (lncli.clone(), r_hash.clone());
+            let v = tokio::task::spawn_blocking(move || cli.try_cli(&["lookupinvoice", &h]))
+                .await
+                .ok()
+                .flatten();
+            if let Some(v) = v.filter(|v| v["state"] == "SETTLED") {
+                let preimage: Option<[u8; 32]> = v["r_preimage"]
+                    .as_str()
+                    .and_then(|p| hex::decode(p).ok())
+                    .and_then(|b| b.try_into().ok());
+                let Ok(receipt) = fedai_lightning::zap::receipt(
+                    &keys,
+                    &zr,
+                    &pr,
+                    preimage.as_ref(),
+                    Timestamp::now(),
+                ) else {
+                    return;
+                };
+                let client = fedai_client::nostr_client();
+                for r in &relays {
+                    let _ = client.add_relay(r.as_str()).await;
+                }
+                client.connect().and_wait(Duration::from_secs(5)).await;
+                let _ = client.send_event(&receipt).await;
+                client.shutdown().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(bolt11)
 }

@@ -63,7 +63,7 @@ async fn main() {
                 amount_msat: 10_000,
                 payee: Some(&payee),
                 currency: Currency::Simnet,
-                request_id_hex: &req_hex,
+                commits_to: fedai_lightning::invoice::Commitment::Job(&req_hex),
                 now_unix: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
