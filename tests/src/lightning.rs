@@ -66,18 +66,8 @@ pub fn install() -> PathBuf {
     root.join(".cache/lightning/bin")
 }
 
-/// What `lncli` needs to reach one node: cheap to clone into a task.
-#[derive(Debug, Clone)]
-pub struct Lncli {
-    bin: PathBuf,
-    dir: PathBuf,
-    rpc: String,
-    cert: PathBuf,
-    macaroon: PathBuf,
-}
-
-impl Lncli {
-    fn output(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+impl LndNode {
+    fn lncli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
         Command::new(self.bin.join("lncli"))
             .args([
                 "--network=simnet",
@@ -92,7 +82,7 @@ impl Lncli {
 
     /// Run `lncli`; its JSON output when it succeeds.
     pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
-        let out = self.output(args).ok()?;
+        let out = self.lncli(args).ok()?;
         if !out.status.success() {
             return None;
         }
@@ -102,28 +92,6 @@ impl Lncli {
             let start = text.rfind("\n{")?;
             serde_json::from_str(&text[start + 1..]).ok()
         })
-    }
-}
-
-impl LndNode {
-    /// `lncli` for this node, to use from another task.
-    pub fn lncli_handle(&self) -> Lncli {
-        Lncli {
-            bin: self.bin.clone(),
-            dir: self.dir.clone(),
-            rpc: self.rpc.clone(),
-            cert: self.cert.clone(),
-            macaroon: self.macaroon.clone(),
-        }
-    }
-
-    fn lncli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
-        self.lncli_handle().output(args)
-    }
-
-    /// Run `lncli`; its JSON output when it succeeds.
-    pub fn try_cli(&self, args: &[&str]) -> Option<Value> {
-        self.lncli_handle().try_cli(args)
     }
 
     /// Run `lncli` against this node and parse its JSON output (panics on failure).
@@ -589,17 +557,23 @@ impl LnurlServer {
     /// Serve, paying into `node`.
     pub async fn start(node: &LndNode) -> Self {
         use fedai_protocol::nostr::prelude::Keys;
+        let lnd = fedai_lightning::lnd::Lnd::connect(&fedai_lightning::lnd::LndConfig {
+            url: format!("https://{}", node.rpc),
+            cert: node.cert.clone(),
+            macaroon: node.macaroon.clone(),
+        })
+        .await
+        .expect("the LNURL service reaches its lnd");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let keys = Keys::generate();
         let nostr_pubkey = keys.public_key();
-        let lncli = node.lncli_handle();
         let url = format!("{base}/.well-known/lnurlp/worker");
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(lnurl_serve(sock, base.clone(), keys.clone(), lncli.clone()));
+                tokio::spawn(lnurl_serve(sock, base.clone(), keys.clone(), lnd.clone()));
             }
         });
         Self {
@@ -621,7 +595,7 @@ async fn lnurl_serve(
     mut sock: tokio::net::TcpStream,
     base: String,
     keys: fedai_protocol::nostr::prelude::Keys,
-    lncli: Lncli,
+    lnd: fedai_lightning::lnd::Lnd,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
@@ -650,15 +624,10 @@ async fn lnurl_serve(
                 "nostrPubkey": keys.public_key().to_hex(),
             }),
         ),
-        Ok(u) if u.path() == "/lnurlp/worker/callback" => {
-            match lnurl_callback(&u, keys, lncli).await {
-                Ok(pr) => (200, serde_json::json!({ "pr": pr, "routes": [] })),
-                Err(reason) => (
-                    400,
-                    serde_json::json!({ "status": "ERROR", "reason": reason }),
-                ),
-            }
-        }
+        Ok(u) if u.path() == "/lnurlp/worker/callback" => match lnurl_callback(&u, keys, lnd).await {
+            Ok(pr) => (200, serde_json::json!({ "pr": pr, "routes": [] })),
+            Err(reason) => (400, serde_json::json!({ "status": "ERROR", "reason": reason })),
+        },
         _ => (
             404,
             serde_json::json!({ "status": "ERROR", "reason": "not found" }),
@@ -677,7 +646,7 @@ async fn lnurl_serve(
 async fn lnurl_callback(
     u: &url::Url,
     keys: fedai_protocol::nostr::prelude::Keys,
-    lncli: Lncli,
+    lnd: fedai_lightning::lnd::Lnd,
 ) -> Result<String, String> {
     use fedai_protocol::nostr::prelude::Timestamp;
     let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
@@ -687,29 +656,10 @@ async fn lnurl_callback(
         .ok_or("amount missing")?;
     let json = q.get("nostr").ok_or("this test service only takes zaps")?;
     let zr = fedai_lightning::zap::check_request(json, amount).map_err(|e| e.to_string())?;
-    let hash = hex::encode(fedai_lightning::zap::description_hash(json));
-    let cli = lncli.clone();
-    let amt = amount.to_string();
-    let inv = tokio::task::spawn_blocking(move || {
-        cli.try_cli(&[
-            "addinvoice",
-            "--amt_msat",
-            &amt,
-            "--description_hash",
-            &hash,
-            "--expiry",
-            "600",
-        ])
-    })
-    .await
-    .ok()
-    .flatten()
-    .ok_or("the node refused the invoice")?;
-    let bolt11 = inv["payment_request"]
-        .as_str()
-        .ok_or("no payment_request")?
-        .to_owned();
-    let r_hash = inv["r_hash"].as_str().ok_or("no r_hash")?.to_owned();
+    let inv = lnd
+        .add_invoice_hashed(amount, fedai_lightning::zap::description_hash(json), 600)
+        .await
+        .map_err(|e| e.to_string())?;
     let relays: Vec<String> = zr
         .tags
         .iter()
@@ -718,25 +668,16 @@ async fn lnurl_callback(
         .map(|t| t[1..].to_vec())
         .unwrap_or_default();
     // Watch the invoice; publish the receipt when it settles.
-    let pr = bolt11.clone();
+    let pr = inv.bolt11.clone();
     tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(600);
         while Instant::now() < deadline {
-            let (cli, h) = (lncli.clone(), r_hash.clone());
-            let v = tokio::task::spawn_blocking(move || cli.try_cli(&["lookupinvoice", &h]))
-                .await
-                .ok()
-                .flatten();
-            if let Some(v) = v.filter(|v| v["state"] == "SETTLED") {
-                let preimage: Option<[u8; 32]> = v["r_preimage"]
-                    .as_str()
-                    .and_then(|p| hex::decode(p).ok())
-                    .and_then(|b| b.try_into().ok());
+            if let Ok(Some(preimage)) = lnd.settled_preimage(inv.payment_hash).await {
                 let Ok(receipt) = fedai_lightning::zap::receipt(
                     &keys,
                     &zr,
                     &pr,
-                    preimage.as_ref(),
+                    Some(&preimage),
                     Timestamp::now(),
                 ) else {
                     return;
@@ -750,8 +691,8 @@ async fn lnurl_callback(
                 client.shutdown().await;
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    Ok(bolt11)
+    Ok(inv.bolt11)
 }

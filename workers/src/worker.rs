@@ -592,7 +592,17 @@ impl Worker {
     }
 
     /// Hand a zap receipt to the job it names, if one waits for it (it checks the receipt).
+    /// Only our LNURL service's receipts are passed on, so a flood of others cannot crowd a
+    /// real one out of the job's queue.
     fn on_zap_receipt(&self, event: Event) {
+        if self
+            .inner
+            .zap
+            .as_ref()
+            .is_none_or(|z| z.server != event.pubkey)
+        {
+            return;
+        }
         let waiters = self
             .inner
             .zap_waiters

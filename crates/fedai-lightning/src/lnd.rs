@@ -49,6 +49,55 @@ impl Lnd {
             .map_err(|e| LnError::Connect(e.to_string()))?;
         Ok(Self { client })
     }
+
+    /// A plain invoice whose description hash is `description_hash` — what an LNURL-pay
+    /// service issues (LUD-06: SHA-256 of its metadata; NIP-57: of the zap request).
+    pub async fn add_invoice_hashed(
+        &self,
+        amount_msat: u64,
+        description_hash: [u8; 32],
+        expiry_secs: u64,
+    ) -> Result<Invoice, LnError> {
+        let r = self
+            .client
+            .clone()
+            .lightning()
+            .add_invoice(lnrpc::Invoice {
+                description_hash: description_hash.to_vec(),
+                value_msat: amount_msat as i64,
+                expiry: expiry_secs as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        Ok(Invoice {
+            bolt11: r.payment_request,
+            payment_hash: hash32(&r.r_hash, "r_hash")?,
+        })
+    }
+
+    /// A settled invoice's preimage (`None` while it is not settled).
+    pub async fn settled_preimage(
+        &self,
+        payment_hash: PaymentHash,
+    ) -> Result<Option<Preimage>, LnError> {
+        let inv = self
+            .client
+            .clone()
+            .lightning()
+            .lookup_invoice(lnrpc::PaymentHash {
+                r_hash: payment_hash.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        if inv.state != lnrpc::invoice::InvoiceState::Settled as i32 {
+            return Ok(None);
+        }
+        hash32(&inv.r_preimage, "preimage").map(Some)
+    }
 }
 
 fn hash32(v: &[u8], what: &str) -> Result<[u8; 32], LnError> {
