@@ -624,9 +624,13 @@ async fn lnurl_serve(
                 "nostrPubkey": keys.public_key().to_hex(),
             }),
         ),
-        Ok(u) if u.path() == "/lnurlp/worker/callback" => match lnurl_callback(&u, keys, lnd).await {
+        Ok(u) if u.path() == "/lnurlp/worker/callback" => match lnurl_callback(&u, keys, lnd).await
+        {
             Ok(pr) => (200, serde_json::json!({ "pr": pr, "routes": [] })),
-            Err(reason) => (400, serde_json::json!({ "status": "ERROR", "reason": reason })),
+            Err(reason) => (
+                400,
+                serde_json::json!({ "status": "ERROR", "reason": reason }),
+            ),
         },
         _ => (
             404,
