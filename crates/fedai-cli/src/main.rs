@@ -739,7 +739,7 @@ async fn event_arg(client: &FedaiClient, target: &str, what: &str) -> anyhow::Re
 }
 
 async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
-    use fedai_client::fedai_lightning::invoice::{check, Commitment, Currency, Expected};
+    use fedai_client::fedai_lightning::invoice::{check_receipt, ReceiptClaim};
     let client = FedaiClient::connect(&cli.relays, keys(cli)?).await?;
     let ev = event_arg(&client, target, "receipt").await?;
     // The parser refuses a receipt whose SHA-256(preimage) is not its payment hash.
@@ -754,55 +754,17 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         )
         .await?;
     client.shutdown().await;
-    // The invoice: its hash and amount must be the receipt's (any network; expiry is past), and
-    // it must commit to the job — directly, or through the zap request it was paid for.
-    let zap_hash = match &rc.zap_request {
-        None => None,
-        Some(z) => {
-            let zr = Event::from_json(z).context("the receipt's zap request is not an event")?;
-            zr.verify()
-                .context("the receipt's zap request is not validly signed")?;
-            anyhow::ensure!(
-                zr.kind == Kind::ZapRequest
-                    && zr.tags.event_ids().any(|id| id == rc.request_id)
-                    && zr.tags.public_keys().any(|p| p == rc.worker),
-                "the zap request is not a zap of this job to this worker"
-            );
-            Some(fedai_client::fedai_lightning::zap::description_hash(z))
-        }
-    };
-    let request_hex = rc.request_id.to_hex();
-    let commits_to = match zap_hash {
-        Some(h) => Commitment::DescriptionHash(h),
-        None => Commitment::Job(&request_hex),
-    };
-    let mut invoice_ok = false;
-    for currency in [
-        Currency::Bitcoin,
-        Currency::BitcoinTestnet,
-        Currency::Signet,
-        Currency::Regtest,
-        Currency::Simnet,
-    ] {
-        let e = Expected {
-            amount_msat: rc.amount_msat,
-            payee: None,
-            currency,
-            commits_to,
-            now_unix: 0,
-        };
-        if let Ok(c) = check(&rc.bolt11, &e) {
-            anyhow::ensure!(
-                hex::encode(c.payment_hash) == rc.payment_hash,
-                "the invoice's payment hash is not the receipt's"
-            );
-            invoice_ok = true;
-        }
-    }
-    anyhow::ensure!(
-        invoice_ok,
-        "the invoice does not match the receipt (amount or job)"
-    );
+    // The invoice backs the claim: amount, payment hash, and a commitment to this job (directly,
+    // or through the zap request it was paid for).
+    let checked = check_receipt(&ReceiptClaim {
+        bolt11: &rc.bolt11,
+        amount_msat: rc.amount_msat,
+        payment_hash_hex: &rc.payment_hash,
+        request_id: rc.request_id,
+        worker: rc.worker,
+        zap_request: rc.zap_request.as_deref(),
+    })
+    .context("the invoice does not back the receipt")?;
     let metered = meterings
         .iter()
         .filter_map(|e| MeteringRecord::from_event(e).ok())
@@ -811,7 +773,7 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         "receipt {} verified: {} msat paid{} by {} to {} for job {}; preimage matches the invoice",
         r.id.to_hex(),
         rc.amount_msat,
-        if zap_hash.is_some() { " by zap" } else { "" },
+        if checked.by_zap { " by zap" } else { "" },
         r.customer.to_bech32()?,
         rc.worker.to_bech32()?,
         rc.request_id.to_hex()

@@ -111,3 +111,76 @@ pub fn check(bolt11: &str, e: &Expected<'_>) -> Result<Checked, LnError> {
         expires_at,
     })
 }
+
+/// What a payment receipt claims (fed_AI kind 7062, whose parser has already checked
+/// SHA-256(preimage) = payment hash).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptClaim<'a> {
+    /// The invoice paid.
+    pub bolt11: &'a str,
+    /// The amount paid, msat.
+    pub amount_msat: u64,
+    /// The payment hash (hex).
+    pub payment_hash_hex: &'a str,
+    /// The job request it pays for.
+    pub request_id: nostr::prelude::EventId,
+    /// The worker paid.
+    pub worker: nostr::prelude::PublicKey,
+    /// The zap request, when paid by a zap.
+    pub zap_request: Option<&'a str>,
+}
+
+/// A receipt whose invoice backs its claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptCheck {
+    /// The chain of the invoice.
+    pub currency: Currency,
+    /// Paid by a zap.
+    pub by_zap: bool,
+}
+
+/// Check a receipt's claim against its invoice, as anyone can after the fact: the invoice is
+/// validly signed, asks exactly the amount, has the receipt's payment hash, and commits to this
+/// job — its description names the request, or (a zap) its description hash is SHA-256 of a
+/// validly signed zap request naming this request and this worker. So a receipt re-published
+/// for another job, or another worker, with a real invoice and preimage is refused. Expiry is
+/// not checked (a receipt is written after payment).
+pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
+    use nostr::prelude::{Event, Kind};
+    let request_hex = r.request_id.to_hex();
+    let commits_to = match r.zap_request {
+        None => Commitment::Job(&request_hex),
+        Some(z) => {
+            let zr = Event::from_json(z)
+                .map_err(|_| refuse("the receipt's zap request is not an event"))?;
+            zr.verify()
+                .map_err(|_| refuse("the receipt's zap request is not validly signed"))?;
+            let names = zr.kind == Kind::ZapRequest
+                && zr.tags.event_ids().any(|id| id == r.request_id)
+                && zr.tags.public_keys().any(|p| p == r.worker);
+            if !names {
+                return Err(refuse(
+                    "the zap request is not a zap of this job to this worker",
+                ));
+            }
+            Commitment::DescriptionHash(crate::zap::description_hash(z))
+        }
+    };
+    let inv = Bolt11Invoice::from_str(r.bolt11.trim())
+        .map_err(|err| refuse(format!("not a valid signed BOLT11 invoice: {err}")))?;
+    let e = Expected {
+        amount_msat: r.amount_msat,
+        payee: None,
+        currency: inv.currency(),
+        commits_to,
+        now_unix: 0,
+    };
+    let c = check(r.bolt11, &e)?;
+    if !hex::encode(c.payment_hash).eq_ignore_ascii_case(r.payment_hash_hex) {
+        return Err(refuse("the invoice's payment hash is not the receipt's"));
+    }
+    Ok(ReceiptCheck {
+        currency: inv.currency(),
+        by_zap: r.zap_request.is_some(),
+    })
+}
