@@ -194,6 +194,10 @@ struct AdContent {
     encryption_supported: bool,
     #[serde(default)]
     nip90_params: serde_json::Value,
+    /// The lightning address, as in a kind-0 profile: NIP-89 clients that read handler info
+    /// find where to zap (the `payment lud16` tag is what fed_AI parses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lud16: Option<String>,
 }
 
 impl CapabilityAd {
@@ -213,6 +217,7 @@ impl CapabilityAd {
             name: self.name.clone(),
             about: self.about.clone(),
             encryption_supported: self.encryption_supported,
+            lud16: self.payment.lightning_address.clone(),
             nip90_params: serde_json::json!({
                 "model": {"required": false, "values": models},
                 "max_tokens": {"required": false, "values": []},

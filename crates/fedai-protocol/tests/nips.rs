@@ -115,6 +115,18 @@ fn examples_tell_a_consistent_story() {
     let award = Award::from_event(&ex["award"]).unwrap();
     assert_eq!(award.award.request_id, req.id);
 
+    // The ad's content carries the lightning address kind-0 style, for NIP-89 clients.
+    let ad = ex
+        .values()
+        .find(|e| e.kind.as_u16() == kinds::CAPABILITY_AD)
+        .expect("an ad example");
+    let parsed = CapabilityAd::from_event(ad).unwrap();
+    let content: serde_json::Value = serde_json::from_str(&ad.content).unwrap();
+    assert_eq!(
+        content["lud16"].as_str(),
+        parsed.ad.payment.lightning_address.as_deref()
+    );
+
     // Paying by zap: the quote names a zap target; the receipt embeds the zap request, which
     // names the job and the worker.
     let q = JobFeedback::from_event(&ex["feedback-payment-required-zap"], None).unwrap();
