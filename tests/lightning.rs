@@ -187,6 +187,42 @@ mod paid_jobs {
         got
     }
 
+    /// Run a paid job: it completes, the amount announced while paying is the amount proven
+    /// paid, the metering record names the same payment hash and price, and the customer's
+    /// balance drops by exactly that amount.
+    async fn paid_run(
+        c: &fedai_client::FedaiClient,
+        customer: &LndNode,
+        job: JobRequest,
+        opts: &RunOptions,
+    ) -> fedai_client::JobOutcome {
+        let before = customer.channel_local_msat();
+        let mut paying = None;
+        let done = c
+            .run(job, opts, |u| {
+                if let JobUpdate::Paying(m) = u {
+                    paying = Some(m);
+                }
+            })
+            .await
+            .expect("the paid job completes");
+        let proof = done.payment.clone().expect("paid");
+        assert_eq!(paying, Some(proof.amount_msat));
+        let (m, _) = done.metering.clone().expect("metering");
+        assert_eq!(
+            m.record.payment_hash.as_deref(),
+            Some(proof.payment_hash.as_str()),
+            "the metering record names the payment"
+        );
+        assert_eq!(m.record.price_msat, proof.amount_msat);
+        assert_eq!(
+            balance_becomes(customer, before - proof.amount_msat).await,
+            before - proof.amount_msat,
+            "charged exactly the quote"
+        );
+        done
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn paid_jobs_escrow_refund_pay_after_zap_and_no_payer() {
         let net = tokio::task::spawn_blocking(|| LightningNet::start(2, 1_000_000))
@@ -261,29 +297,8 @@ mod paid_jobs {
 
         // Pay-before: the hold invoice is paid, the job runs, the worker settles, the customer
         // holds the preimage and publishes a receipt that anyone can check.
-        let before = cust.channel_local_msat();
-        let mut paying = None;
-        let done = c
-            .run(tiny_job("a paid job", 8), &opts(pk_before), |u| {
-                if let JobUpdate::Paying(m) = u {
-                    paying = Some(m);
-                }
-            })
-            .await
-            .expect("the paid job completes");
+        let done = paid_run(&c, cust, tiny_job("a paid job", 8), &opts(pk_before)).await;
         let proof = done.payment.clone().expect("paid");
-        assert_eq!(paying, Some(proof.amount_msat));
-        let (m, _) = done.metering.clone().expect("metering");
-        assert_eq!(
-            m.record.payment_hash.as_deref(),
-            Some(proof.payment_hash.as_str())
-        );
-        assert_eq!(m.record.price_msat, proof.amount_msat);
-        assert_eq!(
-            balance_becomes(cust, before - proof.amount_msat).await,
-            before - proof.amount_msat,
-            "charged exactly the quote"
-        );
         let receipts = c
             .fetch(
                 Filter::new()
@@ -335,20 +350,12 @@ mod paid_jobs {
         );
 
         // Pay-after: the invoice comes with the result, for what the job cost.
-        let before = cust.channel_local_msat();
-        let done = c
-            .run(tiny_job("pay me later", 8), &opts(pk_after), |_| {})
-            .await
-            .unwrap();
+        let done = paid_run(&c, cust, tiny_job("pay me later", 8), &opts(pk_after)).await;
         let proof = done.payment.clone().expect("paid after");
         let u = done.result.result.usage;
         assert_eq!(
             proof.amount_msat,
             2000 + (u.input_tokens * 1000 + u.output_tokens * 1000).div_ceil(1000)
-        );
-        assert_eq!(
-            balance_becomes(cust, before - proof.amount_msat).await,
-            before - proof.amount_msat
         );
 
         // Pay-before through Nostr Wallet Connect: an ordinary NIP-47 wallet (a test wallet
@@ -368,43 +375,13 @@ mod paid_jobs {
             }),
             ..opts(pk_before)
         };
-        let before = cust.channel_local_msat();
-        let done = c
-            .run(tiny_job("paid by my wallet", 8), &via_nwc, |_| {})
-            .await
-            .expect("paid through NWC");
-        let proof = done.payment.clone().expect("paid");
-        assert_eq!(
-            balance_becomes(cust, before - proof.amount_msat).await,
-            before - proof.amount_msat
-        );
+        paid_run(&c, cust, tiny_job("paid by my wallet", 8), &via_nwc).await;
 
         // Paid by zap: the customer zaps the request to the worker's LNURL service, which
         // publishes the zap receipt; the worker checks it and runs the job.
-        let before = cust.channel_local_msat();
         let worker_before = work.channel_local_msat();
-        let mut paying = None;
-        let done = c
-            .run(tiny_job("paid with a zap", 8), &opts(pk_zap), |u| {
-                if let JobUpdate::Paying(m) = u {
-                    paying = Some(m);
-                }
-            })
-            .await
-            .expect("the zapped job completes");
+        let done = paid_run(&c, cust, tiny_job("paid with a zap", 8), &opts(pk_zap)).await;
         let proof = done.payment.clone().expect("paid by zap");
-        assert_eq!(paying, Some(proof.amount_msat));
-        let (m, _) = done.metering.clone().expect("metering");
-        assert_eq!(
-            m.record.payment_hash.as_deref(),
-            Some(proof.payment_hash.as_str()),
-            "the metering record names the zap invoice"
-        );
-        assert_eq!(
-            balance_becomes(cust, before - proof.amount_msat).await,
-            before - proof.amount_msat,
-            "charged exactly the quote"
-        );
         assert_eq!(
             work.channel_local_msat(),
             worker_before + proof.amount_msat,

@@ -58,16 +58,33 @@ impl Lnd {
         description_hash: [u8; 32],
         expiry_secs: u64,
     ) -> Result<Invoice, LnError> {
+        self.add(lnrpc::Invoice {
+            description_hash: description_hash.to_vec(),
+            value_msat: amount_msat as i64,
+            expiry: expiry_secs as i64,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A settled invoice's preimage (`None` while it is not settled).
+    pub async fn settled_preimage(
+        &self,
+        payment_hash: PaymentHash,
+    ) -> Result<Option<Preimage>, LnError> {
+        let inv = self.lookup(payment_hash).await?;
+        if inv.state != lnrpc::invoice::InvoiceState::Settled as i32 {
+            return Ok(None);
+        }
+        hash32(&inv.r_preimage, "preimage").map(Some)
+    }
+
+    async fn add(&self, req: lnrpc::Invoice) -> Result<Invoice, LnError> {
         let r = self
             .client
             .clone()
             .lightning()
-            .add_invoice(lnrpc::Invoice {
-                description_hash: description_hash.to_vec(),
-                value_msat: amount_msat as i64,
-                expiry: expiry_secs as i64,
-                ..Default::default()
-            })
+            .add_invoice(req)
             .await
             .map_err(rpc)?
             .into_inner();
@@ -77,12 +94,8 @@ impl Lnd {
         })
     }
 
-    /// A settled invoice's preimage (`None` while it is not settled).
-    pub async fn settled_preimage(
-        &self,
-        payment_hash: PaymentHash,
-    ) -> Result<Option<Preimage>, LnError> {
-        let inv = self
+    async fn lookup(&self, payment_hash: PaymentHash) -> Result<lnrpc::Invoice, LnError> {
+        Ok(self
             .client
             .clone()
             .lightning()
@@ -92,11 +105,7 @@ impl Lnd {
             })
             .await
             .map_err(rpc)?
-            .into_inner();
-        if inv.state != lnrpc::invoice::InvoiceState::Settled as i32 {
-            return Ok(None);
-        }
-        hash32(&inv.r_preimage, "preimage").map(Some)
+            .into_inner())
     }
 }
 
@@ -112,26 +121,13 @@ impl InvoiceBackend for Lnd {
         memo: &str,
         expiry_secs: u64,
     ) -> BoxFuture<'_, Result<Invoice, LnError>> {
-        let mut c = self.client.clone();
         let req = lnrpc::Invoice {
             memo: memo.to_owned(),
             value_msat: amount_msat as i64,
             expiry: expiry_secs as i64,
             ..Default::default()
         };
-        async move {
-            let r = c
-                .lightning()
-                .add_invoice(req)
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            Ok(Invoice {
-                bolt11: r.payment_request,
-                payment_hash: hash32(&r.r_hash, "r_hash")?,
-            })
-        }
-        .boxed()
+        self.add(req).boxed()
     }
 
     fn add_hold_invoice(
@@ -168,17 +164,8 @@ impl InvoiceBackend for Lnd {
         &self,
         payment_hash: PaymentHash,
     ) -> BoxFuture<'_, Result<InvoiceState, LnError>> {
-        let mut c = self.client.clone();
         async move {
-            let inv = c
-                .lightning()
-                .lookup_invoice(lnrpc::PaymentHash {
-                    r_hash: payment_hash.to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let inv = self.lookup(payment_hash).await?;
             use lnrpc::invoice::InvoiceState as S;
             Ok(match S::try_from(inv.state) {
                 Ok(S::Open) => InvoiceState::Open,
