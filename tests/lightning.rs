@@ -265,14 +265,19 @@ mod paid_jobs {
         .map(|s| s.to_string())
         .collect();
         a4.extend(price.iter().map(|s| s.to_string()));
+        // The same, with a 1 s job deadline: a zapped job that fails.
+        let (sk_zap_slow, pk_zap_slow) = nsec();
+        let mut a5 = a4.clone();
+        a5.extend(["--job-timeout-secs".to_string(), "1".to_string()]);
         let _w1 = WorkerProc::start(&sk_before, &relay.url, &tiny.url, &refs(&a1));
         let _w2 = WorkerProc::start(&sk_slow, &relay.url, &smol.url, &refs(&a2));
         let _w3 = WorkerProc::start(&sk_after, &relay.url, &tiny.url, &refs(&a3));
         let _w4 = WorkerProc::start(&sk_zap, &relay.url, &tiny.url, &refs(&a4));
+        let _w5 = WorkerProc::start(&sk_zap_slow, &relay.url, &smol.url, &refs(&a5));
         let c = client(&relay).await;
-        let ads = wait_for_workers(&c, 4).await;
+        let ads = wait_for_workers(&c, 5).await;
         for a in &ads {
-            if a.worker == pk_zap {
+            if a.worker == pk_zap || a.worker == pk_zap_slow {
                 assert_eq!(a.ad.payment.ln_node, None);
                 assert_eq!(a.ad.payment.lnurl.as_deref(), Some(lnurl.url.as_str()));
             } else {
@@ -410,6 +415,18 @@ mod paid_jobs {
             "{text} {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // A zapped job that fails: the zap is final, and the worker's error says so.
+        let before = cust.channel_local_msat();
+        let mut req = JobRequest::chat("Write a long poem about mountains.");
+        req.params.model = Some("smol".into());
+        req.params.max_tokens = Some(256);
+        let err = c.run(req, &opts(pk_zap_slow), |_| {}).await.unwrap_err();
+        assert!(
+            err.to_string().contains("timeout") && err.to_string().contains("not refunded"),
+            "{err}"
+        );
+        assert!(cust.channel_local_msat() < before, "a zap is not refunded");
+
         // A customer who refuses zaps (no escrow) is told so, and pays nothing.
         let before = cust.channel_local_msat();
         let no_zaps = RunOptions {
