@@ -37,7 +37,12 @@ impl Nwc {
         Ok(Self { uri, client })
     }
 
-    async fn pay_inner(&self, bolt11: &str, timeout: Duration) -> Result<Preimage, LnError> {
+    async fn pay_inner(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<Preimage, LnError> {
         let req = Request::pay_invoice(PayInvoiceRequest::new(bolt11));
         let event = req
             .to_event(&self.uri, Nip47Ciphers::NIP44V2)
@@ -99,6 +104,15 @@ impl Nwc {
         }
         match answer.result {
             Some(ResponseResult::PayInvoice(p)) if answer.result_type == Method::PayInvoice => {
+                // NIP-47 cannot ask for a fee limit; the most we can do is say when the wallet
+                // reports paying more than ours.
+                if let Some(fees) = p.fees_paid.filter(|f| *f > max_fee_msat) {
+                    tracing::warn!(
+                        fees_paid_msat = fees,
+                        cap_msat = max_fee_msat,
+                        "the NWC wallet paid more routing fees than the cap"
+                    );
+                }
                 let bytes = hex::decode(&p.preimage)
                     .map_err(|_| LnError::Rpc("preimage is not hex".into()))?;
                 bytes
@@ -114,13 +128,17 @@ impl Payer for Nwc {
     fn pay(
         &self,
         bolt11: &str,
-        _max_fee_msat: u64,
+        max_fee_msat: u64,
         timeout_secs: u32,
     ) -> BoxFuture<'_, Result<Preimage, LnError>> {
         let bolt11 = bolt11.to_owned();
         async move {
-            self.pay_inner(&bolt11, Duration::from_secs(timeout_secs.max(1) as u64))
-                .await
+            self.pay_inner(
+                &bolt11,
+                max_fee_msat,
+                Duration::from_secs(timeout_secs.max(1) as u64),
+            )
+            .await
         }
         .boxed()
     }
