@@ -86,6 +86,13 @@ pub struct LocalLlamaServer {
     pub model: String,
 }
 
+/// Why a server start failed.
+enum Spawn {
+    /// The server process exited before answering (a port taken meanwhile, …): retried.
+    Exited(String),
+    Other(RunnerError),
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -119,7 +126,39 @@ impl LocalLlamaServer {
             LocalModel::SmolLm2 => &inst.smollm2,
             LocalModel::Tiny => &inst.tiny,
         };
-        let port = free_port().map_err(|e| RunnerError::Unreachable(e.to_string()))?;
+        // The port is free when chosen but not reserved: another process can take it before the
+        // server binds, and the server then exits at once. Such a start is retried on a new
+        // port; the server's own last words go into the error when it keeps failing.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::spawn(&inst, path, alias, parallel, threads).await {
+                Ok(server) => return Ok(server),
+                Err(Spawn::Exited(why)) => last = why,
+                Err(Spawn::Other(e)) => return Err(e),
+            }
+        }
+        Err(RunnerError::Unreachable(format!(
+            "llama.cpp server exited three times: {last}"
+        )))
+    }
+
+    async fn spawn(
+        inst: &Installed,
+        path: &std::path::Path,
+        alias: &str,
+        parallel: u32,
+        threads: u32,
+    ) -> Result<Self, Spawn> {
+        let other = |e: RunnerError| Spawn::Other(e);
+        let port = free_port().map_err(|e| other(RunnerError::Unreachable(e.to_string())))?;
+        let log =
+            std::env::temp_dir().join(format!("fedai-llama-{}-{port}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).map_err(|e| {
+            other(RunnerError::Unreachable(format!(
+                "cannot create {}: {e}",
+                log.display()
+            )))
+        })?;
         let child = Command::new(&inst.python)
             .arg(&inst.serve)
             .arg("-m")
@@ -141,9 +180,13 @@ impl LocalLlamaServer {
                 &threads.max(1).to_string(),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
-            .map_err(|e| RunnerError::Unreachable(format!("cannot start llama.cpp server: {e}")))?;
+            .map_err(|e| {
+                other(RunnerError::Unreachable(format!(
+                    "cannot start llama.cpp server: {e}"
+                )))
+            })?;
         let mut server = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -152,21 +195,27 @@ impl LocalLlamaServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         let client = crate::http_util::client_builder()
             .build()
-            .map_err(|e| RunnerError::Protocol(e.to_string()))?;
+            .map_err(|e| other(RunnerError::Protocol(e.to_string())))?;
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(RunnerError::Unreachable(format!(
-                    "llama.cpp server exited: {status}"
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                let _ = std::fs::remove_file(&log);
+                return Err(Spawn::Exited(format!(
+                    "{status}; last lines: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 )));
             }
             if let Ok(r) = client.get(format!("{}/health", server.url)).send().await {
                 if r.status().is_success() {
+                    let _ = std::fs::remove_file(&log);
                     return Ok(server);
                 }
             }
             if Instant::now() > deadline {
                 let _ = server.child.kill();
-                return Err(RunnerError::Timeout(Duration::from_secs(60)));
+                let _ = std::fs::remove_file(&log);
+                return Err(other(RunnerError::Timeout(Duration::from_secs(60))));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
