@@ -93,6 +93,17 @@ struct ZapTarget {
     server: PublicKey,
 }
 
+/// What a pay-before job offers the customer: a hold invoice on our node, a zap, or both.
+struct Offer<'a> {
+    price: u64,
+    /// The hold invoice's hash and preimage, once it exists on our node.
+    held: Option<(fedai_lightning::PaymentHash, fedai_lightning::Preimage)>,
+    /// Its BOLT11, when created now (not found again after a restart); sent once.
+    bolt11: Option<String>,
+    /// Our zap target, when it takes this amount, and the receipts naming the job.
+    zap: Option<(&'a ZapTarget, tokio::sync::mpsc::Receiver<Event>)>,
+}
+
 /// A customer's payment for a job (pay-before).
 enum Paid {
     /// Held by our node: settled on delivery, cancelled (refunded) on failure.
@@ -567,7 +578,7 @@ impl Worker {
                 tokio::spawn(async move { w.on_award(event).await });
             }
             kinds::DELETION => self.on_cancel(&event),
-            9735 => self.on_zap_receipt(event),
+            k if k == Kind::ZapReceipt.as_u16() => self.on_zap_receipt(event),
             _ => {}
         }
     }
@@ -647,23 +658,30 @@ impl Worker {
         cancel_rx: &mut oneshot::Receiver<Stop>,
     ) -> Result<Paid, Outcome> {
         let i = &self.inner;
-        let hash = fedai_lightning::payment_hash(&self.preimage_for(parsed));
-        // The hold invoice, when we have a node: `Some(hash)` once it exists.
-        let mut held = None;
-        let mut bolt11 = None;
+        let mut offer = Offer {
+            price,
+            held: None,
+            bolt11: None,
+            zap: None,
+        };
         if let Some(ln) = &i.ln {
+            let preimage = fedai_lightning::preimage_for(
+                &i.cfg.keys.secret_key().to_secret_bytes(),
+                &parsed.id.to_bytes(),
+            );
+            let hash = fedai_lightning::payment_hash(&preimage);
             let memo = fedai_lightning::job_memo(&parsed.id.to_hex());
             match ln
                 .add_hold_invoice(hash, price, &memo, i.cfg.payment_timeout.as_secs())
                 .await
             {
                 Ok(inv) => {
-                    held = Some(hash);
-                    bolt11 = Some(inv.bolt11);
+                    offer.held = Some((hash, preimage));
+                    offer.bolt11 = Some(inv.bolt11);
                 }
                 // Same request again (a restart): the invoice exists; its state decides below.
                 Err(e) => match ln.invoice_state(hash).await {
-                    Ok(InvoiceState::Accepted) => held = Some(hash),
+                    Ok(InvoiceState::Accepted) => offer.held = Some((hash, preimage)),
                     _ => {
                         tracing::warn!(request = %parsed.id, error = %e, "cannot create the hold invoice")
                     }
@@ -671,39 +689,40 @@ impl Worker {
             }
         }
         // A zap, when our LNURL service takes this amount.
-        let zap = i
+        if let Some(z) = i
             .zap
             .as_ref()
-            .filter(|z| (z.params.min_msat..=z.params.max_msat).contains(&price));
-        let mut zaps = zap.map(|_| {
+            .filter(|z| (z.params.min_msat..=z.params.max_msat).contains(&price))
+        {
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             i.zap_waiters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(parsed.id, tx.clone());
-            // Receipts stored before we listened (a restart after the customer paid).
-            let client = i.client.clone();
-            let filter = Filter::new()
-                .kind(Kind::ZapReceipt)
-                .pubkey(self.public_key())
-                .event(parsed.id);
-            tokio::spawn(async move {
-                if let Ok(evs) = client
-                    .fetch_events(filter)
-                    .timeout(Duration::from_secs(5))
-                    .await
-                {
-                    for ev in evs {
-                        let _ = tx.try_send(ev);
+            // A request from before this process started may have been zapped before we
+            // listened (our receipt subscription starts with the process): look it up.
+            if parsed.created_at.as_secs() + 2 < i.started.as_secs() {
+                let client = i.client.clone();
+                let filter = Filter::new()
+                    .kind(Kind::ZapReceipt)
+                    .pubkey(self.public_key())
+                    .event(parsed.id);
+                tokio::spawn(async move {
+                    if let Ok(evs) = client
+                        .fetch_events(filter)
+                        .timeout(Duration::from_secs(5))
+                        .await
+                    {
+                        for ev in evs {
+                            let _ = tx.try_send(ev);
+                        }
                     }
-                }
-            });
-            rx
-        });
-        let paid = self
-            .await_payment(parsed, price, held, bolt11, zap, zaps.as_mut(), cancel_rx)
-            .await;
-        if zaps.is_some() {
+                });
+            }
+            offer.zap = Some((z, rx));
+        }
+        let paid = self.await_payment(parsed, &mut offer, cancel_rx).await;
+        if offer.zap.is_some() {
             i.zap_waiters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -711,77 +730,66 @@ impl Worker {
         }
         let paid = paid?;
         // Paid by zap: a hold invoice offered alongside is cancelled, so nobody pays twice.
-        if let (Paid::Zapped { .. }, Some(h), Some(ln)) = (&paid, held, &i.ln) {
+        if let (Paid::Zapped { .. }, Some((h, _)), Some(ln)) = (&paid, offer.held, &i.ln) {
             let _ = ln.cancel(h).await;
         }
         Ok(paid)
     }
 
-    /// This job's hold-invoice preimage: derived, never stored.
-    fn preimage_for(&self, parsed: &ParsedJobRequest) -> fedai_lightning::Preimage {
-        fedai_lightning::preimage_for(
-            &self.inner.cfg.keys.secret_key().to_secret_bytes(),
-            &parsed.id.to_bytes(),
-        )
-    }
-
-    /// Offer the payment options and wait for one to be taken.
-    #[allow(clippy::too_many_arguments)]
+    /// Send the offer as `payment-required` and wait for one of its ways to be taken.
     async fn await_payment(
         &self,
         parsed: &ParsedJobRequest,
-        price: u64,
-        held: Option<fedai_lightning::PaymentHash>,
-        bolt11: Option<String>,
-        zap: Option<&ZapTarget>,
-        mut zaps: Option<&mut tokio::sync::mpsc::Receiver<Event>>,
+        offer: &mut Offer<'_>,
         cancel_rx: &mut oneshot::Receiver<Stop>,
     ) -> Result<Paid, Outcome> {
         let i = &self.inner;
+        let price = offer.price;
         let failed = |m: String| Outcome::Failed(ErrorCode::PaymentFailed, m);
+        let held = offer.held;
         let cancel_hold = || async {
-            if let (Some(h), Some(ln)) = (held, &i.ln) {
+            if let (Some((h, _)), Some(ln)) = (held, &i.ln) {
                 let _ = ln.cancel(h).await;
             }
         };
-        if held.is_none() && zap.is_none() {
+        let zap_target = offer.zap.as_ref().map(|(z, _)| *z);
+        if held.is_none() && zap_target.is_none() {
             return Err(failed(
                 "this worker cannot take a payment for this job now".into(),
             ));
         }
-        if bolt11.is_some() || zap.is_some() {
+        if offer.bolt11.is_some() || zap_target.is_some() {
             let mut fb = JobFeedback::payment_required(
                 parsed.id,
                 parsed.customer,
                 Amount {
                     msat: price,
-                    bolt11,
+                    bolt11: offer.bolt11.take(),
                 },
             );
-            fb.zap = zap.map(|z| z.target.clone());
+            fb.zap = zap_target.map(|z| z.target.clone());
             fb.encrypted = parsed.encrypted.is_some();
             match fb.to_event(&i.cfg.keys) {
                 Ok(ev) => self.publish(&ev).await,
                 Err(e) => return Err(failed(format!("cannot build the quote: {e}"))),
             }
-            tracing::info!(request = %parsed.id, price_msat = price, zap = zap.is_some(), "waiting for payment");
+            tracing::info!(request = %parsed.id, price_msat = price, zap = zap_target.is_some(), "waiting for payment");
         }
-        let preimage = self.preimage_for(parsed);
         let deadline = Instant::now() + i.cfg.payment_timeout;
         loop {
-            if let (Some(h), Some(ln)) = (held, &i.ln) {
-                match ln.invoice_state(h).await {
+            if let (Some((hash, preimage)), Some(ln)) = (held, &i.ln) {
+                match ln.invoice_state(hash).await {
                     Ok(InvoiceState::Accepted) => {
                         return Ok(Paid::Held {
                             amount_msat: price,
                             preimage,
-                            hash: h,
+                            hash,
                         })
                     }
                     Ok(InvoiceState::Settled) => {
                         return Err(failed("this job's invoice was already settled".into()))
                     }
-                    Ok(InvoiceState::Canceled) if zap.is_none() => {
+                    Ok(InvoiceState::Canceled) if zap_target.is_none() => {
                         return Err(failed("the invoice was cancelled".into()))
                     }
                     _ => {}
@@ -795,18 +803,16 @@ impl Worker {
                 )));
             }
             let next_zap = async {
-                match zaps.as_deref_mut() {
-                    Some(rx) => rx.recv().await,
+                match offer.zap.as_mut() {
+                    Some((z, rx)) => rx.recv().await.map(|r| (*z, r)),
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                Some(receipt) = next_zap => {
-                    if let Some(z) = zap {
-                        if let Some(paid) = self.check_zap(parsed, price, z, &receipt).await {
-                            return Ok(paid);
-                        }
+                Some((z, receipt)) = next_zap => {
+                    if let Some(paid) = self.check_zap(parsed, price, z, &receipt).await {
+                        return Ok(paid);
                     }
                 }
                 Ok(stop) = &mut *cancel_rx => {
