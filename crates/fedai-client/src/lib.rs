@@ -172,8 +172,9 @@ impl std::fmt::Debug for PayContext {
 /// A payment started for the current request: running, then its outcome.
 struct Pending {
     amount_msat: u64,
-    task: Option<tokio::task::JoinHandle<Result<Paid, ClientError>>>,
-    done: Option<Result<Paid, ClientError>>,
+    /// The payment; its error is why it failed.
+    task: Option<tokio::task::JoinHandle<Result<Paid, String>>>,
+    done: Option<Result<Paid, String>>,
 }
 
 /// A completed Lightning payment, not yet checked against its invoice.
@@ -188,7 +189,7 @@ struct Paid {
 impl Pending {
     fn start(
         amount_msat: u64,
-        pay: impl std::future::Future<Output = Result<Paid, ClientError>> + Send + 'static,
+        pay: impl std::future::Future<Output = Result<Paid, String>> + Send + 'static,
     ) -> Self {
         Self {
             amount_msat,
@@ -202,13 +203,11 @@ impl Pending {
         let Some(task) = p.as_mut().and_then(|p| p.task.as_mut()) else {
             return std::future::pending().await;
         };
-        let r = task
-            .await
-            .unwrap_or_else(|e| Err(ClientError::Payment(e.to_string())));
+        let r = task.await.unwrap_or_else(|e| Err(e.to_string()));
         let failed = r
             .as_ref()
             .err()
-            .map(|e| ClientError::Payment(e.to_string()));
+            .map(|why| ClientError::Payment(why.clone()));
         if let Some(p) = p.as_mut() {
             p.task = None;
             p.done = Some(r);
@@ -612,13 +611,13 @@ impl FedaiClient {
         let (keys, request_id) = (self.keys.clone(), t.event.id);
         let zap = async move {
             use fedai_lightning::{invoice, lnurl, zap};
-            let pay = |e: fedai_lightning::LnError| ClientError::Payment(e.to_string());
+            let pay = |e: fedai_lightning::LnError| e.to_string();
             let ln = lnurl::LnurlClient::new().map_err(pay)?;
             let params = ln.pay_params(&target).await.map_err(pay)?;
             if params.nostr_pubkey.is_none() {
-                return Err(ClientError::Payment(format!(
+                return Err(format!(
                     "the worker's pay target {target} does not take zaps"
-                )));
+                ));
             }
             let request = zap::request(
                 &keys,
@@ -688,7 +687,8 @@ impl FedaiClient {
         }
         let paid = slot
             .and_then(|p| p.done)
-            .ok_or_else(|| ClientError::Payment("the payment did not complete".into()))??;
+            .unwrap_or_else(|| Err("the payment did not complete".into()))
+            .map_err(ClientError::Payment)?;
         if fedai_lightning::payment_hash(&paid.preimage) != paid.hash {
             return Err(ClientError::Payment(
                 "the preimage does not match the invoice".into(),
@@ -767,7 +767,7 @@ fn start_payment(
         let preimage = payer
             .pay(&bolt11, fee, 120)
             .await
-            .map_err(|e| ClientError::Payment(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         Ok(Paid {
             bolt11,
             hash,
