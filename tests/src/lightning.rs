@@ -664,13 +664,7 @@ async fn lnurl_callback(
         .add_invoice_hashed(amount, fedai_lightning::zap::description_hash(json), 600)
         .await
         .map_err(|e| e.to_string())?;
-    let relays: Vec<String> = zr
-        .tags
-        .iter()
-        .map(|t| t.as_slice())
-        .find(|t| t.first().map(String::as_str) == Some("relays"))
-        .map(|t| t[1..].to_vec())
-        .unwrap_or_default();
+    let relays = fedai_lightning::zap::relays(&zr);
     // Watch the invoice; publish the receipt when it settles.
     let pr = inv.bolt11.clone();
     tokio::spawn(async move {

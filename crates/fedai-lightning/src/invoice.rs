@@ -9,6 +9,19 @@ pub use lightning_invoice::Currency;
 
 use crate::{job_memo, LnError, PaymentHash};
 
+/// The chain called `name` on command lines: `bitcoin`, `testnet`, `signet`, `regtest` or
+/// `simnet`.
+pub fn network(name: &str) -> Option<Currency> {
+    Some(match name {
+        "bitcoin" => Currency::Bitcoin,
+        "testnet" => Currency::BitcoinTestnet,
+        "signet" => Currency::Signet,
+        "regtest" => Currency::Regtest,
+        "simnet" => Currency::Simnet,
+        _ => return None,
+    })
+}
+
 /// What the invoice must say.
 #[derive(Debug, Clone)]
 pub struct Expected<'a> {
@@ -52,8 +65,16 @@ fn refuse(m: impl Into<String>) -> LnError {
 /// Parse `bolt11` (its signature is verified by the parse) and check amount, expiry, network,
 /// payee and the commitment to the job request.
 pub fn check(bolt11: &str, e: &Expected<'_>) -> Result<Checked, LnError> {
-    let inv = Bolt11Invoice::from_str(bolt11.trim())
-        .map_err(|err| refuse(format!("not a valid signed BOLT11 invoice: {err}")))?;
+    check_parsed(&parse(bolt11)?, e)
+}
+
+/// Parse a BOLT11 invoice; the parse verifies its signature.
+fn parse(bolt11: &str) -> Result<Bolt11Invoice, LnError> {
+    Bolt11Invoice::from_str(bolt11.trim())
+        .map_err(|err| refuse(format!("not a valid signed BOLT11 invoice: {err}")))
+}
+
+fn check_parsed(inv: &Bolt11Invoice, e: &Expected<'_>) -> Result<Checked, LnError> {
     if inv.currency() != e.currency {
         return Err(refuse(format!(
             "invoice is for {:?}, expected {:?}",
@@ -146,19 +167,12 @@ pub struct ReceiptCheck {
 /// for another job, or another worker, with a real invoice and preimage is refused. Expiry is
 /// not checked (a receipt is written after payment).
 pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
-    use nostr::prelude::{Event, Kind};
     let request_hex = r.request_id.to_hex();
     let commits_to = match r.zap_request {
         None => Commitment::Job(&request_hex),
         Some(z) => {
-            let zr = Event::from_json(z)
-                .map_err(|_| refuse("the receipt's zap request is not an event"))?;
-            zr.verify()
-                .map_err(|_| refuse("the receipt's zap request is not validly signed"))?;
-            let names = zr.kind == Kind::ZapRequest
-                && zr.tags.event_ids().any(|id| id == r.request_id)
-                && zr.tags.public_keys().any(|p| p == r.worker);
-            if !names {
+            let zr = crate::zap::parse_request(z)?;
+            if !crate::zap::names(&zr, r.worker, r.request_id) {
                 return Err(refuse(
                     "the zap request is not a zap of this job to this worker",
                 ));
@@ -166,8 +180,7 @@ pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
             Commitment::DescriptionHash(crate::zap::description_hash(z))
         }
     };
-    let inv = Bolt11Invoice::from_str(r.bolt11.trim())
-        .map_err(|err| refuse(format!("not a valid signed BOLT11 invoice: {err}")))?;
+    let inv = parse(r.bolt11)?;
     let e = Expected {
         amount_msat: r.amount_msat,
         payee: None,
@@ -175,7 +188,7 @@ pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
         commits_to,
         now_unix: 0,
     };
-    let c = check(r.bolt11, &e)?;
+    let c = check_parsed(&inv, &e)?;
     if !hex::encode(c.payment_hash).eq_ignore_ascii_case(r.payment_hash_hex) {
         return Err(refuse("the invoice's payment hash is not the receipt's"));
     }

@@ -116,6 +116,12 @@ pub trait Payer: Send + Sync {
     ) -> BoxFuture<'_, Result<Preimage, LnError>>;
 }
 
+/// Install ring as the process's rustls crypto provider (no-op when one is installed): LND's
+/// gRPC client and the LNURL HTTP client both build their TLS from it.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// SHA-256 of a preimage: its payment hash.
 pub fn payment_hash(preimage: &Preimage) -> PaymentHash {
     Sha256::digest(preimage).into()

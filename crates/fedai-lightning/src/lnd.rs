@@ -37,8 +37,7 @@ mod tonic_status {
 impl Lnd {
     /// Connect (the TLS handshake and macaroon are checked on the first call).
     pub async fn connect(cfg: &LndConfig) -> Result<Self, LnError> {
-        // tonic-lnd builds its rustls config from the process-wide crypto provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let url = if cfg.url.starts_with("https://") {
             cfg.url.clone()
         } else {

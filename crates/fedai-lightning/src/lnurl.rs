@@ -91,8 +91,7 @@ pub struct LnurlClient {
 impl LnurlClient {
     /// A client with a 10 s bound per call.
     pub fn new() -> Result<Self, LnError> {
-        // reqwest's rustls uses the process-wide crypto provider (ring, as for LND).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())

@@ -82,23 +82,42 @@ pub fn request(keys: &Keys, z: &ZapFor) -> Result<Event, LnError> {
         .map_err(|e| refuse(e.to_string()))
 }
 
-/// A zap request as an LNURL service must check it before issuing an invoice (NIP-57
-/// Appendix D): signed, kind 9734, one `p`, at most one `e`, relays named, and an `amount` tag,
-/// when present, equal to the amount asked. Returns the parsed request.
-pub fn check_request(json: &str, amount_msat: u64) -> Result<Event, LnError> {
+/// A zap request from its JSON: an event with a valid id and signature, of kind 9734.
+pub fn parse_request(json: &str) -> Result<Event, LnError> {
     let ev = Event::from_json(json).map_err(|_| refuse("the zap request is not an event"))?;
     ev.verify()
         .map_err(|_| refuse("the zap request's id or signature is invalid"))?;
     if ev.kind != Kind::ZapRequest {
         return Err(refuse("not a zap request (kind 9734)"));
     }
+    Ok(ev)
+}
+
+/// Whether a zap event (request or receipt) names this worker (`p`) and this job (`e`).
+pub(crate) fn names(ev: &Event, worker: PublicKey, request_id: EventId) -> bool {
+    ev.tags.public_keys().any(|p| p == worker) && ev.tags.event_ids().any(|id| id == request_id)
+}
+
+/// The relays a zap request asks its receipt to be published to.
+pub fn relays(zap_request: &Event) -> Vec<String> {
+    values(zap_request, "relays")
+        .next()
+        .map(|t| t[1..].to_vec())
+        .unwrap_or_default()
+}
+
+/// A zap request as an LNURL service must check it before issuing an invoice (NIP-57
+/// Appendix D): signed, kind 9734, one `p`, at most one `e`, relays named, and an `amount` tag,
+/// when present, equal to the amount asked. Returns the parsed request.
+pub fn check_request(json: &str, amount_msat: u64) -> Result<Event, LnError> {
+    let ev = parse_request(json)?;
     if values(&ev, "p").count() != 1 {
         return Err(refuse("a zap request names exactly one recipient"));
     }
     if values(&ev, "e").count() > 1 {
         return Err(refuse("a zap request names at most one event"));
     }
-    if values(&ev, "relays").next().is_none_or(|t| t.len() < 2) {
+    if relays(&ev).is_empty() {
         return Err(refuse("the zap request names no relays"));
     }
     if let Some(a) = first(&ev, "amount") {
@@ -222,18 +241,8 @@ pub fn verify_receipt(ev: &Event, e: &Expect) -> Result<Zap, LnError> {
             ))
         }
     }
-    let zr =
-        Event::from_json(description).map_err(|_| refuse("the zap request is not an event"))?;
-    zr.verify()
-        .map_err(|_| refuse("the zap request's id or signature is invalid"))?;
-    if zr.kind != Kind::ZapRequest {
-        return Err(refuse("the embedded event is not a zap request"));
-    }
-    let names = |ev: &Event| {
-        ev.tags.public_keys().any(|p| p == e.worker)
-            && ev.tags.event_ids().any(|id| id == e.request_id)
-    };
-    if !names(&zr) || !names(ev) {
+    let zr = parse_request(description)?;
+    if !names(&zr, e.worker, e.request_id) || !names(ev, e.worker, e.request_id) {
         return Err(refuse("the zap is not for this worker and job"));
     }
     if let Some(a) = first(&zr, "amount") {
