@@ -279,23 +279,16 @@ impl Cli {
         let keys = SecretKey::parse(&secret)
             .map(Keys::new)
             .map_err(|_| ConfigError::BadKey)?;
-        let payment_mode = match self
-            .payment_mode
-            .or(file.payment_mode)
-            .as_deref()
-            .unwrap_or("free")
-        {
-            "before" => fedai_protocol::PaymentMode::Before,
-            "after" => fedai_protocol::PaymentMode::After,
-            "free" => fedai_protocol::PaymentMode::Free,
-            o => {
-                return Err(ConfigError::Invalid {
+        let payment_mode = self.payment_mode.or(file.payment_mode);
+        let payment_mode = payment_mode.as_deref().unwrap_or("free");
+        let payment_mode =
+            fedai_protocol::PaymentMode::from_name(payment_mode).ok_or_else(|| {
+                ConfigError::Invalid {
                     what: "payment mode",
-                    value: o.to_owned(),
+                    value: payment_mode.to_owned(),
                     expected: "before, after or free",
-                })
-            }
-        };
+                }
+            })?;
         let lnd = match (
             self.lnd_url.or(file.lnd_url),
             self.lnd_cert.or(file.lnd_cert),
@@ -334,25 +327,14 @@ impl Cli {
             }
             _ => {}
         }
-        let ln_network = match self
-            .ln_network
-            .or(file.ln_network)
-            .as_deref()
-            .unwrap_or("bitcoin")
-        {
-            "bitcoin" => fedai_lightning::invoice::Currency::Bitcoin,
-            "testnet" => fedai_lightning::invoice::Currency::BitcoinTestnet,
-            "signet" => fedai_lightning::invoice::Currency::Signet,
-            "regtest" => fedai_lightning::invoice::Currency::Regtest,
-            "simnet" => fedai_lightning::invoice::Currency::Simnet,
-            o => {
-                return Err(ConfigError::Invalid {
-                    what: "Lightning network",
-                    value: o.to_owned(),
-                    expected: "bitcoin, testnet, signet, regtest or simnet",
-                })
-            }
-        };
+        let ln_network = self.ln_network.or(file.ln_network);
+        let ln_network = ln_network.as_deref().unwrap_or("bitcoin");
+        let ln_network =
+            fedai_lightning::invoice::network(ln_network).ok_or_else(|| ConfigError::Invalid {
+                what: "Lightning network",
+                value: ln_network.to_owned(),
+                expected: "bitcoin, testnet, signet, regtest or simnet",
+            })?;
         let relays = if self.relays.is_empty() {
             file.relays.unwrap_or_default()
         } else {

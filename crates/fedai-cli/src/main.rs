@@ -184,7 +184,8 @@ struct PayArgs {
 
 impl PayArgs {
     async fn context(&self) -> anyhow::Result<Option<fedai_client::PayContext>> {
-        use fedai_client::fedai_lightning::{invoice::Currency, lnd};
+        use fedai_client::fedai_lightning::invoice::{self, Currency};
+        use fedai_client::fedai_lightning::lnd;
         if !self.auto_pay {
             return Ok(None);
         }
@@ -205,13 +206,8 @@ impl PayArgs {
             };
         Ok(Some(fedai_client::PayContext {
             payer,
-            currency: match self.ln_network.as_str() {
-                "testnet" => Currency::BitcoinTestnet,
-                "signet" => Currency::Signet,
-                "regtest" => Currency::Regtest,
-                "simnet" => Currency::Simnet,
-                _ => Currency::Bitcoin,
-            },
+            // clap allows only the names `network` knows.
+            currency: invoice::network(&self.ln_network).unwrap_or(Currency::Bitcoin),
             max_msat: None,
             max_fee_msat: self.max_fee_msat,
             zaps: !self.no_zaps,

@@ -106,18 +106,16 @@ impl PaymentMode {
             Self::Free => "free",
         }
     }
+    /// From the wire form (`None` for an unknown mode).
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Before, Self::After, Self::Free]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+
     fn parse(s: &str) -> Result<Self, ProtocolError> {
-        Ok(match s {
-            "before" => Self::Before,
-            "after" => Self::After,
-            "free" => Self::Free,
-            o => {
-                return Err(ProtocolError::tag(
-                    "payment_mode",
-                    format!("unknown mode `{o}`"),
-                ))
-            }
-        })
+        Self::from_name(s)
+            .ok_or_else(|| ProtocolError::tag("payment_mode", format!("unknown mode `{s}`")))
     }
 }
 
