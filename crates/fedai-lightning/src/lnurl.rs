@@ -35,7 +35,10 @@ pub fn endpoint(target: &str) -> Result<Url, LnError> {
         let address = LightningAddress::new(target)
             .map_err(|_| refuse(format!("`{target}` is not a lightning address")))?;
         address.lnurlp_url()
-    } else if target.len() > 6 && target[..6].eq_ignore_ascii_case("lnurl1") {
+    } else if target
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("lnurl1"))
+    {
         LnUrl::decode(target.to_ascii_lowercase())
             .map_err(|_| refuse("not a valid bech32 LNURL"))?
             .url
@@ -221,5 +224,13 @@ mod tests {
         let e = endpoint("http://example.com/lnurlp/w").unwrap_err();
         assert!(e.to_string().contains("https is required"), "{e}");
         assert!(endpoint("ftp://127.0.0.1/x").is_err());
+    }
+
+    #[test]
+    fn targets_from_the_network_never_panic() {
+        // A pay target comes from a worker's feedback: multi-byte text is refused, not sliced.
+        for t in ["lnurlé1abc", "ééééééé", "lnurl", "", "@", "ⓛⓝⓤⓡⓛ1"] {
+            assert!(endpoint(t).is_err(), "{t}");
+        }
     }
 }
