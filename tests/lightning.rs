@@ -13,7 +13,7 @@ use fedai_tests::lightning::{LightningNet, LndNode};
 
 fn config(n: &LndNode) -> LndConfig {
     LndConfig {
-        url: format!("https://{}", n.rpc),
+        url: format!("https://{}", n.rest),
         cert: n.cert.clone(),
         macaroon: n.macaroon.clone(),
     }
@@ -163,7 +163,7 @@ mod paid_jobs {
             "--payment-mode".into(),
             mode.into(),
             "--lnd-url".into(),
-            format!("https://{}", n.rpc),
+            format!("https://{}", n.rest),
             "--lnd-cert".into(),
             n.cert.display().to_string(),
             "--lnd-macaroon".into(),

@@ -3,7 +3,7 @@
 //!
 //! Bring-up follows lnd's own integration tests: btcd starts without a mining address, the
 //! first lnd node gives one, btcd restarts with it and mines the coinbase the nodes fund their
-//! channels from. Setup actions use `lncli` (the product talks gRPC through fedai-lightning).
+//! channels from. Setup actions use `lncli`; the product talks to lnd's REST API through fedai-lightning.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,8 +32,10 @@ pub struct LndNode {
     child: Child,
     dir: PathBuf,
     bin: PathBuf,
-    /// gRPC address (`127.0.0.1:port`).
+    /// gRPC address (`127.0.0.1:port`), for `lncli`.
     pub rpc: String,
+    /// REST address (`127.0.0.1:port`): what fed_AI talks to.
+    pub rest: String,
     /// Peer address.
     pub p2p: String,
     /// TLS certificate (pinned by clients).
@@ -319,7 +321,8 @@ impl LightningNet {
     fn start_lnd(&self, i: usize, deadline: Instant) -> LndNode {
         let d = self.dir.join(format!("lnd{i}"));
         std::fs::create_dir_all(&d).unwrap();
-        let (rpc, p2p) = (
+        let (rpc, rest, p2p) = (
+            format!("127.0.0.1:{}", port()),
             format!("127.0.0.1:{}", port()),
             format!("127.0.0.1:{}", port()),
         );
@@ -337,7 +340,7 @@ impl LightningNet {
                 &format!("--lnddir={}", d.display()),
                 &format!("--rpclisten={rpc}"),
                 &format!("--listen={p2p}"),
-                "--norest",
+                &format!("--restlisten={rest}"),
                 "--noseedbackup",
                 "--debuglevel=info",
                 "--trickledelay=50",
@@ -356,6 +359,7 @@ impl LightningNet {
             dir: d,
             bin: self.bin.clone(),
             rpc,
+            rest,
             p2p,
             cert,
             macaroon,
@@ -558,7 +562,7 @@ impl LnurlServer {
     pub async fn start(node: &LndNode) -> Self {
         use fedai_protocol::nostr::prelude::Keys;
         let lnd = fedai_lightning::lnd::Lnd::connect(&fedai_lightning::lnd::LndConfig {
-            url: format!("https://{}", node.rpc),
+            url: format!("https://{}", node.rest),
             cert: node.cert.clone(),
             macaroon: node.macaroon.clone(),
         })
