@@ -5,7 +5,7 @@
 //!
 //! - [`InvoiceBackend`]: the worker side — plain and hold invoices, their state, settle, cancel;
 //! - [`Payer`]: the customer side — pay a BOLT11 invoice, get the preimage;
-//! - [`lnd::Lnd`]: both, over LND's gRPC (TLS certificate pinned, macaroon);
+//! - [`lnd::Lnd`]: both, over LND's REST API (TLS certificate pinned, macaroon);
 //! - [`invoice::check`]: a BOLT11 invoice checked against the quote before paying (signature,
 //!   amount, expiry, network, payee, and a description that commits to the job request);
 //! - [`lnurl`]: LNURL-pay and lightning addresses (LUD-06, LUD-16), where zaps are paid;
@@ -17,6 +17,7 @@
 pub mod invoice;
 pub mod lnd;
 pub mod lnurl;
+pub mod netguard;
 pub mod nwc;
 pub mod zap;
 
@@ -117,8 +118,8 @@ pub trait Payer: Send + Sync {
 }
 
 /// Install ring as the process's rustls crypto provider (no-op when one is installed): LND's
-/// gRPC client and the LNURL HTTP client both build their TLS from it.
-pub(crate) fn install_crypto_provider() {
+/// REST client and the LNURL HTTP client both build their TLS from it.
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
