@@ -82,7 +82,7 @@ async fn open_directed_streaming_and_private_jobs() {
     req.provider = Some(pk2);
     let done = c.submit(req, true, T, |_| {}).await.unwrap();
     assert_eq!(done.result.worker, pk2);
-    assert!(done.result.result.encrypted);
+    assert!(done.result.result.encrypted.is_some());
     assert_eq!(done.result.result.usage.output_tokens, 8);
     let raw = c
         .fetch(Filter::new().event(done.request.id), Duration::from_secs(2))

@@ -61,6 +61,123 @@ async fn publish_and_query_fedai_and_normal_kinds() {
     );
 }
 
+/// A relay that hosts a public market carries other applications' NIP-90 events: fed_AI's schema
+/// applies only to events with fed_AI's marker (fedai-05).
+#[tokio::test]
+async fn other_dvms_events_are_stored_and_served() {
+    use fedai_protocol::nostr::nips::{nip04, nip44};
+    let relay = RelayProc::start(&["--memory"]);
+    let mut ws = Ws::connect(&relay.url).await;
+    let client = Keys::generate();
+    let dvm = Keys::generate();
+    let t = |v: &[&str]| Tag::parse(v.iter().copied()).unwrap();
+    let build = |keys: &Keys, kind: u16, content: &str, tags: Vec<Tag>| {
+        EventBuilder::new(Kind::from_u16(kind), content)
+            .tags(tags)
+            .finalize(keys)
+            .unwrap()
+    };
+    // A text-to-image request, as image DVM clients send it.
+    let image = build(
+        &client,
+        5100,
+        "",
+        vec![
+            t(&["i", "a red fox in the snow", "text"]),
+            t(&["param", "size", "1024x1024"]),
+            t(&["bid", "10000"]),
+        ],
+    );
+    // A summarisation request with a `url` input and no expiration.
+    let summary = build(
+        &client,
+        5001,
+        "",
+        vec![
+            t(&["i", "https://example.com/article", "url"]),
+            t(&["output", "text/plain"]),
+        ],
+    );
+    // A 5050 from a generic client: `prompt` input, several `p`, no expiration, no marker.
+    let generic = build(
+        &client,
+        5050,
+        "",
+        vec![
+            t(&["i", "hello", "prompt"]),
+            t(&["i", &summary.id.to_hex(), "job"]),
+            t(&["p", &dvm.public_key().to_hex()]),
+            t(&["p", &Keys::generate().public_key().to_hex()]),
+        ],
+    );
+    // NIP-04- and NIP-44-encrypted requests, as older and newer DVM clients write them.
+    let private = r#"[["i","a secret","text"]]"#;
+    let nip04_req = build(
+        &client,
+        5050,
+        &nip04::encrypt(client.secret_key(), &dvm.public_key(), private).unwrap(),
+        vec![t(&["p", &dvm.public_key().to_hex()]), t(&["encrypted"])],
+    );
+    let nip44_req = build(
+        &client,
+        5050,
+        &nip44::encrypt(
+            client.secret_key(),
+            &dvm.public_key(),
+            private,
+            nip44::Version::V2,
+        )
+        .unwrap(),
+        vec![t(&["p", &dvm.public_key().to_hex()]), t(&["encrypted"])],
+    );
+    // Bare feedback and a result without fed_AI's usage tags.
+    let bare = build(
+        &dvm,
+        7000,
+        "",
+        vec![t(&["status", "processing"]), t(&["e", &image.id.to_hex()])],
+    );
+    let result = build(
+        &dvm,
+        6050,
+        "hi there",
+        vec![
+            t(&["request", &generic.as_json()]),
+            t(&["e", &generic.id.to_hex()]),
+            t(&["p", &client.public_key().to_hex()]),
+        ],
+    );
+    let all = [
+        &image, &summary, &generic, &nip04_req, &nip44_req, &bare, &result,
+    ];
+    for ev in all {
+        let (ok, msg) = ws.publish(ev).await;
+        assert!(ok, "kind {} refused: {msg}", ev.kind);
+    }
+    let got = ws
+        .query(
+            "theirs",
+            json!({"kinds": [5100, 5001, 5050, 7000, 6050], "limit": 50}),
+        )
+        .await;
+    let ids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    for ev in all {
+        assert!(ids.contains(&ev.id.to_hex()), "kind {} served", ev.kind);
+    }
+    // The same shapes claiming to be fed_AI's are held to the schema.
+    let claimed = build(
+        &client,
+        5050,
+        "",
+        vec![t(&["i", "x", "nonsense"]), t(&["t", "fedai"])],
+    );
+    let (ok, msg) = ws.publish(&claimed).await;
+    assert!(!ok && msg.starts_with("invalid: "), "{msg}");
+}
+
 #[tokio::test]
 async fn restart_keeps_every_acknowledged_event() {
     let dir = temp_dir("relay-lmdb");
@@ -121,12 +238,14 @@ async fn tampered_and_malformed_events_are_rejected_with_prefixes() {
             EventBuilder::new(Kind::from_u16(5050), "")
                 .tag(Tag::custom("i", ["SECRET-PROMPT-IN-BAD-EVENT", "text"]))
                 .tag(Tag::custom("param", ["max_tokens", "lots"]))
+                .tag(Tag::hashtag("fedai"))
                 .finalize(&keys)
                 .unwrap(),
             "param",
         ),
         (
             EventBuilder::new(Kind::from_u16(5050), "")
+                .tag(Tag::hashtag("fedai"))
                 .finalize(&keys)
                 .unwrap(),
             "missing tag `i`",
@@ -134,6 +253,7 @@ async fn tampered_and_malformed_events_are_rejected_with_prefixes() {
         (
             EventBuilder::new(Kind::from_u16(7000), "")
                 .tag(Tag::custom("status", ["partial"]))
+                .tag(Tag::hashtag("fedai"))
                 .finalize(&keys)
                 .unwrap(),
             "`e`",
@@ -217,6 +337,7 @@ async fn nip11_health_and_metrics_share_the_port() {
     let keys = Keys::generate();
     assert!(ws.publish(&job_request(&keys, "count me")).await.0);
     let bad = EventBuilder::new(Kind::from_u16(5050), "")
+        .tag(Tag::hashtag("fedai"))
         .finalize(&keys)
         .unwrap();
     assert!(!ws.publish(&bad).await.0);

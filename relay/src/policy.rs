@@ -192,10 +192,17 @@ mod tests {
         let keys = Keys::generate();
         let bad = EventBuilder::new(Kind::from_u16(5050), "")
             .tag(Tag::custom("param", ["max_tokens", "many"]))
+            .tag(Tag::hashtag("fedai"))
             .finalize(&keys)
             .unwrap();
         let msg = reject_prefix(p.decide(&bad)).unwrap();
         assert!(msg.starts_with("invalid: "), "{msg}");
+        // The same event from another application (no fed_AI marker) is carried.
+        let theirs = EventBuilder::new(Kind::from_u16(5050), "")
+            .tag(Tag::custom("param", ["max_tokens", "many"]))
+            .finalize(&keys)
+            .unwrap();
+        assert!(reject_prefix(p.decide(&theirs)).is_none());
         let note = EventBuilder::new(Kind::TextNote, "hello")
             .finalize(&keys)
             .unwrap();

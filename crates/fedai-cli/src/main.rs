@@ -158,7 +158,7 @@ struct PayArgs {
     /// Pay invoices that workers send (checked against the quote, the ad and the request first).
     #[arg(long, env = "FEDAI_AUTO_PAY")]
     auto_pay: bool,
-    /// LND gRPC address (`https://host:port`).
+    /// LND REST address (`https://host:port`, lnd's `restlisten`, 8080 by default).
     #[arg(long, env = "FEDAI_LND_URL")]
     lnd_url: Option<String>,
     /// LND's tls.cert (pinned).
@@ -665,7 +665,7 @@ async fn job(cli: &Cli, id: &str) -> anyhow::Result<()> {
                         (Some(c), _) => format!(
                             "feedback {} ({c}: {})",
                             f.status,
-                            if f.encrypted {
+                            if f.encrypted.is_some() {
                                 "<encrypted>"
                             } else {
                                 f.info.as_deref().unwrap_or("")

@@ -335,14 +335,11 @@ impl FedaiClient {
         let event = request.to_event(&self.keys, private.then_some(Encryption::Nip44))?;
         let parsed = JobRequest::from_event(&event, None).or_else(|e| match e {
             // Our own encrypted request: we know the plaintext.
-            fedai_protocol::ProtocolError::NotRecipient => Ok(ParsedJobRequest {
-                id: event.id,
-                customer: event.pubkey,
-                created_at: event.created_at,
-                encrypted: Some(Encryption::Nip44),
-                input_data: request.input.data(),
-                request: request.clone(),
-            }),
+            fedai_protocol::ProtocolError::NotRecipient => Ok(ParsedJobRequest::from_own(
+                &event,
+                request,
+                Some(Encryption::Nip44),
+            )),
             e => Err(e),
         })?;
         let notifications = self.client.notifications();

@@ -37,6 +37,7 @@ fn main() {
         frequency_penalty: None,
         stop: vec!["\n\n".into()],
         stream: true,
+        seed: Some(42),
     };
     req.bid_msat = Some(50_000);
     req.relays = vec!["wss://relay.example.com".into()];
@@ -67,6 +68,38 @@ fn main() {
     );
     let enc_ev = chat.to_event(&customer, Some(Encryption::Nip44)).unwrap();
     ex.insert("job-request-encrypted", enc_ev.clone());
+
+    // What a generic NIP-90 client sends (no fed_AI marker): two inputs, the second the output of
+    // an earlier job (chaining) with a relay hint, the `prompt` input type, no expiration.
+    let tag = |v: &[&str]| Tag::parse(v.iter().copied()).unwrap();
+    let generic = EventBuilder::new(Kind::from_u16(kinds::JOB_REQUEST), "")
+        .tags([
+            tag(&["i", "Summarise in one line:", "prompt"]),
+            tag(&["i", &req_ev.id.to_hex(), "job", "wss://relay.example.com"]),
+            tag(&["param", "max_tokens", "48"]),
+            tag(&["param", "seed", "7"]),
+            tag(&[
+                "relays",
+                "wss://relay.example.com",
+                "wss://other.example.org",
+            ]),
+            tag(&["p", &worker.public_key().to_hex()]),
+        ])
+        .custom_created_at(Timestamp::from_secs(1_795_356_200))
+        .finalize(&customer)
+        .unwrap();
+    ex.insert("generic-job-request", generic);
+    // Another DVM's feedback: a status and nothing else fed_AI defines.
+    let bare = EventBuilder::new(Kind::from_u16(kinds::JOB_FEEDBACK), "")
+        .tags([
+            tag(&["status", "processing", "warming up"]),
+            tag(&["e", &req_ev.id.to_hex()]),
+            tag(&["p", &customer.public_key().to_hex()]),
+        ])
+        .custom_created_at(Timestamp::from_secs(1_795_356_200))
+        .finalize(&worker)
+        .unwrap();
+    ex.insert("generic-feedback", bare);
 
     ex.insert(
         "feedback-processing",

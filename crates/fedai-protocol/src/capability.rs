@@ -238,7 +238,7 @@ impl CapabilityAd {
         for k in &self.job_kinds {
             t.push(tag("k", [k.to_string()]));
         }
-        t.push(tag("t", [kinds::FEDAI_TOPIC]));
+        t.push(kinds::fedai_marker());
         for m in &self.models {
             t.push(tag(
                 "model",
@@ -324,7 +324,7 @@ impl CapabilityAd {
     pub(crate) fn parse(event: &Event, verify: bool) -> Result<ParsedCapabilityAd, ProtocolError> {
         tags::check(verify, event, kinds::CAPABILITY_AD)?;
         let t = &event.tags;
-        if !tags::all(t, "t").any(|v| v.first().map(String::as_str) == Some(kinds::FEDAI_TOPIC)) {
+        if !kinds::has_fedai_marker(t) {
             return Err(ProtocolError::tag(
                 "t",
                 "not a fedai capability ad (no `t` = `fedai`)",

@@ -3,11 +3,16 @@
 //! ```text
 //! ["status", "<status>", "<human info>"?]  ["e", "<request>"]  ["p", "<customer>"]
 //! ["amount", "<msat>", "<bolt11>"?]   (payment-required: the quote)
-//! ["zap", "<pay target>"]            (payment-required: a zap of the request also pays it)
+//! ["lnurl", "<pay target>"]          (payment-required: a zap of the request or of this
+//!                                      feedback also pays it; fedai/1 wrote `zap`, still read)
 //! ["code", "<error-code>"]            (error)
 //! ["seq", "<n>"]                      (partial: chunk order, from 0)
-//! ["encrypted"]                       (content encrypted to the customer)
+//! ["encrypted"]                       (content encrypted to the customer, NIP-44, or NIP-04
+//!                                      when the request came NIP-04-encrypted)
+//! ["t", "fedai"]                      (fed_AI's marker: the relay checks this schema)
 //! ```
+//! Feedback without the marker (other DVMs') is read liberally: only `status`, `e` and `p`
+//! are required.
 //! `partial` carries a chunk of generated text in the content.
 
 use std::fmt;
@@ -96,8 +101,8 @@ pub struct JobFeedback {
     pub seq: Option<u64>,
     /// Content: the text chunk for `partial`, otherwise usually empty.
     pub content: String,
-    /// Encrypt `content` (and `info`) to the customer.
-    pub encrypted: bool,
+    /// Encrypt `content` (and `info`) to the customer, with this scheme.
+    pub encrypted: Option<Encryption>,
 }
 
 impl JobFeedback {
@@ -113,7 +118,7 @@ impl JobFeedback {
             code: None,
             seq: None,
             content: String::new(),
-            encrypted: false,
+            encrypted: None,
         }
     }
 
@@ -164,15 +169,14 @@ impl JobFeedback {
         self.validate()?;
         let mut status = vec![self.status.as_str().to_owned()];
         let mut content = self.content.clone();
-        if self.encrypted {
-            content = crypto::encrypt(keys, &self.customer, &content, Encryption::Nip44)?;
+        if let Some(scheme) = self.encrypted {
+            content = crypto::encrypt(keys, &self.customer, &content, scheme)?;
         }
         if let Some(info) = &self.info {
             // Info of an encrypted job could reveal something about the prompt: keep it private too.
-            status.push(if self.encrypted {
-                crypto::encrypt(keys, &self.customer, info, Encryption::Nip44)?
-            } else {
-                info.clone()
+            status.push(match self.encrypted {
+                Some(scheme) => crypto::encrypt(keys, &self.customer, info, scheme)?,
+                None => info.clone(),
             });
         }
         let mut t: Vec<Tag> = vec![
@@ -184,7 +188,7 @@ impl JobFeedback {
             t.push(a.to_tag());
         }
         if let Some(z) = &self.zap {
-            t.push(tag("zap", [z.as_str()]));
+            t.push(tag("lnurl", [z.as_str()]));
         }
         if let Some(c) = &self.code {
             t.push(tag("code", [c.as_str()]));
@@ -192,9 +196,10 @@ impl JobFeedback {
         if let Some(s) = self.seq {
             t.push(tag("seq", [s.to_string()]));
         }
-        if self.encrypted {
+        if self.encrypted.is_some() {
             t.push(tag("encrypted", Vec::<String>::new()));
         }
+        t.push(kinds::fedai_marker());
         EventBuilder::new(kinds::kind(kinds::JOB_FEEDBACK), content)
             .tags(t)
             .finalize(keys)
@@ -221,6 +226,14 @@ impl JobFeedback {
         let request_id = tags::single_e(t)?;
         let customer = tags::single_p(t)?;
         let encrypted = tags::has_flag(t, "encrypted");
+        let scheme = encrypted.then(|| {
+            let sample = if event.content.is_empty() {
+                st.get(1).map(String::as_str).unwrap_or("")
+            } else {
+                event.content.as_str()
+            };
+            crypto::detect(sample)
+        });
         let peer = |keys: &Keys| {
             if keys.public_key() == event.pubkey {
                 customer
@@ -250,13 +263,27 @@ impl JobFeedback {
             status,
             info,
             amount: Amount::from_tags(t)?,
-            zap: tags::opt_value(t, "zap")?.map(str::to_owned),
+            zap: pay_target(t)?,
             code,
             seq,
             content,
-            encrypted,
+            encrypted: scheme,
         };
-        fb.validate()?;
+        if kinds::has_fedai_marker(t) {
+            fb.validate()?;
+        }
         Ok(fb)
     }
+}
+
+/// The zap pay target of a `payment-required`: `["lnurl", target]`, or fedai/1's `["zap",
+/// target]` — told apart from a NIP-57 Appendix G zap split (`["zap", <hex pubkey>, …]`).
+fn pay_target(t: &nostr::prelude::Tags) -> Result<Option<String>, ProtocolError> {
+    if let Some(v) = tags::opt_value(t, "lnurl")? {
+        return Ok(Some(v.to_owned()));
+    }
+    Ok(tags::all(t, "zap")
+        .filter_map(|v| v.first())
+        .find(|v| !(v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())))
+        .cloned())
 }

@@ -6,11 +6,17 @@
 //! ["param", "model", "<id>"]  ["param", "max_tokens", "<n>"]  ["param", "temperature", "<f>"]
 //! ["param", "top_k", "<n>"]   ["param", "top_p", "<f>"]       ["param", "frequency_penalty", "<f>"]
 //! ["param", "stop", "<s>"] (repeatable)          ["param", "stream", "true|false"]
+//! ["param", "seed", "<n>"]
 //! ["output", "text/plain"]  ["bid", "<msat>"]  ["relays", "wss://…", …]  ["p", "<worker>"]
-//! ["expiration", "<unix>"]
+//! ["expiration", "<unix>"]  ["t", "fedai"]
 //! ```
 //! Encrypted requests move every `i` and `param` tag, as a JSON array of tags, into the content,
 //! encrypted to the worker named in `p`, and add `["encrypted"]`.
+//!
+//! The parser is liberal in what it accepts from generic NIP-90 clients (fedai-01, "What fed_AI
+//! accepts"): several `i` tags (joined in order), the `prompt` input type, `url`, `event` and
+//! `job` inputs that the worker resolves before running ([`ParsedJobRequest::inputs`]), several
+//! `p` tags, and no `expiration`. Requests fed_AI builds carry `["t", "fedai"]`.
 
 use nostr::prelude::{
     Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Tags, Timestamp,
@@ -57,6 +63,66 @@ impl JobInput {
     }
 }
 
+/// The type of an `i` tag (NIP-90 input types, plus fed_AI's `chat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputType {
+    /// Text given inline (`text`; `prompt`, as the NIP-89 registry's example names it).
+    Text,
+    /// A JSON array of `{role, content}` messages (fed_AI's extension).
+    Chat,
+    /// A URL whose body is the input (fetched by the worker, bounded).
+    Url,
+    /// A Nostr event whose content is the input (fetched from the relay hint or the worker's).
+    Event,
+    /// The output of another job (its result event), NIP-90 job chaining.
+    Job,
+}
+
+impl InputType {
+    /// Wire form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Chat => "chat",
+            Self::Url => "url",
+            Self::Event => "event",
+            Self::Job => "job",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "text" | "prompt" => Self::Text,
+            "chat" => Self::Chat,
+            "url" => Self::Url,
+            "event" => Self::Event,
+            "job" => Self::Job,
+            _ => return None,
+        })
+    }
+}
+
+/// One `["i", data, type, relay?, marker?]` tag as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputTag {
+    /// The data: text, a URL, or an event id.
+    pub data: String,
+    /// How to read `data`.
+    pub kind: InputType,
+    /// Where to find the event (`event`/`job` inputs), when given.
+    pub relay: Option<String>,
+}
+
+impl InputTag {
+    /// Whether the worker must fetch something before it can run the job.
+    pub fn is_reference(&self) -> bool {
+        matches!(
+            self.kind,
+            InputType::Url | InputType::Event | InputType::Job
+        )
+    }
+}
+
 /// Inference parameters (`param` tags). Absent values mean "worker default".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobParams {
@@ -76,6 +142,8 @@ pub struct JobParams {
     pub stop: Vec<String>,
     /// Whether the customer wants `partial` feedback with token chunks.
     pub stream: bool,
+    /// Sampling seed, for reproducible outputs where the runner supports it.
+    pub seed: Option<u64>,
 }
 
 /// A text-generation job as the customer states it.
@@ -108,8 +176,16 @@ pub struct ParsedJobRequest {
     pub created_at: Timestamp,
     /// Whether the `i`/`param` tags came encrypted.
     pub encrypted: Option<Encryption>,
-    /// The `i` tag data exactly as received (metering hashes it).
+    /// The `i` tag data exactly as received (metering hashes it): the data of the one `i` tag,
+    /// or, with several, the JSON array of their `[data, type, …]` values.
     pub input_data: String,
+    /// Every `i` tag, in order. When one is a reference (`url`, `event`, `job`), the worker
+    /// resolves them all into [`JobRequest::input`] before running.
+    pub inputs: Vec<InputTag>,
+    /// Every `p` tag: the providers the customer asks (empty: an open request).
+    pub providers: Vec<PublicKey>,
+    /// Whether the request carries fed_AI's marker (`["t", "fedai"]`): built by fed_AI software.
+    pub fedai: bool,
     /// The typed request.
     pub request: JobRequest,
 }
@@ -119,6 +195,40 @@ impl ParsedJobRequest {
     pub fn prompt_sha256(&self) -> String {
         crate::sha256_hex(self.input_data.as_bytes())
     }
+
+    /// The author's view of a request it built from `request` (it knows the plaintext even
+    /// when the event is encrypted).
+    pub fn from_own(event: &Event, request: &JobRequest, encrypted: Option<Encryption>) -> Self {
+        let kind = match request.input {
+            JobInput::Text(_) => InputType::Text,
+            JobInput::Chat(_) => InputType::Chat,
+        };
+        Self {
+            id: event.id,
+            customer: event.pubkey,
+            created_at: event.created_at,
+            encrypted,
+            input_data: request.input.data(),
+            inputs: vec![InputTag {
+                data: request.input.data(),
+                kind,
+                relay: None,
+            }],
+            providers: request.provider.into_iter().collect(),
+            fedai: true,
+            request: request.clone(),
+        }
+    }
+
+    /// Whether some input must be fetched before the job can run.
+    pub fn needs_inputs(&self) -> bool {
+        self.inputs.iter().any(InputTag::is_reference)
+    }
+
+    /// Whether `worker` is one of the providers the request names.
+    pub fn names(&self, worker: &PublicKey) -> bool {
+        self.providers.contains(worker)
+    }
 }
 
 fn fmt_f32(v: f32) -> String {
@@ -127,7 +237,7 @@ fn fmt_f32(v: f32) -> String {
 }
 
 /// The customer's cancellation of a request: a NIP-09 deletion (kind 5) naming the request and
-/// its kind (`k` = 5050), so workers can subscribe to cancellations of jobs only.
+/// its kind (`k` = 5050). Workers also honour deletions without `k` (generic clients).
 pub fn cancellation(request_id: EventId, keys: &Keys) -> Result<Event, ProtocolError> {
     EventBuilder::new(kinds::kind(kinds::DELETION), "")
         .tags([
@@ -196,6 +306,9 @@ impl JobRequest {
         if p.stream {
             param("stream", "true".into());
         }
+        if let Some(v) = p.seed {
+            param("seed", v.to_string());
+        }
         out
     }
 
@@ -216,6 +329,7 @@ impl JobRequest {
         if let Some(exp) = self.expiration {
             out.push(Tag::expiration(exp));
         }
+        out.push(kinds::fedai_marker());
         out
     }
 
@@ -288,9 +402,17 @@ impl JobRequest {
     ) -> Result<ParsedJobRequest, ProtocolError> {
         tags::check(verify, event, kinds::JOB_REQUEST)?;
         let t = &event.tags;
-        let provider = tags::opt_value(t, "p")?
-            .map(|v| tags::parse_pubkey("p", v))
-            .transpose()?;
+        let providers = tags::all(t, "p")
+            .map(|v| match v.first() {
+                Some(v) => tags::parse_pubkey("p", v),
+                None => Err(ProtocolError::tag("p", "has no value")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The provider this reader is: our key when the request names it, else the first named.
+        let provider = keys
+            .map(Keys::public_key)
+            .filter(|k| providers.contains(k))
+            .or_else(|| providers.first().copied());
         let encrypted = tags::has_flag(t, "encrypted");
         let (private, scheme): (Tags, Option<Encryption>) = if encrypted {
             let to = provider.ok_or(ProtocolError::MissingTag("p"))?;
@@ -320,7 +442,7 @@ impl JobRequest {
             (t.clone(), None)
         };
 
-        let (input, input_data) = parse_input(&private)?;
+        let (inputs, input, input_data) = parse_inputs(&private)?;
         let params = parse_params(&private)?;
         let output = tags::opt_value(t, "output")?.map(str::to_owned);
         let bid_msat = tags::opt_value(t, "bid")?
@@ -348,6 +470,9 @@ impl JobRequest {
             created_at: event.created_at,
             encrypted: scheme,
             input_data,
+            inputs,
+            providers,
+            fedai: kinds::has_fedai_marker(t),
             request,
         })
     }
@@ -363,23 +488,80 @@ fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), Proto
     }
 }
 
-fn parse_input(t: &Tags) -> Result<(JobInput, String), ProtocolError> {
-    let i = tags::one(t, "i")?;
-    let data = i[0].clone();
-    let kind = i.get(1).map(String::as_str).unwrap_or("text");
-    let input = match kind {
-        "text" => JobInput::Text(data.clone()),
-        "chat" => JobInput::Chat(serde_json::from_str(&data).map_err(|e| {
-            ProtocolError::tag("i", format!("chat input is not a message array: {e}"))
-        })?),
-        other => {
+/// Every `i` tag, the input they make, and the data metering hashes.
+///
+/// One `i` tag: its data as the input. Several: text inputs joined in order by a blank line;
+/// a chat input must be the only one. References (`url`, `event`, `job`) stand as empty text
+/// until the worker resolves them.
+fn parse_inputs(t: &Tags) -> Result<(Vec<InputTag>, JobInput, String), ProtocolError> {
+    let mut inputs = Vec::new();
+    for i in tags::all(t, "i") {
+        let Some(data) = i.first() else {
+            return Err(ProtocolError::tag("i", "has no value"));
+        };
+        let ty = i.get(1).map(String::as_str).unwrap_or("text");
+        let kind = InputType::parse(ty).ok_or_else(|| {
+            ProtocolError::tag(
+                "i",
+                format!("input type `{ty}` is not supported (text, prompt, chat, url, event, job)"),
+            )
+        })?;
+        let relay = i.get(2).filter(|r| !r.is_empty()).cloned();
+        inputs.push(InputTag {
+            data: data.clone(),
+            kind,
+            relay,
+        });
+    }
+    if inputs.len() > MAX_INPUTS {
+        return Err(ProtocolError::tag(
+            "i",
+            format!("at most {MAX_INPUTS} inputs are taken"),
+        ));
+    }
+    let [first, rest @ ..] = inputs.as_slice() else {
+        return Err(ProtocolError::MissingTag("i"));
+    };
+    let input = match first.kind {
+        InputType::Chat if rest.is_empty() => {
+            JobInput::Chat(serde_json::from_str(&first.data).map_err(|e| {
+                ProtocolError::tag("i", format!("chat input is not a message array: {e}"))
+            })?)
+        }
+        InputType::Text if rest.is_empty() => JobInput::Text(first.data.clone()),
+        _ if inputs.iter().any(|i| i.kind == InputType::Chat) => {
             return Err(ProtocolError::tag(
                 "i",
-                format!("input type `{other}` is not supported (text, chat)"),
+                "a chat input must be the request's only input",
             ))
         }
+        _ => JobInput::Text(join_inputs(inputs.iter().map(|i| match i.kind {
+            InputType::Text => i.data.as_str(),
+            _ => "",
+        }))),
     };
-    Ok((input, data))
+    let data = if rest.is_empty() {
+        first.data.clone()
+    } else {
+        let raw: Vec<&[String]> = tags::all(t, "i").collect();
+        serde_json::to_string(&raw).expect("strings serialize")
+    };
+    Ok((inputs, input, data))
+}
+
+/// The most `i` tags one request may carry.
+pub const MAX_INPUTS: usize = 16;
+
+/// Several inputs' texts as one prompt: in order, separated by a blank line, empty ones skipped.
+pub fn join_inputs<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for p in parts.into_iter().filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(p);
+    }
+    out
 }
 
 fn parse_f32(name: &str, v: &str) -> Result<f32, ProtocolError> {
@@ -415,6 +597,7 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
             "top_p" => p.top_p = Some(parse_f32(name, value)?),
             "frequency_penalty" => p.frequency_penalty = Some(parse_f32(name, value)?),
             "stop" => p.stop.push(value.clone()),
+            "seed" => p.seed = Some(tags::parse_u64("param", value)?),
             "stream" => {
                 p.stream = match value.as_str() {
                     "true" | "1" => true,

@@ -45,3 +45,21 @@ pub fn kind(k: u16) -> Kind {
 /// The marker tag that every fed_AI capability ad carries (`["t", "fedai"]`), so that a relay
 /// query can tell fed_AI workers from other NIP-89 handlers.
 pub const FEDAI_TOPIC: &str = "fedai";
+
+/// fed_AI's marker on the NIP-90 kinds it shares with other applications (5050, 6050, 7000):
+/// `["t", "fedai"]`. Relays apply fed_AI's schema only to events that carry it; events of other
+/// DVMs and generic clients get NIP-01 checks only.
+pub fn fedai_marker() -> nostr::prelude::Tag {
+    nostr::prelude::Tag::hashtag(FEDAI_TOPIC)
+}
+
+/// Whether `tags` carry [`fedai_marker`].
+pub fn has_fedai_marker(tags: &nostr::prelude::Tags) -> bool {
+    tags.iter().any(|t| {
+        let s = t.as_slice();
+        s.len() >= 2 && s[0] == "t" && s[1] == FEDAI_TOPIC
+    })
+}
+
+/// Kinds that only fed_AI defines (metering, award, receipt): always validated.
+pub const FEDAI_OWNED_KINDS: &[u16] = &[METERING, AWARD, PAYMENT_RECEIPT];

@@ -45,7 +45,10 @@ pub use crypto::Encryption;
 pub use error::{ErrorCode, ProtocolError};
 pub use feedback::{FeedbackStatus, JobFeedback};
 pub use freshness::{Freshness, ReplayGuard};
-pub use job::{cancellation, ChatMessage, JobInput, JobParams, JobRequest, ParsedJobRequest};
+pub use job::{
+    cancellation, ChatMessage, InputTag, InputType, JobInput, JobParams, JobRequest,
+    ParsedJobRequest,
+};
 pub use metering::{MeteringCheck, MeteringRecord};
 pub use receipt::PaymentReceipt;
 pub use result::{JobResult, Usage};

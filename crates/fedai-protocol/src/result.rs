@@ -5,8 +5,11 @@
 //! ["request", "<request event JSON>"]  ["e", "<request id>", "<relay>"?]  ["p", "<customer>"]
 //! ["i", "<data>", "<type>"]   (only for public requests: never leak a private prompt)
 //! ["amount", "<msat>", "<bolt11>"?]  ["usage", "<input tokens>", "<output tokens>"]
-//! ["model", "<model id>"]  ["encrypted"]?
+//! ["model", "<model id>"]  ["encrypted"]?  ["t", "fedai"]
 //! ```
+//! The content is encrypted with the scheme the request used (NIP-44, or NIP-04 for a
+//! NIP-04-encrypted request). `usage` and `model` are fed_AI's: required when the result carries
+//! fed_AI's marker, optional (zero / empty) in other DVMs' results.
 
 use nostr::prelude::{
     Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Timestamp,
@@ -38,8 +41,8 @@ pub struct JobResult {
     pub usage: Usage,
     /// Price charged (and invoice for pay-after).
     pub amount: Option<Amount>,
-    /// Whether the output is encrypted to the customer on the wire.
-    pub encrypted: bool,
+    /// Whether (and how) the output is encrypted to the customer on the wire.
+    pub encrypted: Option<Encryption>,
 }
 
 /// A result received from the network, verified.
@@ -83,24 +86,23 @@ impl JobResult {
             model,
             usage,
             amount: None,
-            encrypted: parsed.encrypted.is_some(),
+            encrypted: parsed.encrypted,
         }
     }
 
     /// Build and sign.
     pub fn to_event(&self, keys: &Keys) -> Result<Event, ProtocolError> {
         let customer = self.request.pubkey;
-        let content = if self.encrypted {
-            crypto::encrypt(keys, &customer, &self.output, Encryption::Nip44)?
-        } else {
-            self.output.clone()
+        let content = match self.encrypted {
+            Some(scheme) => crypto::encrypt(keys, &customer, &self.output, scheme)?,
+            None => self.output.clone(),
         };
         let mut t: Vec<Tag> = vec![
             tag("request", [self.request.as_json()]),
             Tag::event(self.request.id),
             Tag::public_key(customer),
         ];
-        if !self.encrypted {
+        if self.encrypted.is_none() {
             for i in tags::all(&self.request.tags, "i") {
                 t.push(tag("i", i.to_vec()));
             }
@@ -116,9 +118,10 @@ impl JobResult {
             ],
         ));
         t.push(tag("model", [self.model.clone()]));
-        if self.encrypted {
+        if self.encrypted.is_some() {
             t.push(tag("encrypted", Vec::<String>::new()));
         }
+        t.push(kinds::fedai_marker());
         EventBuilder::new(kinds::kind(kinds::JOB_RESULT), content)
             .tags(t)
             .finalize(keys)
@@ -163,19 +166,26 @@ impl JobResult {
         if tags::single_p(t)? != request.pubkey {
             return Err(ProtocolError::tag("p", "is not the request's author"));
         }
-        let usage = match tags::one(t, "usage")? {
-            [i, o, ..] => Usage {
+        let fedai = kinds::has_fedai_marker(t);
+        let usage = match tags::opt(t, "usage")? {
+            Some([i, o, ..]) => Usage {
                 input_tokens: tags::parse_u64("usage", i)?,
                 output_tokens: tags::parse_u64("usage", o)?,
             },
-            _ => {
+            Some(_) => {
                 return Err(ProtocolError::tag(
                     "usage",
                     "needs input and output token counts",
                 ))
             }
+            None if fedai => return Err(ProtocolError::MissingTag("usage")),
+            None => Usage::default(),
         };
-        let model = tags::value(t, "model")?.to_owned();
+        let model = match tags::opt_value(t, "model")? {
+            Some(m) => m.to_owned(),
+            None if fedai => return Err(ProtocolError::MissingTag("model")),
+            None => String::new(),
+        };
         let encrypted = tags::has_flag(t, "encrypted");
         if encrypted && tags::all(t, "i").next().is_some() {
             return Err(ProtocolError::tag(
@@ -206,7 +216,7 @@ impl JobResult {
                 model,
                 usage,
                 amount: Amount::from_tags(t)?,
-                encrypted,
+                encrypted: encrypted.then(|| crypto::detect(&event.content)),
             },
         })
     }

@@ -1,5 +1,10 @@
 //! Schema validation of any fed_AI kind, for relays and other intermediaries that must not
 //! decrypt. Encrypted requests and results are checked for their public layout only.
+//!
+//! fed_AI shares kinds with every NIP-90 application (5050, 6050, 7000) and NIP-89 handler
+//! (31990): those are held to fed_AI's schema only when they carry fed_AI's marker
+//! (`["t", "fedai"]`, [`kinds::fedai_marker`]). Other applications' events pass, so a relay that
+//! hosts a public market carries them. fed_AI's own kinds (7060–7062) are always checked.
 
 use nostr::prelude::Event;
 
@@ -16,7 +21,8 @@ pub fn is_fedai_kind(kind: u16) -> bool {
 /// Validate `event` against the schema of its kind (id and signature included). Events of other
 /// kinds pass unchanged (`Ok`), so a relay can run everything through this function.
 ///
-/// NIP-89 ads (31990) without the fed_AI topic tag belong to other applications and pass too.
+/// Job requests, results, feedback and NIP-89 ads without fed_AI's marker belong to other
+/// applications and pass too.
 pub fn validate_event(event: &Event) -> Result<(), ProtocolError> {
     if !event.verify_id() {
         return Err(ProtocolError::InvalidId);
@@ -31,7 +37,11 @@ pub fn validate_event(event: &Event) -> Result<(), ProtocolError> {
 /// (a relay verifies every event once on arrival; verifying again would double the cost of the
 /// hottest path). Never call it on an unverified event.
 pub fn validate_verified(event: &Event) -> Result<(), ProtocolError> {
-    match event.kind.as_u16() {
+    let kind = event.kind.as_u16();
+    if !kinds::FEDAI_OWNED_KINDS.contains(&kind) && !kinds::has_fedai_marker(&event.tags) {
+        return Ok(());
+    }
+    match kind {
         kinds::JOB_REQUEST => match JobRequest::parse(event, None, false) {
             // An encrypted request cannot be opened here; its public layout was already checked.
             Err(ProtocolError::NotRecipient) => Ok(()),
@@ -42,17 +52,7 @@ pub fn validate_verified(event: &Event) -> Result<(), ProtocolError> {
         kinds::METERING => MeteringRecord::parse(event, false).map(drop),
         kinds::AWARD => Award::parse(event, false).map(drop),
         kinds::PAYMENT_RECEIPT => PaymentReceipt::parse(event, false).map(drop),
-        kinds::CAPABILITY_AD => {
-            let fedai = event.tags.iter().any(|t| {
-                let s = t.as_slice();
-                s.len() >= 2 && s[0] == "t" && s[1] == kinds::FEDAI_TOPIC
-            });
-            if fedai {
-                CapabilityAd::parse(event, false).map(drop)
-            } else {
-                Ok(())
-            }
-        }
+        kinds::CAPABILITY_AD => CapabilityAd::parse(event, false).map(drop),
         _ => Ok(()),
     }
 }

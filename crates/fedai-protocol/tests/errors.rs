@@ -10,7 +10,18 @@ fn raw(kind: u16, content: &str, tags: &[&[&str]]) -> Event {
     raw_by(&Keys::generate(), kind, content, tags)
 }
 
+/// An event as fed_AI software writes it: the NIP-90 kinds fed_AI shares carry its marker, so
+/// the full schema applies.
 fn raw_by(keys: &Keys, kind: u16, content: &str, tags: &[&[&str]]) -> Event {
+    let mut tags: Vec<&[&str]> = tags.to_vec();
+    if [5050, 6050, 7000].contains(&kind) {
+        tags.push(&["t", "fedai"]);
+    }
+    generic_by(keys, kind, content, &tags)
+}
+
+/// An event as another NIP-90 application writes it: no fed_AI marker.
+fn generic_by(keys: &Keys, kind: u16, content: &str, tags: &[&[&str]]) -> Event {
     let tags: Vec<Tag> = tags
         .iter()
         .map(|t| Tag::parse(t.iter().copied()).unwrap())
@@ -36,12 +47,20 @@ fn job_request_errors() {
         }
     );
     assert_eq!(req_err(&[]), ProtocolError::MissingTag("i"));
-    assert_eq!(
-        req_err(&[&["i", "a", "text"], &["i", "b", "text"]]),
-        ProtocolError::DuplicateTag("i")
-    );
     assert!(matches!(
-        req_err(&[&["i", "a", "url"]]),
+        req_err(&[&["i", "a", "audio"]]),
+        ProtocolError::InvalidTag { tag: "i", .. }
+    ));
+    assert!(matches!(
+        req_err(&[&["i", "[]", "chat"], &["i", "b", "text"]]),
+        ProtocolError::InvalidTag { tag: "i", .. }
+    ));
+    let many: Vec<[&str; 3]> = (0..=fedai_protocol::job::MAX_INPUTS)
+        .map(|_| ["i", "x", "text"])
+        .collect();
+    let many: Vec<&[&str]> = many.iter().map(|t| &t[..]).collect();
+    assert!(matches!(
+        req_err(&many),
         ProtocolError::InvalidTag { tag: "i", .. }
     ));
     assert!(matches!(
@@ -690,4 +709,167 @@ fn validate_event_covers_every_fedai_kind_and_passes_others() {
         .to_event(&Keys::generate(), Some(Encryption::Nip44))
         .unwrap();
     assert!(validate_event(&ev).is_ok());
+}
+
+/// What other NIP-90 software sends is read liberally (fedai-01, "What fed_AI accepts").
+#[test]
+fn generic_nip90_events_are_read_liberally() {
+    let customer = Keys::generate();
+    let worker = Keys::generate();
+    let other = Keys::generate();
+    let wpk = worker.public_key().to_hex();
+    let opk = other.public_key().to_hex();
+    let job_id = EventId::from_byte_array([9; 32]).to_hex();
+    // Several inputs of several types, the `prompt` type, several `p`, no `expiration`.
+    let req = generic_by(
+        &customer,
+        5050,
+        "",
+        &[
+            &["i", "Summarise:", "prompt"],
+            &["i", &job_id, "job", "wss://relay.example.com"],
+            &["i", "https://example.com/a.txt", "url"],
+            &["param", "seed", "7"],
+            &["p", &opk],
+            &["p", &wpk],
+        ],
+    );
+    assert!(validate::validate_event(&req).is_ok());
+    let p = JobRequest::from_event(&req, Some(&worker)).unwrap();
+    assert!(!p.fedai);
+    assert!(p.needs_inputs());
+    assert_eq!(p.inputs.len(), 3);
+    assert_eq!(p.inputs[1].kind, InputType::Job);
+    assert_eq!(
+        p.inputs[1].relay.as_deref(),
+        Some("wss://relay.example.com")
+    );
+    assert_eq!(p.providers.len(), 2);
+    assert_eq!(
+        p.request.provider,
+        Some(worker.public_key()),
+        "the reader's own key"
+    );
+    assert_eq!(p.request.params.seed, Some(7));
+    assert_eq!(p.request.expiration, None);
+    // Two text inputs are one prompt, in order.
+    let two = generic_by(
+        &customer,
+        5050,
+        "",
+        &[&["i", "first", "text"], &["i", "second", "prompt"]],
+    );
+    let p = JobRequest::from_event(&two, None).unwrap();
+    assert_eq!(p.request.input, JobInput::Text("first\n\nsecond".into()));
+    assert_eq!(p.input_data, r#"[["first","text"],["second","prompt"]]"#);
+
+    // Feedback with only a status: no `code`, no `amount` needed.
+    let rid = req.id.to_hex();
+    let cpk = customer.public_key().to_hex();
+    for status in ["error", "payment-required", "partial"] {
+        let fb = generic_by(
+            &other,
+            7000,
+            "",
+            &[&["status", status], &["e", &rid], &["p", &cpk]],
+        );
+        assert!(validate::validate_event(&fb).is_ok());
+        assert!(JobFeedback::from_event(&fb, None).is_ok(), "{status}");
+    }
+    // The same with fed_AI's marker is held to the schema.
+    let fb = raw_by(
+        &worker,
+        7000,
+        "",
+        &[&["status", "error"], &["e", &rid], &["p", &cpk]],
+    );
+    assert_eq!(
+        validate::validate_event(&fb),
+        Err(ProtocolError::MissingTag("code"))
+    );
+    // A fedai/1 `zap` pay target is still read; an Appendix G zap split is not a pay target.
+    let legacy = generic_by(
+        &worker,
+        7000,
+        "",
+        &[
+            &["status", "payment-required"],
+            &["e", &rid],
+            &["p", &cpk],
+            &["amount", "5"],
+            &["zap", "w@example.com"],
+        ],
+    );
+    assert_eq!(
+        JobFeedback::from_event(&legacy, None)
+            .unwrap()
+            .zap
+            .as_deref(),
+        Some("w@example.com")
+    );
+    let split = generic_by(
+        &worker,
+        7000,
+        "",
+        &[
+            &["status", "payment-required"],
+            &["e", &rid],
+            &["p", &cpk],
+            &["amount", "5"],
+            &["zap", &wpk, "wss://r", "1"],
+        ],
+    );
+    assert_eq!(JobFeedback::from_event(&split, None).unwrap().zap, None);
+
+    // Another DVM's result without fed_AI's usage and model tags.
+    let rj = req.as_json();
+    let res = generic_by(
+        &other,
+        6050,
+        "a summary",
+        &[&["request", &rj], &["e", &rid], &["p", &cpk]],
+    );
+    assert!(validate::validate_event(&res).is_ok());
+    let r = JobResult::from_event(&res, None).unwrap();
+    assert_eq!(r.result.output, "a summary");
+    assert_eq!(r.result.usage, Usage::default());
+    assert_eq!(r.result.model, "");
+    // Marked, the same result must carry them.
+    let res = raw_by(
+        &other,
+        6050,
+        "a summary",
+        &[&["request", &rj], &["e", &rid], &["p", &cpk]],
+    );
+    assert_eq!(
+        validate::validate_event(&res),
+        Err(ProtocolError::MissingTag("usage"))
+    );
+
+    // Events of other DVMs' kinds and shapes pass the relay's validation untouched.
+    for (kind, tags) in [
+        (
+            5100u16,
+            vec![
+                vec!["i", "a red fox", "text"],
+                vec!["param", "size", "1024x1024"],
+            ],
+        ),
+        (5001, vec![vec!["i", "https://example.com/post", "url"]]),
+        (
+            5050,
+            vec![
+                vec!["i", "garbage", "nonsense-type"],
+                vec!["param", "max_tokens", "many"],
+            ],
+        ),
+        (7000, vec![vec!["status", "processing"]]),
+    ] {
+        let tags: Vec<&[&str]> = tags.iter().map(Vec::as_slice).collect();
+        let ev = generic_by(&other, kind, "", &tags);
+        assert!(validate::validate_event(&ev).is_ok(), "{kind}");
+    }
+    // fed_AI's own kinds are always checked, marker or not.
+    let m = generic_by(&other, 7060, "{}", &[]);
+    assert!(validate::validate_event(&m).is_err());
 }

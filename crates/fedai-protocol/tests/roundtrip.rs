@@ -32,8 +32,9 @@ prop_compose! {
         frequency_penalty in arb_f(-2.0, 2.0),
         stop in proptest::collection::vec(arb_text(), 0..3),
         stream in any::<bool>(),
+        seed in proptest::option::of(any::<u64>()),
     ) -> JobParams {
-        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream }
+        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed }
     }
 }
 
@@ -110,7 +111,7 @@ proptest! {
             4 => JobFeedback { zap: Some("worker@example.com".into()), ..JobFeedback::payment_required(rid, customer.public_key(), Amount { msat, bolt11: None }) },
             _ => JobFeedback::new(rid, customer.public_key(), FeedbackStatus::Success),
         };
-        fb.encrypted = enc;
+        fb.encrypted = enc.then_some(Encryption::Nip44);
         let ev = fb.to_event(&worker).unwrap();
         let back = JobFeedback::from_event(&ev, Some(&customer)).unwrap();
         prop_assert_eq!(&back, &fb);

@@ -253,6 +253,9 @@ pub(crate) fn sampling(body: &mut Value, p: &fedai_protocol::JobParams) {
     if !p.stop.is_empty() {
         body["stop"] = p.stop.clone().into();
     }
+    if let Some(s) = p.seed {
+        body["seed"] = s.into();
+    }
 }
 
 /// The models a server reported last, refreshed on a miss (models can be swapped under a
