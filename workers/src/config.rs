@@ -93,7 +93,7 @@ pub struct Cli {
     /// `free`.
     #[arg(long, env = "FEDAI_PAYMENT_MODE", value_parser = ["before", "after", "free"])]
     pub payment_mode: Option<String>,
-    /// LND gRPC address (`https://host:port`) for invoices.
+    /// LND REST address (`https://host:port`, lnd's `restlisten`) for invoices.
     #[arg(long, env = "FEDAI_LND_URL")]
     pub lnd_url: Option<String>,
     /// LND's tls.cert (pinned).
@@ -113,6 +113,14 @@ pub struct Cli {
     /// The chain invoices and zaps are on.
     #[arg(long, env = "FEDAI_LN_NETWORK", value_parser = ["bitcoin", "testnet", "signet", "regtest", "simnet"])]
     pub ln_network: Option<String>,
+    /// Let customers' requests make this worker reach loopback and private addresses: `url`
+    /// inputs, relay hints of `event`/`job` inputs and `relays` tags. Off by default (a request
+    /// must not turn the worker into a probe of its own network); for tests and private markets.
+    #[arg(long, env = "FEDAI_ALLOW_PRIVATE_ADDRESSES")]
+    pub allow_private_addresses: bool,
+    /// At most this many extra relays (from requests' `relays` tags) are kept for replies.
+    #[arg(long, env = "FEDAI_MAX_REPLY_RELAYS")]
+    pub max_reply_relays: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +152,8 @@ struct FileConfig {
     payment_timeout_secs: Option<u64>,
     lightning_address: Option<String>,
     ln_network: Option<String>,
+    allow_private_addresses: Option<bool>,
+    max_reply_relays: Option<usize>,
     log: Option<String>,
 }
 
@@ -196,6 +206,10 @@ pub struct WorkerConfig {
     pub lightning_address: Option<String>,
     /// The chain.
     pub ln_network: fedai_lightning::invoice::Currency,
+    /// Whether requests may make the worker reach loopback and private addresses.
+    pub allow_private_addresses: bool,
+    /// Bound on extra reply relays kept from requests' `relays` tags.
+    pub max_reply_relays: usize,
     /// Display name.
     pub name: String,
     /// Log filter.
@@ -441,6 +455,12 @@ impl Cli {
             ),
             lightning_address,
             ln_network,
+            allow_private_addresses: self.allow_private_addresses
+                || file.allow_private_addresses.unwrap_or(false),
+            max_reply_relays: self
+                .max_reply_relays
+                .or(file.max_reply_relays)
+                .unwrap_or(16),
         })
     }
 }

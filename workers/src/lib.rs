@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod hardware;
+pub mod inputs;
 pub mod metrics;
 pub mod worker;
 

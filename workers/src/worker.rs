@@ -38,6 +38,9 @@ const PARTIAL_MAX_BYTES: usize = 256;
 struct Inner {
     cfg: WorkerConfig,
     client: Client,
+    /// Extra relays that customers named in `relays` tags, for their jobs' answers only (a
+    /// client of its own, so nothing else we publish goes there); bounded in number.
+    reply: Client,
     runner: Arc<dyn Runner>,
     models: RwLock<Vec<ModelInfo>>,
     healthy: AtomicBool,
@@ -102,6 +105,8 @@ struct Offer<'a> {
     bolt11: Option<String>,
     /// Our zap target, when it takes this amount, and the receipts naming the job.
     zap: Option<(&'a ZapTarget, tokio::sync::mpsc::Receiver<Event>)>,
+    /// The `payment-required` feedback sent: a zap of it pays too.
+    quote_id: Option<EventId>,
 }
 
 /// A customer's payment for a job (pay-before).
@@ -218,6 +223,7 @@ impl Worker {
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
             client,
+            reply: fedai_client::nostr_client(),
             runner,
             models: RwLock::new(Vec::new()),
             healthy: AtomicBool::new(false),
@@ -454,14 +460,12 @@ impl Worker {
                     .since(since),
             )
             .await?;
+        // Cancellations: NIP-09 deletions, with or without a `k` tag (generic clients omit it);
+        // only a running job's own customer can stop it (`on_cancel`).
         i.client
             .subscribe(
                 Filter::new()
                     .kind(Kind::from_u16(kinds::DELETION))
-                    .custom_tag(
-                        SingleLetterTag::from_char('k').expect("k is a tag letter"),
-                        kinds::JOB_REQUEST.to_string(),
-                    )
                     .since(i.started),
             )
             .await?;
@@ -553,6 +557,7 @@ impl Worker {
         // Withdraw: a final ad marked down that expires almost at once.
         self.publish_ad(false, Duration::from_secs(2)).await;
         i.client.shutdown().await;
+        i.reply.shutdown().await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -630,10 +635,89 @@ impl Worker {
         tracing::info!(request = %request.id, code = %code, "job refused");
         self.inner.metrics.job(code.as_str());
         let mut fb = JobFeedback::error(request.id, request.customer, code, reason);
-        fb.encrypted = request.encrypted.is_some();
+        fb.encrypted = request.encrypted;
         if let Ok(ev) = fb.to_event(&self.inner.cfg.keys) {
-            self.publish(&ev).await;
+            self.publish_job(request, &ev).await;
         }
+    }
+
+    /// Turn down a request before taking it. A request that names us gets an `error` with the
+    /// reason; an open request is declined in silence — N workers must not answer one request
+    /// with N refusals (fedai-01, "Open requests").
+    async fn decline(
+        &self,
+        request: &ParsedJobRequest,
+        directed: bool,
+        code: ErrorCode,
+        reason: String,
+    ) {
+        if directed {
+            return self.refuse(request, code, reason).await;
+        }
+        tracing::debug!(request = %request.id, code = %code, "open request declined");
+        self.inner.metrics.job("declined");
+    }
+
+    /// Publish a job's event to our relays and to the relays its customer named (`relays` tag).
+    async fn publish_job(&self, request: &ParsedJobRequest, ev: &Event) {
+        self.publish(ev).await;
+        let extra = self.reply_relays(&request.request.relays).await;
+        if extra.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .inner
+            .reply
+            .send_event(ev)
+            .to(extra)
+            .save_into_database(false)
+            .await
+        {
+            tracing::debug!(id = %ev.id, error = %e, "reply relays did not take the event");
+        }
+    }
+
+    /// The customer's reply relays that are not ours, checked (ws/wss; public addresses unless
+    /// allowed) and connected; at most four per request and `max_reply_relays` in all.
+    async fn reply_relays(&self, wanted: &[String]) -> Vec<RelayUrl> {
+        let i = &self.inner;
+        let mut out = Vec::new();
+        for url in wanted.iter().take(4) {
+            let Ok(parsed) = RelayUrl::parse(url) else {
+                continue;
+            };
+            if i.cfg
+                .relays
+                .iter()
+                .any(|r| RelayUrl::parse(r).is_ok_and(|r| r == parsed))
+            {
+                continue;
+            }
+            if let Err(e) = fedai_lightning::netguard::check_url(
+                parsed.as_str(),
+                &["wss", "ws"],
+                i.cfg.allow_private_addresses,
+            ) {
+                tracing::debug!(relay = %parsed, reason = %e, "reply relay refused");
+                continue;
+            }
+            let known = i.reply.relays().await;
+            if !known.contains_key(&parsed) {
+                if known.len() >= i.cfg.max_reply_relays {
+                    tracing::debug!(relay = %parsed, "too many reply relays; not adding one more");
+                    continue;
+                }
+                if i.reply.add_relay(parsed.as_str()).await.is_err() {
+                    continue;
+                }
+                let _ = i
+                    .reply
+                    .try_connect_relay(parsed.as_str(), Duration::from_secs(3))
+                    .await;
+            }
+            out.push(parsed);
+        }
+        out
     }
 
     /// This job's price on our ad: the runner's token count of the prompt (exact for
@@ -663,6 +747,7 @@ impl Worker {
             held: None,
             bolt11: None,
             zap: None,
+            quote_id: None,
         };
         if let Some(ln) = &i.ln {
             let preimage = fedai_lightning::preimage_for(
@@ -723,10 +808,11 @@ impl Worker {
         }
         let paid = self.await_payment(parsed, &mut offer, cancel_rx).await;
         if offer.zap.is_some() {
-            i.zap_waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&parsed.id);
+            let mut waiters = i.zap_waiters.lock().unwrap_or_else(|e| e.into_inner());
+            waiters.remove(&parsed.id);
+            if let Some(q) = offer.quote_id {
+                waiters.remove(&q);
+            }
         }
         let paid = paid?;
         // Paid by zap: a hold invoice offered alongside is cancelled, so nobody pays twice.
@@ -768,9 +854,19 @@ impl Worker {
                 },
             );
             fb.zap = zap_target.map(|z| z.target.clone());
-            fb.encrypted = parsed.encrypted.is_some();
+            fb.encrypted = parsed.encrypted;
             match fb.to_event(&i.cfg.keys) {
-                Ok(ev) => self.publish(&ev).await,
+                Ok(ev) => {
+                    // A zap of this feedback (what NIP-90 clients zap) pays the job too.
+                    offer.quote_id = Some(ev.id);
+                    if offer.zap.is_some() {
+                        let mut waiters = i.zap_waiters.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(tx) = waiters.get(&parsed.id).cloned() {
+                            waiters.insert(ev.id, tx);
+                        }
+                    }
+                    self.publish_job(parsed, &ev).await
+                }
                 Err(e) => return Err(failed(format!("cannot build the quote: {e}"))),
             }
             tracing::info!(request = %parsed.id, price_msat = price, zap = zap_target.is_some(), "waiting for payment");
@@ -811,7 +907,7 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 Some((z, receipt)) = next_zap => {
-                    if let Some(paid) = self.check_zap(parsed, price, z, &receipt).await {
+                    if let Some(paid) = self.check_zap(parsed, price, z, &receipt, offer.quote_id).await {
                         return Ok(paid);
                     }
                 }
@@ -831,12 +927,14 @@ impl Worker {
         price: u64,
         z: &ZapTarget,
         receipt: &Event,
+        quote_id: Option<EventId>,
     ) -> Option<Paid> {
         let i = &self.inner;
         let expect = fedai_lightning::zap::Expect {
             server: z.server,
             worker: self.public_key(),
             request_id: parsed.id,
+            quote_id,
             min_amount_msat: price,
             currency: i.cfg.ln_network.clone(),
         };
@@ -926,13 +1024,13 @@ impl Worker {
     async fn on_request(&self, event: Event, awarded: bool) {
         let i = &self.inner;
         let me = self.public_key();
-        let directed_to_me = awarded || event.tags.public_keys().any(|p| p == me);
+        let named = awarded || event.tags.public_keys().any(|p| p == me);
         let parsed = match JobRequest::from_event(&event, Some(&i.cfg.keys)) {
             Ok(p) => p,
             // Encrypted for another worker: not ours to read or answer.
             Err(ProtocolError::NotRecipient) => return,
             Err(e) => {
-                if directed_to_me && event.verify().is_ok() {
+                if named && event.verify().is_ok() {
                     tracing::info!(request = %event.id, error = %e, "malformed request");
                     let fb = JobFeedback::error(
                         event.id,
@@ -948,8 +1046,11 @@ impl Worker {
             }
         };
         if parsed.request.provider.is_some_and(|p| p != me) {
-            return; // directed to another worker
+            return; // directed to other workers
         }
+        // A request that names us (or awards our quote) is answered even when refused; an open
+        // one is declined in silence.
+        let directed = named;
         // Stored requests from before this process started: only those we owe an answer.
         if parsed.created_at.as_secs() + 2 < i.started.as_secs() {
             let owed = i
@@ -957,7 +1058,7 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(&parsed.id)
-                || (directed_to_me
+                || (directed
                     && !i
                         .answered
                         .lock()
@@ -974,8 +1075,9 @@ impl Worker {
             Err(ProtocolError::TooOld { .. }) => return,
             Err(ProtocolError::Expired(_)) => {
                 return self
-                    .refuse(
+                    .decline(
                         &parsed,
+                        directed,
                         ErrorCode::Expired,
                         "the request expired before it could run".into(),
                     )
@@ -983,14 +1085,15 @@ impl Worker {
             }
             Err(e) => {
                 return self
-                    .refuse(&parsed, ErrorCode::InvalidRequest, e.to_string())
+                    .decline(&parsed, directed, ErrorCode::InvalidRequest, e.to_string())
                     .await
             }
         }
         if !i.accepting.load(Ordering::SeqCst) {
             return self
-                .refuse(
+                .decline(
                     &parsed,
+                    directed,
                     ErrorCode::Shutdown,
                     "the worker is shutting down".into(),
                 )
@@ -999,8 +1102,9 @@ impl Worker {
         let models = i.models.read().unwrap_or_else(|e| e.into_inner()).clone();
         if !i.healthy.load(Ordering::SeqCst) || models.is_empty() {
             return self
-                .refuse(
+                .decline(
                     &parsed,
+                    directed,
                     ErrorCode::RunnerFailed,
                     "the inference runner is unavailable".into(),
                 )
@@ -1011,8 +1115,9 @@ impl Worker {
             Some(m) => {
                 let served: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
                 return self
-                    .refuse(
+                    .decline(
                         &parsed,
+                        directed,
                         ErrorCode::ModelUnavailable,
                         format!(
                             "model `{m}` is not served here (serving: {})",
@@ -1025,8 +1130,9 @@ impl Worker {
         };
         if parsed.input_data.len() > i.cfg.max_prompt_bytes {
             return self
-                .refuse(
+                .decline(
                     &parsed,
+                    directed,
                     ErrorCode::PromptTooLarge,
                     format!(
                         "prompt is {} bytes; this worker accepts at most {}",
@@ -1043,8 +1149,9 @@ impl Worker {
             .unwrap_or(i.cfg.default_max_tokens);
         if max_tokens > i.cfg.max_tokens {
             return self
-                .refuse(
+                .decline(
                     &parsed,
+                    directed,
                     ErrorCode::InvalidRequest,
                     format!(
                         "max_tokens {max_tokens} exceeds this worker's limit {}",
@@ -1053,20 +1160,59 @@ impl Worker {
                 )
                 .await;
         }
+        // Inputs to fetch (`url`, `event`, `job`: NIP-90 references and job chaining) are
+        // resolved before the job is priced or run.
+        let input = if parsed.needs_inputs() {
+            match crate::inputs::resolve(
+                &i.client,
+                &i.cfg.keys,
+                &parsed.inputs,
+                i.cfg.max_prompt_bytes,
+                i.cfg.allow_private_addresses,
+            )
+            .await
+            {
+                Ok(text) => fedai_protocol::JobInput::Text(text),
+                Err((code, reason)) => return self.decline(&parsed, directed, code, reason).await,
+            }
+        } else {
+            parsed.request.input.clone()
+        };
         let req = InferRequest {
             model: model.clone(),
-            input: parsed.request.input.clone(),
+            input,
             params: parsed.request.params.clone(),
             max_tokens,
         };
-        // An open request with a bid is an auction: quote, and run only when awarded (or when
-        // a previous run of this worker had already started it).
         let resumed = i
             .recover
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&parsed.id);
-        if let (Some(bid), false) = (parsed.request.bid_msat, directed_to_me || resumed) {
+        // A generic client's bid is the most it pays: a paid worker whose price is higher
+        // declines (in silence when the request is open).
+        if let (Some(bid), false) = (
+            parsed.request.bid_msat,
+            parsed.fedai || i.cfg.payment_mode == PaymentMode::Free,
+        ) {
+            let price = self.job_price(&parsed, &req).await;
+            if price > bid {
+                return self
+                    .decline(
+                        &parsed,
+                        directed,
+                        ErrorCode::InvalidRequest,
+                        format!("this job costs {price} msat, over the bid of {bid} msat"),
+                    )
+                    .await;
+            }
+        }
+        // A fed_AI auction (an open request with a bid, from fed_AI software): quote, and run
+        // only when awarded (or when a previous run of this worker had already started it).
+        // Generic clients send no award: their open requests are served below.
+        if let (Some(bid), true, false) =
+            (parsed.request.bid_msat, parsed.fedai, directed || resumed)
+        {
             let price = self.job_price(&parsed, &req).await;
             if price > bid {
                 tracing::info!(request = %parsed.id, "bid under our price: no quote");
@@ -1082,7 +1228,7 @@ impl Worker {
             );
             if let Ok(ev) = fb.to_event(&i.cfg.keys) {
                 tracing::info!(request = %parsed.id, price_msat = price, "quoted");
-                self.publish(&ev).await;
+                self.publish_job(&parsed, &ev).await;
             }
             return;
         }
@@ -1096,8 +1242,9 @@ impl Worker {
         }
         let Ok(permit) = i.slots.clone().try_acquire_owned() else {
             return self
-                .refuse(
+                .decline(
                     &parsed,
+                    directed,
                     ErrorCode::Capacity,
                     format!("all {} slots are busy", i.cfg.max_concurrent),
                 )
@@ -1128,9 +1275,9 @@ impl Worker {
             Ok(paid) => {
                 let mut processing =
                     JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
-                processing.encrypted = parsed.encrypted.is_some();
+                processing.encrypted = parsed.encrypted;
                 if let Ok(ev) = processing.to_event(&i.cfg.keys) {
-                    self.publish(&ev).await;
+                    self.publish_job(&parsed, &ev).await;
                 }
                 let outcome = tokio::select! {
                     o = tokio::time::timeout(i.cfg.job_timeout, self.infer(&parsed, req)) => match o {
@@ -1256,9 +1403,9 @@ impl Worker {
 
     async fn partial(&self, parsed: &ParsedJobRequest, seq: u64, chunk: String) {
         let mut fb = JobFeedback::partial(parsed.id, parsed.customer, seq, chunk);
-        fb.encrypted = parsed.encrypted.is_some();
+        fb.encrypted = parsed.encrypted;
         if let Ok(ev) = fb.to_event(&self.inner.cfg.keys) {
-            self.publish(&ev).await;
+            self.publish_job(parsed, &ev).await;
         }
     }
 
@@ -1351,17 +1498,17 @@ impl Worker {
             price_msat: price,
             payment_hash,
         };
-        self.publish(&result_ev).await;
+        self.publish_job(parsed, &result_ev).await;
         match record.to_event(&i.cfg.keys) {
-            Ok(ev) => self.publish(&ev).await,
+            Ok(ev) => self.publish_job(parsed, &ev).await,
             Err(e) => {
                 tracing::warn!(request = %parsed.id, error = %e, "cannot build metering record")
             }
         }
         let mut success = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Success);
-        success.encrypted = parsed.encrypted.is_some();
+        success.encrypted = parsed.encrypted;
         if let Ok(ev) = success.to_event(&i.cfg.keys) {
-            self.publish(&ev).await;
+            self.publish_job(parsed, &ev).await;
         }
         i.metrics.job("success");
         i.metrics.tokens(usage.input_tokens, usage.output_tokens);

@@ -178,6 +178,9 @@ pub struct Expect {
     pub worker: PublicKey,
     /// The job request.
     pub request_id: EventId,
+    /// The worker's `payment-required` feedback for it: NIP-90 clients zap that event, and a
+    /// zap of it pays the job just as a zap of the request does.
+    pub quote_id: Option<EventId>,
     /// The quote, msat: the zap must be at least this.
     pub min_amount_msat: u64,
     /// The chain.
@@ -242,7 +245,10 @@ pub fn verify_receipt(ev: &Event, e: &Expect) -> Result<Zap, LnError> {
         }
     }
     let zr = parse_request(description)?;
-    if !names(&zr, e.worker, e.request_id) || !names(ev, e.worker, e.request_id) {
+    let for_job = |x: &Event| {
+        names(x, e.worker, e.request_id) || e.quote_id.is_some_and(|q| names(x, e.worker, q))
+    };
+    if !for_job(&zr) || !for_job(ev) {
         return Err(refuse("the zap is not for this worker and job"));
     }
     if let Some(a) = first(&zr, "amount") {

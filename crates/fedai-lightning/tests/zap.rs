@@ -44,6 +44,7 @@ impl Fixture {
             server: self.server.public_key(),
             worker: self.worker.public_key(),
             request_id: self.request_id,
+            quote_id: None,
             min_amount_msat,
             currency: Currency::Simnet,
         }

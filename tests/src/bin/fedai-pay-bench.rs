@@ -23,7 +23,7 @@ use nostr_sdk::prelude::ClientNotification;
 
 fn config(n: &LndNode) -> LndConfig {
     LndConfig {
-        url: format!("https://{}", n.rpc),
+        url: format!("https://{}", n.rest),
         cert: n.cert.clone(),
         macaroon: n.macaroon.clone(),
     }
@@ -154,6 +154,7 @@ async fn main() {
             server: params.nostr_pubkey.expect("the service takes zaps"),
             worker: worker_keys.public_key(),
             request_id,
+            quote_id: None,
             min_amount_msat: 10_000,
             currency: Currency::Simnet,
         };
