@@ -459,6 +459,44 @@ mod paid_jobs {
             }
             other => panic!("expected a payment error, got {other}"),
         }
+
+        // A generic NIP-90 client (nostr-tools, not ours) gets `payment-required` with a BOLT11
+        // invoice that any wallet pays — here the customer's lnd — and then its answer: no
+        // fed_AI-only step (no award).
+        let generic = Keys::generate().secret_key().to_secret_hex();
+        let mut g = fedai_tests::generic::GenericRun::start(
+            &[&relay.url],
+            &generic,
+            &[
+                "job",
+                "--input",
+                "paid by a generic client",
+                "--param",
+                "model=tiny",
+                "--param",
+                "max_tokens=8",
+                "--bid",
+                "100000",
+                "--p",
+                &pk_before.to_hex(),
+            ],
+        );
+        let quote = g
+            .until("feedback", Some("payment-required"), Duration::from_secs(30))
+            .await;
+        let bolt11 = quote["bolt11"]
+            .as_str()
+            .expect("payment-required carries a payable BOLT11")
+            .to_owned();
+        let amount: u64 = quote["amount"].as_str().unwrap().parse().unwrap();
+        assert!(amount > 0 && amount <= 100_000, "{quote}");
+        let before = cust.channel_local_msat();
+        let wallet = Lnd::connect(&config(cust)).await.unwrap();
+        let paying = tokio::spawn(async move { wallet.pay(&bolt11, 1_000, 60).await });
+        let res = g.until("result", None, Duration::from_secs(60)).await;
+        assert!(!res["content"].as_str().unwrap().is_empty());
+        paying.await.unwrap().expect("the hold invoice settles on delivery");
+        assert_eq!(balance_becomes(cust, before - amount).await, before - amount);
         c.shutdown().await;
     }
 }

@@ -447,4 +447,5 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+pub mod generic;
 pub mod lightning;
