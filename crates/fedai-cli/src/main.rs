@@ -22,15 +22,22 @@ use fedai_scheduler::Policy;
     about = "fed_AI: pay-as-you-go AI inference on Nostr"
 )]
 struct Cli {
-    /// Relay URL (repeatable).
+    /// TOML configuration file (keys as the long flags with `_`: relays, nsec_file, lnd_url,
+    /// lnd_cert, lnd_macaroon, nwc, ln_network, max_price, max_fee_msat, auto_pay, no_zaps,
+    /// log); flags and environment win over it.
+    #[arg(long, global = true, env = "FEDAI_CONFIG")]
+    config: Option<PathBuf>,
+    /// Relay URL (repeatable; default ws://127.0.0.1:7777).
     #[arg(
         long = "relay",
         global = true,
         env = "FEDAI_RELAYS",
-        value_delimiter = ',',
-        default_value = "ws://127.0.0.1:7777"
+        value_delimiter = ','
     )]
     relays: Vec<String>,
+    /// Show the logs of fed_AI and its libraries (info level; prompts and outputs never).
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
     /// Customer secret key (nsec or hex); a fresh key is used when absent.
     #[arg(long, global = true, env = "FEDAI_NSEC", hide_env_values = true)]
     nsec: Option<String>,
@@ -170,12 +177,12 @@ struct PayArgs {
     /// Pay through a Nostr Wallet Connect wallet (NIP-47) instead of an LND node.
     #[arg(long, env = "FEDAI_NWC", hide_env_values = true)]
     nwc: Option<String>,
-    /// The chain invoices must be on.
-    #[arg(long, env = "FEDAI_LN_NETWORK", default_value = "bitcoin", value_parser = ["bitcoin", "testnet", "signet", "regtest", "simnet"])]
-    ln_network: String,
-    /// Routing fee cap per payment, msat.
-    #[arg(long, default_value_t = 10_000)]
-    max_fee_msat: u64,
+    /// The chain invoices must be on (default bitcoin).
+    #[arg(long, env = "FEDAI_LN_NETWORK", value_parser = ["bitcoin", "testnet", "signet", "regtest", "simnet"])]
+    ln_network: Option<String>,
+    /// Routing fee cap per payment, msat (default 10000).
+    #[arg(long, env = "FEDAI_MAX_FEE_MSAT")]
+    max_fee_msat: Option<u64>,
     /// Never pay by zap. A worker that takes only zaps (NIP-57, to its lightning address) gets
     /// no escrow: a zapped job that fails is not refunded.
     #[arg(long, env = "FEDAI_NO_ZAPS")]
@@ -183,14 +190,29 @@ struct PayArgs {
 }
 
 impl PayArgs {
-    async fn context(&self) -> anyhow::Result<Option<fedai_client::PayContext>> {
-        use fedai_client::fedai_lightning::invoice::{self, Currency};
+    async fn context(&self, file: &FileConfig) -> anyhow::Result<Option<fedai_client::PayContext>> {
+        use fedai_client::fedai_lightning::invoice;
         use fedai_client::fedai_lightning::lnd;
-        if !self.auto_pay {
+        if !(self.auto_pay || file.auto_pay.unwrap_or(false)) {
             return Ok(None);
         }
+        let nwc = self.nwc.clone().or_else(|| file.nwc.clone());
+        let lnd_url = self.lnd_url.clone().or_else(|| file.lnd_url.clone());
+        let lnd_cert = self.lnd_cert.clone().or_else(|| file.lnd_cert.clone());
+        let lnd_macaroon = self
+            .lnd_macaroon
+            .clone()
+            .or_else(|| file.lnd_macaroon.clone());
+        let ln_network = self
+            .ln_network
+            .clone()
+            .or_else(|| file.ln_network.clone())
+            .unwrap_or_else(|| "bitcoin".into());
+        let Some(currency) = invoice::network(&ln_network) else {
+            bail!("unknown Lightning network `{ln_network}` (bitcoin, testnet, signet, regtest, simnet)");
+        };
         let payer: std::sync::Arc<dyn fedai_client::fedai_lightning::Payer> =
-            match (&self.nwc, &self.lnd_url, &self.lnd_cert, &self.lnd_macaroon) {
+            match (&nwc, &lnd_url, &lnd_cert, &lnd_macaroon) {
                 (Some(uri), ..) => std::sync::Arc::new(
                     fedai_client::fedai_lightning::nwc::Nwc::connect(uri).await?,
                 ),
@@ -206,11 +228,10 @@ impl PayArgs {
             };
         Ok(Some(fedai_client::PayContext {
             payer,
-            // clap allows only the names `network` knows.
-            currency: invoice::network(&self.ln_network).unwrap_or(Currency::Bitcoin),
+            currency,
             max_msat: None,
-            max_fee_msat: self.max_fee_msat,
-            zaps: !self.no_zaps,
+            max_fee_msat: self.max_fee_msat.or(file.max_fee_msat).unwrap_or(10_000),
+            zaps: !(self.no_zaps || file.no_zaps.unwrap_or(false)),
         }))
     }
 }
@@ -245,6 +266,60 @@ enum MeteringCmd {
     },
 }
 
+/// `fedai --config FILE`: the settings a user would otherwise repeat on every command.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    relays: Option<Vec<String>>,
+    nsec_file: Option<PathBuf>,
+    auto_pay: Option<bool>,
+    lnd_url: Option<String>,
+    lnd_cert: Option<PathBuf>,
+    lnd_macaroon: Option<PathBuf>,
+    nwc: Option<String>,
+    ln_network: Option<String>,
+    max_price: Option<u64>,
+    max_fee_msat: Option<u64>,
+    no_zaps: Option<bool>,
+    log: Option<String>,
+}
+
+impl FileConfig {
+    fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+    }
+}
+
+/// Logs for a person at a terminal: by default only fed_AI's own warnings (no dependency's
+/// noise); `--verbose` or `FEDAI_LOG` for more. Payload-logging dependencies are capped so that
+/// no prompt or output reaches a log, and colour is used only on a terminal.
+fn init_logs(verbose: bool, file_log: Option<&str>) {
+    let filter = std::env::var("FEDAI_LOG")
+        .ok()
+        .or_else(|| file_log.map(str::to_owned))
+        .unwrap_or_else(|| {
+            if verbose {
+                "info".into()
+            } else {
+                "off,fedai=warn,fedai_client=warn,fedai_lightning=warn".into()
+            }
+        });
+    let filter = fedai_protocol::private_log_filter(&filter);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn keys(cli: &Cli) -> anyhow::Result<Keys> {
     let secret = match (&cli.nsec, &cli.nsec_file) {
         (Some(s), _) => s.clone(),
@@ -260,15 +335,30 @@ fn keys(cli: &Cli) -> anyhow::Result<Keys> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEDAI_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> std::process::ExitCode {
+    // One clear line for a person, not a backtrace (even with RUST_BACKTRACE set).
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    let file = FileConfig::load(cli.config.as_deref())?;
+    init_logs(cli.verbose, file.log.as_deref());
+    if cli.relays.is_empty() {
+        cli.relays = file
+            .relays
+            .clone()
+            .unwrap_or_else(|| vec!["ws://127.0.0.1:7777".into()]);
+    }
+    if cli.nsec.is_none() && cli.nsec_file.is_none() {
+        cli.nsec_file = file.nsec_file.clone();
+    }
     match &cli.cmd {
         Cmd::Keygen { out } => keygen(out.as_ref()),
         Cmd::Workers { json } => workers(&cli, *json).await,
@@ -310,13 +400,13 @@ async fn main() -> anyhow::Result<()> {
             }
             let opts = RunOptions {
                 policy: Policy::new(strategy.parse().map_err(|e: String| anyhow::anyhow!(e))?),
-                max_price_msat: *max_price,
+                max_price_msat: max_price.or(file.max_price),
                 private: *private,
                 timeout: Duration::from_secs(*timeout),
                 max_attempts: (*attempts).max(1),
                 worker,
                 auction: auction.map(|s| Duration::from_secs_f64(s.clamp(0.1, 60.0))),
-                pay: pay.context().await?,
+                pay: pay.context(&file).await?,
             };
             let r = infer(&client, req, &opts, *json, *explain).await;
             client.shutdown().await;

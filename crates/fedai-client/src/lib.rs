@@ -86,6 +86,9 @@ pub enum ClientError {
     },
 }
 
+/// How long [`FedaiClient::connect`] waits for a first relay.
+const CONNECT_WAIT: Duration = Duration::from_millis(2500);
+
 /// Progress of a job, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobUpdate {
@@ -240,7 +243,14 @@ pub struct FedaiClient {
 
 impl FedaiClient {
     /// Connect to `relays` (waits up to 5 s; unreachable relays are retried in the background).
+    ///
+    /// Fails within about three seconds, naming each relay and why, when none of them can be
+    /// reached: a customer must not wait out a job timeout to learn the network is not there.
+    /// Relays that are down while others answer are retried in the background.
     pub async fn connect(relays: &[String], keys: Keys) -> Result<Self, ClientError> {
+        if relays.is_empty() {
+            return Err(ClientError::Relay("no relay given".into()));
+        }
         let client = transport::nostr_client();
         for r in relays {
             client
@@ -248,7 +258,25 @@ impl FedaiClient {
                 .await
                 .map_err(|e| ClientError::Relay(format!("{r}: {e}")))?;
         }
-        client.connect().and_wait(Duration::from_secs(5)).await;
+        client.connect().and_wait(CONNECT_WAIT).await;
+        let statuses = client.relays().await;
+        if !statuses
+            .values()
+            .any(|r| r.status() == nostr_sdk::prelude::RelayStatus::Connected)
+        {
+            let mut why = Vec::new();
+            for url in statuses.keys() {
+                why.push(format!(
+                    "{url} ({})",
+                    transport::unreachable_reason(url).await
+                ));
+            }
+            client.shutdown().await;
+            return Err(ClientError::Relay(format!(
+                "cannot reach any relay: {}",
+                why.join(", ")
+            )));
+        }
         Ok(Self {
             client,
             keys,

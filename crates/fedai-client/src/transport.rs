@@ -105,3 +105,31 @@ pub fn nostr_client() -> nostr_sdk::prelude::Client {
         .websocket_transport(NoDelayTransport)
         .build()
 }
+
+/// Why `url` cannot be reached, in words: the TCP connection's own error, or that the port
+/// answers but the WebSocket did not open.
+pub async fn unreachable_reason(url: &nostr_sdk::prelude::RelayUrl) -> String {
+    let Ok(u) = url::Url::parse(url.as_str()) else {
+        return "not a URL".into();
+    };
+    let Some(host) = u.host_str() else {
+        return "no host".into();
+    };
+    let port = u
+        .port_or_known_default()
+        .unwrap_or(if u.scheme() == "wss" { 443 } else { 80 });
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(1500),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Err(_) => "no answer within 1.5 s".into(),
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => "the port answers but the WebSocket did not open".into(),
+    }
+}
