@@ -23,7 +23,13 @@ fn has_tag(v: &Value, want: &[&str]) -> bool {
 
 /// The raw event `id` as the relay serves it.
 async fn raw(relay: &str, sk: &str, id: &str) -> Value {
-    let (code, lines) = run(&[relay], sk, &["fetch", "--id", id], Duration::from_secs(15)).await;
+    let (code, lines) = run(
+        &[relay],
+        sk,
+        &["fetch", "--id", id],
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(code, 0, "event {id} on {relay}: {lines:?}");
     first(&lines, "event").expect("event line")["event"].clone()
 }
@@ -33,7 +39,10 @@ async fn text_server(body: &'static str) -> (String, std::sync::Arc<std::sync::a
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://127.0.0.1:{}/doc.txt", l.local_addr().unwrap().port());
+    let url = format!(
+        "http://127.0.0.1:{}/doc.txt",
+        l.local_addr().unwrap().port()
+    );
     let h = hits.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -78,23 +87,48 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
         &[&relay.url],
         &csk,
         &[
-            "job", "--input", "Hello there", "--input-type", "prompt", "--param", "model=tiny",
-            "--param", "max_tokens=8", "--param", "seed=3", "--p", &other, "--p", &pk,
-            "--relays", &reply_relay.url,
+            "job",
+            "--input",
+            "Hello there",
+            "--input-type",
+            "prompt",
+            "--param",
+            "model=tiny",
+            "--param",
+            "max_tokens=8",
+            "--param",
+            "seed=3",
+            "--p",
+            &other,
+            "--p",
+            &pk,
+            "--relays",
+            &reply_relay.url,
         ],
         T,
     )
     .await;
     assert_eq!(code, 0, "{lines:?}");
-    let req_id = first(&lines, "request").unwrap()["id"].as_str().unwrap().to_owned();
+    let req_id = first(&lines, "request").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let res = first(&lines, "result").expect("a result");
     assert_eq!(res["pubkey"], pk.as_str());
     assert!(!res["content"].as_str().unwrap().is_empty());
     // NIP-90's result layout: the request, `e`, `p`, the inputs.
-    for want in [&["e", req_id.as_str()][..], &["p", &cpk], &["i", "Hello there", "prompt"]] {
+    for want in [
+        &["e", req_id.as_str()][..],
+        &["p", &cpk],
+        &["i", "Hello there", "prompt"],
+    ] {
         assert!(has_tag(res, want), "result lacks {want:?}: {res}");
     }
-    assert!(res["tags"].as_array().unwrap().iter().any(|t| t[0] == "request"));
+    assert!(res["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t[0] == "request"));
     // Feedback and result also went to the relay the customer named.
     let res_id = res["id"].as_str().unwrap();
     assert_eq!(raw(&reply_relay.url, &csk, res_id).await["id"], res_id);
@@ -105,8 +139,17 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
             &[&relay.url],
             &csk,
             &[
-                "job", "--input", "a private question", "--param", "model=tiny", "--param",
-                "max_tokens=8", "--p", &pk, "--encrypt", scheme,
+                "job",
+                "--input",
+                "a private question",
+                "--param",
+                "model=tiny",
+                "--param",
+                "max_tokens=8",
+                "--p",
+                &pk,
+                "--encrypt",
+                scheme,
             ],
             T,
         )
@@ -116,7 +159,10 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
         assert_eq!(res["encrypted"], true, "{scheme}");
         assert!(res.get("decrypt_error").is_none(), "{scheme}: {res}");
         assert!(!res["content"].as_str().unwrap().is_empty());
-        assert!(!has_tag(res, &["i"]), "an encrypted result never reveals the input");
+        assert!(
+            !has_tag(res, &["i"]),
+            "an encrypted result never reveals the input"
+        );
         let wire = raw(&relay.url, &csk, res["id"].as_str().unwrap()).await;
         assert_eq!(
             wire["content"].as_str().unwrap().contains("?iv="),
@@ -133,9 +179,21 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
         &[&relay.url],
         &csk,
         &[
-            "job", "--input", "Continue this:", "--input", &req_id, "--input-type", "job",
-            "--input-relay", &relay.url, "--param", "model=tiny", "--param", "max_tokens=8",
-            "--p", &pk,
+            "job",
+            "--input",
+            "Continue this:",
+            "--input",
+            &req_id,
+            "--input-type",
+            "job",
+            "--input-relay",
+            &relay.url,
+            "--param",
+            "model=tiny",
+            "--param",
+            "max_tokens=8",
+            "--p",
+            &pk,
         ],
         T,
     )
@@ -147,13 +205,27 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
     let (code, lines) = run(
         &[&relay.url],
         &csk,
-        &["job", "--input", &missing, "--input-type", "job", "--p", &pk],
+        &[
+            "job",
+            "--input",
+            &missing,
+            "--input-type",
+            "job",
+            "--p",
+            &pk,
+        ],
         T,
     )
     .await;
     assert_eq!(code, 3, "{lines:?}");
     let err = first(&lines, "feedback").unwrap();
-    assert!(err["info"].as_str().unwrap().contains("no result of that job"), "{err}");
+    assert!(
+        err["info"]
+            .as_str()
+            .unwrap()
+            .contains("no result of that job"),
+        "{err}"
+    );
 
     // 4. A `url` input is fetched (bounded) by a worker allowed to reach it…
     let (url, hits) = text_server("Nostr is a protocol of signed notes and relays.").await;
@@ -161,8 +233,19 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
         &[&relay.url],
         &csk,
         &[
-            "job", "--input", "Summarise:", "--input", &url, "--input-type", "url",
-            "--param", "model=tiny", "--param", "max_tokens=8", "--p", &pk,
+            "job",
+            "--input",
+            "Summarise:",
+            "--input",
+            &url,
+            "--input-type",
+            "url",
+            "--param",
+            "model=tiny",
+            "--param",
+            "max_tokens=8",
+            "--p",
+            &pk,
         ],
         T,
     )
@@ -173,22 +256,47 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
     let (code, lines) = run(
         &[&relay.url],
         &csk,
-        &["job", "--input", &url, "--input-type", "url", "--p", &pk_strict],
+        &[
+            "job",
+            "--input",
+            &url,
+            "--input-type",
+            "url",
+            "--p",
+            &pk_strict,
+        ],
         T,
     )
     .await;
     assert_eq!(code, 3, "{lines:?}");
     let err = first(&lines, "feedback").unwrap();
-    assert!(err["info"].as_str().unwrap().contains("not a public address"), "{err}");
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "never fetched");
+    assert!(
+        err["info"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{err}"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never fetched"
+    );
 
     // 5. Cancellation by a NIP-09 deletion without a `k` tag stops a running job.
     let mut long = GenericRun::start(
         &[&relay.url],
         &csk,
         &[
-            "job", "--input", "Write a very long story about a lighthouse.", "--param",
-            "model=smol", "--param", "max_tokens=1500", "--p", &pk_smol,
+            "job",
+            "--input",
+            "Write a very long story about a lighthouse.",
+            "--param",
+            "model=smol",
+            "--param",
+            "max_tokens=1500",
+            "--p",
+            &pk_smol,
         ],
     );
     long.until("feedback", Some("processing"), T).await;
@@ -217,21 +325,37 @@ async fn open_requests_are_answered_once_and_declined_in_silence() {
     let _w1 = WorkerProc::start(&sk1, &relay.url, &tiny.url, &["--price", "tiny=0:0:0"]);
     // Two workers that cannot take it: prompts over 4 bytes, and at most 2 tokens.
     let _w2 = WorkerProc::start(&sk2, &relay.url, &tiny.url, &["--max-prompt-bytes", "4"]);
-    let _w3 = WorkerProc::start(&sk3, &relay.url, &tiny.url, &["--payment-mode", "free", "--max-tokens", "2"]);
+    let _w3 = WorkerProc::start(
+        &sk3,
+        &relay.url,
+        &tiny.url,
+        &["--payment-mode", "free", "--max-tokens", "2"],
+    );
     let c = client(&relay).await;
     wait_for_workers(&c, 3).await;
     let csk = Keys::generate().secret_key().to_secret_hex();
     let (code, lines) = run(
         &[&relay.url],
         &csk,
-        &["job", "--input", "An open question for anyone", "--param", "max_tokens=8", "--param", "model=tiny"],
+        &[
+            "job",
+            "--input",
+            "An open question for anyone",
+            "--param",
+            "max_tokens=8",
+            "--param",
+            "model=tiny",
+        ],
         T,
     )
     .await;
     assert_eq!(code, 0, "{lines:?}");
     // Wait a moment for any stray answer, then count who answered.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let req_id = first(&lines, "request").unwrap()["id"].as_str().unwrap().to_owned();
+    let req_id = first(&lines, "request").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let evs = c
         .fetch(
             Filter::new()
@@ -245,7 +369,10 @@ async fn open_requests_are_answered_once_and_declined_in_silence() {
     assert_eq!(authors.len(), 1, "only the worker that ran it answered");
     assert!(authors.contains(&pk1));
     assert!(
-        !evs.iter().any(|e| e.tags.iter().any(|t| t.as_slice().get(1).map(String::as_str) == Some("error"))),
+        !evs.iter().any(|e| e
+            .tags
+            .iter()
+            .any(|t| t.as_slice().get(1).map(String::as_str) == Some("error"))),
         "no error feedback to an open request"
     );
 }

@@ -223,6 +223,76 @@ mod paid_jobs {
         done
     }
 
+    /// A paid job through a relay we did not write (nostr-rs-relay), paid by `fedai infer
+    /// --auto-pay` from the customer's lnd: nothing in the money path depends on our relay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paid_job_behind_nostr_rs_relay() {
+        let relay = tokio::task::spawn_blocking(fedai_tests::peers::NostrRsRelay::start)
+            .await
+            .unwrap();
+        let net = tokio::task::spawn_blocking(|| LightningNet::start(2, 1_000_000))
+            .await
+            .unwrap();
+        let (cust, work) = (&net.nodes[0], &net.nodes[1]);
+        let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+        let (sk, pk) = nsec();
+        let mut args = lnd_args(work, "before");
+        args.extend(["--price".to_string(), "tiny=2000:1000:1000".to_string()]);
+        let _w = WorkerProc::start(&sk, &relay.url, &tiny.url, &refs(&args));
+        let fedai = |args: &[&str]| {
+            std::process::Command::new(fedai_tests::binary("fedai"))
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        for _ in 0..50 {
+            let out = fedai(&["--relay", &relay.url, "workers", "--json"]);
+            if String::from_utf8_lossy(&out.stdout).contains(&pk.to_bech32().unwrap()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let before = cust.channel_local_msat();
+        let rest = format!("https://{}", cust.rest);
+        let (cert, mac) = (
+            cust.cert.display().to_string(),
+            cust.macaroon.display().to_string(),
+        );
+        let out = fedai(&[
+            "--relay",
+            &relay.url,
+            "infer",
+            "a paid job elsewhere",
+            "--model",
+            "tiny",
+            "--max-tokens",
+            "8",
+            "--raw",
+            "--json",
+            "--auto-pay",
+            "--lnd-url",
+            &rest,
+            "--lnd-cert",
+            &cert,
+            "--lnd-macaroon",
+            &mac,
+            "--ln-network",
+            "simnet",
+            "--max-price",
+            "50000",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let paid = v["payment"]["amount_msat"].as_u64().expect("paid");
+        assert_eq!(v["price_msat"].as_u64(), Some(paid));
+        assert_eq!(balance_becomes(cust, before - paid).await, before - paid);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn paid_jobs_escrow_refund_pay_after_zap_and_no_payer() {
         let net = tokio::task::spawn_blocking(|| LightningNet::start(2, 1_000_000))
@@ -482,7 +552,11 @@ mod paid_jobs {
             ],
         );
         let quote = g
-            .until("feedback", Some("payment-required"), Duration::from_secs(30))
+            .until(
+                "feedback",
+                Some("payment-required"),
+                Duration::from_secs(30),
+            )
             .await;
         let bolt11 = quote["bolt11"]
             .as_str()
@@ -495,8 +569,62 @@ mod paid_jobs {
         let paying = tokio::spawn(async move { wallet.pay(&bolt11, 1_000, 60).await });
         let res = g.until("result", None, Duration::from_secs(60)).await;
         assert!(!res["content"].as_str().unwrap().is_empty());
-        paying.await.unwrap().expect("the hold invoice settles on delivery");
-        assert_eq!(balance_becomes(cust, before - amount).await, before - amount);
+        paying
+            .await
+            .unwrap()
+            .expect("the hold invoice settles on delivery");
+        assert_eq!(
+            balance_becomes(cust, before - amount).await,
+            before - amount
+        );
+
+        // Unpaid requests cannot jam a paid worker: its one slot is taken only once a payment
+        // is held, and one customer may hold at most two unpaid quotes.
+        let (sk_one, pk_one) = nsec();
+        let a6 = arg("before", &["--max-concurrent", "1"]);
+        let _w6 = WorkerProc::start(&sk_one, &relay.url, &tiny.url, &refs(&a6));
+        wait_for_workers(&c, 6).await;
+        let jammer = Keys::generate().secret_key().to_secret_hex();
+        let unpaid = |n: usize| {
+            fedai_tests::generic::GenericRun::start(
+                &[&relay.url],
+                &jammer,
+                &[
+                    "job",
+                    "--input",
+                    &format!("never paid {n}"),
+                    "--param",
+                    "model=tiny",
+                    "--p",
+                    &pk_one.to_hex(),
+                ],
+            )
+        };
+        let mut held = Vec::new();
+        for n in 0..2 {
+            let mut g = unpaid(n);
+            g.until(
+                "feedback",
+                Some("payment-required"),
+                Duration::from_secs(30),
+            )
+            .await;
+            held.push(g);
+        }
+        let mut third = unpaid(2);
+        let refused = third
+            .until("feedback", Some("error"), Duration::from_secs(30))
+            .await;
+        assert!(
+            refused["info"]
+                .as_str()
+                .unwrap_or("")
+                .contains("too many unpaid quotes"),
+            "{refused}"
+        );
+        // A paying customer still gets the worker's only slot.
+        paid_run(&c, cust, tiny_job("I pay", 8), &opts(pk_one)).await;
+        drop(held);
         c.shutdown().await;
     }
 }

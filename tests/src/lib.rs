@@ -449,3 +449,4 @@ pub fn workspace_root() -> PathBuf {
 
 pub mod generic;
 pub mod lightning;
+pub mod peers;

@@ -62,7 +62,8 @@ pub struct Cli {
     /// max_tokens when the request gives none.
     #[arg(long, env = "FEDAI_DEFAULT_MAX_TOKENS")]
     pub default_max_tokens: Option<u32>,
-    /// Seconds between capability-ad heartbeats.
+    /// Seconds between capability-ad heartbeats (the ad is also re-published when its state
+    /// changes: health, models, load band); it expires after three of them (NIP-40).
     #[arg(long, env = "FEDAI_HEARTBEAT_SECS")]
     pub heartbeat_secs: Option<u64>,
     /// Re-publish the ad when the load changes, at most this often (ms; 0 = heartbeat only).
@@ -414,7 +415,7 @@ impl Cli {
             heartbeat: Duration::from_secs(
                 self.heartbeat_secs
                     .or(file.heartbeat_secs)
-                    .unwrap_or(30)
+                    .unwrap_or(60)
                     .max(1),
             ),
             ad_refresh: Duration::from_millis(

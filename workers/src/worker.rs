@@ -45,7 +45,12 @@ struct Inner {
     models: RwLock<Vec<ModelInfo>>,
     healthy: AtomicBool,
     slots: Arc<Semaphore>,
+    /// Jobs on the runner (the ad's load).
     in_flight: AtomicU32,
+    /// Jobs taken and not yet answered, waiting for payment included (the drain waits for them).
+    jobs: AtomicU32,
+    /// Unpaid quotes per customer.
+    quotes: Mutex<HashMap<PublicKey, u32>>,
     seen: Mutex<ReplayGuard>,
     /// Requests this process has taken to run: a request reaches the run path by more than
     /// one road (its own event, its award, recovery after a restart) and must run once.
@@ -71,6 +76,9 @@ struct Inner {
     load_changed: tokio::sync::Notify,
     /// `created_at` of the last ad, and the lock that keeps ads in order.
     last_ad: std::sync::atomic::AtomicU64,
+    /// The load band (idle, busy, full) the last ad showed: a load change re-publishes the ad
+    /// only when the band changes, so a busy worker does not publish an ad per job.
+    last_band: std::sync::atomic::AtomicU8,
     ad_lock: tokio::sync::Mutex<()>,
 }
 
@@ -156,6 +164,81 @@ enum Outcome {
     Failed(ErrorCode, String),
 }
 
+/// How long a paid job waits for a free slot before it is refunded.
+const PAID_SLOT_WAIT: Duration = Duration::from_secs(30);
+/// Unpaid quotes (hold invoices or zap offers waiting for payment) one customer may hold.
+const QUOTES_PER_CUSTOMER: u32 = 2;
+
+/// Counts something while alive (a job, for the drain on shutdown).
+struct Counted<'a>(&'a AtomicU32);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a AtomicU32) -> Self {
+        c.fetch_add(1, Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A job on the runner: counted in the ad's load and the metrics until dropped, on every path.
+struct InFlight(Worker);
+
+impl InFlight {
+    fn new(w: &Worker) -> Self {
+        let i = &w.inner;
+        let n = i.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        i.load_changed.notify_one();
+        i.metrics.set_in_flight(n as i64);
+        Self(w.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let i = &self.0.inner;
+        let n = i.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        i.load_changed.notify_one();
+        i.metrics.set_in_flight(n as i64);
+    }
+}
+
+/// A customer's place among the unpaid quotes.
+struct QuoteSlot {
+    worker: Worker,
+    customer: PublicKey,
+}
+
+impl Drop for QuoteSlot {
+    fn drop(&mut self) {
+        let mut q = self
+            .worker
+            .inner
+            .quotes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = q.get_mut(&self.customer) {
+            *n -= 1;
+            if *n == 0 {
+                q.remove(&self.customer);
+            }
+        }
+    }
+}
+
+/// The load band an ad shows: 0 idle, 1 busy, 2 full.
+fn load_band(in_flight: u32, max: u32) -> u8 {
+    match in_flight {
+        0 => 0,
+        n if n >= max => 2,
+        _ => 1,
+    }
+}
+
 fn runner_error_code(e: &RunnerError) -> ErrorCode {
     match e {
         RunnerError::UnknownModel(_) => ErrorCode::ModelUnavailable,
@@ -228,6 +311,8 @@ impl Worker {
             models: RwLock::new(Vec::new()),
             healthy: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
+            jobs: AtomicU32::new(0),
+            quotes: Mutex::new(HashMap::new()),
             seen: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
             taken: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
             running: Mutex::new(HashMap::new()),
@@ -242,6 +327,7 @@ impl Worker {
             zap_waiters: Mutex::new(HashMap::new()),
             load_changed: tokio::sync::Notify::new(),
             last_ad: std::sync::atomic::AtomicU64::new(0),
+            last_band: std::sync::atomic::AtomicU8::new(u8::MAX),
             ad_lock: tokio::sync::Mutex::new(()),
             cfg,
         });
@@ -345,9 +431,12 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        match self.ad(healthy, lifetime).to_event(&i.cfg.keys) {
+        let ad = self.ad(healthy, lifetime);
+        let band = load_band(ad.in_flight, ad.max_concurrent);
+        match ad.to_event(&i.cfg.keys) {
             Ok(ev) => {
                 i.last_ad.store(ev.created_at.as_secs(), Ordering::SeqCst);
+                i.last_band.store(band, Ordering::SeqCst);
                 self.publish(&ev).await
             }
             Err(e) => tracing::warn!(error = %e, "cannot build capability ad"),
@@ -372,10 +461,15 @@ impl Worker {
         }
     }
 
-    async fn heartbeat(&self) {
-        self.probe_runner().await;
+    /// Probe the runner; re-publish the ad when its health changed or a heartbeat is due.
+    async fn heartbeat(&self, due: bool) {
         let i = &self.inner;
+        let was = i.healthy.load(Ordering::SeqCst);
+        self.probe_runner().await;
         let healthy = i.healthy.load(Ordering::SeqCst) && i.accepting.load(Ordering::SeqCst);
+        if !due && was == i.healthy.load(Ordering::SeqCst) {
+            return;
+        }
         self.publish_ad(healthy, i.cfg.heartbeat * 3).await;
         let relays = i.client.relays().await;
         i.metrics.set_relays(
@@ -492,15 +586,25 @@ impl Worker {
         let hb = {
             let w = self.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(w.inner.cfg.heartbeat);
+                // The runner is probed often (a local call); the ad goes out on a health change
+                // and once a heartbeat otherwise.
+                let beat = w.inner.cfg.heartbeat;
+                let probe = beat.min(Duration::from_secs(5));
+                let mut tick = tokio::time::interval(probe);
+                let mut last = None::<Instant>;
                 loop {
                     tick.tick().await;
-                    w.heartbeat().await;
+                    let due = last.is_none_or(|t| t.elapsed() + probe / 2 >= beat);
+                    w.heartbeat(due).await;
+                    if due {
+                        last = Some(Instant::now());
+                    }
                 }
             })
         };
-        // Load-driven refresh: the ad follows `in_flight` within `ad_refresh` (a change during
-        // the pause leaves a stored permit, so the last change is always published).
+        // Load-driven refresh: the ad follows the load band (idle, busy, full) within
+        // `ad_refresh` (a change during the pause leaves a stored permit, so the last change is
+        // always published); within a band, the once-a-minute heartbeat carries exact counts.
         let refresh = (!i.cfg.ad_refresh.is_zero()).then(|| {
             let w = self.clone();
             tokio::spawn(async move {
@@ -508,6 +612,10 @@ impl Worker {
                 loop {
                     i.load_changed.notified().await;
                     if !i.accepting.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let band = load_band(i.in_flight.load(Ordering::SeqCst), i.cfg.max_concurrent);
+                    if band == i.last_band.load(Ordering::SeqCst) {
                         continue;
                     }
                     let healthy = i.healthy.load(Ordering::SeqCst);
@@ -532,7 +640,7 @@ impl Worker {
         i.accepting.store(false, Ordering::SeqCst);
         let _ = i.client.unsubscribe_all().await;
         let deadline = Instant::now() + i.cfg.drain_timeout;
-        while i.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while i.jobs.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Jobs still running past the drain deadline are stopped and answered with `shutdown`.
@@ -545,7 +653,7 @@ impl Worker {
         for (_, (_, tx)) in left {
             let _ = tx.send(Stop::Shutdown);
         }
-        while i.in_flight.load(Ordering::SeqCst) > 0
+        while i.jobs.load(Ordering::SeqCst) > 0
             && Instant::now() < deadline + Duration::from_secs(5)
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -589,7 +697,13 @@ impl Worker {
     }
 
     fn on_cancel(&self, event: &Event) {
-        if event.verify().is_err() {
+        // Every deletion on the relays reaches us (generic clients send no `k`): look for one of
+        // our running jobs first, and verify only those that name one.
+        let names_ours = {
+            let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+            event.tags.event_ids().any(|id| running.contains_key(&id))
+        };
+        if !names_ours || event.verify().is_err() {
             return;
         }
         let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -1240,7 +1354,57 @@ impl Worker {
         {
             return; // already running or answered by this process
         }
-        let Ok(permit) = i.slots.clone().try_acquire_owned() else {
+        // The job lives from here: the drain on shutdown waits for it, whatever path it takes.
+        let _job = Counted::new(&i.jobs);
+        let (cancel_tx, mut cancel_rx) = oneshot::channel();
+        i.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(parsed.id, (parsed.customer, cancel_tx));
+        let forget = || {
+            i.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&parsed.id);
+        };
+        let started = Instant::now();
+        // Pay-before: the customer pays (its HTLC held by our node, or a zap) before the job
+        // takes a slot, so unpaid requests cannot fill the runner; unpaid quotes are bounded
+        // per customer and in all, so they cannot fill our node with hold invoices either.
+        let paid = match i.cfg.payment_mode {
+            PaymentMode::Before => {
+                let Some(_quote) = self.quote_slot(parsed.customer) else {
+                    forget();
+                    return self
+                        .decline(
+                            &parsed,
+                            directed,
+                            ErrorCode::Capacity,
+                            "too many unpaid quotes; try again later".into(),
+                        )
+                        .await;
+                };
+                let price = self.job_price(&parsed, &req).await;
+                self.collect_payment(&parsed, price, &mut cancel_rx)
+                    .await
+                    .map(Some)
+            }
+            _ => Ok(None),
+        };
+        // A slot for the runner. An unpaid job that finds none is declined at once; a paid one
+        // waits for one (bounded), then is refunded (hold invoice) if none came.
+        let permit = match &paid {
+            Err(_) => None,
+            Ok(None) => i.slots.clone().try_acquire_owned().ok(),
+            Ok(Some(_)) => tokio::select! {
+                p = tokio::time::timeout(PAID_SLOT_WAIT.min(i.cfg.job_timeout), i.slots.clone().acquire_owned()) => p.ok().and_then(Result::ok),
+                Ok(stop) = &mut cancel_rx => {
+                    let _ = stop; None
+                }
+            },
+        };
+        if paid.as_ref().is_ok_and(Option::is_none) && permit.is_none() {
+            forget();
             return self
                 .decline(
                     &parsed,
@@ -1249,30 +1413,21 @@ impl Worker {
                     format!("all {} slots are busy", i.cfg.max_concurrent),
                 )
                 .await;
-        };
-        let n = i.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        i.load_changed.notify_one();
-        i.metrics.set_in_flight(n as i64);
-        let (cancel_tx, mut cancel_rx) = oneshot::channel();
-        i.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(parsed.id, (parsed.customer, cancel_tx));
-        tracing::info!(request = %parsed.id, model = %model, encrypted = parsed.encrypted.is_some(), "job accepted");
-        let started = Instant::now();
-        // Pay-before: the job runs only once the customer's HTLC is held by our node.
-        let paid = match i.cfg.payment_mode {
-            PaymentMode::Before => {
-                let price = self.job_price(&parsed, &req).await;
-                self.collect_payment(&parsed, price, &mut cancel_rx)
-                    .await
-                    .map(Some)
-            }
-            _ => Ok(None),
-        };
-        let (outcome, paid) = match paid {
-            Err(failed) => (failed, None),
-            Ok(paid) => {
+        }
+        let _running = permit.as_ref().map(|_| InFlight::new(self));
+        if permit.is_some() {
+            tracing::info!(request = %parsed.id, model = %model, encrypted = parsed.encrypted.is_some(), "job accepted");
+        }
+        let (outcome, paid) = match (paid, &permit) {
+            (Err(failed), _) => (failed, None),
+            (Ok(paid), None) => (
+                Outcome::Failed(
+                    ErrorCode::Capacity,
+                    format!("all {} slots stayed busy", i.cfg.max_concurrent),
+                ),
+                paid,
+            ),
+            (Ok(paid), Some(_)) => {
                 let mut processing =
                     JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
                 processing.encrypted = parsed.encrypted;
@@ -1337,9 +1492,23 @@ impl Worker {
                 self.deliver(&event, &parsed, done, paid).await;
             }
         }
-        let n = i.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        i.load_changed.notify_one();
-        i.metrics.set_in_flight(n as i64);
+    }
+
+    /// A place among the unpaid quotes: at most [`QUOTES_PER_CUSTOMER`] per customer and
+    /// four per slot in all; `None` when full. Released when dropped.
+    fn quote_slot(&self, customer: PublicKey) -> Option<QuoteSlot> {
+        let i = &self.inner;
+        let mut q = i.quotes.lock().unwrap_or_else(|e| e.into_inner());
+        let total: u32 = q.values().sum();
+        let mine = q.get(&customer).copied().unwrap_or(0);
+        if mine >= QUOTES_PER_CUSTOMER || total >= i.cfg.max_concurrent.saturating_mul(4).max(8) {
+            return None;
+        }
+        *q.entry(customer).or_insert(0) += 1;
+        Some(QuoteSlot {
+            worker: self.clone(),
+            customer,
+        })
     }
 
     async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {
