@@ -330,6 +330,8 @@ mod paid_jobs {
             &lnurl.url,
             "--ln-network",
             "simnet",
+            // The test LNURL service listens on loopback.
+            "--allow-private-addresses",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -361,6 +363,10 @@ mod paid_jobs {
             max_msat: Some(100_000),
             max_fee_msat: 1_000,
             zaps: true,
+            confirm: None,
+            confirm_above_msat: 0,
+            // The test LNURL service listens on loopback.
+            allow_private_lnurl: true,
         };
         let opts = |w: PublicKey| RunOptions {
             worker: Some(w),

@@ -285,9 +285,10 @@ impl Worker {
         };
         let zap = match &cfg.lightning_address {
             Some(target) => {
-                let params = fedai_lightning::lnurl::LnurlClient::new()?
-                    .pay_params(target)
-                    .await?;
+                let params =
+                    fedai_lightning::lnurl::LnurlClient::build(cfg.allow_private_addresses)?
+                        .pay_params(target)
+                        .await?;
                 let Some(server) = params.nostr_pubkey else {
                     anyhow::bail!(
                         "{target} does not take zaps: its LNURL service gives no allowsNostr/nostrPubkey"
@@ -1071,8 +1072,9 @@ impl Worker {
             }
         }
         tracing::info!(request = %parsed.id, amount_msat = zap.amount_msat, "paid by zap");
+        // What was zapped (at least the quote), as the metering record will say.
         Some(Paid::Zapped {
-            amount_msat: price,
+            amount_msat: zap.amount_msat,
             hash: zap.payment_hash,
         })
     }
@@ -1608,10 +1610,13 @@ impl Worker {
                 Some(ln),
                 _,
             ) => {
-                if let Err(e) = ln.settle(*preimage).await {
-                    tracing::warn!(request = %parsed.id, error = %e, "cannot settle the hold invoice");
+                // The metering record names a payment only once it is really ours.
+                match ln.settle(*preimage).await {
+                    Ok(()) => payment_hash = Some(hex::encode(hash)),
+                    Err(e) => {
+                        tracing::error!(request = %parsed.id, error = %e, "cannot settle the hold invoice; the metering record names no payment")
+                    }
                 }
-                payment_hash = Some(hex::encode(hash));
                 (*amount_msat, None)
             }
             // Zapped: already ours.

@@ -187,6 +187,18 @@ struct PayArgs {
     /// no escrow: a zapped job that fails is not refunded.
     #[arg(long, env = "FEDAI_NO_ZAPS")]
     no_zaps: bool,
+    /// Ask before paying more than this per job, msat (default 10000): the CLI says what it
+    /// will pay and waits for a yes on the terminal.
+    #[arg(long, env = "FEDAI_CONFIRM_ABOVE_MSAT")]
+    confirm_above_msat: Option<u64>,
+    /// Pay above the confirmation threshold without asking (still within --max-price, whose
+    /// default is 100000 msat, and within the worker's own advertised price).
+    #[arg(long)]
+    yes: bool,
+    /// Let a worker's LNURL pay target be on loopback or a private network (tests, private
+    /// markets). Off, zaps reach public https services only.
+    #[arg(long, hide = true, env = "FEDAI_ALLOW_PRIVATE_LNURL")]
+    allow_private_lnurl: bool,
 }
 
 impl PayArgs {
@@ -232,6 +244,9 @@ impl PayArgs {
             max_msat: None,
             max_fee_msat: self.max_fee_msat.or(file.max_fee_msat).unwrap_or(10_000),
             zaps: !(self.no_zaps || file.no_zaps.unwrap_or(false)),
+            confirm: Some(confirm_payment(self.yes)),
+            confirm_above_msat: self.confirm_above_msat.unwrap_or(10_000),
+            allow_private_lnurl: self.allow_private_lnurl,
         }))
     }
 }
@@ -264,6 +279,37 @@ enum MeteringCmd {
         /// Event id (hex) or path to a JSON event.
         target: String,
     },
+}
+
+/// Asks a person on the terminal before a payment above the threshold; without a terminal,
+/// pays only with `--yes`.
+fn confirm_payment(yes: bool) -> fedai_client::Confirm {
+    std::sync::Arc::new(move |msat, worker| {
+        let who = worker.to_bech32().unwrap_or_default();
+        if yes {
+            eprintln!("⚡ paying {msat} msat to {who} (--yes)");
+            return true;
+        }
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+        else {
+            eprintln!(
+                "⚡ {who} asks {msat} msat: above the confirmation threshold and no terminal to ask; pass --yes or raise --confirm-above-msat"
+            );
+            return false;
+        };
+        tokio::task::block_in_place(|| {
+            use std::io::BufRead;
+            let mut out = &tty;
+            let _ = write!(out, "⚡ {who} asks {msat} msat for this job. Pay? [y/N] ");
+            let _ = out.flush();
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&tty).read_line(&mut line);
+            matches!(line.trim(), "y" | "Y" | "yes")
+        })
+    })
 }
 
 /// `fedai --config FILE`: the settings a user would otherwise repeat on every command.
@@ -839,9 +885,39 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
             Duration::from_secs(3),
         )
         .await?;
+    // The node the worker advertises: a receipt's invoice must be payable to it.
+    let ads = client
+        .fetch(
+            Filter::new()
+                .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+                .author(rc.worker),
+            Duration::from_secs(3),
+        )
+        .await?;
     client.shutdown().await;
-    // The invoice backs the claim: amount, payment hash, and a commitment to this job (directly,
-    // or through the zap request it was paid for).
+    let node = ads
+        .iter()
+        .filter_map(|e| fedai_protocol::CapabilityAd::from_event(e).ok())
+        .find_map(|a| a.ad.payment.ln_node);
+    let metered = meterings
+        .iter()
+        .filter_map(|e| MeteringRecord::from_event(e).ok())
+        .find(|m| m.worker == rc.worker);
+    // A receipt is bound to the worker by its advertised node (the invoice's payee) or by the
+    // worker's own signed metering record naming the payment; with neither, a customer could
+    // have paid an invoice of its own node.
+    let by_metering = metered
+        .as_ref()
+        .is_some_and(|m| m.record.payment_hash.as_deref() == Some(rc.payment_hash.as_str()));
+    if rc.zap_request.is_none() && node.is_none() && !by_metering {
+        bail!(
+            "cannot bind receipt {} to worker {}: no ad naming its Lightning node and no metering record of the payment on these relays",
+            r.id.to_hex(),
+            rc.worker.to_bech32()?
+        );
+    }
+    // The invoice backs the claim: amount, payment hash, payee, and a commitment to this job
+    // (directly, or through the zap request it was paid for).
     let checked = check_receipt(&ReceiptClaim {
         bolt11: &rc.bolt11,
         amount_msat: rc.amount_msat,
@@ -849,12 +925,9 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
         request_id: rc.request_id,
         worker: rc.worker,
         zap_request: rc.zap_request.as_deref(),
+        payee: node.as_deref().filter(|_| rc.zap_request.is_none()),
     })
     .context("the invoice does not back the receipt")?;
-    let metered = meterings
-        .iter()
-        .filter_map(|e| MeteringRecord::from_event(e).ok())
-        .find(|m| m.worker == rc.worker);
     println!(
         "receipt {} verified: {} msat paid{} by {} to {} for job {}; preimage matches the invoice",
         r.id.to_hex(),

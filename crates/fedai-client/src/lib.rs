@@ -86,6 +86,9 @@ pub enum ClientError {
     },
 }
 
+/// Partial chunks held for reordering at most this far ahead of the next one expected.
+const MAX_EARLY_CHUNKS: u64 = 1024;
+
 /// How long [`FedaiClient::connect`] waits for a first relay.
 const CONNECT_WAIT: Duration = Duration::from_millis(2500);
 
@@ -152,14 +155,50 @@ pub struct PayContext {
     pub payer: std::sync::Arc<dyn fedai_lightning::Payer>,
     /// The chain invoices must be on.
     pub currency: fedai_lightning::invoice::Currency,
-    /// Never pay more per job, msat.
+    /// Never pay more per job, msat; [`DEFAULT_MAX_PAY_MSAT`] when unset — a payer always has
+    /// a cap.
     pub max_msat: Option<u64>,
     /// Routing fee cap, msat.
     pub max_fee_msat: u64,
     /// Pay by zap (NIP-57) when a worker offers no invoice, only a zap target. A zap is final:
     /// unlike a hold invoice there is no escrow, so a failed job is not refunded.
     pub zaps: bool,
+    /// Asked before paying more than `confirm_above_msat`, with the amount and the worker;
+    /// `false` declines the payment. `None` pays without asking (within the caps).
+    pub confirm: Option<Confirm>,
+    /// The amount above which `confirm` is asked, msat.
+    pub confirm_above_msat: u64,
+    /// Let a worker's LNURL pay target be on loopback or a private network (tests, private
+    /// markets); off, the zap path reaches public addresses only.
+    pub allow_private_lnurl: bool,
 }
+
+impl PayContext {
+    /// Pay with `payer` on `currency`, with the default caps: at most
+    /// [`DEFAULT_MAX_PAY_MSAT`] a job, 10 sat of routing fees, zaps allowed, no confirmation,
+    /// public LNURL services only.
+    pub fn new(
+        payer: std::sync::Arc<dyn fedai_lightning::Payer>,
+        currency: fedai_lightning::invoice::Currency,
+    ) -> Self {
+        Self {
+            payer,
+            currency,
+            max_msat: None,
+            max_fee_msat: 10_000,
+            zaps: true,
+            confirm: None,
+            confirm_above_msat: 0,
+            allow_private_lnurl: false,
+        }
+    }
+}
+
+/// A person's approval of a payment: `(amount_msat, worker) -> pay?`.
+pub type Confirm = std::sync::Arc<dyn Fn(u64, PublicKey) -> bool + Send + Sync>;
+
+/// The cap on one job's payment when the customer set none, msat (100 sat).
+pub const DEFAULT_MAX_PAY_MSAT: u64 = 100_000;
 
 impl std::fmt::Debug for PayContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,6 +207,7 @@ impl std::fmt::Debug for PayContext {
             .field("max_msat", &self.max_msat)
             .field("max_fee_msat", &self.max_fee_msat)
             .field("zaps", &self.zaps)
+            .field("confirm_above_msat", &self.confirm_above_msat)
             .finish_non_exhaustive()
     }
 }
@@ -226,9 +266,25 @@ pub(crate) struct Tracker {
     parsed: ParsedJobRequest,
     sub: nostr_sdk::prelude::SubscriptionId,
     sent_at: tokio::time::Instant,
-    /// How to pay if asked, and the worker's advertised LN node (the payee to expect).
-    pub(crate) pay: Option<(PayContext, Option<String>)>,
+    /// How to pay if asked, and what the worker's ad says of it.
+    pub(crate) pay: Option<PayPlan>,
     pending: Option<Pending>,
+}
+
+/// How to pay one worker for one job: the customer's payer, and what the worker's ad promises.
+#[derive(Debug, Clone)]
+pub(crate) struct PayPlan {
+    pub(crate) ctx: PayContext,
+    /// The worker's advertised LN node: the payee to expect.
+    pub(crate) payee: Option<String>,
+    /// The most the worker's ad prices this job at (its price for the model, the prompt's bytes
+    /// as an upper bound of its tokens plus a chat template's, `max_tokens` out): a quote above
+    /// it is a bait-and-switch.
+    pub(crate) ad_bound_msat: Option<u64>,
+    /// The ad's price for the job's model: what the signed usage may cost.
+    pub(crate) ad_price: Option<fedai_protocol::Price>,
+    /// The worker.
+    pub(crate) worker: PublicKey,
 }
 
 /// A connection to fed_AI relays with the customer's keys.
@@ -437,6 +493,10 @@ impl FedaiClient {
         let mut result: Option<ParsedJobResult> = None;
         let mut meterings: Vec<ParsedMetering> = Vec::new();
         let mut processing_seen = false;
+        // On an open job, the first worker to stream is the only one whose chunks are shown,
+        // and what was shown must be the start of the verified result.
+        let mut streamer: Option<PublicKey> = worker_filter;
+        let mut streamed = String::new();
         let mut metering_deadline = None;
         let mut first_token = None;
         // A payment that failed: reported unless the worker's own error arrives within a grace
@@ -486,10 +546,18 @@ impl FedaiClient {
                             on_update(JobUpdate::Processing(ev.pubkey));
                         }
                         FeedbackStatus::Partial => {
+                            if *streamer.get_or_insert(ev.pubkey) != ev.pubkey {
+                                continue; // another worker's chunks on an open job
+                            }
                             first_token.get_or_insert_with(|| t.sent_at.elapsed());
-                            if let Some(seq) = fb.seq.filter(|s| *s >= next_seq) {
+                            // A bounded reorder buffer: a worker cannot grow it without limit.
+                            if let Some(seq) = fb
+                                .seq
+                                .filter(|s| *s >= next_seq && *s < next_seq + MAX_EARLY_CHUNKS)
+                            {
                                 early.insert(seq, fb.content);
                                 while let Some(chunk) = early.remove(&next_seq) {
+                                    streamed.push_str(&chunk);
                                     on_update(JobUpdate::Partial(chunk));
                                     next_seq += 1;
                                 }
@@ -541,6 +609,10 @@ impl FedaiClient {
                     if r.request_id() != request_id {
                         continue;
                     }
+                    // On an open job whose chunks were shown, the answer is the streamer's.
+                    if streamer.is_some_and(|s| s != ev.pubkey) {
+                        continue;
+                    }
                     first_token.get_or_insert_with(|| t.sent_at.elapsed());
                     // Give the metering record a moment to arrive (it is published right after).
                     metering_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
@@ -572,6 +644,14 @@ impl FedaiClient {
                 return Err(e);
             }
         };
+        // What was streamed must be the start of the verified result (chunks may have been
+        // missed, never altered); otherwise the shown text is not what was signed.
+        if !result.result.output.starts_with(&streamed) {
+            t.pending = None;
+            return Err(ClientError::InvalidResult(
+                "the streamed output differs from the signed result".into(),
+            ));
+        }
         let metering = match meterings
             .into_iter()
             .find(|m| m.record.result_id == result.id)
@@ -584,6 +664,30 @@ impl FedaiClient {
             }
             None => None,
         };
+        // The worker's own counts, checked against what the customer can see: a prompt of N
+        // bytes cannot take more than N tokens (plus a chat template's), and a charge must be
+        // the ad's price applied to the signed usage.
+        let usage = result.result.usage;
+        let in_bound = t.parsed.input_data.len() as u64 + market::TEMPLATE_TOKENS;
+        if usage.input_tokens > in_bound {
+            t.pending = None;
+            return Err(ClientError::InvalidResult(format!(
+                "metering claims {} input tokens for a prompt of at most {in_bound}",
+                usage.input_tokens
+            )));
+        }
+        if let (Some(price), Some(a)) = (
+            t.pay.as_ref().and_then(|p| p.ad_price.as_ref()),
+            result.result.amount.as_ref(),
+        ) {
+            let fair = price.cost_msat(usage.input_tokens, usage.output_tokens);
+            if a.bolt11.is_some() && a.msat > fair {
+                return Err(ClientError::InvalidResult(format!(
+                    "the worker charges {} msat; its ad prices this usage at {fair} msat",
+                    a.msat
+                )));
+            }
+        }
         // Pay-after: the invoice came with the result.
         if t.pending.is_none() && t.pay.is_some() {
             if let Some(a) = result.result.amount.clone() {
@@ -634,10 +738,11 @@ impl FedaiClient {
             .map(|u| u.to_string())
             .collect();
         let (keys, request_id) = (self.keys.clone(), t.event.id);
+        let allow_private = ctx.allow_private_lnurl;
         let zap = async move {
             use fedai_lightning::{invoice, lnurl, zap};
             let pay = |e: fedai_lightning::LnError| e.to_string();
-            let ln = lnurl::LnurlClient::new().map_err(pay)?;
+            let ln = lnurl::LnurlClient::build(allow_private).map_err(pay)?;
             let params = ln.pay_params(&target).await.map_err(pay)?;
             if params.nostr_pubkey.is_none() {
                 return Err(format!(
@@ -752,16 +857,37 @@ impl FedaiClient {
 }
 
 /// How to pay `amount_msat` for this request, if we pay it at all (a payer, under the cap).
+/// Checked in this order: a payer exists, the amount is within the customer's cap (always one),
+/// within what the worker's own ad promises for the job, and approved when above the
+/// confirmation threshold.
 fn pay_context(t: &Tracker, amount_msat: u64) -> Result<&PayContext, ClientError> {
-    let Some((ctx, _)) = &t.pay else {
+    let Some(plan) = &t.pay else {
         return Err(ClientError::Payment(format!(
             "the worker asks {amount_msat} msat and no payer is configured"
         )));
     };
-    if let Some(cap) = ctx.max_msat.filter(|m| amount_msat > *m) {
+    let ctx = &plan.ctx;
+    let cap = ctx.max_msat.unwrap_or(DEFAULT_MAX_PAY_MSAT);
+    if amount_msat > cap {
         return Err(ClientError::Payment(format!(
             "the worker asks {amount_msat} msat, over the cap of {cap} msat"
         )));
+    }
+    if let Some(bound) = plan.ad_bound_msat.filter(|b| amount_msat > *b) {
+        return Err(ClientError::Payment(format!(
+            "the worker asks {amount_msat} msat, over the {bound} msat its own ad prices this job at"
+        )));
+    }
+    if let Some(confirm) = ctx
+        .confirm
+        .as_ref()
+        .filter(|_| amount_msat > ctx.confirm_above_msat)
+    {
+        if !confirm(amount_msat, plan.worker) {
+            return Err(ClientError::Payment(format!(
+                "the payment of {amount_msat} msat was declined"
+            )));
+        }
     }
     Ok(ctx)
 }
@@ -774,7 +900,7 @@ fn start_payment(
     bolt11: String,
 ) -> Result<(), ClientError> {
     let ctx = pay_context(t, amount_msat)?;
-    let payee = t.pay.as_ref().and_then(|(_, p)| p.as_deref());
+    let payee = t.pay.as_ref().and_then(|p| p.payee.as_deref());
     let now = Timestamp::now().as_secs();
     let checked = fedai_lightning::invoice::check(
         &bolt11,

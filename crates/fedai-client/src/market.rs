@@ -237,7 +237,7 @@ impl FedaiClient {
             }
             tracing::debug!(%worker, attempt, "attempt");
             let mut t = self.publish_request(&req, opts.private).await?;
-            t.pay = pay_context(opts, &ads[i]);
+            t.pay = pay_context(opts, &ads[i], &request);
             on_update(JobUpdate::Submitted(t.event.id));
             let attempt_id = t.event.id;
             let r = self
@@ -313,7 +313,7 @@ impl FedaiClient {
             }
             .to_event(&self.keys)?;
             self.send(&award).await?;
-            t.pay = pay_context(opts, &ads[i]);
+            t.pay = pay_context(opts, &ads[i], &request);
             let r = self
                 .follow(&mut t, Some(worker), opts.timeout, on_update)
                 .await;
@@ -408,15 +408,51 @@ fn failure_of(e: &ClientError) -> Option<Failure> {
 }
 
 /// The payer for a job at `ad`'s worker: the cap defaults to the run's price cap, the payee
-/// to the node the worker advertises.
+/// to the node the worker advertises, and the quote is bounded by the ad's own price.
 fn pay_context(
     opts: &RunOptions,
     ad: &ParsedCapabilityAd,
-) -> Option<(crate::PayContext, Option<String>)> {
+    request: &JobRequest,
+) -> Option<crate::PayPlan> {
     opts.pay.clone().map(|mut c| {
         c.max_msat = c.max_msat.or(opts.max_price_msat);
-        (c, ad.ad.payment.ln_node.clone())
+        crate::PayPlan {
+            ctx: c,
+            payee: ad.ad.payment.ln_node.clone(),
+            ad_bound_msat: ad_bound_msat(ad, request),
+            ad_price: ad_price(ad, request).cloned(),
+            worker: ad.worker,
+        }
     })
+}
+
+/// Tokens a chat template may add around the prompt (role markers, a default system prompt).
+pub(crate) const TEMPLATE_TOKENS: u64 = 256;
+/// `max_tokens` assumed for a request that sets none (the workers' default limit).
+const DEFAULT_MAX_TOKENS_BOUND: u64 = 4096;
+
+/// The ad's price for the model `request` runs on (the worker's first model when it names none).
+fn ad_price<'a>(
+    ad: &'a ParsedCapabilityAd,
+    request: &JobRequest,
+) -> Option<&'a fedai_protocol::Price> {
+    let model = match &request.params.model {
+        Some(m) => m.as_str(),
+        None => ad.ad.models.first()?.id.as_str(),
+    };
+    ad.ad.prices.iter().find(|p| p.model == model)
+}
+
+/// The most `ad` prices `request` at: its price for the model applied to an upper bound of the
+/// prompt's tokens (a token covers at least one byte, plus a template's) and `max_tokens` out.
+pub(crate) fn ad_bound_msat(ad: &ParsedCapabilityAd, request: &JobRequest) -> Option<u64> {
+    let price = ad_price(ad, request)?;
+    let input = request.input.data().len() as u64 + TEMPLATE_TOKENS;
+    let output = request
+        .params
+        .max_tokens
+        .map_or(DEFAULT_MAX_TOKENS_BOUND, u64::from);
+    Some(price.cost_msat(input, output))
 }
 
 async fn collect_quotes(

@@ -149,6 +149,10 @@ pub struct ReceiptClaim<'a> {
     pub worker: nostr::prelude::PublicKey,
     /// The zap request, when paid by a zap.
     pub zap_request: Option<&'a str>,
+    /// The Lightning node the worker advertised (hex), when known: the invoice must be payable
+    /// to it. Without it, a customer could pay an invoice of its own node (committing to the
+    /// job) and present that as a receipt.
+    pub payee: Option<&'a str>,
 }
 
 /// A receipt whose invoice backs its claim.
@@ -183,7 +187,7 @@ pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
     let inv = parse(r.bolt11)?;
     let e = Expected {
         amount_msat: r.amount_msat,
-        payee: None,
+        payee: r.payee,
         currency: inv.currency(),
         commits_to,
         now_unix: 0,

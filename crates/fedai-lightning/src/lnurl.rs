@@ -8,6 +8,12 @@
 //! Transport: https, except on loopback hosts and `.onion` (LUD-16 allows http for onion
 //! services; loopback is a node on the same machine — tests, a local LNURL server). A plain-http
 //! endpoint on the open network is refused: anyone on the path could swap the invoice.
+//!
+//! Reach: a pay target comes from someone else (a worker's feedback, a customer's zap), so
+//! [`LnurlClient::new`] reaches public addresses only ([`crate::netguard`]: checked at DNS
+//! resolution, no redirects, bounded answers and time) — a worker cannot make a customer's
+//! client, nor a customer a worker, fetch loopback or LAN URLs. Tests and private markets opt in
+//! with [`LnurlClient::allowing_private`].
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -89,21 +95,33 @@ pub struct PayParams {
 #[derive(Debug, Clone)]
 pub struct LnurlClient {
     http: reqwest::Client,
+    allow_private: bool,
 }
 
 impl LnurlClient {
-    /// A client with a 10 s bound per call.
+    /// A client for public LNURL services: public addresses only, 10 s per call.
     pub fn new() -> Result<Self, LnError> {
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        Self::build(false)
+    }
+
+    /// A client that may also reach loopback and private addresses (tests, private markets).
+    pub fn allowing_private() -> Result<Self, LnError> {
+        Self::build(true)
+    }
+
+    /// [`Self::new`] or, with `allow_private`, [`Self::allowing_private`].
+    pub fn build(allow_private: bool) -> Result<Self, LnError> {
+        let http = crate::netguard::client(allow_private, Duration::from_secs(10))
             .map_err(|e| refuse(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            allow_private,
+        })
     }
 
     async fn get_json(&self, url: &Url) -> Result<serde_json::Value, LnError> {
+        crate::netguard::check_url(url.as_str(), &["https", "http"], self.allow_private)
+            .map_err(|e| refuse(format!("{}: {e}", url.host_str().unwrap_or("?"))))?;
         let mut resp = self
             .http
             .get(url.clone())
@@ -224,6 +242,54 @@ mod tests {
         let e = endpoint("http://example.com/lnurlp/w").unwrap_err();
         assert!(e.to_string().contains("https is required"), "{e}");
         assert!(endpoint("ftp://127.0.0.1/x").is_err());
+    }
+
+    /// A worker-chosen pay target cannot make a customer's client fetch loopback (SSRF): the
+    /// default client refuses it even with a server listening there.
+    #[tokio::test]
+    async fn the_default_client_reaches_public_addresses_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let body = r#"{"status":"ERROR","reason":"test"}"#;
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let target = format!("http://127.0.0.1:{port}/.well-known/lnurlp/w");
+        let e = LnurlClient::new()
+            .unwrap()
+            .pay_params(&target)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a public address"), "{e}");
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "never fetched"
+        );
+        // Allowed explicitly, the same target is reached (and its LUD-06 error surfaced).
+        let e = LnurlClient::allowing_private()
+            .unwrap()
+            .pay_params(&target)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refused: test"), "{e}");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

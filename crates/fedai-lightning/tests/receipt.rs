@@ -30,6 +30,7 @@ fn a_receipt_counts_only_for_the_job_its_invoice_commits_to() {
         request_id,
         worker,
         zap_request: None,
+        payee: None,
     };
     let c = check_receipt(&claim).unwrap();
     assert_eq!(c.currency, Currency::Simnet);
@@ -89,6 +90,7 @@ fn a_zapped_receipt_counts_only_for_the_zapped_job_and_worker() {
         request_id,
         worker,
         zap_request: Some(&json),
+        payee: None,
     };
     assert!(check_receipt(&claim).unwrap().by_zap);
     refused(
@@ -113,4 +115,35 @@ fn a_zapped_receipt_counts_only_for_the_zapped_job_and_worker() {
         }),
         "does not commit",
     );
+}
+
+/// A customer cannot pay an invoice of its own node (committing to the job, for the quoted
+/// amount) and present it as the receipt of a payment to the worker: the invoice must be payable
+/// to the node the worker advertised.
+#[test]
+fn a_receipt_for_an_invoice_of_another_node_is_refused() {
+    let request_id = EventId::from_hex(REQ).unwrap();
+    let worker = Keys::generate().public_key();
+    let workers_node = common::payee([7; 32]);
+    let forged = make(Inv {
+        key: [8; 32], // the customer's own node
+        ..Inv::default()
+    });
+    let hash = hex::encode(Sha256::digest([9u8; 32]));
+    let claim = ReceiptClaim {
+        bolt11: &forged,
+        amount_msat: 21_000,
+        payment_hash_hex: &hash,
+        request_id,
+        worker,
+        zap_request: None,
+        payee: Some(&workers_node),
+    };
+    refused(check_receipt(&claim), "not to the advertised node");
+    let honest = make(Inv::default());
+    assert!(check_receipt(&ReceiptClaim {
+        bolt11: &honest,
+        ..claim
+    })
+    .is_ok());
 }

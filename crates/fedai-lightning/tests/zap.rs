@@ -196,3 +196,43 @@ fn an_lnurl_service_refuses_bad_zap_requests() {
         .unwrap();
     refused(zap::check_request(&note.as_json(), 1_000), "kind 9734");
 }
+
+/// NIP-90 clients zap the `payment-required` feedback that carries the amount: such a zap pays
+/// the job when the worker names that feedback as its quote, and no other job.
+#[test]
+fn a_zap_of_the_quote_feedback_pays_its_job_only() {
+    let f = Fixture::new();
+    let quote = EventId::from_slice(&[0xcd; 32]).unwrap();
+    let zr = zap::request(
+        &f.customer,
+        &ZapFor {
+            request_id: quote,
+            ..f.zap_for(21_000)
+        },
+    )
+    .unwrap();
+    let inv = make(Inv {
+        amount_msat: Some(21_000),
+        memo: None,
+        memo_hash: Some(zr.as_json()),
+        ..Inv::default()
+    });
+    let receipt = zap::receipt(&f.server, &zr, &inv, None, Timestamp::now()).unwrap();
+    // Without the quote's id, a zap of another event is not for this job.
+    refused(
+        zap::verify_receipt(&receipt, &f.expect(21_000)),
+        "not for this worker and job",
+    );
+    let mut e = f.expect(21_000);
+    e.quote_id = Some(quote);
+    assert_eq!(
+        zap::verify_receipt(&receipt, &e).unwrap().amount_msat,
+        21_000
+    );
+    // The quote of another job does not pay this one.
+    e.quote_id = Some(EventId::from_slice(&[0xee; 32]).unwrap());
+    refused(
+        zap::verify_receipt(&receipt, &e),
+        "not for this worker and job",
+    );
+}

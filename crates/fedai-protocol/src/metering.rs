@@ -184,11 +184,14 @@ impl ParsedMetering {
     ) -> Result<MeteringCheck, ProtocolError> {
         self.check(
             result,
-            request.id,
-            request.customer,
-            request.request.params.model.as_deref(),
-            request.request.bid_msat,
-            Some(&request.input_data),
+            &JobView {
+                id: request.id,
+                customer: request.customer,
+                model: request.request.params.model.as_deref(),
+                bid: request.request.bid_msat,
+                prompt: Some(&request.input_data),
+                max_tokens: request.request.params.max_tokens,
+            },
         )
     }
 
@@ -203,18 +206,32 @@ impl ParsedMetering {
         let bid = tags::opt_value(&request.tags, "bid")?
             .map(|v| tags::parse_u64("bid", v))
             .transpose()?;
-        self.check(result, request.id, request.pubkey, None, bid, None)
+        self.check(
+            result,
+            &JobView {
+                id: request.id,
+                customer: request.pubkey,
+                model: None,
+                bid,
+                prompt: None,
+                max_tokens: None,
+            },
+        )
     }
 
     fn check(
         &self,
         result: &ParsedJobResult,
-        request_id: EventId,
-        customer: PublicKey,
-        requested_model: Option<&str>,
-        bid: Option<u64>,
-        prompt: Option<&str>,
+        job: &JobView<'_>,
     ) -> Result<MeteringCheck, ProtocolError> {
+        let JobView {
+            id: request_id,
+            customer,
+            model: requested_model,
+            bid,
+            prompt,
+            max_tokens,
+        } = *job;
         let r = &self.record;
         let fail = |m: String| Err(ProtocolError::MeteringMismatch(m));
         if self.worker != result.worker {
@@ -239,6 +256,14 @@ impl ParsedMetering {
         }
         if r.usage != result.result.usage {
             return fail("token counts differ from the result's usage".into());
+        }
+        if let Some(max) = max_tokens {
+            if r.usage.output_tokens > u64::from(max) {
+                return fail(format!(
+                    "{} output tokens, over the request's max_tokens {max}",
+                    r.usage.output_tokens
+                ));
+            }
         }
         if let Some(a) = &result.result.amount {
             if a.msat != r.price_msat {
@@ -267,4 +292,15 @@ impl ParsedMetering {
             output_checked,
         })
     }
+}
+
+/// What a checker knows of the job a record meters (less when it cannot decrypt the request).
+#[derive(Clone, Copy)]
+struct JobView<'a> {
+    id: EventId,
+    customer: PublicKey,
+    model: Option<&'a str>,
+    bid: Option<u64>,
+    prompt: Option<&'a str>,
+    max_tokens: Option<u32>,
 }

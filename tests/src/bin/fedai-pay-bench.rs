@@ -56,7 +56,7 @@ async fn main() {
     let payee = net.nodes[1].pubkey.clone();
     let relay = RelayProc::start(&["--memory"]);
     let service = LnurlServer::start(&net.nodes[1]).await;
-    let ln = lnurl::LnurlClient::new().unwrap();
+    let ln = lnurl::LnurlClient::allowing_private().unwrap();
     let (customer_keys, worker_keys) = (Keys::generate(), Keys::generate());
     // The worker's side: zap receipts naming it, as its subscription sees them.
     let watcher = fedai_client::nostr_client();

@@ -1,0 +1,239 @@
+//! A customer's money against a dishonest worker (issue 11): quotes over the customer's cap or
+//! over the worker's own ad are never paid, partials from another worker are never shown, and
+//! metering that claims more than the customer can see is refused.
+//!
+//! The dishonest workers here are test-process actors that sign real events and real BOLT11
+//! invoices (with a throwaway node key); the customer's payer is a **fake** that only records
+//! what it is asked to pay — the point is that it is never asked.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use fedai_client::{ClientError, PayContext, RunOptions};
+use fedai_lightning::invoice::Currency;
+use fedai_lightning::{LnError, Payer, Preimage};
+use fedai_protocol::capability::PaymentInfo;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{
+    kinds, Amount, CapabilityAd, Hardware, JobFeedback, JobRequest, ModelInfo, PaymentMode, Price,
+};
+use fedai_tests::{client, tiny_job, wait_for_workers, RelayProc};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use lightning_invoice::{InvoiceBuilder, PaymentSecret};
+
+/// A fake payer: records each payment it is asked for and pays nothing.
+#[derive(Default)]
+struct RecordingPayer(AtomicU32);
+
+impl Payer for RecordingPayer {
+    fn pay(&self, _: &str, _: u64, _: u32) -> BoxFuture<'_, Result<Preimage, LnError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        async { Err(LnError::PaymentFailed("a fake payer pays nothing".into())) }.boxed()
+    }
+}
+
+const NODE_KEY: [u8; 32] = [7; 32];
+
+fn node_pubkey() -> String {
+    SecretKey::from_slice(&NODE_KEY)
+        .unwrap()
+        .public_key(&Secp256k1::new())
+        .to_string()
+}
+
+/// A real, signed simnet invoice for `msat` committing to the job (as an honest worker's).
+fn invoice(request: &EventId, msat: u64) -> String {
+    let secp = Secp256k1::new();
+    let sk = SecretKey::from_slice(&NODE_KEY).unwrap();
+    InvoiceBuilder::new(Currency::Simnet)
+        .payment_hash(sha256::Hash::hash(&request.to_bytes()))
+        .payment_secret(PaymentSecret([3; 32]))
+        .duration_since_epoch(SystemTime::now().duration_since(UNIX_EPOCH).unwrap())
+        .min_final_cltv_expiry_delta(18)
+        .expiry_time(Duration::from_secs(600))
+        .description(fedai_lightning::job_memo(&request.to_hex()))
+        .amount_milli_satoshis(msat)
+        .build_signed(|m| secp.sign_ecdsa_recoverable(m, &sk))
+        .unwrap()
+        .to_string()
+}
+
+/// A worker that advertises `price` for model `tiny` and answers every request naming it with
+/// `payment-required` for `quote` msat and a valid invoice.
+async fn dishonest(
+    relay: &str,
+    keys: Keys,
+    price: Price,
+    quote: u64,
+) -> tokio::task::JoinHandle<()> {
+    let nc = fedai_client::nostr_client();
+    nc.add_relay(relay).await.unwrap();
+    nc.connect().and_wait(Duration::from_secs(3)).await;
+    let ad = CapabilityAd {
+        instance: "dishonest".into(),
+        name: "dishonest".into(),
+        about: "a test actor".into(),
+        job_kinds: vec![kinds::JOB_REQUEST],
+        models: vec![ModelInfo {
+            id: "tiny".into(),
+            context_length: 2048,
+            quantisation: "f32".into(),
+        }],
+        prices: vec![price],
+        max_concurrent: 4,
+        in_flight: 0,
+        queue_depth: 0,
+        hardware: Hardware::Cpu {
+            name: "test".into(),
+            cores: 1,
+            memory_mib: 1,
+        },
+        runner: "mock".into(),
+        healthy: true,
+        payment: PaymentInfo {
+            mode: Some(PaymentMode::Before),
+            ln_node: Some(node_pubkey()),
+            lightning_address: None,
+            lnurl: None,
+        },
+        relays: vec![relay.to_owned()],
+        version: "0".into(),
+        encryption_supported: true,
+        expiration: Timestamp::now() + 120,
+    };
+    nc.send_event(&ad.to_event(&keys).unwrap()).await.unwrap();
+    let mut notes = nc.notifications();
+    nc.subscribe(
+        Filter::new()
+            .kind(Kind::from_u16(kinds::JOB_REQUEST))
+            .pubkey(keys.public_key())
+            .since(Timestamp::now() - 5),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        while let Some(n) = notes.next().await {
+            let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
+                continue;
+            };
+            let Ok(p) = JobRequest::from_event(&event, Some(&keys)) else {
+                continue;
+            };
+            let fb = JobFeedback::payment_required(
+                p.id,
+                p.customer,
+                Amount {
+                    msat: quote,
+                    bolt11: Some(invoice(&p.id, quote)),
+                },
+            );
+            let _ = nc.send_event(&fb.to_event(&keys).unwrap()).await;
+        }
+    })
+}
+
+fn opts(worker: PublicKey, payer: Arc<RecordingPayer>, cap: Option<u64>) -> RunOptions {
+    RunOptions {
+        worker: Some(worker),
+        max_attempts: 1,
+        timeout: Duration::from_secs(15),
+        pay: Some(PayContext {
+            max_msat: cap,
+            ..PayContext::new(payer, Currency::Simnet)
+        }),
+        ..RunOptions::default()
+    }
+}
+
+fn payment_error(e: ClientError) -> String {
+    match e {
+        ClientError::Exhausted { last, .. } => match *last {
+            ClientError::Payment(m) => m,
+            other => panic!("expected a payment refusal, got {other}"),
+        },
+        ClientError::Payment(m) => m,
+        other => panic!("expected a payment refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotes_over_the_ad_or_the_cap_are_never_paid() {
+    let relay = RelayProc::start(&["--memory"]);
+    // Bait and switch: the ad promises 1 sat a job, the quote asks 50.
+    let bait = Keys::generate();
+    let cheap = Price {
+        model: "tiny".into(),
+        base_msat: 1_000,
+        per_1k_input_msat: 0,
+        per_1k_output_msat: 0,
+    };
+    let _b = dishonest(&relay.url, bait.clone(), cheap, 50_000).await;
+    // Honest about its price, but dear: 200 sat, over the default cap of 100.
+    let dear = Keys::generate();
+    let expensive = Price {
+        model: "tiny".into(),
+        base_msat: 200_000,
+        per_1k_input_msat: 0,
+        per_1k_output_msat: 0,
+    };
+    let _d = dishonest(&relay.url, dear.clone(), expensive, 200_000).await;
+    let c = client(&relay).await;
+    wait_for_workers(&c, 2).await;
+    let payer = Arc::new(RecordingPayer::default());
+
+    // The customer's own cap would allow 1,000 sat: the worker's ad is what refuses it.
+    let e = c
+        .run(
+            tiny_job("bait", 8),
+            &opts(bait.public_key(), payer.clone(), Some(1_000_000)),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    let m = payment_error(e);
+    assert!(m.contains("its own ad prices this job at"), "{m}");
+
+    // No cap given: the default cap applies.
+    let e = c
+        .run(
+            tiny_job("dear", 8),
+            &opts(dear.public_key(), payer.clone(), None),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    let m = payment_error(e);
+    assert!(m.contains("over the cap of 100000 msat"), "{m}");
+    assert_eq!(payer.0.load(Ordering::SeqCst), 0, "nothing was paid");
+
+    // Above the confirmation threshold, a person's "no" stops the payment.
+    let asked = Arc::new(AtomicU32::new(0));
+    let a = asked.clone();
+    let careful = RunOptions {
+        pay: Some(PayContext {
+            max_msat: Some(1_000_000),
+            confirm: Some(Arc::new(move |msat, _| {
+                assert_eq!(msat, 200_000);
+                a.fetch_add(1, Ordering::SeqCst);
+                false
+            })),
+            confirm_above_msat: 10_000,
+            ..PayContext::new(payer.clone(), Currency::Simnet)
+        }),
+        ..opts(dear.public_key(), payer.clone(), None)
+    };
+    // (A fresh customer: this one has put `dear` in cooldown after its refusal.)
+    let c = client(&relay).await;
+    wait_for_workers(&c, 2).await;
+    let e = c
+        .run(tiny_job("ask me", 8), &careful, |_| {})
+        .await
+        .unwrap_err();
+    assert!(payment_error(e).contains("declined"));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(payer.0.load(Ordering::SeqCst), 0, "nothing was paid");
+}
