@@ -180,6 +180,17 @@ async fn two_workers_share_the_load() {
     c.shutdown().await;
 }
 
+/// Every chunk received so far, in order.
+fn streamed_text(rx: &mut tokio::sync::mpsc::UnboundedReceiver<JobUpdate>) -> String {
+    let mut s = String::new();
+    while let Ok(u) = rx.try_recv() {
+        if let JobUpdate::Partial(c) = u {
+            s.push_str(&c);
+        }
+    }
+    s
+}
+
 #[tokio::test]
 async fn a_worker_killed_mid_job_answers_after_restart() {
     let llama = fedai_tests::llama(LocalModel::SmolLm2, "smol", 1).await;
@@ -204,16 +215,16 @@ async fn a_worker_killed_mid_job_answers_after_restart() {
         r
     });
     // Kill the worker once it is streaming.
-    loop {
+    let first = loop {
         match tokio::time::timeout(T, rx.recv())
             .await
             .expect("job starts")
         {
-            Some(JobUpdate::Partial(_)) => break,
+            Some(JobUpdate::Partial(c)) => break c,
             Some(_) => {}
             None => panic!("job ended before streaming"),
         }
-    }
+    };
     w.kill();
     let _w = WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
     let outcome = job.await.unwrap();
@@ -221,6 +232,13 @@ async fn a_worker_killed_mid_job_answers_after_restart() {
         Ok(done) => {
             assert_eq!(done.result.worker, pk);
             assert!(done.metering.is_some());
+            // The restarted worker's run is a new one: what streamed before the kill need not
+            // start its output, and the client says whether it did.
+            assert_eq!(
+                done.stream_matched,
+                done.output
+                    .starts_with(&format!("{first}{}", streamed_text(&mut rx))),
+            );
         }
         Err(ClientError::Job { code, .. }) => assert!(
             matches!(code, ErrorCode::Shutdown | ErrorCode::RunnerFailed),

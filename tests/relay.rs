@@ -178,6 +178,41 @@ async fn other_dvms_events_are_stored_and_served() {
     assert!(!ok && msg.starts_with("invalid: "), "{msg}");
 }
 
+/// A request head without a newline is cut off at the head limit (16 KiB), not buffered until
+/// a newline or the 10 s head timeout: one connection cannot make the relay hold a huge line.
+#[tokio::test]
+async fn an_endless_request_head_is_cut_at_the_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = RelayProc::start(&["--memory"]);
+    let addr = relay.url.trim_start_matches("ws://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // 64 KiB of one header line, no newline.
+    let line = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(64 * 1024));
+    let _ = s.write_all(line.as_bytes()).await;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the relay dropped the connection at the limit"
+    );
+    // And keeps serving others.
+    let mut ws = Ws::connect(&relay.url).await;
+    assert!(
+        ws.publish(&job_request(&Keys::generate(), "still here"))
+            .await
+            .0
+    );
+}
+
 #[tokio::test]
 async fn restart_keeps_every_acknowledged_event() {
     let dir = temp_dir("relay-lmdb");

@@ -40,10 +40,13 @@ struct Head {
 }
 
 async fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
     let mut head = Vec::with_capacity(1024);
     loop {
         let before = head.len();
-        let n = r.read_until(b'\n', &mut head).await?;
+        // Never buffer more than the limit: a line without a newline stops at the bound.
+        let room = (MAX_HEAD + 1 - before) as u64;
+        let n = (&mut *r).take(room).read_until(b'\n', &mut head).await?;
         if n == 0 {
             return Ok(None);
         }

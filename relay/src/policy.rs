@@ -6,7 +6,7 @@
 //! - a per-pubkey rate limit across connections (`rate-limited:`);
 //! - a minimum NIP-13 difficulty for job requests only (`pow:`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -28,13 +28,24 @@ struct Bucket {
 }
 
 const SHARDS: usize = 16;
+/// Keys remembered in all: past this, the oldest key is forgotten (its next event starts from a
+/// full bucket, as a new key's would). Bounded memory and O(1) per event, whatever a flood of
+/// fresh keys does.
+const MAX_KEYS: usize = 100_000;
+
+/// One shard: the buckets, and their keys in insertion order (for eviction).
+#[derive(Debug, Default)]
+struct Shard {
+    buckets: HashMap<PublicKey, Bucket>,
+    order: VecDeque<PublicKey>,
+}
 
 /// Per-key rate limiter, sharded so that publishers on different keys rarely share a lock.
 #[derive(Debug)]
 pub struct KeyedLimiter {
     per_minute: f64,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<PublicKey, Bucket>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl KeyedLimiter {
@@ -43,21 +54,37 @@ impl KeyedLimiter {
         Self {
             per_minute: per_minute.max(1) as f64,
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).buckets.len())
+            .sum()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Take one token for `key`; false when the key is over its rate.
     pub fn allow(&self, key: &PublicKey, now: Instant) -> bool {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        // Bound memory: forget keys whose bucket is full again (they lose nothing by it).
-        if map.len() > 100_000 {
-            let full = self.per_minute;
-            let rate = self.per_minute / 60.0;
-            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < full);
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let Shard { buckets, order } = &mut *shard;
+        if !buckets.contains_key(key) {
+            if buckets.len() >= MAX_KEYS / SHARDS {
+                if let Some(old) = order.pop_front() {
+                    buckets.remove(&old);
+                }
+            }
+            order.push_back(*key);
         }
-        let b = map.entry(*key).or_insert(Bucket {
+        let b = buckets.entry(*key).or_insert(Bucket {
             tokens: self.per_minute,
             at: now,
         });
@@ -222,6 +249,27 @@ mod tests {
             .finalize(&keys)
             .unwrap();
         assert!(reject_prefix(p.decide(&note)).is_none());
+    }
+
+    /// A flood of fresh keys cannot grow the limiter without bound (nor make each event scan
+    /// it): memory stays at the cap, and a key within it is still limited.
+    #[test]
+    fn a_fresh_key_flood_keeps_the_limiter_bounded() {
+        let l = KeyedLimiter::new(1);
+        let now = Instant::now();
+        // Many distinct valid keys, cheaply: about half of all x coordinates are on the curve.
+        let mut keys = (0u64..).filter_map(|i| {
+            let mut b = [0x5au8; 32];
+            b[..8].copy_from_slice(&i.to_le_bytes());
+            PublicKey::from_slice(&b).ok()
+        });
+        for _ in 0..(MAX_KEYS + MAX_KEYS / 2) {
+            assert!(l.allow(&keys.next().unwrap(), now));
+        }
+        assert!(l.len() <= MAX_KEYS, "{} keys remembered", l.len());
+        let k = Keys::generate().public_key();
+        assert!(l.allow(&k, now));
+        assert!(!l.allow(&k, now), "a remembered key is still limited");
     }
 
     #[test]

@@ -164,6 +164,9 @@ enum Outcome {
     Failed(ErrorCode, String),
 }
 
+/// Bytes one generated token can take at most (the longest tokens are a few dozen bytes).
+const MAX_BYTES_PER_TOKEN: usize = 64;
+
 /// How long a paid job waits for a free slot before it is refunded.
 const PAID_SLOT_WAIT: Duration = Duration::from_secs(30);
 /// Unpaid quotes (hold invoices or zap offers waiting for payment) one customer may hold.
@@ -987,8 +990,9 @@ impl Worker {
             tracing::info!(request = %parsed.id, price_msat = price, zap = zap_target.is_some(), "waiting for payment");
         }
         let deadline = Instant::now() + i.cfg.payment_timeout;
+        let mut watch_hold = true;
         loop {
-            if let (Some((hash, preimage)), Some(ln)) = (held, &i.ln) {
+            if let (Some((hash, preimage)), Some(ln)) = (held.filter(|_| watch_hold), &i.ln) {
                 match ln.invoice_state(hash).await {
                     Ok(InvoiceState::Accepted) => {
                         return Ok(Paid::Held {
@@ -1019,8 +1023,31 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            // Our node pushes the hold invoice's state changes (no polling); with no invoice to
+            // watch, only a zap, a cancellation or the deadline can end the wait.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let invoice_moved = async {
+                match (held.filter(|_| watch_hold), &i.ln) {
+                    (Some((hash, _)), Some(ln)) => match ln.wait_past_open(hash, left).await {
+                        Ok(Some(InvoiceState::Canceled)) if zap_target.is_some() => {
+                            // Only a zap can pay now; stop watching the invoice.
+                            false
+                        }
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(request = %parsed.id, error = %e, "invoice state unavailable; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            true
+                        }
+                    },
+                    _ => {
+                        tokio::time::sleep(left).await;
+                        true
+                    }
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                keep = invoice_moved => watch_hold = keep,
                 Some((z, receipt)) = next_zap => {
                     if let Some(paid) = self.check_zap(parsed, price, z, &receipt, offer.quote_id).await {
                         return Ok(paid);
@@ -1516,6 +1543,8 @@ impl Worker {
     async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {
         let i = &self.inner;
         let t0 = Instant::now();
+        // No token is this long: a runner that ignores `max_tokens` cannot grow our memory.
+        let max_output = (req.max_tokens as usize).saturating_mul(MAX_BYTES_PER_TOKEN) + 4096;
         let mut stream = match i.runner.infer(req).await {
             Ok(s) => s,
             Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
@@ -1529,6 +1558,12 @@ impl Worker {
             match piece {
                 Ok(Piece::Text(t)) => {
                     first_token.get_or_insert_with(|| t0.elapsed());
+                    if output.len() + t.len() > max_output {
+                        return Outcome::Failed(
+                            ErrorCode::RunnerFailed,
+                            "the runner sent more text than max_tokens allows".into(),
+                        );
+                    }
                     output.push_str(&t);
                     if stream_partials {
                         pending.push_str(&t);

@@ -653,6 +653,11 @@ pub(crate) async fn infer(
     } else {
         if !streamed {
             print!("{}", done.output);
+        } else if !done.stream_matched {
+            // What was shown is not what the worker signed: never call it verified.
+            println!();
+            eprintln!("— the streamed text differs from the signed result (a restarted or misbehaving worker); the verified output is:");
+            print!("{}", done.output);
         }
         println!();
         let u = done.result.result.usage;

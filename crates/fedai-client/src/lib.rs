@@ -130,6 +130,10 @@ pub struct JobOutcome {
     pub total: Duration,
     /// What was paid for it, with the proof.
     pub payment: Option<PaymentProof>,
+    /// Whether the text streamed through [`JobUpdate::Partial`] is the start of the verified
+    /// output (trivially true when nothing was streamed). False when a worker restarted mid-job
+    /// or misbehaved: the shown text is then not what was signed, and only `output` is.
+    pub stream_matched: bool,
 }
 
 /// A payment made for a job: the preimage is the proof (its SHA-256 is the payment hash the
@@ -646,12 +650,7 @@ impl FedaiClient {
         };
         // What was streamed must be the start of the verified result (chunks may have been
         // missed, never altered); otherwise the shown text is not what was signed.
-        if !result.result.output.starts_with(&streamed) {
-            t.pending = None;
-            return Err(ClientError::InvalidResult(
-                "the streamed output differs from the signed result".into(),
-            ));
-        }
+        let stream_matched = result.result.output.starts_with(&streamed);
         let metering = match meterings
             .into_iter()
             .find(|m| m.record.result_id == result.id)
@@ -711,6 +710,7 @@ impl FedaiClient {
             first_token: first_token.unwrap_or(total),
             total,
             payment,
+            stream_matched,
         })
     }
 

@@ -103,6 +103,28 @@ pub trait InvoiceBackend: Send + Sync {
     fn cancel(&self, payment_hash: PaymentHash) -> BoxFuture<'_, Result<(), LnError>>;
     /// The node's public key (hex), as advertised in the worker's ad.
     fn node_pubkey(&self) -> BoxFuture<'_, Result<String, LnError>>;
+    /// Wait until the invoice leaves `Open` (held, settled or cancelled), for at most
+    /// `timeout`; `Ok(None)` when it is still open then. The default asks every 100 ms;
+    /// backends that can push state changes (LND's invoice subscription) override it.
+    fn wait_past_open(
+        &self,
+        payment_hash: PaymentHash,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Option<InvoiceState>, LnError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let s = self.invoice_state(payment_hash).await?;
+                if s != InvoiceState::Open {
+                    return Ok(Some(s));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    }
 }
 
 /// The customer's side: pay.

@@ -222,20 +222,24 @@ impl Lnd {
         bytes32(&inv.r_preimage, "preimage").map(Some)
     }
 
-    /// Wait until the invoice leaves `Open` (held, settled or cancelled), for at most
-    /// `timeout`: lnd's invoice subscription pushes each change, so nobody polls.
-    pub async fn wait_past_open(
+    /// [`InvoiceBackend::wait_past_open`] over lnd's invoice subscription
+    /// (`SubscribeSingleInvoice`): lnd pushes the current state, then each change, so nobody
+    /// polls.
+    async fn subscribe_past_open(
         &self,
         payment_hash: PaymentHash,
         timeout: Duration,
-    ) -> Result<InvoiceState, LnError> {
+    ) -> Result<Option<InvoiceState>, LnError> {
         let path = format!("/v2/invoices/subscribe/{}", URL_SAFE.encode(payment_hash));
-        let req = self.request(reqwest::Method::GET, &path).timeout(timeout);
-        self.stream(req, |inv: RestInvoice| {
+        let req = self.request(reqwest::Method::GET, &path);
+        let wait = self.stream(req, |inv: RestInvoice| {
             let s = state(&inv.state)?;
             Ok((s != InvoiceState::Open).then_some(s))
-        })
-        .await
+        });
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     async fn add(&self, body: Value) -> Result<Invoice, LnError> {
@@ -360,6 +364,14 @@ impl InvoiceBackend for Lnd {
             Ok(())
         }
         .boxed()
+    }
+
+    fn wait_past_open(
+        &self,
+        payment_hash: PaymentHash,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Option<InvoiceState>, LnError>> {
+        self.subscribe_past_open(payment_hash, timeout).boxed()
     }
 
     fn node_pubkey(&self) -> BoxFuture<'_, Result<String, LnError>> {

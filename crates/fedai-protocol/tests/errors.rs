@@ -873,3 +873,40 @@ fn generic_nip90_events_are_read_liberally() {
     let m = generic_by(&other, 7060, "{}", &[]);
     assert!(validate::validate_event(&m).is_err());
 }
+
+/// A worker's signed usage may not claim more output than the customer allowed.
+#[test]
+fn metering_over_max_tokens_is_refused() {
+    let customer = Keys::generate();
+    let worker = Keys::generate();
+    let mut r = JobRequest::text("What is Nostr?");
+    r.params.max_tokens = Some(3);
+    r.provider = Some(worker.public_key());
+    let req_ev = r.to_event(&customer, None).unwrap();
+    let preq = JobRequest::from_event(&req_ev, None).unwrap();
+    let usage = Usage {
+        input_tokens: 5,
+        output_tokens: 4,
+    };
+    let res = JobResult::for_request(&req_ev, &preq, "four".into(), "m1".into(), usage);
+    let res_ev = res.to_event(&worker).unwrap();
+    let pres = JobResult::from_event(&res_ev, None).unwrap();
+    let rec = MeteringRecord {
+        request_id: req_ev.id,
+        result_id: res_ev.id,
+        customer: customer.public_key(),
+        model: "m1".into(),
+        prompt_sha256: preq.prompt_sha256(),
+        usage,
+        wall_ms: 1,
+        bytes_in: preq.input_data.len() as u64,
+        bytes_out: 4,
+        price_msat: 0,
+        payment_hash: None,
+    };
+    let m = MeteringRecord::from_event(&rec.to_event(&worker).unwrap()).unwrap();
+    match m.verify(&pres, &preq) {
+        Err(ProtocolError::MeteringMismatch(e)) => assert!(e.contains("max_tokens"), "{e}"),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+}

@@ -125,6 +125,8 @@ proptest! {
         let customer = keys();
         let worker = keys();
         let req = JobRequest { provider: Some(worker.public_key()), bid_msat: None, ..req };
+        // An honest worker generates at most `max_tokens` (the verifier refuses more).
+        let o = req.params.max_tokens.map_or(o, |m| o.min(u64::from(m)));
         let req_ev = req.to_event(&customer, enc.then_some(Encryption::Nip44)).unwrap();
         let preq = JobRequest::from_event(&req_ev, Some(&worker)).unwrap();
         let model = req.params.model.clone().unwrap_or_else(|| "default-model".into());

@@ -93,7 +93,21 @@ impl Http {
 
     pub(crate) async fn get_json(&self, path: &str) -> Result<Value, RunnerError> {
         let resp = self.get(path).await?;
-        resp.json().await.map_err(|e| map_err(e, &self.opts))
+        self.json(resp).await
+    }
+
+    /// A JSON body of at most [`MAX_BODY_BYTES`]: a broken runner cannot exhaust our memory.
+    async fn json(&self, resp: reqwest::Response) -> Result<Value, RunnerError> {
+        let body = bounded_body(resp, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => {
+                    RunnerError::Protocol(format!("answer over {MAX_BODY_BYTES} bytes"))
+                }
+                BodyError::Http(e) => map_err(e, &self.opts),
+            })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| RunnerError::Protocol(format!("answer is not JSON: {e}")))
     }
 
     pub(crate) async fn post_json(&self, path: &str, body: &Value) -> Result<Value, RunnerError> {
@@ -102,7 +116,7 @@ impl Http {
         let resp = self
             .send(|| self.client.post(&url).json(body).timeout(idle))
             .await?;
-        resp.json().await.map_err(|e| map_err(e, &self.opts))
+        self.json(resp).await
     }
 
     /// POST and return the response for streaming (no overall timeout: see [`lines`]).
@@ -121,7 +135,10 @@ async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, Runn
     if status.is_success() {
         return Ok(resp);
     }
-    let text = resp.text().await.unwrap_or_default();
+    let text = bounded_body(resp, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let message: String = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| {
@@ -140,7 +157,33 @@ async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, Runn
     })
 }
 
-/// The body of `resp` as lines (without the newline), each awaited for at most `idle`.
+/// The largest non-streamed answer read from a runner.
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The longest streamed line (one SSE event or NDJSON object).
+pub(crate) const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+enum BodyError {
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// Read a body of at most `max` bytes, stopping as soon as it is over.
+async fn bounded_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Http)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The body of `resp` as lines (without the newline), each awaited for at most `idle` and at
+/// most [`MAX_LINE_BYTES`] long.
 pub(crate) fn lines(
     resp: reqwest::Response,
     idle: Duration,
@@ -189,6 +232,16 @@ pub(crate) fn lines(
                                 line.pop();
                             }
                             ready.push_back(String::from_utf8_lossy(&line).into_owned());
+                        }
+                        if buf.len() > MAX_LINE_BYTES {
+                            ended = true;
+                            buf = Vec::new();
+                            return Some((
+                                Err(RunnerError::Protocol(format!(
+                                    "the runner sent a line over {MAX_LINE_BYTES} bytes"
+                                ))),
+                                (body, buf, ready, ended),
+                            ));
                         }
                     }
                 }
@@ -290,5 +343,69 @@ impl ModelCache {
         } else {
             Err(RunnerError::UnknownModel(model.to_owned()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A broken runner: answers 200 and then `len` bytes without a newline.
+    async fn endless(len: usize) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+                    .await;
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut sent = 0;
+                while sent < len {
+                    if s.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_is_refused_at_the_bound() {
+        let url = endless(4 * MAX_LINE_BYTES).await;
+        let resp = client_builder()
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        let mut l = Box::pin(lines(resp, Duration::from_secs(5)));
+        match l.next().await {
+            Some(Err(RunnerError::Protocol(m))) => assert!(m.contains("line over"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(l.next().await.is_none(), "the stream ends there");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_bound_is_refused() {
+        let url = endless(2 * 1024 * 1024).await;
+        let resp = client_builder()
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(
+            bounded_body(resp, 1024 * 1024).await,
+            Err(BodyError::TooLarge)
+        ));
     }
 }
