@@ -174,6 +174,60 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
         }
     }
 
+    // 2b. Someone else's private request or result never becomes another customer's input:
+    //     the worker could decrypt it (it is a party), but the asker is not.
+    let (code, lines) = run(
+        &[&relay.url],
+        &csk,
+        &[
+            "job",
+            "--input",
+            "my secret plan",
+            "--param",
+            "model=tiny",
+            "--param",
+            "max_tokens=8",
+            "--p",
+            &pk,
+            "--encrypt",
+            "nip44",
+        ],
+        T,
+    )
+    .await;
+    assert_eq!(code, 0, "{lines:?}");
+    let secret_req = first(&lines, "request").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let thief = Keys::generate().secret_key().to_secret_hex();
+    for ty in ["event", "job"] {
+        let (code, lines) = run(
+            &[&relay.url],
+            &thief,
+            &[
+                "job",
+                "--input",
+                &secret_req,
+                "--input-type",
+                ty,
+                "--p",
+                &pk,
+            ],
+            T,
+        )
+        .await;
+        assert_eq!(code, 3, "{ty}: {lines:?}");
+        let err = first(&lines, "feedback").unwrap();
+        assert!(
+            err["info"]
+                .as_str()
+                .unwrap()
+                .contains("encrypted to someone else"),
+            "{ty}: {err}"
+        );
+    }
+
     // 3. Job chaining: the output of job 1 is the input of job 2.
     let (code, lines) = run(
         &[&relay.url],

@@ -28,6 +28,7 @@ fn bad(m: impl Into<String>) -> InputError {
 pub async fn resolve(
     client: &Client,
     keys: &Keys,
+    customer: &PublicKey,
     inputs: &[InputTag],
     max_bytes: usize,
     allow_private: bool,
@@ -46,9 +47,11 @@ pub async fn resolve(
             )
             .await
             .map_err(|e| bad(format!("input {n} (url): {e}")))?,
-            InputType::Event | InputType::Job => fetch_event_input(client, keys, i, allow_private)
-                .await
-                .map_err(|e| bad(format!("input {n} ({}): {e}", i.kind.as_str())))?,
+            InputType::Event | InputType::Job => {
+                fetch_event_input(client, keys, customer, i, allow_private)
+                    .await
+                    .map_err(|e| bad(format!("input {n} ({}): {e}", i.kind.as_str())))?
+            }
         };
         total += text.len();
         if total > max_bytes {
@@ -63,31 +66,98 @@ pub async fn resolve(
 }
 
 /// The content of the event an `event` input names, or of the result of the job a `job`
-/// input names (decrypted when that result was encrypted to us).
+/// input names.
+///
+/// Someone else's private data never becomes this customer's input: an encrypted event is read
+/// only when `customer` is a party to it (its author or the customer it names). A job's result
+/// counts only when it answers that job (its `e`), and, when the job named its providers, only
+/// from one of them; an `event` input must be that very event.
 async fn fetch_event_input(
     client: &Client,
     keys: &Keys,
+    customer: &PublicKey,
     input: &InputTag,
     allow_private: bool,
 ) -> Result<String, String> {
     let id = EventId::from_hex(input.data.trim()).map_err(|_| "not an event id".to_owned())?;
     let filter = match input.kind {
+        // The job's results, and the job request itself (whom it named).
         InputType::Job => Filter::new()
             .kinds((6000..7000).map(Kind::from_u16))
             .event(id)
-            .limit(8),
+            .limit(16),
         _ => Filter::new().id(id),
     };
+    let mut events = fetch(client, filter.clone(), input, allow_private).await?;
+    let providers: Vec<PublicKey> = if input.kind == InputType::Job {
+        fetch(client, Filter::new().id(id), input, allow_private)
+            .await?
+            .into_iter()
+            .find(|e| e.id == id && e.verify().is_ok())
+            .map(|r| r.tags.public_keys().collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    // Every event is verified before use; a job's earliest verified result counts.
+    events.retain(|e| e.verify().is_ok());
+    events.sort_by_key(|e| e.created_at);
+    let ev = events
+        .into_iter()
+        .find(|e| match input.kind {
+            InputType::Job => {
+                e.tags.event_ids().any(|x| x == id)
+                    && (providers.is_empty() || providers.contains(&e.pubkey))
+            }
+            _ => e.id == id,
+        })
+        .ok_or_else(|| match input.kind {
+            InputType::Job => "no result of that job was found".to_owned(),
+            _ => "the event was not found".to_owned(),
+        })?;
+    let encrypted = ev
+        .tags
+        .iter()
+        .any(|t| t.as_slice().first().map(String::as_str) == Some("encrypted"));
+    if !encrypted {
+        return Ok(ev.content);
+    }
+    // Decryption works both ways between two keys: without this check, any customer could
+    // have us open another customer's private request or result and hand it back.
+    let parties: Vec<PublicKey> = std::iter::once(ev.pubkey)
+        .chain(ev.tags.public_keys())
+        .collect();
+    if !parties.contains(customer) || !parties.contains(&keys.public_key()) {
+        return Err("that event is encrypted to someone else".to_owned());
+    }
+    let peer = if ev.pubkey == keys.public_key() {
+        *customer
+    } else {
+        ev.pubkey
+    };
+    crypto::decrypt(keys, &peer, &ev.content)
+        .map_err(|_| "that event is encrypted to someone else".to_owned())
+}
+
+/// Events from our relays, or else from the input's relay hint (checked, its host's addresses
+/// all public unless private ones are allowed) through a short-lived client of its own.
+async fn fetch(
+    client: &Client,
+    filter: Filter,
+    input: &InputTag,
+    allow_private: bool,
+) -> Result<Vec<Event>, String> {
     let mut events: Vec<Event> = client
         .fetch_events(filter.clone())
         .timeout(FETCH_TIMEOUT)
         .await
         .map(|e| e.into_iter().collect())
         .unwrap_or_default();
-    // The relay hint, when it is not one of ours: a short-lived client of its own.
     if events.is_empty() {
         if let Some(relay) = &input.relay {
-            netguard::check_url(relay, &["wss", "ws"], allow_private).map_err(|e| e.0)?;
+            netguard::check_resolved(relay, &["wss", "ws"], allow_private)
+                .await
+                .map_err(|e| e.0)?;
             let hint = Client::default();
             if hint.add_relay(relay.as_ref() as &str).await.is_ok() {
                 hint.connect().and_wait(Duration::from_secs(3)).await;
@@ -98,35 +168,5 @@ async fn fetch_event_input(
             hint.shutdown().await;
         }
     }
-    // Every event is verified before use; a job's earliest verified result counts.
-    events.retain(|e| e.verify().is_ok());
-    events.sort_by_key(|e| e.created_at);
-    let ev = events
-        .into_iter()
-        .find(|e| input.kind != InputType::Job || e.tags.event_ids().any(|x| x == id))
-        .ok_or_else(|| match input.kind {
-            InputType::Job => "no result of that job was found".to_owned(),
-            _ => "the event was not found".to_owned(),
-        })?;
-    let encrypted = ev
-        .tags
-        .iter()
-        .any(|t| t.as_slice().first().map(String::as_str) == Some("encrypted"));
-    if encrypted {
-        // A result encrypted to its customer is readable here only when we were that
-        // customer or its worker.
-        let peer = ev
-            .tags
-            .public_keys()
-            .find(|p| *p != keys.public_key())
-            .unwrap_or(ev.pubkey);
-        let peer = if ev.pubkey == keys.public_key() {
-            peer
-        } else {
-            ev.pubkey
-        };
-        return crypto::decrypt(keys, &peer, &ev.content)
-            .map_err(|_| "that output is encrypted to someone else".to_owned());
-    }
-    Ok(ev.content)
+    Ok(events)
 }

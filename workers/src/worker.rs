@@ -41,6 +41,8 @@ struct Inner {
     /// Extra relays that customers named in `relays` tags, for their jobs' answers only (a
     /// client of its own, so nothing else we publish goes there); bounded in number.
     reply: Client,
+    /// The reply relays in the order they were added (the oldest is dropped first).
+    reply_order: Mutex<std::collections::VecDeque<RelayUrl>>,
     runner: Arc<dyn Runner>,
     models: RwLock<Vec<ModelInfo>>,
     healthy: AtomicBool,
@@ -51,6 +53,8 @@ struct Inner {
     jobs: AtomicU32,
     /// Unpaid quotes per customer.
     quotes: Mutex<HashMap<PublicKey, u32>>,
+    /// Requests whose `url`/`event`/`job` inputs are being fetched at once.
+    fetches: Arc<Semaphore>,
     seen: Mutex<ReplayGuard>,
     /// Requests this process has taken to run: a request reaches the run path by more than
     /// one road (its own event, its award, recovery after a restart) and must run once.
@@ -311,12 +315,14 @@ impl Worker {
             slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
             client,
             reply: fedai_client::nostr_client(),
+            reply_order: Mutex::new(std::collections::VecDeque::new()),
             runner,
             models: RwLock::new(Vec::new()),
             healthy: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             jobs: AtomicU32::new(0),
             quotes: Mutex::new(HashMap::new()),
+            fetches: Arc::new(Semaphore::new(4)),
             seen: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
             taken: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
             running: Mutex::new(HashMap::new()),
@@ -776,27 +782,37 @@ impl Worker {
         self.inner.metrics.job("declined");
     }
 
-    /// Publish a job's event to our relays and to the relays its customer named (`relays` tag).
+    /// Publish a job's event to our relays and, in the background, to the relays its customer
+    /// named (`relays` tag): a slow or silent relay of the customer's choosing never holds up
+    /// the job (nor its runner slot).
     async fn publish_job(&self, request: &ParsedJobRequest, ev: &Event) {
         self.publish(ev).await;
-        let extra = self.reply_relays(&request.request.relays).await;
-        if extra.is_empty() {
+        if request.request.relays.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .inner
-            .reply
-            .send_event(ev)
-            .to(extra)
-            .save_into_database(false)
-            .await
-        {
-            tracing::debug!(id = %ev.id, error = %e, "reply relays did not take the event");
-        }
+        let (w, wanted, ev) = (self.clone(), request.request.relays.clone(), ev.clone());
+        tokio::spawn(async move {
+            let extra = w.reply_relays(&wanted).await;
+            if extra.is_empty() {
+                return;
+            }
+            if let Err(e) = w
+                .inner
+                .reply
+                .send_event(&ev)
+                .to(extra)
+                .ok_timeout(Duration::from_secs(3))
+                .save_into_database(false)
+                .await
+            {
+                tracing::debug!(id = %ev.id, error = %e, "reply relays did not take the event");
+            }
+        });
     }
 
-    /// The customer's reply relays that are not ours, checked (ws/wss; public addresses unless
-    /// allowed) and connected; at most four per request and `max_reply_relays` in all.
+    /// The customer's reply relays that are not ours, checked (ws/wss; every address the host
+    /// resolves to public, unless allowed) and connected; at most four per request and
+    /// `max_reply_relays` in all, the least recently added dropped first.
     async fn reply_relays(&self, wanted: &[String]) -> Vec<RelayUrl> {
         let i = &self.inner;
         let mut out = Vec::new();
@@ -811,19 +827,30 @@ impl Worker {
             {
                 continue;
             }
-            if let Err(e) = fedai_lightning::netguard::check_url(
+            if let Err(e) = fedai_lightning::netguard::check_resolved(
                 parsed.as_str(),
                 &["wss", "ws"],
                 i.cfg.allow_private_addresses,
-            ) {
+            )
+            .await
+            {
                 tracing::debug!(relay = %parsed, reason = %e, "reply relay refused");
                 continue;
             }
             let known = i.reply.relays().await;
             if !known.contains_key(&parsed) {
-                if known.len() >= i.cfg.max_reply_relays {
-                    tracing::debug!(relay = %parsed, "too many reply relays; not adding one more");
-                    continue;
+                // Make room: the oldest reply relay goes (it is re-added when asked again).
+                let oldest = {
+                    let mut order = i.reply_order.lock().unwrap_or_else(|e| e.into_inner());
+                    order.push_back(parsed.clone());
+                    if order.len() > i.cfg.max_reply_relays.max(1) {
+                        order.pop_front()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(old) = oldest {
+                    let _ = i.reply.remove_relay(old.as_str()).await;
                 }
                 if i.reply.add_relay(parsed.as_str()).await.is_err() {
                     continue;
@@ -1306,9 +1333,21 @@ impl Worker {
         // Inputs to fetch (`url`, `event`, `job`: NIP-90 references and job chaining) are
         // resolved before the job is priced or run.
         let input = if parsed.needs_inputs() {
+            // Fetching is bounded in concurrency: requests cannot make us a fetching amplifier.
+            let Ok(_fetching) = i.fetches.clone().try_acquire_owned() else {
+                return self
+                    .decline(
+                        &parsed,
+                        directed,
+                        ErrorCode::Capacity,
+                        "busy fetching other requests' inputs; try again".into(),
+                    )
+                    .await;
+            };
             match crate::inputs::resolve(
                 &i.client,
                 &i.cfg.keys,
+                &parsed.customer,
                 &parsed.inputs,
                 i.cfg.max_prompt_bytes,
                 i.cfg.allow_private_addresses,
@@ -1397,6 +1436,26 @@ impl Worker {
                 .remove(&parsed.id);
         };
         let started = Instant::now();
+        // A worker paid only by zaps (no node of its own, so no escrow) takes the slot before
+        // it asks: a zap is final, and a zapped job that then found no slot could not be
+        // refunded.
+        let mut early_permit = None;
+        if i.cfg.payment_mode == PaymentMode::Before && i.ln.is_none() {
+            match i.slots.clone().try_acquire_owned() {
+                Ok(p) => early_permit = Some(p),
+                Err(_) => {
+                    forget();
+                    return self
+                        .decline(
+                            &parsed,
+                            directed,
+                            ErrorCode::Capacity,
+                            format!("all {} slots are busy", i.cfg.max_concurrent),
+                        )
+                        .await;
+                }
+            }
+        }
         // Pay-before: the customer pays (its HTLC held by our node, or a zap) before the job
         // takes a slot, so unpaid requests cannot fill the runner; unpaid quotes are bounded
         // per customer and in all, so they cannot fill our node with hold invoices either.
@@ -1422,13 +1481,16 @@ impl Worker {
         };
         // A slot for the runner. An unpaid job that finds none is declined at once; a paid one
         // waits for one (bounded), then is refunded (hold invoice) if none came.
+        let mut stopped = None;
         let permit = match &paid {
             Err(_) => None,
+            _ if early_permit.is_some() => early_permit,
             Ok(None) => i.slots.clone().try_acquire_owned().ok(),
             Ok(Some(_)) => tokio::select! {
                 p = tokio::time::timeout(PAID_SLOT_WAIT.min(i.cfg.job_timeout), i.slots.clone().acquire_owned()) => p.ok().and_then(Result::ok),
                 Ok(stop) = &mut cancel_rx => {
-                    let _ = stop; None
+                    stopped = Some(stop);
+                    None
                 }
             },
         };
@@ -1450,10 +1512,13 @@ impl Worker {
         let (outcome, paid) = match (paid, &permit) {
             (Err(failed), _) => (failed, None),
             (Ok(paid), None) => (
-                Outcome::Failed(
-                    ErrorCode::Capacity,
-                    format!("all {} slots stayed busy", i.cfg.max_concurrent),
-                ),
+                match stopped {
+                    Some(stop) => stop.outcome(),
+                    None => Outcome::Failed(
+                        ErrorCode::Capacity,
+                        format!("all {} slots stayed busy", i.cfg.max_concurrent),
+                    ),
+                },
                 paid,
             ),
             (Ok(paid), Some(_)) => {
@@ -1524,13 +1589,13 @@ impl Worker {
     }
 
     /// A place among the unpaid quotes: at most [`QUOTES_PER_CUSTOMER`] per customer and
-    /// four per slot in all; `None` when full. Released when dropped.
+    /// sixteen per slot (at least 64) in all; `None` when full. Released when dropped.
     fn quote_slot(&self, customer: PublicKey) -> Option<QuoteSlot> {
         let i = &self.inner;
         let mut q = i.quotes.lock().unwrap_or_else(|e| e.into_inner());
         let total: u32 = q.values().sum();
         let mine = q.get(&customer).copied().unwrap_or(0);
-        if mine >= QUOTES_PER_CUSTOMER || total >= i.cfg.max_concurrent.saturating_mul(4).max(8) {
+        if mine >= QUOTES_PER_CUSTOMER || total >= i.cfg.max_concurrent.saturating_mul(16).max(64) {
             return None;
         }
         *q.entry(customer).or_insert(0) += 1;
@@ -1610,8 +1675,9 @@ impl Worker {
     async fn partial(&self, parsed: &ParsedJobRequest, seq: u64, chunk: String) {
         let mut fb = JobFeedback::partial(parsed.id, parsed.customer, seq, chunk);
         fb.encrypted = parsed.encrypted;
+        // Streamed chunks go to our relays only: the result, on the reply relays too, has all.
         if let Ok(ev) = fb.to_event(&self.inner.cfg.keys) {
-            self.publish_job(parsed, &ev).await;
+            self.publish(&ev).await;
         }
     }
 

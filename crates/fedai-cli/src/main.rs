@@ -914,11 +914,14 @@ async fn receipt(cli: &Cli, target: &str) -> anyhow::Result<()> {
     let by_metering = metered
         .as_ref()
         .is_some_and(|m| m.record.payment_hash.as_deref() == Some(rc.payment_hash.as_str()));
-    if rc.zap_request.is_none() && node.is_none() && !by_metering {
+    // A zapped invoice is the LNURL service's, not the worker's node's: only the worker's own
+    // metering record binds it (a customer can zap itself through a service of its own).
+    if (rc.zap_request.is_some() || node.is_none()) && !by_metering {
         bail!(
-            "cannot bind receipt {} to worker {}: no ad naming its Lightning node and no metering record of the payment on these relays",
+            "cannot bind receipt {} to worker {}: no metering record of the payment{} on these relays",
             r.id.to_hex(),
-            rc.worker.to_bech32()?
+            rc.worker.to_bech32()?,
+            if rc.zap_request.is_some() { "" } else { " and no ad naming its Lightning node" }
         );
     }
     // The invoice backs the claim: amount, payment hash, payee, and a commitment to this job

@@ -501,6 +501,7 @@ impl FedaiClient {
         // and what was shown must be the start of the verified result.
         let mut streamer: Option<PublicKey> = worker_filter;
         let mut streamed = String::new();
+        let mut stream_from_other = false;
         let mut metering_deadline = None;
         let mut first_token = None;
         // A payment that failed: reported unless the worker's own error arrives within a grace
@@ -613,10 +614,16 @@ impl FedaiClient {
                     if r.request_id() != request_id {
                         continue;
                     }
-                    // On an open job whose chunks were shown, the answer is the streamer's.
-                    if streamer.is_some_and(|s| s != ev.pubkey) {
-                        continue;
+                    // A worker chosen from fed_AI ads answers as fed_AI (marker, usage, model):
+                    // a bare NIP-90 result from it would carry no usage to check.
+                    if chosen && !kinds::has_fedai_marker(&ev.tags) {
+                        break Err(ClientError::InvalidResult(
+                            "a result without fed_AI's usage and model".into(),
+                        ));
                     }
+                    // On an open job, a result from another worker than the one that streamed
+                    // is taken, and the stream is then not what was signed.
+                    stream_from_other = streamer.is_some_and(|s| s != ev.pubkey);
                     first_token.get_or_insert_with(|| t.sent_at.elapsed());
                     // Give the metering record a moment to arrive (it is published right after).
                     metering_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
@@ -650,7 +657,7 @@ impl FedaiClient {
         };
         // What was streamed must be the start of the verified result (chunks may have been
         // missed, never altered); otherwise the shown text is not what was signed.
-        let stream_matched = result.result.output.starts_with(&streamed);
+        let stream_matched = !stream_from_other && result.result.output.starts_with(&streamed);
         let metering = match meterings
             .into_iter()
             .find(|m| m.record.result_id == result.id)

@@ -37,12 +37,14 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (s[0] & 0xffc0) == 0xfe80 // link local fe80::/10
-                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+            // Only global unicast (2000::/3) is public, less the ranges inside it that embed
+            // or translate to other addresses: documentation, 6to4 (2002::/16, an IPv4 inside),
+            // Teredo (2001::/32). NAT64 (64:ff9b::/96), ::/96, fec0::/10 and the rest of the
+            // space fall outside 2000::/3.
+            (s[0] & 0xe000) == 0x2000
+                && !(s[0] == 0x2001 && s[1] == 0x0db8)
+                && s[0] != 0x2002
+                && !(s[0] == 0x2001 && s[1] == 0)
         }
     }
 }
@@ -83,6 +85,35 @@ pub fn check_url(url: &str, schemes: &[&str], allow_private: bool) -> Result<Url
     Ok(u)
 }
 
+/// [`check_url`], then, unless `allow_private`, every address the host resolves to must be
+/// public — for connections we cannot route through [`PublicResolver`] (nostr relays). A name
+/// re-pointed between this check and the connection (DNS rebinding) is not caught here.
+pub async fn check_resolved(
+    url: &str,
+    schemes: &[&str],
+    allow_private: bool,
+) -> Result<Url, Refused> {
+    let u = check_url(url, schemes, allow_private)?;
+    if allow_private {
+        return Ok(u);
+    }
+    let host = u.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = u.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| Refused(format!("{host} did not resolve in time")))?
+    .map_err(|e| Refused(format!("{host} does not resolve: {e}")))?
+    .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !is_public(a.ip())) {
+        return Err(Refused(format!("{host} is not a public address")));
+    }
+    Ok(u)
+}
+
 /// A DNS resolver for reqwest that drops every non-public address and fails when none is left.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PublicResolver;
@@ -112,7 +143,10 @@ pub fn client(allow_private: bool, timeout: Duration) -> Result<reqwest::Client,
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .redirect(reqwest::redirect::Policy::none());
     if !allow_private {
-        b = b.dns_resolver(std::sync::Arc::new(PublicResolver));
+        // A proxy would resolve the target itself, past our resolver.
+        b = b
+            .dns_resolver(std::sync::Arc::new(PublicResolver))
+            .no_proxy();
     }
     b.build().map_err(|e| Refused(e.to_string()))
 }
@@ -174,12 +208,35 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "::a00:1",
+            "fec0::1",
+            "2002:a00:1::1",
+            "2001::1",
+            "2001:db8::1",
+            "100::1",
         ] {
             assert!(!is_public(a.parse().unwrap()), "{a}");
         }
         for a in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
             assert!(is_public(a.parse().unwrap()), "{a}");
         }
+    }
+
+    #[tokio::test]
+    async fn names_are_checked_by_what_they_resolve_to() {
+        // A name (not caught by the literal check) for this machine: refused by what it
+        // resolves to (or by not resolving at all), accepted when private addresses are allowed.
+        let e = check_resolved("ws://localhost.:7777", &["ws", "wss"], false)
+            .await
+            .unwrap_err();
+        assert!(
+            e.0.contains("not a public address") || e.0.contains("resolve"),
+            "{e}"
+        );
+        assert!(check_resolved("ws://localhost.:7777", &["ws", "wss"], true)
+            .await
+            .is_ok());
     }
 
     #[test]
