@@ -55,22 +55,9 @@ impl Runner for Ollama {
     fn infer(&self, req: InferRequest) -> BoxFuture<'_, Result<TokenStream, RunnerError>> {
         Box::pin(async move {
             let p = &req.params;
+            // Ollama takes the same sampling names (seed included) under `options`.
             let mut options = json!({ "num_predict": req.max_tokens });
-            if let Some(t) = p.temperature {
-                options["temperature"] = t.into();
-            }
-            if let Some(k) = p.top_k {
-                options["top_k"] = k.into();
-            }
-            if let Some(t) = p.top_p {
-                options["top_p"] = t.into();
-            }
-            if let Some(f) = p.frequency_penalty {
-                options["frequency_penalty"] = f.into();
-            }
-            if !p.stop.is_empty() {
-                options["stop"] = p.stop.clone().into();
-            }
+            crate::http_util::sampling(&mut options, p);
             let chat = matches!(req.input, JobInput::Chat(_));
             let mut body = json!({ "model": req.model, "stream": true, "options": options });
             if chat {
