@@ -14,7 +14,6 @@ use fedai_protocol::{
 use fedai_runners::local::LocalModel;
 use fedai_scheduler::{Policy, Strategy};
 use fedai_tests::{client, nsec, tiny_job, wait_for_workers, RelayProc, WorkerProc};
-use futures_util::StreamExt;
 
 fn cheapest(timeout: Duration) -> RunOptions {
     RunOptions {
@@ -101,9 +100,6 @@ async fn a_worker_killed_mid_job_fails_over_to_the_next_and_the_customer_gets_on
 /// A worker that advertises the lowest price and answers every job directed to it with a
 /// well-formed, validly signed result whose metering record lies about the prompt.
 async fn forger(relay: &str, keys: Keys) -> tokio::task::JoinHandle<()> {
-    let nc = fedai_client::nostr_client();
-    nc.add_relay(relay).await.unwrap();
-    nc.connect().and_wait(Duration::from_secs(5)).await;
     let ad = CapabilityAd {
         instance: "forger".into(),
         name: "forger".into(),
@@ -136,50 +132,32 @@ async fn forger(relay: &str, keys: Keys) -> tokio::task::JoinHandle<()> {
         encryption_supported: true,
         expiration: Timestamp::now() + 120,
     };
-    nc.send_event(&ad.to_event(&keys).unwrap()).await.unwrap();
-    let mut notes = nc.notifications();
-    nc.subscribe(
-        Filter::new()
-            .kind(Kind::from_u16(kinds::JOB_REQUEST))
-            .pubkey(keys.public_key())
-            .since(Timestamp::now() - 5),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(async move {
-        while let Some(n) = notes.next().await {
-            let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
-                continue;
-            };
-            let Ok(p) = JobRequest::from_event(&event, Some(&keys)) else {
-                continue;
-            };
-            let usage = Usage {
-                input_tokens: 3,
-                output_tokens: 2,
-            };
-            let result = JobResult::for_request(&event, &p, "forged".into(), "tiny".into(), usage)
-                .to_event(&keys)
-                .unwrap();
-            let metering = MeteringRecord {
-                request_id: event.id,
-                result_id: result.id,
-                customer: event.pubkey,
-                model: "tiny".into(),
-                prompt_sha256: "00".repeat(32),
-                usage,
-                wall_ms: 1,
-                bytes_in: p.input_data.len() as u64,
-                bytes_out: 6,
-                price_msat: 0,
-                payment_hash: None,
-            }
-            .to_event(&keys)
+    fedai_tests::scripted_worker(relay, keys, ad, |event, p, keys| {
+        let usage = Usage {
+            input_tokens: 3,
+            output_tokens: 2,
+        };
+        let result = JobResult::for_request(event, p, "forged".into(), "tiny".into(), usage)
+            .to_event(keys)
             .unwrap();
-            let _ = nc.send_event(&result).await;
-            let _ = nc.send_event(&metering).await;
+        let metering = MeteringRecord {
+            request_id: event.id,
+            result_id: result.id,
+            customer: event.pubkey,
+            model: "tiny".into(),
+            prompt_sha256: "00".repeat(32),
+            usage,
+            wall_ms: 1,
+            bytes_in: p.input_data.len() as u64,
+            bytes_out: 6,
+            price_msat: 0,
+            payment_hash: None,
         }
+        .to_event(keys)
+        .unwrap();
+        vec![result, metering]
     })
+    .await
 }
 
 #[tokio::test]

@@ -18,11 +18,11 @@ use fedai_lightning::{LnError, Payer, Preimage};
 use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{
-    kinds, Amount, CapabilityAd, Hardware, JobFeedback, JobRequest, ModelInfo, PaymentMode, Price,
+    kinds, Amount, CapabilityAd, Hardware, JobFeedback, ModelInfo, PaymentMode, Price,
 };
 use fedai_tests::{client, tiny_job, wait_for_workers, RelayProc};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use lightning_invoice::{InvoiceBuilder, PaymentSecret};
 
 /// A fake payer: records each payment it is asked for and pays nothing.
@@ -70,9 +70,6 @@ async fn dishonest(
     price: Price,
     quote: u64,
 ) -> tokio::task::JoinHandle<()> {
-    let nc = fedai_client::nostr_client();
-    nc.add_relay(relay).await.unwrap();
-    nc.connect().and_wait(Duration::from_secs(3)).await;
     let ad = CapabilityAd {
         instance: "dishonest".into(),
         name: "dishonest".into(),
@@ -105,35 +102,18 @@ async fn dishonest(
         encryption_supported: true,
         expiration: Timestamp::now() + 120,
     };
-    nc.send_event(&ad.to_event(&keys).unwrap()).await.unwrap();
-    let mut notes = nc.notifications();
-    nc.subscribe(
-        Filter::new()
-            .kind(Kind::from_u16(kinds::JOB_REQUEST))
-            .pubkey(keys.public_key())
-            .since(Timestamp::now() - 5),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(async move {
-        while let Some(n) = notes.next().await {
-            let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
-                continue;
-            };
-            let Ok(p) = JobRequest::from_event(&event, Some(&keys)) else {
-                continue;
-            };
-            let fb = JobFeedback::payment_required(
-                p.id,
-                p.customer,
-                Amount {
-                    msat: quote,
-                    bolt11: Some(invoice(&p.id, quote)),
-                },
-            );
-            let _ = nc.send_event(&fb.to_event(&keys).unwrap()).await;
-        }
+    fedai_tests::scripted_worker(relay, keys, ad, move |_, p, keys| {
+        let fb = JobFeedback::payment_required(
+            p.id,
+            p.customer,
+            Amount {
+                msat: quote,
+                bolt11: Some(invoice(&p.id, quote)),
+            },
+        );
+        vec![fb.to_event(keys).unwrap()]
     })
+    .await
 }
 
 fn opts(worker: PublicKey, payer: Arc<RecordingPayer>, cap: Option<u64>) -> RunOptions {

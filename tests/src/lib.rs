@@ -450,3 +450,43 @@ pub fn workspace_root() -> PathBuf {
 pub mod generic;
 pub mod lightning;
 pub mod peers;
+
+/// A test actor that plays a worker (honest or not): it publishes `ad` for `keys` on `relay`
+/// and answers every job request naming it with the events `answer` builds from the request.
+/// The tests use it for workers that misbehave in ways the real worker never would.
+pub async fn scripted_worker(
+    relay: &str,
+    keys: Keys,
+    ad: fedai_protocol::CapabilityAd,
+    mut answer: impl FnMut(&Event, &fedai_protocol::ParsedJobRequest, &Keys) -> Vec<Event>
+        + Send
+        + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt;
+    let nc = fedai_client::nostr_client();
+    nc.add_relay(relay).await.unwrap();
+    nc.connect().and_wait(Duration::from_secs(5)).await;
+    nc.send_event(&ad.to_event(&keys).unwrap()).await.unwrap();
+    let mut notes = nc.notifications();
+    nc.subscribe(
+        Filter::new()
+            .kind(Kind::from_u16(fedai_protocol::kinds::JOB_REQUEST))
+            .pubkey(keys.public_key())
+            .since(Timestamp::now() - 5),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        while let Some(n) = notes.next().await {
+            let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
+                continue;
+            };
+            let Ok(p) = fedai_protocol::JobRequest::from_event(&event, Some(&keys)) else {
+                continue;
+            };
+            for ev in answer(&event, &p, &keys) {
+                let _ = nc.send_event(&ev).await;
+            }
+        }
+    })
+}
