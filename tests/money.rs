@@ -217,3 +217,63 @@ async fn quotes_over_the_ad_or_the_cap_are_never_paid() {
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     assert_eq!(payer.0.load(Ordering::SeqCst), 0, "nothing was paid");
 }
+
+/// On an open job, a stranger's `partial` chunks never become the verified answer: the result
+/// is the worker's, and when the shown stream came from someone else the outcome says so
+/// (`stream_matched` false), so nobody calls that text verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_stream_is_never_the_verified_answer() {
+    let llama = fedai_tests::llama(fedai_runners::local::LocalModel::Tiny, "tiny", 1).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, pk) = fedai_tests::nsec();
+    let _w = fedai_tests::WorkerProc::start(&sk, &relay.url, &llama.url, &[]);
+    // The stranger streams into every job request it sees, at once.
+    let stranger = Keys::generate();
+    let nc = fedai_client::nostr_client();
+    nc.add_relay(relay.url.as_str()).await.unwrap();
+    nc.connect().and_wait(Duration::from_secs(5)).await;
+    let mut notes = nc.notifications();
+    nc.subscribe(
+        Filter::new()
+            .kind(Kind::from_u16(kinds::JOB_REQUEST))
+            .since(Timestamp::now() - 5),
+    )
+    .await
+    .unwrap();
+    let s = stranger.clone();
+    let _stranger = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(n) = notes.next().await {
+            let nostr_sdk::prelude::ClientNotification::Event { event, .. } = n else {
+                continue;
+            };
+            for seq in 0..3 {
+                let fb = JobFeedback::partial(event.id, event.pubkey, seq, "STRANGER ".into());
+                let _ = nc.send_event(&fb.to_event(&s).unwrap()).await;
+            }
+        }
+    });
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    let mut req = tiny_job("an open question", 16);
+    req.params.stream = true;
+    let mut shown = String::new();
+    let done = c
+        .submit(req, false, Duration::from_secs(30), |u| {
+            if let fedai_client::JobUpdate::Partial(t) = u {
+                shown.push_str(&t);
+            }
+        })
+        .await
+        .expect("the worker's answer");
+    assert_eq!(
+        done.result.worker, pk,
+        "the verified answer is the worker's"
+    );
+    assert!(!done.output.contains("STRANGER"));
+    if shown.contains("STRANGER") {
+        assert!(!done.stream_matched, "a stranger's stream is flagged");
+    } else {
+        assert!(done.stream_matched);
+    }
+}
