@@ -342,13 +342,18 @@ async fn a_generic_client_gets_plain_encrypted_chained_url_and_cancelled_jobs() 
         &[&relay.url],
         &csk,
         &[
+            // A raw completion that goes on (greedy, so the same on every run): the job is
+            // still running when the deletion comes (an instruction as raw text sometimes
+            // drew an end-of-text at once).
             "job",
             "--input",
-            "Write a very long story about a lighthouse.",
+            "Once upon a time, in a lighthouse by the sea, there lived an old keeper who",
             "--param",
             "model=smol",
             "--param",
             "max_tokens=1500",
+            "--param",
+            "temperature=0",
             "--p",
             &pk_smol,
         ],
