@@ -782,6 +782,13 @@ impl Worker {
         self.inner.metrics.job("declined");
     }
 
+    /// Turn down a request because every runner slot is taken.
+    async fn decline_full(&self, request: &ParsedJobRequest, directed: bool) {
+        let reason = format!("all {} slots are busy", self.inner.cfg.max_concurrent);
+        self.decline(request, directed, ErrorCode::Capacity, reason)
+            .await
+    }
+
     /// Publish a job's event to our relays and, in the background, to the relays its customer
     /// named (`relays` tag): a slow or silent relay of the customer's choosing never holds up
     /// the job (nor its runner slot).
@@ -1445,14 +1452,7 @@ impl Worker {
                 Ok(p) => early_permit = Some(p),
                 Err(_) => {
                     forget();
-                    return self
-                        .decline(
-                            &parsed,
-                            directed,
-                            ErrorCode::Capacity,
-                            format!("all {} slots are busy", i.cfg.max_concurrent),
-                        )
-                        .await;
+                    return self.decline_full(&parsed, directed).await;
                 }
             }
         }
@@ -1496,14 +1496,7 @@ impl Worker {
         };
         if paid.as_ref().is_ok_and(Option::is_none) && permit.is_none() {
             forget();
-            return self
-                .decline(
-                    &parsed,
-                    directed,
-                    ErrorCode::Capacity,
-                    format!("all {} slots are busy", i.cfg.max_concurrent),
-                )
-                .await;
+            return self.decline_full(&parsed, directed).await;
         }
         let _running = permit.as_ref().map(|_| InFlight::new(self));
         if permit.is_some() {

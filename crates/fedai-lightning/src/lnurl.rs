@@ -122,24 +122,16 @@ impl LnurlClient {
     async fn get_json(&self, url: &Url) -> Result<serde_json::Value, LnError> {
         crate::netguard::check_url(url.as_str(), &["https", "http"], self.allow_private)
             .map_err(|e| refuse(format!("{}: {e}", url.host_str().unwrap_or("?"))))?;
-        let mut resp = self
+        let resp = self
             .http
             .get(url.clone())
             .send()
             .await
             .map_err(|e| refuse(format!("{}: {e}", url.host_str().unwrap_or("?"))))?;
         let status = resp.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let body = crate::netguard::read_bounded(resp, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| refuse(format!("reading the answer: {e}")))?
-        {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(refuse("LNURL answer too large"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| refuse(format!("LNURL answer: {e}")))?;
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|_| refuse(format!("LNURL answer ({status}) is not JSON")))?;
         // LUD-06 errors: {"status": "ERROR", "reason": "..."}.

@@ -161,7 +161,7 @@ pub async fn fetch_text(
 ) -> Result<String, Refused> {
     let u = check_url(url, &["https", "http"], allow_private)?;
     let http = client(allow_private, timeout)?;
-    let mut resp = http
+    let resp = http
         .get(u)
         .send()
         .await
@@ -169,6 +169,16 @@ pub async fn fetch_text(
     if !resp.status().is_success() {
         return Err(Refused(format!("the server answered {}", resp.status())));
     }
+    let body = read_bounded(resp, max_bytes).await?;
+    String::from_utf8(body).map_err(|_| Refused("the body is not UTF-8 text".into()))
+}
+
+/// A response body of at most `max_bytes`, refused as soon as it is over (by its announced
+/// length or while reading), so a server chosen by someone else cannot fill our memory.
+pub async fn read_bounded(
+    mut resp: reqwest::Response,
+    max_bytes: usize,
+) -> Result<Vec<u8>, Refused> {
     if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
         return Err(Refused(format!("larger than {max_bytes} bytes")));
     }
@@ -183,7 +193,7 @@ pub async fn fetch_text(
         }
         body.extend_from_slice(&chunk);
     }
-    String::from_utf8(body).map_err(|_| Refused("the body is not UTF-8 text".into()))
+    Ok(body)
 }
 
 #[cfg(test)]
