@@ -11,6 +11,7 @@
 //! - [`lnurl`]: LNURL-pay and lightning addresses (LUD-06, LUD-16), where zaps are paid;
 //! - [`zap`]: NIP-57 zaps of a job request as its payment — the zap request, the receipt an
 //!   LNURL service publishes, and the worker's checks of that receipt;
+//! - [`payment`]: the worker's escrow and the customer's spend as sans-IO state machines;
 //! - [`preimage_for`]: a hold invoice's preimage derived from the worker's secret and the request
 //!   id, so a stateless worker can settle after a restart.
 
@@ -19,6 +20,7 @@ pub mod lnd;
 pub mod lnurl;
 pub mod netguard;
 pub mod nwc;
+pub mod payment;
 pub mod zap;
 
 use futures_util::future::BoxFuture;
