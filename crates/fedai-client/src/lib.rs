@@ -279,12 +279,10 @@ pub(crate) struct Tracker {
 #[derive(Debug, Clone)]
 pub(crate) struct PayPlan {
     pub(crate) ctx: PayContext,
+    /// This job's payment: quote → approved → paying → paid (the cap and the ad's bound, enforced).
+    pub(crate) spend: fedai_lightning::payment::customer::Spend,
     /// The worker's advertised LN node: the payee to expect.
     pub(crate) payee: Option<String>,
-    /// The most the worker's ad prices this job at (its price for the model, the prompt's bytes
-    /// as an upper bound of its tokens plus a chat template's, `max_tokens` out): a quote above
-    /// it is a bait-and-switch.
-    pub(crate) ad_bound_msat: Option<u64>,
     /// The ad's price for the job's model: what the signed usage may cost.
     pub(crate) ad_price: Option<fedai_protocol::Price>,
     /// The worker.
@@ -687,11 +685,9 @@ impl FedaiClient {
             result.result.amount.as_ref(),
         ) {
             let fair = price.cost_msat(usage.input_tokens, usage.output_tokens);
-            if a.bolt11.is_some() && a.msat > fair {
-                return Err(ClientError::InvalidResult(format!(
-                    "the worker charges {} msat; its ad prices this usage at {fair} msat",
-                    a.msat
-                )));
+            if a.bolt11.is_some() {
+                fedai_lightning::payment::customer::fair_charge(a.msat, fair)
+                    .map_err(|e| ClientError::InvalidResult(e.to_string()))?;
             }
         }
         // Pay-after: the invoice came with the result.
@@ -705,7 +701,10 @@ impl FedaiClient {
         }
         let payment = match t.pending.take() {
             None => None,
-            Some(p) => Some(self.finish_payment(p, &result).await?),
+            Some(p) => {
+                let spend = t.pay.as_mut().map(|plan| &mut plan.spend);
+                Some(self.finish_payment(p, spend, &result).await?)
+            }
         };
         let total = t.sent_at.elapsed();
         let output = result.result.output.clone();
@@ -731,7 +730,7 @@ impl FedaiClient {
         amount_msat: u64,
         target: String,
     ) -> Result<(), ClientError> {
-        let ctx = pay_context(t, amount_msat)?.clone();
+        let ctx = pay_context(t, amount_msat)?;
         if !ctx.zaps {
             return Err(ClientError::Payment(
                 "the worker takes only zaps (no escrow), and paying by zap is off".into(),
@@ -807,6 +806,7 @@ impl FedaiClient {
     async fn finish_payment(
         &self,
         p: Pending,
+        spend: Option<&mut fedai_lightning::payment::customer::Spend>,
         result: &ParsedJobResult,
     ) -> Result<PaymentProof, ClientError> {
         let amount_msat = p.amount_msat;
@@ -826,10 +826,24 @@ impl FedaiClient {
             .and_then(|p| p.done)
             .unwrap_or_else(|| Err("the payment did not complete".into()))
             .map_err(ClientError::Payment)?;
-        if fedai_lightning::payment_hash(&paid.preimage) != paid.hash {
-            return Err(ClientError::Payment(
-                "the preimage does not match the invoice".into(),
-            ));
+        // The preimage must open the invoice: only then is it proof of payment.
+        let refused =
+            |r: fedai_lightning::payment::customer::Refusal| ClientError::Payment(r.to_string());
+        match spend {
+            Some(spend) => {
+                use fedai_lightning::payment::customer::State;
+                // A zap's invoice was fetched and checked in the background.
+                if let State::Approved { .. } = spend.state() {
+                    spend.invoice(amount_msat, paid.hash).map_err(refused)?;
+                }
+                spend.paid(Ok(paid.preimage)).map_err(refused)?;
+            }
+            None if fedai_lightning::payment_hash(&paid.preimage) != paid.hash => {
+                return Err(refused(
+                    fedai_lightning::payment::customer::Refusal::BadPreimage,
+                ));
+            }
+            None => {}
         }
         let receipt = fedai_protocol::PaymentReceipt {
             request_id: result.request_id(),
@@ -863,40 +877,28 @@ impl FedaiClient {
     }
 }
 
-/// How to pay `amount_msat` for this request, if we pay it at all (a payer, under the cap).
-/// Checked in this order: a payer exists, the amount is within the customer's cap (always one),
-/// within what the worker's own ad promises for the job, and approved when above the
-/// confirmation threshold.
-fn pay_context(t: &Tracker, amount_msat: u64) -> Result<&PayContext, ClientError> {
-    let Some(plan) = &t.pay else {
+/// How to pay `amount_msat` for this request, if we pay it at all: a payer exists, and the
+/// job's [`Spend`](fedai_lightning::payment::customer::Spend) approves the quote — within the
+/// customer's cap (always one), within what the worker's own ad promises for the job, asked of
+/// the person above the confirmation threshold, and only once per job.
+fn pay_context(t: &mut Tracker, amount_msat: u64) -> Result<PayContext, ClientError> {
+    use fedai_lightning::payment::customer::Next;
+    let Some(plan) = &mut t.pay else {
         return Err(ClientError::Payment(format!(
             "the worker asks {amount_msat} msat and no payer is configured"
         )));
     };
-    let ctx = &plan.ctx;
-    let cap = ctx.max_msat.unwrap_or(DEFAULT_MAX_PAY_MSAT);
-    if amount_msat > cap {
-        return Err(ClientError::Payment(format!(
-            "the worker asks {amount_msat} msat, over the cap of {cap} msat"
-        )));
+    let refused =
+        |r: fedai_lightning::payment::customer::Refusal| ClientError::Payment(r.to_string());
+    if let Next::Confirm(amount) = plan.spend.quote(amount_msat).map_err(refused)? {
+        let yes = plan
+            .ctx
+            .confirm
+            .as_ref()
+            .is_some_and(|confirm| confirm(amount, plan.worker));
+        plan.spend.confirm(yes).map_err(refused)?;
     }
-    if let Some(bound) = plan.ad_bound_msat.filter(|b| amount_msat > *b) {
-        return Err(ClientError::Payment(format!(
-            "the worker asks {amount_msat} msat, over the {bound} msat its own ad prices this job at"
-        )));
-    }
-    if let Some(confirm) = ctx
-        .confirm
-        .as_ref()
-        .filter(|_| amount_msat > ctx.confirm_above_msat)
-    {
-        if !confirm(amount_msat, plan.worker) {
-            return Err(ClientError::Payment(format!(
-                "the payment of {amount_msat} msat was declined"
-            )));
-        }
-    }
-    Ok(ctx)
+    Ok(plan.ctx.clone())
 }
 
 /// Check an invoice against the request and the worker's ad, then start paying it.
@@ -907,7 +909,8 @@ fn start_payment(
     bolt11: String,
 ) -> Result<(), ClientError> {
     let ctx = pay_context(t, amount_msat)?;
-    let payee = t.pay.as_ref().and_then(|p| p.payee.as_deref());
+    let plan = t.pay.as_mut().expect("pay_context found a plan");
+    let payee = plan.payee.as_deref();
     let now = Timestamp::now().as_secs();
     let checked = fedai_lightning::invoice::check(
         &bolt11,
@@ -920,6 +923,9 @@ fn start_payment(
         },
     )
     .map_err(|e| ClientError::Payment(e.to_string()))?;
+    plan.spend
+        .invoice(amount_msat, checked.payment_hash)
+        .map_err(|e| ClientError::Payment(e.to_string()))?;
     let (payer, fee, hash) = (ctx.payer.clone(), ctx.max_fee_msat, checked.payment_hash);
     let pay = async move {
         let preimage = payer

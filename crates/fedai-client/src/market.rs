@@ -416,10 +416,20 @@ fn pay_context(
 ) -> Option<crate::PayPlan> {
     opts.pay.clone().map(|mut c| {
         c.max_msat = c.max_msat.or(opts.max_price_msat);
+        let ad_bound = ad_bound_msat(ad, request);
+        let spend = fedai_lightning::payment::customer::Spend::new(
+            fedai_lightning::payment::customer::Limits {
+                cap_msat: c.max_msat.unwrap_or(crate::DEFAULT_MAX_PAY_MSAT),
+                // The most the worker's ad prices this job at: a quote above it is a
+                // bait-and-switch.
+                ad_bound_msat: ad_bound,
+                confirm_above_msat: c.confirm.as_ref().map(|_| c.confirm_above_msat),
+            },
+        );
         crate::PayPlan {
             ctx: c,
+            spend,
             payee: ad.ad.payment.ln_node.clone(),
-            ad_bound_msat: ad_bound_msat(ad, request),
             ad_price: ad_price(ad, request).cloned(),
             worker: ad.worker,
         }
