@@ -4,6 +4,7 @@
 //! configured relay, runs them on the runner, and publishes feedback, results and signed
 //! metering records. See [`worker::Worker`].
 
+pub mod admit;
 pub mod config;
 pub mod hardware;
 pub mod inputs;

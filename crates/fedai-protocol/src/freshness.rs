@@ -95,6 +95,11 @@ impl ReplayGuard {
         self.seen.is_empty()
     }
 
+    /// Whether `id` is remembered (without recording it).
+    pub fn contains(&self, id: &EventId) -> bool {
+        self.seen.contains_key(id)
+    }
+
     fn prune(&mut self, now: u64) {
         while let Some(&(t, id)) = self.order.front() {
             if now.saturating_sub(t) > self.window || self.seen.len() > self.capacity {

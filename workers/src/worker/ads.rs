@@ -1,0 +1,126 @@
+//! The capability ad: what the runner serves, at what price and load, kept fresh.
+
+use super::*;
+
+impl Worker {
+    pub(super) async fn probe_runner(&self) {
+        let i = &self.inner;
+        let ok = match i.runner.health().await {
+            Ok(()) => match i.runner.list_models().await {
+                Ok(m) if !m.is_empty() => {
+                    *i.models.write().unwrap_or_else(|e| e.into_inner()) = m;
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "runner model list failed");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "runner health probe failed");
+                false
+            }
+        };
+        if ok != i.healthy.swap(ok, Ordering::SeqCst) {
+            tracing::info!(healthy = ok, "runner health changed");
+        }
+        i.metrics.set_runner_healthy(ok);
+    }
+
+    pub(super) fn price_for(&self, model: &str) -> Price {
+        let c = &self.inner.cfg;
+        c.prices
+            .iter()
+            .find(|p| p.model == model)
+            .cloned()
+            .unwrap_or(Price {
+                model: model.to_owned(),
+                ..c.default_price.clone()
+            })
+    }
+
+    /// The capability ad as it stands now.
+    pub fn ad(&self, healthy: bool, lifetime: Duration) -> CapabilityAd {
+        let i = &self.inner;
+        let models = i.models.read().unwrap_or_else(|e| e.into_inner()).clone();
+        CapabilityAd {
+            instance: i.cfg.instance.clone(),
+            name: i.cfg.name.clone(),
+            about: format!("{} runner", i.runner.kind()),
+            job_kinds: vec![kinds::JOB_REQUEST],
+            prices: models.iter().map(|m| self.price_for(&m.id)).collect(),
+            models,
+            max_concurrent: i.cfg.max_concurrent,
+            in_flight: i.in_flight.load(Ordering::SeqCst),
+            queue_depth: 0,
+            hardware: hardware::detect(),
+            runner: i.runner.kind().to_owned(),
+            healthy,
+            payment: PaymentInfo {
+                mode: Some(i.cfg.payment_mode),
+                ln_node: i.ln_node.clone(),
+                lightning_address: i
+                    .zap
+                    .as_ref()
+                    .filter(|z| z.target.contains('@'))
+                    .map(|z| z.target.clone()),
+                lnurl: i
+                    .zap
+                    .as_ref()
+                    .filter(|z| !z.target.contains('@'))
+                    .map(|z| z.target.clone()),
+            },
+            relays: i.cfg.relays.clone(),
+            version: VERSION.into(),
+            encryption_supported: true,
+            expiration: Timestamp::from_secs(
+                Timestamp::now().as_secs() + lifetime.as_secs().max(1),
+            ),
+        }
+    }
+
+    /// Publish the ad, each one with a later `created_at` than the last: relays keep one
+    /// addressable event per `d` tag and break same-second ties by the lowest id, so two ads in
+    /// one second could leave the older state standing.
+    pub(super) async fn publish_ad(&self, healthy: bool, lifetime: Duration) {
+        let i = &self.inner;
+        let _order = i.ad_lock.lock().await;
+        loop {
+            let last = i.last_ad.load(Ordering::SeqCst);
+            if Timestamp::now().as_secs() > last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ad = self.ad(healthy, lifetime);
+        let band = load_band(ad.in_flight, ad.max_concurrent);
+        match ad.to_event(&i.cfg.keys) {
+            Ok(ev) => {
+                i.last_ad.store(ev.created_at.as_secs(), Ordering::SeqCst);
+                i.last_band.store(band, Ordering::SeqCst);
+                self.publish(&ev).await
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build capability ad"),
+        }
+    }
+
+    /// Probe the runner; re-publish the ad when its health changed or a heartbeat is due.
+    pub(super) async fn heartbeat(&self, due: bool) {
+        let i = &self.inner;
+        let was = i.healthy.load(Ordering::SeqCst);
+        self.probe_runner().await;
+        let healthy = i.healthy.load(Ordering::SeqCst) && i.accepting.load(Ordering::SeqCst);
+        if !due && was == i.healthy.load(Ordering::SeqCst) {
+            return;
+        }
+        self.publish_ad(healthy, i.cfg.heartbeat * 3).await;
+        let relays = i.client.relays().await;
+        i.metrics.set_relays(
+            relays
+                .values()
+                .filter(|r| r.status() == RelayStatus::Connected)
+                .count() as i64,
+        );
+    }
+}

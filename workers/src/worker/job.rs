@@ -1,0 +1,206 @@
+//! A job on the runner: stream, answer, meter, and settle or refund its payment.
+
+use fedai_lightning::payment::worker::Escrow;
+
+use super::*;
+
+impl Worker {
+    /// Say `processing`, then run the job on the runner until it ends, times out, or is stopped
+    /// (cancelled by its customer, or the drain deadline passed).
+    pub(super) async fn run_job(
+        &self,
+        parsed: &ParsedJobRequest,
+        req: InferRequest,
+        cancel_rx: &mut oneshot::Receiver<Stop>,
+    ) -> Outcome {
+        let i = &self.inner;
+        let _running = InFlight::new(self);
+        let mut processing =
+            JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
+        processing.encrypted = parsed.encrypted;
+        if let Ok(ev) = processing.to_event(&i.cfg.keys) {
+            self.publish_job(parsed, &ev).await;
+        }
+        let limit = i.cfg.job_timeout;
+        tokio::select! {
+            o = tokio::time::timeout(limit, self.infer(parsed, req)) => o.unwrap_or_else(|_| {
+                Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", limit.as_secs()))
+            }),
+            // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
+            Ok(stop) = &mut *cancel_rx => stop.outcome(),
+        }
+    }
+
+    pub(super) async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {
+        let i = &self.inner;
+        let t0 = Instant::now();
+        // No token is this long: a runner that ignores `max_tokens` cannot grow our memory.
+        let max_output = (req.max_tokens as usize).saturating_mul(MAX_BYTES_PER_TOKEN) + 4096;
+        let mut stream = match i.runner.infer(req).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
+        };
+        let stream_partials = parsed.request.params.stream;
+        let (mut output, mut pending, mut seq) = (String::new(), String::new(), 0u64);
+        let mut last_flush = Instant::now();
+        let mut first_token = None;
+        let mut usage = None;
+        while let Some(piece) = stream.next().await {
+            match piece {
+                Ok(Piece::Text(t)) => {
+                    first_token.get_or_insert_with(|| t0.elapsed());
+                    if output.len() + t.len() > max_output {
+                        return Outcome::Failed(
+                            ErrorCode::RunnerFailed,
+                            "the runner sent more text than max_tokens allows".into(),
+                        );
+                    }
+                    output.push_str(&t);
+                    if stream_partials {
+                        pending.push_str(&t);
+                        if last_flush.elapsed() >= PARTIAL_FLUSH
+                            || pending.len() >= PARTIAL_MAX_BYTES
+                        {
+                            self.partial(parsed, seq, std::mem::take(&mut pending))
+                                .await;
+                            seq += 1;
+                            last_flush = Instant::now();
+                        }
+                    }
+                }
+                Ok(Piece::Done {
+                    input_tokens,
+                    output_tokens,
+                }) => {
+                    usage = Some(Usage {
+                        input_tokens,
+                        output_tokens,
+                    });
+                    break;
+                }
+                Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
+            }
+        }
+        if stream_partials && !pending.is_empty() {
+            self.partial(parsed, seq, pending).await;
+        }
+        match usage {
+            Some(usage) => Outcome::Done {
+                output,
+                usage,
+                first_token,
+                runner_time: t0.elapsed(),
+            },
+            None => Outcome::Failed(
+                ErrorCode::RunnerFailed,
+                "the runner ended without reporting token usage".into(),
+            ),
+        }
+    }
+
+    pub(super) async fn partial(&self, parsed: &ParsedJobRequest, seq: u64, chunk: String) {
+        let mut fb = JobFeedback::partial(parsed.id, parsed.customer, seq, chunk);
+        fb.encrypted = parsed.encrypted;
+        // Streamed chunks go to our relays only: the result, on the reply relays too, has all.
+        if let Ok(ev) = fb.to_event(&self.inner.cfg.keys) {
+            self.publish(&ev).await;
+        }
+    }
+
+    pub(super) async fn deliver(
+        &self,
+        event: &Event,
+        parsed: &ParsedJobRequest,
+        done: Delivery,
+        paid: Option<Escrow>,
+    ) {
+        let Delivery {
+            model,
+            output,
+            usage,
+            wall,
+        } = done;
+        let i = &self.inner;
+        let bytes_out = output.len() as u64;
+        let (price, bolt11, payment_hash) = self.charge(parsed, &model, usage, paid).await;
+        let mut result = JobResult::for_request(event, parsed, output, model.clone(), usage);
+        if price > 0 {
+            result.amount = Some(Amount {
+                msat: price,
+                bolt11,
+            });
+        }
+        let result_ev = match result.to_event(&i.cfg.keys) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return self
+                    .refuse(
+                        parsed,
+                        ErrorCode::RunnerFailed,
+                        format!("cannot build result: {e}"),
+                    )
+                    .await
+            }
+        };
+        let record = MeteringRecord {
+            request_id: parsed.id,
+            result_id: result_ev.id,
+            customer: parsed.customer,
+            model,
+            prompt_sha256: parsed.prompt_sha256(),
+            usage,
+            wall_ms: wall.as_millis() as u64,
+            bytes_in: parsed.input_data.len() as u64,
+            bytes_out,
+            price_msat: price,
+            payment_hash: payment_hash.map(hex::encode),
+        };
+        self.publish_job(parsed, &result_ev).await;
+        match record.to_event(&i.cfg.keys) {
+            Ok(ev) => self.publish_job(parsed, &ev).await,
+            Err(e) => {
+                tracing::warn!(request = %parsed.id, error = %e, "cannot build metering record")
+            }
+        }
+        let mut success = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Success);
+        success.encrypted = parsed.encrypted;
+        if let Ok(ev) = success.to_event(&i.cfg.keys) {
+            self.publish_job(parsed, &ev).await;
+        }
+        i.metrics.job("success");
+        i.metrics.tokens(usage.input_tokens, usage.output_tokens);
+        tracing::info!(request = %parsed.id, input_tokens = usage.input_tokens, output_tokens = usage.output_tokens, wall_ms = wall.as_millis() as u64, "job done");
+    }
+
+    /// What the job costs and how it is paid: a pay-before payment claimed (the escrow settles
+    /// the hold, or the zap is ours), or — pay-after — an invoice for the ad's price of the
+    /// usage, sent with the result. The payment hash is named only for money that is ours or
+    /// invoiced.
+    pub(super) async fn charge(
+        &self,
+        parsed: &ParsedJobRequest,
+        model: &str,
+        usage: Usage,
+        paid: Option<Escrow>,
+    ) -> (u64, Option<String>, Option<fedai_lightning::PaymentHash>) {
+        let i = &self.inner;
+        let cost = self
+            .price_for(model)
+            .cost_msat(usage.input_tokens, usage.output_tokens);
+        if let Some(mut escrow) = paid {
+            let (amount, hash) = self.claim(parsed, &mut escrow).await;
+            return (amount, None, hash);
+        }
+        let (Some(ln), PaymentMode::After, true) = (&i.ln, i.cfg.payment_mode, cost > 0) else {
+            return (cost, None, None);
+        };
+        let memo = fedai_lightning::job_memo(&parsed.id.to_hex());
+        match ln.add_invoice(cost, &memo, 3600).await {
+            Ok(inv) => (cost, Some(inv.bolt11), Some(inv.payment_hash)),
+            Err(e) => {
+                tracing::warn!(request = %parsed.id, error = %e, "cannot create the invoice");
+                (cost, None, None)
+            }
+        }
+    }
+}
