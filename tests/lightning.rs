@@ -407,6 +407,37 @@ mod paid_jobs {
             text.contains("verified") && text.contains("carries the same payment hash"),
             "{text}"
         );
+        // A forged receipt for the same job: the customer's own node issues an invoice that
+        // commits to the job, with a preimage the customer chose — a real, signed invoice that
+        // nobody paid. Bound to the worker's advertised node, it is refused.
+        let own = Lnd::connect(&config(cust)).await.unwrap();
+        let fake_preimage = [0x42u8; 32];
+        let fake_hash = payment_hash(&fake_preimage);
+        let memo = job_memo(&r.receipt.request_id.to_hex());
+        let fake = own
+            .add_hold_invoice(fake_hash, proof.amount_msat, &memo, 600)
+            .await
+            .unwrap();
+        let forged = PaymentReceipt {
+            bolt11: fake.bolt11,
+            payment_hash: hex::encode(fake_hash),
+            preimage: hex::encode(fake_preimage),
+            ..r.receipt.clone()
+        }
+        .to_event(&Keys::generate())
+        .unwrap();
+        let mut ws = fedai_tests::Ws::connect(&relay.url).await;
+        assert!(ws.publish(&forged).await.0, "the relay stores the receipt");
+        let out = std::process::Command::new(fedai_tests::binary("fedai"))
+            .args(["--relay", &relay.url, "receipt", &forged.id.to_hex()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("does not back the receipt"),
+            "a forged receipt passed: {} {err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
 
         // Pay-before, failed job (the worker's 1 s deadline): refunded, nothing charged.
         let before = cust.channel_local_msat();
