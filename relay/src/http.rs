@@ -31,15 +31,26 @@ pub struct Ctx {
     pub nip11: String,
 }
 
-struct Head {
-    method: String,
-    path: String,
-    accept: String,
-    upgrade_ws: bool,
-    ws_key: Option<String>,
+/// A request head, as far as this port reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// `GET`, …
+    pub method: String,
+    /// The request target.
+    pub path: String,
+    /// The `Accept` header.
+    pub accept: String,
+    /// `Upgrade: websocket`.
+    pub upgrade_ws: bool,
+    /// `Sec-WebSocket-Key`.
+    pub ws_key: Option<String>,
 }
 
-async fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
+/// Read a request head (up to the empty line), never buffering more than 16 KiB: `None` at
+/// end of input, an error when the head is larger.
+pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
     use tokio::io::AsyncReadExt;
     let mut head = Vec::with_capacity(1024);
     loop {
@@ -60,7 +71,8 @@ async fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u
     }
 }
 
-fn parse_head(raw: &[u8]) -> Option<Head> {
+/// Parse a head read by [`read_head`]; `None` when it is not a complete HTTP/1 request head.
+pub fn parse_head(raw: &[u8]) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(raw) {

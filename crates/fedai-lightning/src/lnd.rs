@@ -148,7 +148,9 @@ impl Lnd {
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
+        let bytes = crate::netguard::read_bounded(resp, MAX_LINE)
+            .await
+            .map_err(|e| rpc(format!("{path}: answer {e}")))?;
         if !status.is_success() {
             return Err(gateway_error(status, &bytes));
         }
@@ -164,31 +166,19 @@ impl Lnd {
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
-            let bytes = resp.bytes().await.map_err(transport)?;
+            let bytes = crate::netguard::read_bounded(resp, MAX_LINE)
+                .await
+                .map_err(|e| rpc(format!("answer {e}")))?;
             return Err(gateway_error(status, &bytes));
         }
-        let mut buf: Vec<u8> = Vec::new();
+        let mut lines = Lines::default();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            buf.extend_from_slice(&chunk);
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                let line = line.trim_ascii();
-                if line.is_empty() {
-                    continue;
-                }
-                let l: StreamLine<T> = serde_json::from_slice(line)
-                    .map_err(|e| rpc(format!("unreadable stream line: {e}")))?;
-                if let Some(e) = l.error {
-                    return Err(rpc(format!("{}: {}", e.code, e.message)));
-                }
-                if let Some(item) = l.result {
+            for line in lines.push(&chunk)? {
+                if let Some(item) = stream_item(&line)? {
                     if let Some(r) = on_item(item)? {
                         return Ok(r);
                     }
                 }
-            }
-            if buf.len() > MAX_LINE {
-                return Err(rpc("a streamed answer line is too long"));
             }
         }
         Err(rpc("the stream ended"))
@@ -232,10 +222,7 @@ impl Lnd {
     ) -> Result<Option<InvoiceState>, LnError> {
         let path = format!("/v2/invoices/subscribe/{}", URL_SAFE.encode(payment_hash));
         let req = self.request(reqwest::Method::GET, &path);
-        let wait = self.stream(req, |inv: RestInvoice| {
-            let s = state(&inv.state)?;
-            Ok((s != InvoiceState::Open).then_some(s))
-        });
+        let wait = self.stream(req, |inv: RestInvoice| past_open(&inv));
         match tokio::time::timeout(timeout, wait).await {
             Ok(r) => r.map(Some),
             Err(_) => Ok(None),
@@ -246,16 +233,108 @@ impl Lnd {
         let r: AddInvoiceResponse = self
             .call(reqwest::Method::POST, "/v1/invoices", Some(body))
             .await?;
-        Ok(Invoice {
-            bolt11: r.payment_request,
-            payment_hash: bytes32(&r.r_hash, "r_hash")?,
-        })
+        added(r)
     }
 
     async fn lookup(&self, payment_hash: PaymentHash) -> Result<RestInvoice, LnError> {
         let path = format!("/v1/invoice/{}", hex::encode(payment_hash));
         self.call(reqwest::Method::GET, &path, None).await
     }
+}
+
+/// lnd's streamed answers (newline-delimited JSON) cut into lines as chunks arrive, each line
+/// bounded: a node (or whatever answers at its address) cannot grow our memory.
+#[derive(Debug, Default)]
+pub struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// Add a chunk; returns the non-empty lines it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, LnError> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = line.trim_ascii();
+            if !line.is_empty() {
+                out.push(line.to_vec());
+            }
+        }
+        if self.buf.len() > MAX_LINE {
+            return Err(rpc("a streamed answer line is too long"));
+        }
+        Ok(out)
+    }
+}
+
+/// One streamed line: its `result`, or the node's `error`.
+fn stream_item<T: DeserializeOwned>(line: &[u8]) -> Result<Option<T>, LnError> {
+    let l: StreamLine<T> =
+        serde_json::from_slice(line).map_err(|e| rpc(format!("unreadable stream line: {e}")))?;
+    if let Some(e) = l.error {
+        return Err(rpc(format!("{}: {}", e.code, e.message)));
+    }
+    Ok(l.result)
+}
+
+/// An invoice subscription's update: its state once past `OPEN`.
+fn past_open(inv: &RestInvoice) -> Result<Option<InvoiceState>, LnError> {
+    let s = state(&inv.state)?;
+    Ok((s != InvoiceState::Open).then_some(s))
+}
+
+/// A payment's update: its preimage once it succeeded, its reason when it failed.
+fn payment_done(p: RestPayment) -> Result<Option<Preimage>, LnError> {
+    match p.status.as_str() {
+        "SUCCEEDED" => {
+            let pre = hex::decode(&p.payment_preimage).map_err(|_| rpc("preimage is not hex"))?;
+            let pre: [u8; 32] = pre
+                .try_into()
+                .map_err(|_| rpc("preimage is not 32 bytes"))?;
+            Ok(Some(pre))
+        }
+        "FAILED" => Err(LnError::PaymentFailed(if p.failure_reason.is_empty() {
+            "FAILURE_REASON_NONE".into()
+        } else {
+            p.failure_reason
+        })),
+        _ => Ok(None),
+    }
+}
+
+fn added(r: AddInvoiceResponse) -> Result<Invoice, LnError> {
+    Ok(Invoice {
+        bolt11: r.payment_request,
+        payment_hash: bytes32(&r.r_hash, "r_hash")?,
+    })
+}
+
+/// Everything lnd's answers go through, on arbitrary bytes (the fuzz target's entry): the
+/// stream splitter cut at `cut`, stream lines as invoice and payment updates, unary answers,
+/// and error bodies. Never panics; returns how many lines decoded.
+pub fn decode_any(data: &[u8], cut: usize) -> usize {
+    let mut lines = Lines::default();
+    let (a, b) = data.split_at(cut.min(data.len()));
+    let mut n = 0;
+    for chunk in [a, b] {
+        let Ok(done) = lines.push(chunk) else {
+            break;
+        };
+        for line in done {
+            if let Ok(Some(inv)) = stream_item::<RestInvoice>(&line) {
+                n += usize::from(past_open(&inv).is_ok());
+            }
+            if let Ok(Some(p)) = stream_item::<RestPayment>(&line) {
+                n += usize::from(payment_done(p).is_ok());
+            }
+        }
+    }
+    if let Ok(r) = serde_json::from_slice::<AddInvoiceResponse>(data) {
+        n += usize::from(added(r).is_ok());
+    }
+    let _ = gateway_error(reqwest::StatusCode::BAD_REQUEST, data);
+    n
 }
 
 fn transport(e: reqwest::Error) -> LnError {
@@ -408,24 +487,7 @@ impl Payer for Lnd {
             .json(&body)
             .timeout(Duration::from_secs(u64::from(timeout_secs) + 600));
         async move {
-            self.stream(req, |p: RestPayment| match p.status.as_str() {
-                "SUCCEEDED" => {
-                    let pre =
-                        hex::decode(&p.payment_preimage).map_err(|_| rpc("preimage is not hex"))?;
-                    let pre: [u8; 32] = pre
-                        .try_into()
-                        .map_err(|_| rpc("preimage is not 32 bytes"))?;
-                    Ok(Some(pre))
-                }
-                "FAILED" => Err(LnError::PaymentFailed(if p.failure_reason.is_empty() {
-                    "FAILURE_REASON_NONE".into()
-                } else {
-                    p.failure_reason
-                })),
-                _ => Ok(None),
-            })
-            .await
-            .map_err(|e| match e {
+            self.stream(req, payment_done).await.map_err(|e| match e {
                 LnError::Rpc(m) if m == "the stream ended" => {
                     LnError::PaymentFailed("the payment stream ended".into())
                 }

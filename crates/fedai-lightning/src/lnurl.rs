@@ -132,45 +132,14 @@ impl LnurlClient {
         let body = crate::netguard::read_bounded(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| refuse(format!("LNURL answer: {e}")))?;
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|_| refuse(format!("LNURL answer ({status}) is not JSON")))?;
-        // LUD-06 errors: {"status": "ERROR", "reason": "..."}.
-        if json.get("status").and_then(|s| s.as_str()) == Some("ERROR") {
-            let reason = json.get("reason").and_then(|r| r.as_str()).unwrap_or("");
-            return Err(refuse(format!("LNURL service refused: {reason}")));
-        }
-        if !status.is_success() {
-            return Err(refuse(format!("LNURL service answered {status}")));
-        }
-        Ok(json)
+        parse_answer(status.as_u16(), &body)
     }
 
     /// Fetch a pay target's terms.
     pub async fn pay_params(&self, target: &str) -> Result<PayParams, LnError> {
         let endpoint = endpoint(target)?;
         let json = self.get_json(&endpoint).await?;
-        let pay: PayResponse = serde_json::from_value(json)
-            .map_err(|e| refuse(format!("not an LNURL-pay answer: {e}")))?;
-        let callback =
-            Url::parse(&pay.callback).map_err(|e| refuse(format!("bad callback URL: {e}")))?;
-        check_transport(&callback)?;
-        if pay.min_sendable > pay.max_sendable {
-            return Err(refuse("minSendable is above maxSendable"));
-        }
-        let nostr_pubkey = match (pay.allows_nostr, pay.nostr_pubkey) {
-            (Some(true), Some(k)) => Some(
-                PublicKey::from_slice(&k.serialize())
-                    .map_err(|_| refuse("nostrPubkey is not a valid key"))?,
-            ),
-            _ => None,
-        };
-        Ok(PayParams {
-            endpoint,
-            callback,
-            min_msat: pay.min_sendable,
-            max_msat: pay.max_sendable,
-            nostr_pubkey,
-        })
+        parse_pay_params(endpoint, json)
     }
 
     /// Ask the callback for an invoice of `amount_msat`, for a zap when `zap_request` (its JSON)
@@ -197,11 +166,60 @@ impl LnurlClient {
             }
         }
         let json = self.get_json(&url).await?;
-        json.get("pr")
-            .and_then(|p| p.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| refuse("the callback answered no invoice (`pr`)"))
+        parse_invoice(&json)
     }
+}
+
+/// An LNURL service's answer (HTTP `status`, `body`): JSON, not a LUD-06 error
+/// (`{"status": "ERROR", "reason": …}`, whose reason is passed on), and a success status.
+pub fn parse_answer(status: u16, body: &[u8]) -> Result<serde_json::Value, LnError> {
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| refuse(format!("LNURL answer ({status}) is not JSON")))?;
+    if json.get("status").and_then(|s| s.as_str()) == Some("ERROR") {
+        let reason = json.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+        let reason: String = reason.chars().take(200).collect();
+        return Err(refuse(format!("LNURL service refused: {reason}")));
+    }
+    if !(200..300).contains(&status) {
+        return Err(refuse(format!("LNURL service answered {status}")));
+    }
+    Ok(json)
+}
+
+/// A pay endpoint's terms (LUD-06) from its answer: a callback we may call, a sane amount
+/// range, and the zap key when it takes zaps (NIP-57).
+pub fn parse_pay_params(endpoint: Url, answer: serde_json::Value) -> Result<PayParams, LnError> {
+    let pay: PayResponse = serde_json::from_value(answer)
+        .map_err(|e| refuse(format!("not an LNURL-pay answer: {e}")))?;
+    let callback =
+        Url::parse(&pay.callback).map_err(|e| refuse(format!("bad callback URL: {e}")))?;
+    check_transport(&callback)?;
+    if pay.min_sendable > pay.max_sendable {
+        return Err(refuse("minSendable is above maxSendable"));
+    }
+    let nostr_pubkey = match (pay.allows_nostr, pay.nostr_pubkey) {
+        (Some(true), Some(k)) => Some(
+            PublicKey::from_slice(&k.serialize())
+                .map_err(|_| refuse("nostrPubkey is not a valid key"))?,
+        ),
+        _ => None,
+    };
+    Ok(PayParams {
+        endpoint,
+        callback,
+        min_msat: pay.min_sendable,
+        max_msat: pay.max_sendable,
+        nostr_pubkey,
+    })
+}
+
+/// The invoice (`pr`) in a callback's answer (unchecked: see [`crate::invoice::check`]).
+pub fn parse_invoice(answer: &serde_json::Value) -> Result<String, LnError> {
+    answer
+        .get("pr")
+        .and_then(|p| p.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| refuse("the callback answered no invoice (`pr`)"))
 }
 
 #[cfg(test)]

@@ -236,3 +236,42 @@ fn a_zap_of_the_quote_feedback_pays_its_job_only() {
         "not for this worker and job",
     );
 }
+
+/// Seeds for the `bolt11` and `zap` fuzz targets (tests/fuzz): signed invoices and a zap
+/// receipt's tags with the keys those targets use. Run with `FEDAI_WRITE_SEEDS=1` to rewrite.
+#[test]
+#[ignore = "writes fuzz seeds"]
+fn write_fuzz_seeds() {
+    let Some(_) = std::env::var_os("FEDAI_WRITE_SEEDS") else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/seeds");
+    let key = |hex: &str| Keys::parse(hex).unwrap();
+    let worker = key("c15d739894c81a2fcfd3a2df85a0d2c0dbc47a280d092799f144d73d7ae78add");
+    let server = key("7f7ff03d123792d6ac594bfa67bf6d0c0ab55b6b1fdb6249303fe861f1ccba9a");
+    let f = Fixture {
+        customer: Keys::generate(),
+        worker,
+        server,
+        request_id: EventId::from_slice(&[0; 32]).unwrap(),
+    };
+    let (zr, inv) = f.request_and_invoice(1_000);
+    let receipt = zap::receipt(&f.server, &zr, &inv, Some(&[9; 32]), Timestamp::now()).unwrap();
+    let tags: Vec<Vec<String>> = receipt.tags.iter().map(|t| t.as_slice().to_vec()).collect();
+    let zap_seed = serde_json::json!({"r": zr.as_json(), "t": tags});
+    std::fs::create_dir_all(root.join("zap")).unwrap();
+    std::fs::write(root.join("zap/receipt.json"), zap_seed.to_string()).unwrap();
+    std::fs::create_dir_all(root.join("bolt11")).unwrap();
+    std::fs::write(root.join("bolt11/zap-invoice.txt"), &inv).unwrap();
+    let job = make(Inv {
+        amount_msat: Some(1_000),
+        memo: Some(fedai_lightning::job_memo(&"0".repeat(64))),
+        ..Inv::default()
+    });
+    std::fs::write(root.join("bolt11/job-invoice.txt"), job).unwrap();
+    let no_amount = make(Inv {
+        amount_msat: None,
+        ..Inv::default()
+    });
+    std::fs::write(root.join("bolt11/no-amount.txt"), no_amount).unwrap();
+}
