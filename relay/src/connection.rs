@@ -24,9 +24,7 @@ use std::time::Instant;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use nostr_database::prelude::{
-    DatabaseEventStatus, NostrDatabase, RejectedReason, SaveEventStatus,
-};
+use nostr_database::prelude::{NostrDatabase, RejectedReason, SaveEventStatus};
 use nostr_sdk::prelude::{
     ClientMessage, Event, Kind, LocalRelay, MachineReadablePrefix, RelayMessage, WritePolicyResult,
 };
@@ -205,47 +203,14 @@ fn admit(ctx: &Arc<ConnCtx>, bucket: &mut Bucket, event: Event, size: usize) -> 
     }
     let ctx = ctx.clone();
     Admit::Save(Box::pin(async move {
-        // Regular events (job requests, results, feedback) go to live subscribers as soon as we
-        // know they are new, without waiting for the commit: fan-out latency then does not
-        // include the fsync. Durability is unchanged: `OK true` still waits for the commit, and
-        // a publisher that gets no OK retries (subscribers deduplicate by id). Replaceable and
-        // addressable events, and deletions, are broadcast only once the store accepted them,
-        // because the store may still reject them as superseded or invalid.
-        let early = event.kind.is_regular() && event.kind != Kind::EventDeletion;
-        let mut notified = false;
-        if early {
-            match ctx.db.check_id(&event.id).await {
-                Ok(DatabaseEventStatus::NotExistent) => {
-                    ctx.relay.notify_event(event.clone());
-                    notified = true;
-                }
-                Ok(DatabaseEventStatus::Saved) => {
-                    return ok_msg(
-                        &event,
-                        true,
-                        Some(MachineReadablePrefix::Duplicate),
-                        "already have this event",
-                    );
-                }
-                Ok(DatabaseEventStatus::Deleted) => {
-                    return ok_msg(
-                        &event,
-                        false,
-                        Some(MachineReadablePrefix::Blocked),
-                        "this event is deleted",
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "id lookup failed; broadcasting after the commit")
-                }
-            }
-        }
+        // Live subscribers hear an event only once it is stored (after its commit): a
+        // subscription opened at any moment then sees every event, either in its query (stored
+        // before) or live (stored after) — a subscriber that resubscribes after a `CLOSED` loses
+        // nothing — and no subscriber ever acts on an event that a failed commit then loses.
         match ctx.db.save_event(&event).await {
             Ok(SaveEventStatus::Success) => {
                 let reply = ok_msg(&event, true, None, "");
-                if !notified {
-                    ctx.relay.notify_event(event);
-                }
+                ctx.relay.notify_event(event);
                 reply
             }
             Ok(SaveEventStatus::Rejected(RejectedReason::Duplicate)) => ok_msg(

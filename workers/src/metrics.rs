@@ -61,6 +61,9 @@ pub struct Metrics {
     in_flight: AtomicI64,
     relays_connected: AtomicI64,
     runner_healthy: AtomicI64,
+    live_job_relays: AtomicI64,
+    subscriptions_closed: AtomicU64,
+    resubscriptions: AtomicU64,
     first_token: Histogram,
     job_seconds: Histogram,
 }
@@ -91,6 +94,18 @@ impl Metrics {
     /// Runner health as last probed.
     pub fn set_runner_healthy(&self, ok: bool) {
         self.runner_healthy.store(ok as i64, Ordering::Relaxed);
+    }
+    /// Relays on which the job subscription is live now.
+    pub fn set_live_job_relays(&self, n: i64) {
+        self.live_job_relays.store(n, Ordering::Relaxed);
+    }
+    /// A relay closed one of our subscriptions (CLOSED).
+    pub fn subscription_closed(&self) {
+        self.subscriptions_closed.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A closed subscription was opened again.
+    pub fn resubscribed(&self) {
+        self.resubscriptions.fetch_add(1, Ordering::Relaxed);
     }
     /// Time to the first token.
     pub fn first_token(&self, d: Duration) {
@@ -131,10 +146,33 @@ impl Metrics {
                 "1 when the runner answered its last health probe.",
                 &self.runner_healthy,
             ),
+            (
+                "fedai_worker_live_job_relays",
+                "Relays on which the job subscription is open (0: the worker hears no jobs).",
+                &self.live_job_relays,
+            ),
         ] {
             let _ = writeln!(
                 o,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "fedai_worker_subscriptions_closed_total",
+                "Subscriptions a relay closed (CLOSED), e.g. after its live buffer overflowed.",
+                &self.subscriptions_closed,
+            ),
+            (
+                "fedai_worker_resubscriptions_total",
+                "Closed subscriptions opened again from the last event seen.",
+                &self.resubscriptions,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Ordering::Relaxed)
             );
         }
@@ -171,7 +209,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 "/health" => {
                     let ok = metrics.runner_healthy.load(Ordering::Relaxed) == 1
-                        && metrics.relays_connected.load(Ordering::Relaxed) > 0;
+                        && metrics.relays_connected.load(Ordering::Relaxed) > 0
+                        && metrics.live_job_relays.load(Ordering::Relaxed) > 0;
                     if ok {
                         ("200 OK", "application/json", "{\"status\":\"ok\"}\n".into())
                     } else {

@@ -269,6 +269,12 @@ pub(crate) struct Tracker {
     event: Event,
     parsed: ParsedJobRequest,
     sub: nostr_sdk::prelude::SubscriptionId,
+    /// What `sub` asks for: opened again on a relay that closes it.
+    filter: Filter,
+    /// Times a relay closed `sub` (the backoff of the next resubscription).
+    reopened: u32,
+    /// Set when the request is no longer followed: a late resubscription must not outlive it.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sent_at: tokio::time::Instant,
     /// How to pay if asked, and what the worker's ad says of it.
     pub(crate) pay: Option<PayPlan>,
@@ -434,7 +440,7 @@ impl FedaiClient {
             .event(event.id);
         let sub = self
             .client
-            .subscribe(filter)
+            .subscribe(filter.clone())
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?
             .value;
@@ -444,6 +450,9 @@ impl FedaiClient {
             event,
             parsed,
             sub,
+            filter,
+            reopened: 0,
+            done: Default::default(),
             sent_at: tokio::time::Instant::now(),
             pay: None,
             pending: None,
@@ -469,7 +478,45 @@ impl FedaiClient {
         Ok(())
     }
 
+    /// A relay closed the subscription to this job's answers (`CLOSED`: its live buffer
+    /// overflowed in a burst, a restart, a limit): open it again there after a short backoff.
+    /// It asks for every answer to the request, so what arrived in between comes from the
+    /// relay's store; events already seen are not notified twice.
+    fn reopen_if_closed(
+        &self,
+        t: &mut Tracker,
+        relay: nostr_sdk::prelude::RelayUrl,
+        message: &RelayMessage<'_>,
+    ) {
+        let RelayMessage::Closed {
+            subscription_id,
+            message,
+        } = message
+        else {
+            return;
+        };
+        if subscription_id.as_ref() != &t.sub {
+            return;
+        }
+        tracing::warn!(%relay, reason = %message, "a relay closed the job's subscription; subscribing again");
+        let wait = Duration::from_millis(100).saturating_mul(1 << t.reopened.min(6));
+        t.reopened += 1;
+        let (client, id, filter) = (self.client.clone(), t.sub.clone(), t.filter.clone());
+        let done = t.done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let target = nostr_sdk::prelude::ReqTarget::single(relay, [filter]);
+            if let Err(e) = client.subscribe(target).with_id(id).await {
+                tracing::warn!(error = %e, "cannot subscribe to the job's answers again");
+            }
+        });
+    }
+
     pub(crate) async fn close(&self, t: Tracker) {
+        t.done.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.client.unsubscribe(&t.sub).await;
     }
 
@@ -527,8 +574,13 @@ impl FedaiClient {
                     (None, None) => break Err(ClientError::Timeout(timeout)),
                 },
             };
-            let ClientNotification::Event { event: ev, .. } = n else {
-                continue;
+            let ev = match n {
+                ClientNotification::Event { event, .. } => event,
+                ClientNotification::Message { relay_url, message } => {
+                    self.reopen_if_closed(t, relay_url, &message);
+                    continue;
+                }
+                ClientNotification::Shutdown => continue,
             };
             // Only the worker we chose may answer a directed or awarded job.
             if worker_filter.is_some_and(|w| w != ev.pubkey) {

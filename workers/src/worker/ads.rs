@@ -105,22 +105,36 @@ impl Worker {
         }
     }
 
-    /// Probe the runner; re-publish the ad when its health changed or a heartbeat is due.
+    /// Probe the runner and count the relays we hear jobs from; re-publish the ad when what it
+    /// says of our health changed, or a heartbeat is due. Healthy means: the runner answers, we
+    /// take jobs, and at least one connected relay has our job subscription open.
     pub(super) async fn heartbeat(&self, due: bool) {
         let i = &self.inner;
-        let was = i.healthy.load(Ordering::SeqCst);
         self.probe_runner().await;
-        let healthy = i.healthy.load(Ordering::SeqCst) && i.accepting.load(Ordering::SeqCst);
-        if !due && was == i.healthy.load(Ordering::SeqCst) {
+        let relays = i.client.relays().await;
+        let connected = relays
+            .values()
+            .filter(|r| r.status() == RelayStatus::Connected)
+            .count();
+        i.metrics.set_relays(connected as i64);
+        let live = self.live_job_relays().await;
+        i.metrics.set_live_job_relays(live as i64);
+        let hearing = live > 0;
+        if hearing != i.hearing.swap(hearing, Ordering::SeqCst) {
+            match hearing {
+                true => tracing::info!(relays = live, "hearing job requests again"),
+                false => tracing::warn!(
+                    connected,
+                    "no relay has our job subscription open: advertising unhealthy until one does"
+                ),
+            }
+        }
+        let healthy =
+            i.healthy.load(Ordering::SeqCst) && i.accepting.load(Ordering::SeqCst) && hearing;
+        let was = i.advertised_healthy.swap(healthy, Ordering::SeqCst);
+        if !due && was == healthy {
             return;
         }
         self.publish_ad(healthy, i.cfg.heartbeat * 3).await;
-        let relays = i.client.relays().await;
-        i.metrics.set_relays(
-            relays
-                .values()
-                .filter(|r| r.status() == RelayStatus::Connected)
-                .count() as i64,
-        );
     }
 }

@@ -38,6 +38,7 @@ mod ads;
 mod events;
 mod intake;
 mod job;
+mod live;
 mod pay;
 mod publish;
 mod recover;
@@ -61,6 +62,12 @@ struct Inner {
     runner: Arc<dyn Runner>,
     models: RwLock<Vec<ModelInfo>>,
     healthy: AtomicBool,
+    /// At least one relay has our job subscription open (`live`).
+    hearing: AtomicBool,
+    /// What the last ad said of our health.
+    advertised_healthy: AtomicBool,
+    /// Subscriptions relays closed, and where to resume them (`live`).
+    live: live::Live,
     slots: Arc<Semaphore>,
     /// Jobs on the runner (the ad's load).
     in_flight: AtomicU32,
@@ -348,6 +355,9 @@ impl Worker {
             runner,
             models: RwLock::new(Vec::new()),
             healthy: AtomicBool::new(false),
+            hearing: AtomicBool::new(true),
+            advertised_healthy: AtomicBool::new(false),
+            live: live::Live::default(),
             in_flight: AtomicU32::new(0),
             jobs: AtomicU32::new(0),
             quotes: Mutex::new(HashMap::new()),

@@ -17,9 +17,14 @@ impl Worker {
         loop {
             tokio::select! {
                 n = notifications.next() => match n {
-                    Some(ClientNotification::Event { event, .. }) => self.on_event(*event),
+                    Some(ClientNotification::Event { event, .. }) => {
+                        self.saw(&event);
+                        self.on_event(*event)
+                    }
+                    Some(ClientNotification::Message { relay_url, message }) => {
+                        self.on_relay_message(relay_url, *message)
+                    }
                     Some(ClientNotification::Shutdown) | None => break,
-                    Some(_) => {}
                 },
                 _ = &mut shutdown => break,
             }
@@ -34,46 +39,6 @@ impl Worker {
         i.client.shutdown().await;
         i.reply.shutdown().await;
         tracing::info!("worker stopped");
-        Ok(())
-    }
-
-    /// What the worker listens to: job requests (from the request window before it started,
-    /// for recovery), cancellations, zap receipts naming it, and awards of its quotes.
-    async fn subscribe(&self) -> anyhow::Result<()> {
-        let i = &self.inner;
-        let me = self.public_key();
-        let since = Timestamp::from_secs(
-            i.started
-                .as_secs()
-                .saturating_sub(i.cfg.request_max_age.as_secs()),
-        );
-        let mut filters = vec![
-            Filter::new()
-                .kind(Kind::from_u16(kinds::JOB_REQUEST))
-                .since(since),
-            // NIP-09 deletions, with or without a `k` tag (generic clients omit it); only a
-            // running job's own customer can stop it (`on_cancel`).
-            Filter::new()
-                .kind(Kind::from_u16(kinds::DELETION))
-                .since(i.started),
-            // Awards of our quotes (auctions, fedai-04).
-            Filter::new()
-                .kind(Kind::from_u16(kinds::AWARD))
-                .pubkey(me)
-                .since(since),
-        ];
-        // Zap receipts naming us (payments to our lightning address, NIP-57).
-        if i.zap.is_some() {
-            filters.push(
-                Filter::new()
-                    .kind(Kind::ZapReceipt)
-                    .pubkey(me)
-                    .since(i.started),
-            );
-        }
-        for f in filters {
-            i.client.subscribe(f).await?;
-        }
         Ok(())
     }
 
@@ -114,7 +79,7 @@ impl Worker {
                     if band == i.last_band.load(Ordering::SeqCst) {
                         continue;
                     }
-                    let healthy = i.healthy.load(Ordering::SeqCst);
+                    let healthy = i.advertised_healthy.load(Ordering::SeqCst);
                     w.publish_ad(healthy, i.cfg.heartbeat * 3).await;
                     tokio::time::sleep(i.cfg.ad_refresh).await;
                 }
