@@ -131,6 +131,11 @@ pub enum Pay {
 /// The cheap checks, on what the request says and the worker's state.
 pub fn screen(r: &Request<'_>, w: &View<'_>) -> Screened {
     let decline = |code, reason: String| Screened::Decline(code, reason);
+    // Already running or answered by this process (it arrives by more than one road): no
+    // second answer, not even a refusal.
+    if r.taken {
+        return Screened::Ignore;
+    }
     // Stored requests from before this process started: only those we owe an answer.
     if r.stored && !(r.resumed || (r.directed && !r.answered)) {
         return Screened::Ignore;
@@ -193,7 +198,33 @@ pub fn screen(r: &Request<'_>, w: &View<'_>) -> Screened {
             ),
         );
     }
+    // A pay-before job that could not be offered anyway is declined before it is priced (a
+    // runner call).
+    if let Some((code, reason)) = no_room_to_offer(r, w) {
+        return decline(code, reason);
+    }
     Screened::Pass { model, max_tokens }
+}
+
+/// Pay-before, not an auction: the customer's unpaid quotes, all unpaid quotes, and — for a
+/// worker paid by zaps only, which takes its slot first — a free slot.
+fn no_room_to_offer(r: &Request<'_>, w: &View<'_>) -> Option<(ErrorCode, String)> {
+    if w.mode != PaymentMode::Before || auction(r) {
+        return None;
+    }
+    if !w.escrow && w.free_slots == 0 {
+        return Some((
+            ErrorCode::Capacity,
+            format!("all {} slots are busy", w.slots),
+        ));
+    }
+    if w.my_quotes >= w.quotes_per_customer || w.all_quotes >= w.quotes_total {
+        return Some((
+            ErrorCode::Capacity,
+            "too many unpaid quotes; try again later".into(),
+        ));
+    }
+    None
 }
 
 /// A fed_AI auction: an open request with a bid, from fed_AI software, not already ours to run.
@@ -240,19 +271,12 @@ pub fn admit(r: &Request<'_>, w: &View<'_>, price_msat: Option<u64>) -> Decision
         )
     };
     match w.mode {
-        PaymentMode::Before => {
-            let slot_first = !w.escrow;
-            if slot_first && w.free_slots == 0 {
-                return full();
-            }
-            if w.my_quotes >= w.quotes_per_customer || w.all_quotes >= w.quotes_total {
-                return Decision::Decline(
-                    ErrorCode::Capacity,
-                    "too many unpaid quotes; try again later".into(),
-                );
-            }
-            Decision::Run(Pay::Before { slot_first })
-        }
+        PaymentMode::Before => match no_room_to_offer(r, w) {
+            Some((code, reason)) => Decision::Decline(code, reason),
+            None => Decision::Run(Pay::Before {
+                slot_first: !w.escrow,
+            }),
+        },
         _ if w.free_slots == 0 => full(),
         _ => Decision::Run(Pay::Unpaid),
     }
@@ -498,6 +522,44 @@ mod tests {
                 Decision::Decline(ErrorCode::Capacity, m) if m.contains("unpaid quotes")
             ));
         }
+    }
+
+    #[test]
+    fn a_request_already_taken_is_ignored_before_anything_else() {
+        let m = models();
+        let taken = Request {
+            taken: true,
+            fresh: Fresh::Expired,
+            ..request()
+        };
+        let w = View {
+            accepting: false,
+            ..view(&m)
+        };
+        // Not "shutting down", not "expired": this process is running it.
+        assert_eq!(screen(&taken, &w), Screened::Ignore);
+    }
+
+    #[test]
+    fn a_pay_before_job_without_room_is_declined_before_it_is_priced() {
+        let m = models();
+        let w = View {
+            mode: PaymentMode::Before,
+            escrow: true,
+            my_quotes: 2,
+            ..view(&m)
+        };
+        assert!(matches!(
+            screen(&request(), &w),
+            Screened::Decline(ErrorCode::Capacity, _)
+        ));
+        // An auction asks no quote slot: it is only a bare price.
+        let auction = Request {
+            directed: false,
+            bid_msat: Some(100),
+            ..request()
+        };
+        assert!(matches!(screen(&auction, &w), Screened::Pass { .. }));
     }
 
     #[test]

@@ -122,7 +122,13 @@ impl Worker {
         } = done;
         let i = &self.inner;
         let bytes_out = output.len() as u64;
-        let (price, bolt11, payment_hash) = self.charge(parsed, &model, usage, paid).await;
+        // The result is built before a held payment is claimed: a job whose answer cannot be
+        // built is refunded, never charged.
+        let mut paid = paid;
+        let (price, bolt11, mut payment_hash) = match &paid {
+            Some(escrow) => (escrow.amount_msat(), None, None),
+            None => self.invoice_after(parsed, &model, usage).await,
+        };
         let mut result = JobResult::for_request(event, parsed, output, model.clone(), usage);
         if price > 0 {
             result.amount = Some(Amount {
@@ -133,15 +139,16 @@ impl Worker {
         let result_ev = match result.to_event(&i.cfg.keys) {
             Ok(ev) => ev,
             Err(e) => {
-                return self
-                    .refuse(
-                        parsed,
-                        ErrorCode::RunnerFailed,
-                        format!("cannot build result: {e}"),
-                    )
-                    .await
+                let mut reason = format!("cannot build result: {e}");
+                if let Some(escrow) = paid.as_mut() {
+                    self.refund(escrow, &mut reason).await;
+                }
+                return self.refuse(parsed, ErrorCode::RunnerFailed, reason).await;
             }
         };
+        if let Some(escrow) = paid.as_mut() {
+            payment_hash = self.claim(parsed, escrow).await.1;
+        }
         let record = MeteringRecord {
             request_id: parsed.id,
             result_id: result_ev.id,
@@ -172,25 +179,19 @@ impl Worker {
         tracing::info!(request = %parsed.id, input_tokens = usage.input_tokens, output_tokens = usage.output_tokens, wall_ms = wall.as_millis() as u64, "job done");
     }
 
-    /// What the job costs and how it is paid: a pay-before payment claimed (the escrow settles
-    /// the hold, or the zap is ours), or — pay-after — an invoice for the ad's price of the
-    /// usage, sent with the result. The payment hash is named only for money that is ours or
-    /// invoiced.
-    pub(super) async fn charge(
+    /// Pay-after: an invoice for the ad's price of the usage, sent with the result (its hash
+    /// named in the metering record). Free jobs, and workers without a node, charge the price
+    /// with no invoice.
+    async fn invoice_after(
         &self,
         parsed: &ParsedJobRequest,
         model: &str,
         usage: Usage,
-        paid: Option<Escrow>,
     ) -> (u64, Option<String>, Option<fedai_lightning::PaymentHash>) {
         let i = &self.inner;
         let cost = self
             .price_for(model)
             .cost_msat(usage.input_tokens, usage.output_tokens);
-        if let Some(mut escrow) = paid {
-            let (amount, hash) = self.claim(parsed, &mut escrow).await;
-            return (amount, None, hash);
-        }
         let (Some(ln), PaymentMode::After, true) = (&i.ln, i.cfg.payment_mode, cost > 0) else {
             return (cost, None, None);
         };

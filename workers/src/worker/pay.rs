@@ -53,13 +53,21 @@ impl Worker {
         );
         let bolt11 = hold.and_then(|(_, _, b)| b);
         let paid = match first.is_empty() {
-            true => {
-                let quote_id = self.send_offer(parsed, price, bolt11, zap).await;
-                let (zaps, mut escrow) = (receipts.map(|rx| (rx, quote_id)), escrow);
-                self.await_payment(parsed, &mut escrow, zaps, cancel_rx)
-                    .await
-                    .map(|()| escrow)
-            }
+            true => match self.send_offer(parsed, price, bolt11, zap).await {
+                Ok(quote_id) => {
+                    let (zaps, mut escrow) = (receipts.map(|rx| (rx, quote_id)), escrow);
+                    self.await_payment(parsed, &mut escrow, zaps, cancel_rx)
+                        .await
+                        .map(|()| escrow)
+                }
+                Err(failed) => {
+                    // Nobody saw the offer: withdraw it at once.
+                    let mut escrow = escrow;
+                    let actions = escrow.on(Input::Stopped).unwrap_or_default();
+                    let _ = self.act(&escrow, actions).await;
+                    Err(failed)
+                }
+            },
             false => self.act(&escrow, first).await.map(|()| escrow),
         };
         if zap.is_some() {
@@ -139,10 +147,10 @@ impl Worker {
         price: u64,
         bolt11: Option<String>,
         zap: Option<&ZapTarget>,
-    ) -> Option<EventId> {
+    ) -> Result<Option<EventId>, Outcome> {
         let i = &self.inner;
         if bolt11.is_none() && zap.is_none() {
-            return None; // an invoice a previous run sent, already held
+            return Ok(None); // an invoice a previous run sent, already held
         }
         let amount = Amount {
             msat: price,
@@ -151,13 +159,12 @@ impl Worker {
         let mut fb = JobFeedback::payment_required(parsed.id, parsed.customer, amount);
         fb.zap = zap.map(|z| z.target.clone());
         fb.encrypted = parsed.encrypted;
-        let ev = match fb.to_event(&i.cfg.keys) {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::warn!(request = %parsed.id, error = %e, "cannot build the quote");
-                return None;
-            }
-        };
+        let ev = fb.to_event(&i.cfg.keys).map_err(|e| {
+            Outcome::Failed(
+                ErrorCode::PaymentFailed,
+                format!("cannot build the quote: {e}"),
+            )
+        })?;
         if zap.is_some() {
             let mut waiters = i.zap_waiters.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(tx) = waiters.get(&parsed.id).cloned() {
@@ -166,7 +173,7 @@ impl Worker {
         }
         self.publish_job(parsed, &ev).await;
         tracing::info!(request = %parsed.id, price_msat = price, zap = zap.is_some(), "waiting for payment");
-        Some(ev.id)
+        Ok(Some(ev.id))
     }
 
     /// Do what the escrow asks before the job runs: `Ok` once it may run.
@@ -196,7 +203,18 @@ impl Worker {
         loop {
             let input = tokio::select! {
                 s = self.hold_moved(escrow) => s,
-                Some(paid) = self.next_zap(parsed, escrow, &mut zaps) => paid,
+                // Only the receipt is taken here (cancel-safe); it is checked below, where no
+                // other branch can interrupt the check and drop a real zap.
+                Some(receipt) = next_receipt(escrow, &mut zaps) => {
+                    let (z, quote_id) = (self.inner.zap.as_ref(), zaps.as_ref().and_then(|(_, q)| *q));
+                    match z {
+                        Some(z) => match self.check_zap(parsed, escrow.price_msat(), z, &receipt, quote_id).await {
+                            Some(paid) => paid,
+                            None => continue,
+                        },
+                        None => continue,
+                    }
+                }
                 Ok(stop) = &mut *cancel_rx => {
                     let actions = escrow.on(Input::Stopped).unwrap_or_default();
                     let _ = self.act(escrow, actions).await;
@@ -226,30 +244,6 @@ impl Worker {
                 tracing::warn!(error = %e, "invoice state unavailable; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 Input::Tick(Instant::now())
-            }
-        }
-    }
-
-    /// The next zap receipt that pays this job (checked); pending when zaps cannot pay it.
-    pub(super) async fn next_zap(
-        &self,
-        parsed: &ParsedJobRequest,
-        escrow: &Escrow,
-        zaps: &mut Option<(tokio::sync::mpsc::Receiver<Event>, Option<EventId>)>,
-    ) -> Option<Input> {
-        let (Some((rx, quote_id)), Some(z)) = (zaps.as_mut(), self.inner.zap.as_ref()) else {
-            return std::future::pending().await;
-        };
-        if !escrow.takes_zap() {
-            return std::future::pending().await;
-        }
-        loop {
-            let receipt = rx.recv().await?;
-            if let Some(paid) = self
-                .check_zap(parsed, escrow.price_msat(), z, &receipt, *quote_id)
-                .await
-            {
-                return Some(paid);
             }
         }
     }
@@ -342,5 +336,17 @@ impl Worker {
             }
         }
         escrow.metered().unwrap_or((escrow.price_msat(), None))
+    }
+}
+
+/// The next zap receipt naming this job; pending when zaps cannot pay it (none offered, or
+/// the escrow no longer takes one).
+async fn next_receipt(
+    escrow: &Escrow,
+    zaps: &mut Option<(tokio::sync::mpsc::Receiver<Event>, Option<EventId>)>,
+) -> Option<Event> {
+    match zaps.as_mut() {
+        Some((rx, _)) if escrow.takes_zap() => rx.recv().await,
+        _ => std::future::pending().await,
     }
 }

@@ -207,6 +207,16 @@ impl Escrow {
         matches!(self.state, State::Held | State::Zapped { .. })
     }
 
+    /// What the job is charged: what was zapped, or the quoted price.
+    pub fn amount_msat(&self) -> u64 {
+        match self.state {
+            State::Zapped { amount_msat, .. }
+            | State::Settled { amount_msat, .. }
+            | State::Kept { amount_msat } => amount_msat,
+            _ => self.price_msat,
+        }
+    }
+
     /// What the metering record says was paid: the amount, and the payment hash only once the
     /// money is really ours. `None` before delivery.
     pub fn metered(&self) -> Option<(u64, Option<PaymentHash>)> {
@@ -465,6 +475,7 @@ mod tests {
         assert!(e.is_paid());
         // The hold invoice's HTLC arriving late does not pay twice.
         assert!(e.on(Input::HoldAccepted).unwrap().is_empty());
+        assert_eq!(e.amount_msat(), 1_500);
         assert!(e.on(Input::Delivered).unwrap().is_empty());
         assert_eq!(e.metered(), Some((1_500, Some(Z))));
     }
