@@ -133,3 +133,126 @@ async fn a_burst_of_unrelated_events_never_silences_a_worker_or_a_customer() {
         worker.logs()
     );
 }
+
+/// A worker killed while its ad still says healthy: the customer fails over once the worker has
+/// not acknowledged the request within the ack window (seconds), not at the attempt's deadline
+/// (two minutes), and gets one answer, from the live worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_costs_seconds_not_the_timeout() {
+    use fedai_scheduler::{Policy, Strategy};
+    let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk_dead, pk_dead) = nsec();
+    let (sk_live, pk_live) = nsec();
+    // The dead worker is the cheapest: a cheapest-first customer picks it first.
+    let mut dead = WorkerProc::start(&sk_dead, &relay.url, &tiny.url, &["--price", "tiny=0:0:1"]);
+    let _live = WorkerProc::start(
+        &sk_live,
+        &relay.url,
+        &tiny.url,
+        &["--price", "tiny=1000:1000:1000"],
+    );
+    let c = client(&relay).await;
+    wait_for_workers(&c, 2).await;
+    dead.kill();
+    let mut policy = Policy::new(Strategy::Cheapest);
+    policy.top_n = 1;
+    let opts = RunOptions {
+        policy,
+        timeout: Duration::from_secs(120),
+        max_attempts: 3,
+        ..RunOptions::default()
+    };
+    let t0 = std::time::Instant::now();
+    let mut failovers = Vec::new();
+    let out = c
+        .run(tiny_job("Once upon a time", 8), &opts, |u| {
+            if let fedai_client::JobUpdate::Failover { worker, error } = u {
+                failovers.push((worker, error));
+            }
+        })
+        .await
+        .expect("answered by the live worker");
+    let took = t0.elapsed();
+    assert_eq!(out.result.worker, pk_live);
+    assert_eq!(failovers.len(), 1, "{failovers:?}");
+    assert_eq!(failovers[0].0, pk_dead);
+    assert!(failovers[0].1.contains("silent"), "{failovers:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "a dead worker cost {took:?} (ack window {:?})",
+        opts.ack_timeout
+    );
+}
+
+/// More jobs in flight than runner slots, within what the workers can absorb (slots + queue):
+/// every job is answered — queued jobs are told their place and wait — none fails as "busy",
+/// and each is answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_over_the_slots_but_within_capacity_never_fails_a_job() {
+    let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let args = ["--max-concurrent", "2", "--queue", "4"];
+    let (sk1, _) = nsec();
+    let (sk2, _) = nsec();
+    let _w1 = WorkerProc::start(&sk1, &relay.url, &tiny.url, &args);
+    let _w2 = WorkerProc::start(&sk2, &relay.url, &tiny.url, &args);
+    let c = std::sync::Arc::new(client(&relay).await);
+    wait_for_workers(&c, 2).await;
+    // 60 jobs, 12 in flight at a time: three times the 4 runner slots.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(12));
+    let mut jobs = Vec::new();
+    for n in 0..60 {
+        let (c, permit) = (c.clone(), in_flight.clone().acquire_owned().await.unwrap());
+        jobs.push(tokio::spawn(async move {
+            let _permit = permit;
+            let opts = RunOptions {
+                timeout: Duration::from_secs(60),
+                ..RunOptions::default()
+            };
+            c.run(
+                tiny_job(&format!("Job {n}: once upon a time"), 24),
+                &opts,
+                |_| {},
+            )
+            .await
+            .map(|o| o.request.id)
+        }));
+    }
+    let mut answered = std::collections::HashSet::new();
+    let mut failed = Vec::new();
+    for j in jobs {
+        match j.await.unwrap() {
+            Ok(id) => assert!(answered.insert(id), "request {id} answered twice"),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 60 failed: {failed:?}",
+        failed.len()
+    );
+    // Each request has exactly one result on the relay.
+    let results = c
+        .fetch(
+            Filter::new().kind(Kind::from_u16(fedai_protocol::kinds::JOB_RESULT)),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 60, "one result per job");
+    // Some jobs waited in a worker's queue, and were told their place.
+    let feedback = c
+        .fetch(
+            Filter::new().kind(Kind::from_u16(fedai_protocol::kinds::JOB_FEEDBACK)),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    let queued = feedback
+        .iter()
+        .filter_map(|e| fedai_protocol::JobFeedback::from_event(e, None).ok())
+        .filter(|f| f.info.as_deref().is_some_and(|i| i.starts_with("queued: ")))
+        .count();
+    assert!(queued > 0, "no job was queued");
+}

@@ -75,6 +75,10 @@ pub struct View<'a> {
     pub free_slots: usize,
     /// All runner slots.
     pub slots: u32,
+    /// Directed jobs waiting for a slot now.
+    pub queued: u32,
+    /// Most directed jobs that may wait for a slot.
+    pub queue: u32,
     /// Unpaid quotes held by this request's customer.
     pub my_quotes: u32,
     /// Unpaid quotes in all.
@@ -277,7 +281,9 @@ pub fn admit(r: &Request<'_>, w: &View<'_>, price_msat: Option<u64>) -> Decision
                 slot_first: !w.escrow,
             }),
         },
-        _ if w.free_slots == 0 => full(),
+        // Full: a job directed to us waits in the queue while it has room (told its place); an
+        // open one is left to workers with a free slot.
+        _ if w.free_slots == 0 && !(r.directed && w.queued < w.queue) => full(),
         _ => Decision::Run(Pay::Unpaid),
     }
 }
@@ -322,6 +328,8 @@ mod tests {
             escrow: false,
             free_slots: 1,
             slots: 4,
+            queued: 0,
+            queue: 0,
             my_quotes: 0,
             all_quotes: 0,
             quotes_per_customer: 2,
@@ -522,6 +530,33 @@ mod tests {
                 Decision::Decline(ErrorCode::Capacity, m) if m.contains("unpaid quotes")
             ));
         }
+    }
+
+    #[test]
+    fn a_full_worker_queues_directed_jobs_while_its_queue_has_room() {
+        let m = models();
+        let w = View {
+            free_slots: 0,
+            queue: 2,
+            queued: 1,
+            ..view(&m)
+        };
+        assert_eq!(admit(&request(), &w, None), Decision::Run(Pay::Unpaid));
+        // Open requests are not queued: a worker with a free slot takes them.
+        let open = Request {
+            directed: false,
+            ..request()
+        };
+        assert!(matches!(
+            admit(&open, &w, None),
+            Decision::Decline(ErrorCode::Capacity, _)
+        ));
+        // A full queue turns directed jobs away too.
+        let full = View { queued: 2, ..w };
+        assert!(matches!(
+            admit(&request(), &full, None),
+            Decision::Decline(ErrorCode::Capacity, _)
+        ));
     }
 
     #[test]

@@ -53,6 +53,13 @@ pub struct Cli {
     /// Jobs run at once.
     #[arg(long, env = "FEDAI_MAX_CONCURRENT")]
     pub max_concurrent: Option<u32>,
+    /// Jobs directed to this worker that wait for a free slot instead of being refused
+    /// (default: twice --max-concurrent; 0 refuses at once). They are told their place.
+    #[arg(long, env = "FEDAI_QUEUE")]
+    pub queue: Option<u32>,
+    /// Longest wait in the queue, seconds, before a queued job is refused with `capacity`.
+    #[arg(long, env = "FEDAI_QUEUE_WAIT_SECS")]
+    pub queue_wait_secs: Option<u64>,
     /// Largest prompt accepted, in bytes.
     #[arg(long, env = "FEDAI_MAX_PROMPT_BYTES")]
     pub max_prompt_bytes: Option<usize>,
@@ -135,6 +142,8 @@ struct FileConfig {
     prices: Option<Vec<String>>,
     default_price: Option<String>,
     max_concurrent: Option<u32>,
+    queue: Option<u32>,
+    queue_wait_secs: Option<u64>,
     max_prompt_bytes: Option<usize>,
     max_tokens: Option<u32>,
     default_max_tokens: Option<u32>,
@@ -177,6 +186,10 @@ pub struct WorkerConfig {
     pub default_price: Price,
     /// Concurrency.
     pub max_concurrent: u32,
+    /// Directed jobs that may wait for a slot.
+    pub queue: u32,
+    /// Longest wait for a slot in the queue.
+    pub queue_wait: Duration,
     /// Prompt size limit.
     pub max_prompt_bytes: usize,
     /// max_tokens limit.
@@ -403,6 +416,16 @@ impl Cli {
             prices,
             default_price,
             max_concurrent,
+            queue: self
+                .queue
+                .or(file.queue)
+                .unwrap_or(max_concurrent.saturating_mul(2)),
+            queue_wait: Duration::from_secs(
+                self.queue_wait_secs
+                    .or(file.queue_wait_secs)
+                    .unwrap_or(60)
+                    .max(1),
+            ),
             max_prompt_bytes: self
                 .max_prompt_bytes
                 .or(file.max_prompt_bytes)

@@ -48,6 +48,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest command's flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate a key pair.
@@ -106,6 +108,14 @@ enum Cmd {
         /// Attempts in all: on error, timeout or an invalid result, fail over to the next worker.
         #[arg(long, default_value_t = 3)]
         attempts: u32,
+        /// Fail over when the worker has not acknowledged the request within this many seconds
+        /// (a dead worker costs this, not --timeout).
+        #[arg(long, default_value_t = 8, env = "FEDAI_ACK_TIMEOUT")]
+        ack_timeout: u64,
+        /// Fail over when a working worker shows no sign of progress for this many seconds
+        /// (workers repeat `processing` every 10 s).
+        #[arg(long, default_value_t = 30, env = "FEDAI_STALL_TIMEOUT")]
+        stall_timeout: u64,
         #[command(flatten)]
         pay: PayArgs,
     },
@@ -423,6 +433,8 @@ async fn run() -> anyhow::Result<()> {
             auction,
             explain,
             attempts,
+            ack_timeout,
+            stall_timeout,
             pay,
         } => {
             let client = FedaiClient::connect(&cli.relays, keys(&cli)?).await?;
@@ -453,6 +465,8 @@ async fn run() -> anyhow::Result<()> {
                 worker,
                 auction: auction.map(|s| Duration::from_secs_f64(s.clamp(0.1, 60.0))),
                 pay: pay.context(&file).await?,
+                ack_timeout: Duration::from_secs((*ack_timeout).max(1)),
+                stall_timeout: Duration::from_secs((*stall_timeout).max(1)),
             };
             let r = infer(&client, req, &opts, *json, *explain).await;
             client.shutdown().await;

@@ -76,6 +76,11 @@ pub enum ClientError {
     /// checks, a quote over the cap, or a failed Lightning payment).
     #[error("payment: {0}")]
     Payment(String),
+    /// The chosen worker went silent: no acknowledgement (`processing`, a quote) soon after the
+    /// request, or no sign of progress for the stall window while the job ran — a dead or
+    /// deaf worker, noticed in seconds rather than at the deadline.
+    #[error("the worker went silent: {0}")]
+    Silent(String),
     /// Every attempt failed; the last error.
     #[error("{attempts} attempt(s) failed; last: {last}")]
     Exhausted {
@@ -245,6 +250,11 @@ impl Pending {
         }
     }
 
+    /// Whether a payment is under way (the worker waits for it).
+    fn running(p: &Option<Pending>) -> bool {
+        p.as_ref().is_some_and(|p| p.task.is_some())
+    }
+
     /// Resolves when a running payment ends (never, when none runs): `Err` when it failed.
     async fn ended(p: &mut Option<Pending>) -> Result<(), ClientError> {
         let Some(task) = p.as_mut().and_then(|p| p.task.as_mut()) else {
@@ -275,6 +285,9 @@ pub(crate) struct Tracker {
     reopened: u32,
     /// Set when the request is no longer followed: a late resubscription must not outlive it.
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Fail over on silence: the chosen worker must acknowledge within `.0` and show signs of
+    /// life at least every `.1` while it works (None: wait for the deadline).
+    pub(crate) liveness: Option<(Duration, Duration)>,
     sent_at: tokio::time::Instant,
     /// How to pay if asked, and what the worker's ad says of it.
     pub(crate) pay: Option<PayPlan>,
@@ -303,6 +316,9 @@ pub struct FedaiClient {
     stats: std::sync::Mutex<HashMap<PublicKey, fedai_scheduler::WorkerStats>>,
     /// The clock the statistics' cooldowns use.
     epoch: std::time::Instant,
+    /// Ids of the requests published lately (bounded): the same request built twice in one
+    /// second is one event, which relays take as a duplicate (or refuse once deleted).
+    published: std::sync::Mutex<std::collections::VecDeque<EventId>>,
 }
 
 impl FedaiClient {
@@ -346,6 +362,7 @@ impl FedaiClient {
             keys,
             stats: Default::default(),
             epoch: std::time::Instant::now(),
+            published: Default::default(),
         })
     }
 
@@ -424,7 +441,7 @@ impl FedaiClient {
         request: &JobRequest,
         private: bool,
     ) -> Result<Tracker, ClientError> {
-        let event = request.to_event(&self.keys, private.then_some(Encryption::Nip44))?;
+        let event = self.fresh_event(request, private).await?;
         let parsed = JobRequest::from_event(&event, None).or_else(|e| match e {
             // Our own encrypted request: we know the plaintext.
             fedai_protocol::ProtocolError::NotRecipient => Ok(ParsedJobRequest::from_own(
@@ -453,10 +470,35 @@ impl FedaiClient {
             filter,
             reopened: 0,
             done: Default::default(),
+            liveness: None,
             sent_at: tokio::time::Instant::now(),
             pay: None,
             pending: None,
         })
+    }
+
+    /// The request as a new event: one identical to a request published lately (same
+    /// customer, content and second — a retry, or the same prompt twice) waits for the next
+    /// second, so every attempt has an id of its own.
+    async fn fresh_event(&self, request: &JobRequest, private: bool) -> Result<Event, ClientError> {
+        loop {
+            let event = request.to_event(&self.keys, private.then_some(Encryption::Nip44))?;
+            {
+                let mut seen = self.published.lock().unwrap_or_else(|e| e.into_inner());
+                if !seen.contains(&event.id) {
+                    seen.push_back(event.id);
+                    if seen.len() > 256 {
+                        seen.pop_front();
+                    }
+                    return Ok(event);
+                }
+            }
+            let into = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(1000 - into.min(999) + 5)).await;
+        }
     }
 
     /// Publish an event; at least one relay must accept it.
@@ -553,8 +595,23 @@ impl FedaiClient {
         // period (a failed job cancels its hold invoice, and the worker's reason is the news).
         let mut payment_failed: Option<ClientError> = None;
         let mut deadline = deadline;
+        // When the chosen worker was last heard from (at first: when it was asked — the
+        // request's publication, or an auction's award).
+        let mut heard = tokio::time::Instant::now();
+        let mut acked = false;
         let outcome = loop {
-            let until = metering_deadline.unwrap_or(deadline).min(deadline);
+            // A silent worker: no acknowledgement soon after the request, or no sign of life
+            // for the stall window (a worker waiting for our payment is not silent).
+            let silent_at = match (t.liveness, worker_filter, &result) {
+                (Some((ack, stall)), Some(_), None) if !Pending::running(&t.pending) => {
+                    Some(heard + if acked { stall } else { ack })
+                }
+                _ => None,
+            };
+            let until = metering_deadline
+                .unwrap_or(deadline)
+                .min(deadline)
+                .min(silent_at.unwrap_or(deadline));
             let n = tokio::select! {
                 n = tokio::time::timeout_at(until, t.notifications.next()) => n,
                 r = Pending::ended(&mut t.pending) => {
@@ -571,6 +628,18 @@ impl FedaiClient {
                 Err(_) => match (result.take(), payment_failed.take()) {
                     (Some(r), _) => break Ok(r),
                     (None, Some(e)) => break Err(e),
+                    (None, None) if silent_at.is_some_and(|s| s <= tokio::time::Instant::now()) => {
+                        break Err(ClientError::Silent(match acked {
+                            false => format!(
+                                "no acknowledgement within {:?}",
+                                t.liveness.map(|l| l.0).unwrap_or_default()
+                            ),
+                            true => format!(
+                                "no sign of progress for {:?}",
+                                t.liveness.map(|l| l.1).unwrap_or_default()
+                            ),
+                        }))
+                    }
                     (None, None) => break Err(ClientError::Timeout(timeout)),
                 },
             };
@@ -585,6 +654,10 @@ impl FedaiClient {
             // Only the worker we chose may answer a directed or awarded job.
             if worker_filter.is_some_and(|w| w != ev.pubkey) {
                 continue;
+            }
+            if worker_filter.is_some() && ev.tags.event_ids().any(|id| id == request_id) {
+                heard = tokio::time::Instant::now();
+                acked = true;
             }
             let chosen = worker_filter.is_some();
             match ev.kind.as_u16() {

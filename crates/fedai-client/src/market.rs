@@ -44,7 +44,17 @@ pub struct RunOptions {
     /// Pay workers that ask (pay-before hold invoices, pay-after invoices); without it a job
     /// that asks for payment ends with [`ClientError::Payment`].
     pub pay: Option<crate::PayContext>,
+    /// Fail over when the chosen worker has not acknowledged the request (`processing`, a
+    /// quote) within this long: a dead worker costs seconds, not the whole `timeout`.
+    pub ack_timeout: Duration,
+    /// …or, once it has, when it shows no sign of progress (workers repeat `processing` every
+    /// [`KEEPALIVE`] while a job runs) for this long.
+    pub stall_timeout: Duration,
 }
+
+/// How often a worker repeats `processing` while a job runs (fedai-01): the sign of life a
+/// customer's stall window waits for.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -57,6 +67,8 @@ impl Default for RunOptions {
             worker: None,
             auction: None,
             pay: None,
+            ack_timeout: Duration::from_secs(8),
+            stall_timeout: KEEPALIVE * 3,
         }
     }
 }
@@ -219,16 +231,34 @@ impl FedaiClient {
         opts: &RunOptions,
         mut on_update: impl FnMut(JobUpdate),
     ) -> Result<JobOutcome, ClientError> {
-        let ads = self.workers().await?;
+        let mut ads = self.workers().await?;
         if opts.auction.is_some() {
             return self.run_auction(&ads, request, opts, &mut on_update).await;
         }
         let mut rng = Rng::from_entropy();
         let mut tries = Tries::default();
+        // When every worker turned the job away as busy, try them again after a backoff with
+        // jitter (load comes in bursts), within the attempt's deadline.
+        let busy_until = tokio::time::Instant::now() + opts.timeout.min(BUSY_RETRY_BUDGET);
+        let mut busy_rounds = 0u32;
         while tries.more(opts) {
             let attempt = tries.tried.len();
             let d = self.decide(&ads, &request, opts, &tries.tried, None, &mut rng);
-            let Some(i) = d.chosen_index() else { break };
+            let Some(i) = d.chosen_index() else {
+                if !tries.only_busy() || opts.worker.is_some() {
+                    break;
+                }
+                let wait = backoff(busy_rounds, &mut rng);
+                if tokio::time::Instant::now() + wait > busy_until {
+                    break;
+                }
+                tracing::debug!(?wait, "every worker is busy; trying again");
+                tokio::time::sleep(wait).await;
+                busy_rounds += 1;
+                tries.tried.clear();
+                ads = self.workers().await?;
+                continue;
+            };
             let worker = ads[i].worker;
             let mut req = request.clone();
             req.provider = Some(worker);
@@ -238,6 +268,7 @@ impl FedaiClient {
             tracing::debug!(%worker, attempt, "attempt");
             let mut t = self.publish_request(&req, opts.private).await?;
             t.pay = pay_context(opts, &ads[i], &request);
+            t.liveness = Some((opts.ack_timeout, opts.stall_timeout));
             on_update(JobUpdate::Submitted(t.event.id));
             let attempt_id = t.event.id;
             let r = self
@@ -314,6 +345,7 @@ impl FedaiClient {
             .to_event(&self.keys)?;
             self.send(&award).await?;
             t.pay = pay_context(opts, &ads[i], &request);
+            t.liveness = Some((opts.ack_timeout, opts.stall_timeout));
             let r = self
                 .follow(&mut t, Some(worker), opts.timeout, on_update)
                 .await;
@@ -336,6 +368,18 @@ impl FedaiClient {
     }
 }
 
+/// How long [`FedaiClient::run`] keeps retrying when every worker is busy (at most the
+/// attempt's timeout).
+const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// The wait before the `round`-th retry of busy workers: 250 ms doubling to 4 s, ±50 % jitter
+/// (customers retrying in step would arrive as the same burst again).
+fn backoff(round: u32, rng: &mut Rng) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1 << round.min(4));
+    let jitter = 0.5 + (rng.next_u64() % 1000) as f64 / 1000.0;
+    base.mul_f64(jitter)
+}
+
 /// The workers a job has tried and how its attempts went. A capacity refusal comes back at
 /// once: it moves the job on without using up an attempt (the simulator showed "cheapest"
 /// dropping a third of the jobs otherwise), but each worker is tried once at most.
@@ -343,10 +387,17 @@ impl FedaiClient {
 struct Tries {
     tried: Vec<PublicKey>,
     failures: u32,
+    /// Some worker turned the job away as busy.
+    busy: bool,
     last: Option<ClientError>,
 }
 
 impl Tries {
+    /// Workers turned the job away as busy, and none failed it.
+    fn only_busy(&self) -> bool {
+        self.busy && self.failures == 0
+    }
+
     /// Whether another worker may be tried.
     fn more(&self, opts: &RunOptions) -> bool {
         self.failures < opts.max_attempts.max(1) && self.tried.len() < MAX_TRIES
@@ -365,8 +416,9 @@ impl Tries {
         let Some(f) = failure_of(&e) else {
             return Err(e);
         };
-        if f != Failure::Busy {
-            self.failures += 1;
+        match f {
+            Failure::Busy => self.busy = true,
+            _ => self.failures += 1,
         }
         client.record(worker, Err(f), opts);
         self.tried.push(worker);
@@ -383,7 +435,7 @@ impl Tries {
         match self.last {
             None => ClientError::NoWorker,
             Some(e) => ClientError::Exhausted {
-                attempts: self.tried.len() as u32,
+                attempts: self.tried.len().max(1) as u32,
                 last: Box::new(e),
             },
         }
@@ -400,7 +452,7 @@ fn failure_of(e: &ClientError) -> Option<Failure> {
             ErrorCode::Cancelled => None,
             _ => Some(Failure::Error),
         },
-        ClientError::Timeout(_) => Some(Failure::Timeout),
+        ClientError::Timeout(_) | ClientError::Silent(_) => Some(Failure::Timeout),
         ClientError::InvalidResult(_) => Some(Failure::Invalid),
         ClientError::Payment(_) => Some(Failure::Error),
         _ => None,

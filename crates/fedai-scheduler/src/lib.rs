@@ -218,6 +218,11 @@ pub enum Rejection {
         /// Slots.
         max_concurrent: u32,
     },
+    /// It refused a job for capacity moments ago.
+    Busy {
+        /// Until it is assumed free again, ms.
+        remaining_ms: u64,
+    },
     /// Price over the cap.
     OverPrice {
         /// This job's price there, msat.
@@ -258,6 +263,11 @@ impl std::fmt::Display for Rejection {
                 in_flight,
                 max_concurrent,
             } => write!(f, "no free slot ({in_flight}/{max_concurrent})"),
+            Self::Busy { remaining_ms } => write!(
+                f,
+                "refused a job as full {:.1}s ago",
+                *remaining_ms as f64 / 1000.0
+            ),
             Self::OverPrice {
                 price_msat,
                 max_msat,
@@ -353,6 +363,7 @@ fn filter(
     job: &JobSpec,
     policy: &Policy,
     now_ms: u64,
+    full_ok: bool,
 ) -> Result<(u64, f64), Rejection> {
     if c.excluded {
         return Err(Rejection::Excluded);
@@ -371,7 +382,7 @@ fn filter(
             context: c.context_length,
         });
     }
-    if c.in_flight >= c.max_concurrent {
+    if c.in_flight >= c.max_concurrent && !full_ok {
         return Err(Rejection::NoCapacity {
             in_flight: c.in_flight,
             max_concurrent: c.max_concurrent,
@@ -385,6 +396,11 @@ fn filter(
     }
     let trust = match c.stats {
         Some(s) => {
+            if s.busy_until_ms > now_ms && !full_ok {
+                return Err(Rejection::Busy {
+                    remaining_ms: s.busy_until_ms - now_ms,
+                });
+            }
             if s.cooling(now_ms) {
                 return Err(Rejection::CoolingDown {
                     remaining_ms: s.cooldown_until_ms - now_ms,
@@ -440,6 +456,51 @@ pub fn select(
     d
 }
 
+/// The best of each axis over the candidates that passed, and the measured speeds' sum.
+struct Axes {
+    best_ms: f64,
+    best_price: u64,
+    known_sum: f64,
+    known: u32,
+}
+
+/// Pass 1 of [`select_into`] over every candidate: the filters (`full_ok`: fullness is not a
+/// rejection), raw measures, and the best of each axis.
+fn scan(
+    d: &mut Decision,
+    candidates: &[Candidate<'_>],
+    job: &JobSpec,
+    policy: &Policy,
+    now_ms: u64,
+    full_ok: bool,
+    a: &mut Axes,
+) {
+    for (index, c) in candidates.iter().enumerate() {
+        match filter(c, job, policy, now_ms, full_ok) {
+            Err(r) => d.rejected.push((index, r)),
+            Ok((price_msat, trust)) => {
+                // Unmeasured: NaN for now, filled in below.
+                let expected_ms = expected_ms(c, job, policy).unwrap_or(f64::NAN);
+                if !expected_ms.is_nan() {
+                    a.best_ms = a.best_ms.min(expected_ms);
+                    a.known_sum += expected_ms;
+                    a.known += 1;
+                }
+                a.best_price = a.best_price.min(price_msat);
+                d.ranked.push(Scored {
+                    index,
+                    score: 0.0,
+                    expected_ms,
+                    price_msat,
+                    load: c.in_flight as f64 / c.max_concurrent.max(1) as f64,
+                    trust,
+                    parts: [0.0; 4],
+                });
+            }
+        }
+    }
+}
+
 /// [`select`] into a reused [`Decision`]: a hot loop (the simulator) then allocates nothing.
 pub fn select_into(
     d: &mut Decision,
@@ -453,33 +514,37 @@ pub fn select_into(
     d.rejected.clear();
     d.shortlist.clear();
     d.chosen = None;
-    // Pass 1: filters, raw measures and the best of each axis.
-    let (mut best_ms, mut best_price) = (f64::INFINITY, u64::MAX);
-    let (mut known_sum, mut known) = (0.0, 0u32);
-    for (index, c) in candidates.iter().enumerate() {
-        match filter(c, job, policy, now_ms) {
-            Err(r) => d.rejected.push((index, r)),
-            Ok((price_msat, trust)) => {
-                // Unmeasured: NaN for now, filled in below.
-                let expected_ms = expected_ms(c, job, policy).unwrap_or(f64::NAN);
-                if !expected_ms.is_nan() {
-                    best_ms = best_ms.min(expected_ms);
-                    known_sum += expected_ms;
-                    known += 1;
-                }
-                best_price = best_price.min(price_msat);
-                d.ranked.push(Scored {
-                    index,
-                    score: 0.0,
-                    expected_ms,
-                    price_msat,
-                    load: c.in_flight as f64 / c.max_concurrent.max(1) as f64,
-                    trust,
-                    parts: [0.0; 4],
+    // Pass 1: filters, raw measures and the best of each axis. When every worker that could
+    // run the job is only full (an ad up to a heartbeat old), fullness becomes a cost instead:
+    // the load part of the score still prefers the least loaded, and a worker's own queue
+    // absorbs a momentary burst — failing the job would not.
+    let mut a = Axes {
+        best_ms: f64::INFINITY,
+        best_price: u64::MAX,
+        known_sum: 0.0,
+        known: 0,
+    };
+    let mut full_ok = false;
+    for pass in 0..2 {
+        if pass == 1 {
+            let only_full = d.ranked.is_empty()
+                && d.rejected.iter().any(|(_, r)| {
+                    matches!(r, Rejection::NoCapacity { .. } | Rejection::Busy { .. })
                 });
+            if !only_full {
+                break;
             }
+            d.rejected.clear();
+            full_ok = true;
         }
+        scan(d, candidates, job, policy, now_ms, full_ok, &mut a);
     }
+    let Axes {
+        mut best_ms,
+        best_price,
+        known_sum,
+        known,
+    } = a;
     if d.ranked.is_empty() {
         return;
     }

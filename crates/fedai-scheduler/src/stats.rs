@@ -68,6 +68,10 @@ pub struct WorkerStats {
     pub last_failure_ms: Option<u64>,
     /// Not chosen before this time, ms.
     pub cooldown_until_ms: u64,
+    /// Said it was full (a `capacity` refusal) until about this time, ms: a cost while every
+    /// worker is full, an exclusion otherwise — never a loss of trust.
+    #[serde(default)]
+    pub busy_until_ms: u64,
     /// Smoothed time from request to first token (or to the result), ms.
     pub first_token_ms: Option<f64>,
     /// Smoothed generation speed, output tokens per second.
@@ -111,8 +115,8 @@ impl WorkerStats {
     /// A failed job at `now_ms`; sets the cooldown.
     pub fn record_failure(&mut self, failure: Failure, now_ms: u64, cooldown: &Cooldown) {
         if failure == Failure::Busy {
-            self.cooldown_until_ms = self
-                .cooldown_until_ms
+            self.busy_until_ms = self
+                .busy_until_ms
                 .max(now_ms.saturating_add(cooldown.busy_ms));
             return;
         }
@@ -178,7 +182,8 @@ mod tests {
         let mut b = WorkerStats::default();
         for t in [0, 1_000, 2_000] {
             b.record_failure(Failure::Busy, t, &c);
-            assert_eq!(b.cooldown_until_ms, t + 300, "busy: fixed, no backoff");
+            assert_eq!(b.busy_until_ms, t + 300, "busy: fixed, no backoff");
+            assert_eq!(b.cooldown_until_ms, 0, "busy is not a failure");
         }
         assert_eq!(b.consecutive_failures, 0);
     }

@@ -86,7 +86,7 @@ fn gen() -> impl proptest::strategy::Strategy<Value = Gen> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
-    /// A filtered worker is never chosen; every candidate is either ranked or rejected (once);
+    /// A filtered worker is never chosen (a full one only when all are full); every candidate is either ranked or rejected (once);
     /// the pick satisfies every hard constraint; the same seed gives the same decision.
     #[test]
     fn filtered_workers_are_never_chosen(
@@ -133,7 +133,10 @@ proptest! {
                 let c = &cands[i];
                 prop_assert!(!d.rejected.iter().any(|(r, _)| *r == i));
                 prop_assert!(c.price.is_some() && c.healthy && !c.excluded);
-                prop_assert!(c.in_flight < c.max_concurrent);
+                // A full worker is chosen only when every worker that passes the other
+                // filters is full too (fullness is then a cost, not an exclusion).
+                let full = |k: usize| cands[k].in_flight >= cands[k].max_concurrent;
+                prop_assert!(!full(i) || d.ranked.iter().all(|s| full(s.index)));
                 prop_assert!(!enc || c.encryption);
                 prop_assert!(c.context_length == 0 || c.context_length as u64 >= 200);
                 let p = c.price.unwrap().cost_msat(100, 100);
@@ -345,4 +348,37 @@ fn a_newcomer_is_assumed_as_fast_as_the_measured_average_so_it_gets_tried() {
         })
         .collect();
     assert_eq!(picks.len(), 2, "both get jobs");
+}
+
+/// Everyone full (ads a heartbeat old during a burst): the job still goes somewhere — the
+/// least loaded — rather than failing with "no worker"; a free worker, when there is one, wins.
+#[test]
+fn when_everyone_is_full_fullness_is_a_cost_not_an_exclusion() {
+    let p = price(0, 0);
+    let cand = |in_flight: u32| Candidate {
+        price: Some(&p),
+        quote_msat: None,
+        context_length: 0,
+        max_concurrent: 4,
+        in_flight,
+        healthy: true,
+        encryption: true,
+        excluded: false,
+        stats: None,
+        speed_hint_tps: None,
+    };
+    let mut policy = Policy::new(Strategy::Balanced);
+    policy.top_n = 1;
+    let all_full = [cand(6), cand(4), cand(5)];
+    let d = select(&all_full, &job(), &policy, 0, &mut Rng::new(1));
+    assert_eq!(d.chosen_index(), Some(1), "{d:?}");
+    assert!(d.rejected.is_empty());
+    let one_free = [cand(6), cand(3), cand(4)];
+    let d = select(&one_free, &job(), &policy, 0, &mut Rng::new(1));
+    assert_eq!(d.chosen_index(), Some(1));
+    assert_eq!(d.rejected.len(), 2);
+    assert!(d
+        .rejected
+        .iter()
+        .all(|(_, r)| matches!(r, Rejection::NoCapacity { .. })));
 }

@@ -65,7 +65,9 @@ fn failover_saves_jobs_in_a_crash_wave() {
     let rows = run_all(&s, Some(&parse_sweep("client.max_attempts=1,3").unwrap())).unwrap();
     let (one, three) = (&rows[0].1, &rows[1].1);
     assert!(one.timeouts > 0, "crashed workers' jobs time out");
-    assert!(three.failovers > one.failovers);
+    // (Failovers also count moves off a full worker, which both variants make alike: the
+    // saved jobs are the measure.)
+    assert!(three.completed > one.completed);
     assert!(
         three.drop_rate < one.drop_rate / 2.0,
         "{} vs {}",

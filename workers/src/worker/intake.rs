@@ -184,6 +184,8 @@ impl Worker {
             escrow: i.ln.is_some(),
             free_slots: i.slots.available_permits(),
             slots: i.cfg.max_concurrent,
+            queued: i.queued.load(Ordering::SeqCst),
+            queue: i.cfg.queue,
             my_quotes,
             all_quotes,
             quotes_per_customer: QUOTES_PER_CUSTOMER,
@@ -284,10 +286,15 @@ impl Worker {
                 Err(failed) => return self.finish(job, &req.model, failed, None, started).await,
             }
         }
-        let permit = match self.slot(escrow.is_some(), early, &mut cancel_rx).await {
+        let permit = match self
+            .slot(job, escrow.is_some(), early, &mut cancel_rx)
+            .await
+        {
             Ok(p) => p,
-            Err(_) if escrow.is_none() => return self.decline_full(parsed, job.directed).await,
-            Err(failed) => return self.finish(job, &req.model, failed, escrow, started).await,
+            Err(NoSlot::Full) => return self.decline_full(parsed, job.directed).await,
+            Err(NoSlot::Failed(failed)) => {
+                return self.finish(job, &req.model, failed, escrow, started).await
+            }
         };
         tracing::info!(request = %parsed.id, model = %req.model, encrypted = parsed.encrypted.is_some(), "job accepted");
         let model = req.model.clone();
@@ -299,33 +306,72 @@ impl Worker {
         self.finish(job, &model, outcome, escrow, started).await
     }
 
-    /// A runner slot: taken at once for unpaid work (`Err` when full), awaited (bounded) for a
-    /// paid job, which a cancellation can still stop.
+    /// A runner slot: taken at once when one is free. Otherwise a paid job waits (bounded), and
+    /// a job directed to us waits in the queue (bounded in length and time) — each told it waits,
+    /// and kept alive with `processing` — while an open one is turned away (`Full`). A
+    /// cancellation stops any wait.
     async fn slot(
         &self,
+        job: Job<'_>,
         paid: bool,
         early: Option<tokio::sync::OwnedSemaphorePermit>,
         cancel_rx: &mut oneshot::Receiver<Stop>,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Outcome> {
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, NoSlot> {
         let i = &self.inner;
-        let busy = || {
-            Outcome::Failed(
-                ErrorCode::Capacity,
-                format!("all {} slots stayed busy", i.cfg.max_concurrent),
-            )
-        };
         if let Some(p) = early {
             return Ok(p);
         }
-        if !paid {
-            return i.slots.clone().try_acquire_owned().map_err(|_| busy());
+        if let Ok(p) = i.slots.clone().try_acquire_owned() {
+            return Ok(p);
         }
-        let wait = PAID_SLOT_WAIT.min(i.cfg.job_timeout);
-        tokio::select! {
-            p = tokio::time::timeout(wait, i.slots.clone().acquire_owned()) => {
-                p.ok().and_then(Result::ok).ok_or_else(busy)
+        let (wait, _place) = if paid {
+            (PAID_SLOT_WAIT.min(i.cfg.job_timeout), None)
+        } else if job.directed {
+            let place = Counted::new(&i.queued);
+            let ahead = i.queued.load(Ordering::SeqCst).saturating_sub(1);
+            if ahead >= i.cfg.queue {
+                return Err(NoSlot::Full);
             }
-            Ok(stop) = &mut *cancel_rx => Err(stop.outcome()),
+            self.say_queued(job.parsed, ahead).await;
+            (i.cfg.queue_wait, Some(place))
+        } else {
+            return Err(NoSlot::Full);
+        };
+        let acquire = tokio::time::timeout(wait, i.slots.clone().acquire_owned());
+        tokio::pin!(acquire);
+        let mut alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + fedai_client::market::KEEPALIVE,
+            fedai_client::market::KEEPALIVE,
+        );
+        loop {
+            tokio::select! {
+                p = &mut acquire => {
+                    return p.ok().and_then(Result::ok).ok_or_else(|| {
+                        NoSlot::Failed(Outcome::Failed(
+                            ErrorCode::Capacity,
+                            format!("all {} slots stayed busy for {}s", i.cfg.max_concurrent, wait.as_secs()),
+                        ))
+                    })
+                }
+                Ok(stop) = &mut *cancel_rx => return Err(NoSlot::Failed(stop.outcome())),
+                _ = alive.tick() => self.say_queued(job.parsed, i.queued.load(Ordering::SeqCst).saturating_sub(1)).await,
+            }
+        }
+    }
+
+    /// `processing`, with the job's place: `ahead` jobs wait before it, and about how long.
+    async fn say_queued(&self, parsed: &ParsedJobRequest, ahead: u32) {
+        let i = &self.inner;
+        let per_job = Duration::from_millis(i.avg_job_ms.load(Ordering::Relaxed).max(100));
+        let eta = per_job * (ahead + 1) / i.cfg.max_concurrent.max(1);
+        let mut fb = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
+        fb.info = Some(format!(
+            "queued: {ahead} ahead, about {}s",
+            eta.as_secs().max(1)
+        ));
+        fb.encrypted = parsed.encrypted;
+        if let Ok(ev) = fb.to_event(&i.cfg.keys) {
+            self.publish(&ev).await;
         }
     }
 
@@ -356,6 +402,13 @@ impl Worker {
                     i.metrics.first_token(ft);
                 }
                 i.metrics.job_time(runner_time);
+                // A moving average (1/8 weight to the newest) for the queue's estimates.
+                let ms = runner_time.as_millis() as u64;
+                let _ = i
+                    .avg_job_ms
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                        Some(if a == 0 { ms } else { (a * 7 + ms) / 8 })
+                    });
                 let done = Delivery {
                     model: model.to_owned(),
                     output,
@@ -388,6 +441,14 @@ impl Worker {
 /// Unpaid quotes in all: sixteen per slot, at least 64.
 fn quotes_total(cfg: &WorkerConfig) -> u32 {
     cfg.max_concurrent.saturating_mul(16).max(64)
+}
+
+/// Why a job has no runner slot.
+enum NoSlot {
+    /// Full, and the job may not wait (open, or the queue is full): declined like a full worker.
+    Full,
+    /// It waited and got none (or was stopped): answered with this.
+    Failed(Outcome),
 }
 
 /// An admitted job: its request and how to answer it.

@@ -22,12 +22,27 @@ impl Worker {
             self.publish_job(parsed, &ev).await;
         }
         let limit = i.cfg.job_timeout;
-        tokio::select! {
-            o = tokio::time::timeout(limit, self.infer(parsed, req)) => o.unwrap_or_else(|_| {
-                Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", limit.as_secs()))
-            }),
-            // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
-            Ok(stop) = &mut *cancel_rx => stop.outcome(),
+        let infer = tokio::time::timeout(limit, self.infer(parsed, req));
+        tokio::pin!(infer);
+        // `processing` again every KEEPALIVE while the runner works: the customer's sign that
+        // this worker is alive (it fails over on silence, fedai-01).
+        let mut alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + fedai_client::market::KEEPALIVE,
+            fedai_client::market::KEEPALIVE,
+        );
+        loop {
+            tokio::select! {
+                o = &mut infer => break o.unwrap_or_else(|_| {
+                    Outcome::Failed(ErrorCode::Timeout, format!("no result within {}s", limit.as_secs()))
+                }),
+                // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
+                Ok(stop) = &mut *cancel_rx => break stop.outcome(),
+                _ = alive.tick() => {
+                    if let Ok(ev) = processing.to_event(&i.cfg.keys) {
+                        self.publish(&ev).await;
+                    }
+                }
+            }
         }
     }
 

@@ -73,6 +73,10 @@ struct Inner {
     in_flight: AtomicU32,
     /// Jobs taken and not yet answered, waiting for payment included (the drain waits for them).
     jobs: AtomicU32,
+    /// Directed jobs waiting in the queue for a slot.
+    queued: AtomicU32,
+    /// Runner time per job, a moving average (ms): the queue's wait estimate.
+    avg_job_ms: std::sync::atomic::AtomicU64,
     /// Unpaid quotes per customer.
     quotes: Mutex<HashMap<PublicKey, u32>>,
     /// Requests whose `url`/`event`/`job` inputs are being fetched at once.
@@ -360,6 +364,8 @@ impl Worker {
             live: live::Live::default(),
             in_flight: AtomicU32::new(0),
             jobs: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            avg_job_ms: std::sync::atomic::AtomicU64::new(0),
             quotes: Mutex::new(HashMap::new()),
             fetches: Arc::new(Semaphore::new(4)),
             seen: Mutex::new(ReplayGuard::new(window + 60, 200_000)),
