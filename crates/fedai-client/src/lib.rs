@@ -94,6 +94,9 @@ pub enum ClientError {
 /// Partial chunks held for reordering at most this far ahead of the next one expected.
 const MAX_EARLY_CHUNKS: u64 = 1024;
 
+/// Times one job's subscription is re-opened after relays closed it.
+const MAX_REOPENS: u32 = 32;
+
 /// How long [`FedaiClient::connect`] waits for a first relay.
 const CONNECT_WAIT: Duration = Duration::from_millis(2500);
 
@@ -537,7 +540,9 @@ impl FedaiClient {
         else {
             return;
         };
-        if subscription_id.as_ref() != &t.sub {
+        // At most a few dozen per job: a relay that keeps sending CLOSED cannot make us spawn
+        // without bound.
+        if subscription_id.as_ref() != &t.sub || t.reopened >= MAX_REOPENS {
             return;
         }
         tracing::warn!(%relay, reason = %message, "a relay closed the job's subscription; subscribing again");
