@@ -110,7 +110,7 @@ enum Cmd {
         attempts: u32,
         /// Fail over when the worker has not acknowledged the request within this many seconds
         /// (a dead worker costs this, not --timeout).
-        #[arg(long, default_value_t = 8, env = "FEDAI_ACK_TIMEOUT")]
+        #[arg(long, default_value_t = 15, env = "FEDAI_ACK_TIMEOUT")]
         ack_timeout: u64,
         /// Fail over when a working worker shows no sign of progress for this many seconds
         /// (workers repeat `processing` every 10 s).

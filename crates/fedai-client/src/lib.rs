@@ -253,11 +253,6 @@ impl Pending {
         }
     }
 
-    /// Whether a payment is under way (the worker waits for it).
-    fn running(p: &Option<Pending>) -> bool {
-        p.as_ref().is_some_and(|p| p.task.is_some())
-    }
-
     /// Resolves when a running payment ends (never, when none runs): `Err` when it failed.
     async fn ended(p: &mut Option<Pending>) -> Result<(), ClientError> {
         let Some(task) = p.as_mut().and_then(|p| p.task.as_mut()) else {
@@ -606,9 +601,10 @@ impl FedaiClient {
         let mut acked = false;
         let outcome = loop {
             // A silent worker: no acknowledgement soon after the request, or no sign of life
-            // for the stall window (a worker waiting for our payment is not silent).
+            // for the stall window — also while our payment runs (a hold invoice's payment
+            // completes only when the job is done; the worker keeps saying `processing`).
             let silent_at = match (t.liveness, worker_filter, &result) {
-                (Some((ack, stall)), Some(_), None) if !Pending::running(&t.pending) => {
+                (Some((ack, stall)), Some(_), None) => {
                     Some(heard + if acked { stall } else { ack })
                 }
                 _ => None,
@@ -620,6 +616,9 @@ impl FedaiClient {
             let n = tokio::select! {
                 n = tokio::time::timeout_at(until, t.notifications.next()) => n,
                 r = Pending::ended(&mut t.pending) => {
+                    // The worker may have waited for this payment (a zap's receipt comes
+                    // after it): give it a full window from now.
+                    heard = tokio::time::Instant::now();
                     if let Err(e) = r {
                         payment_failed = Some(e);
                         deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));

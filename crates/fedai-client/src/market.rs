@@ -45,7 +45,8 @@ pub struct RunOptions {
     /// that asks for payment ends with [`ClientError::Payment`].
     pub pay: Option<crate::PayContext>,
     /// Fail over when the chosen worker has not acknowledged the request (`processing`, a
-    /// quote) within this long: a dead worker costs seconds, not the whole `timeout`.
+    /// quote) within this long (it may first fetch `url` inputs, up to 10 s): a dead worker
+    /// costs seconds, not the whole `timeout`. Directed jobs only (not auctions).
     pub ack_timeout: Duration,
     /// …or, once it has, when it shows no sign of progress (workers repeat `processing` every
     /// [`KEEPALIVE`] while a job runs) for this long.
@@ -67,7 +68,7 @@ impl Default for RunOptions {
             worker: None,
             auction: None,
             pay: None,
-            ack_timeout: Duration::from_secs(8),
+            ack_timeout: Duration::from_secs(15),
             stall_timeout: KEEPALIVE * 3,
         }
     }
@@ -345,7 +346,8 @@ impl FedaiClient {
             .to_event(&self.keys)?;
             self.send(&award).await?;
             t.pay = pay_context(opts, &ads[i], &request);
-            t.liveness = Some((opts.ack_timeout, opts.stall_timeout));
+            // No failover on silence in an auction: the next award names the same request, and
+            // a slow first winner could then answer it too (the deadline still applies).
             let r = self
                 .follow(&mut t, Some(worker), opts.timeout, on_update)
                 .await;

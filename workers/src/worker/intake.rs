@@ -332,7 +332,7 @@ impl Worker {
             if ahead >= i.cfg.queue {
                 return Err(NoSlot::Full);
             }
-            self.say_queued(job.parsed, ahead).await;
+            self.say_queued(job.parsed, ahead);
             (i.cfg.queue_wait, Some(place))
         } else {
             return Err(NoSlot::Full);
@@ -346,6 +346,11 @@ impl Worker {
         loop {
             tokio::select! {
                 p = &mut acquire => {
+                    // A slot that frees during the drain is not for a job that waited: the
+                    // worker is stopping.
+                    if !i.accepting.load(Ordering::SeqCst) {
+                        return Err(NoSlot::Failed(Stop::Shutdown.outcome()));
+                    }
                     return p.ok().and_then(Result::ok).ok_or_else(|| {
                         NoSlot::Failed(Outcome::Failed(
                             ErrorCode::Capacity,
@@ -354,25 +359,21 @@ impl Worker {
                     })
                 }
                 Ok(stop) = &mut *cancel_rx => return Err(NoSlot::Failed(stop.outcome())),
-                _ = alive.tick() => self.say_queued(job.parsed, i.queued.load(Ordering::SeqCst).saturating_sub(1)).await,
+                _ = alive.tick() => match paid {
+                    true => self.keepalive(job.parsed, Some("paid; waiting for a free slot".into())),
+                    false => self.say_queued(job.parsed, i.queued.load(Ordering::SeqCst).saturating_sub(1)),
+                },
             }
         }
     }
 
     /// `processing`, with the job's place: `ahead` jobs wait before it, and about how long.
-    async fn say_queued(&self, parsed: &ParsedJobRequest, ahead: u32) {
+    fn say_queued(&self, parsed: &ParsedJobRequest, ahead: u32) {
         let i = &self.inner;
         let per_job = Duration::from_millis(i.avg_job_ms.load(Ordering::Relaxed).max(100));
         let eta = per_job * (ahead + 1) / i.cfg.max_concurrent.max(1);
-        let mut fb = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
-        fb.info = Some(format!(
-            "queued: {ahead} ahead, about {}s",
-            eta.as_secs().max(1)
-        ));
-        fb.encrypted = parsed.encrypted;
-        if let Ok(ev) = fb.to_event(&i.cfg.keys) {
-            self.publish(&ev).await;
-        }
+        let info = format!("queued: {ahead} ahead, about {}s", eta.as_secs().max(1));
+        self.keepalive(parsed, Some(info));
     }
 
     /// The job's end: answered and its payment claimed, or refused and its payment refunded.

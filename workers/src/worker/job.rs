@@ -37,13 +37,22 @@ impl Worker {
                 }),
                 // A dropped sender is not a stop signal: only an explicit `Stop` ends the job early.
                 Ok(stop) = &mut *cancel_rx => break stop.outcome(),
-                _ = alive.tick() => {
-                    if let Ok(ev) = processing.to_event(&i.cfg.keys) {
-                        self.publish(&ev).await;
-                    }
-                }
+                _ = alive.tick() => self.keepalive(parsed, None),
             }
         }
+    }
+
+    /// `processing` again (with `info`), published in the background: a slow relay must not
+    /// hold up the runner's stream or a cancellation.
+    pub(super) fn keepalive(&self, parsed: &ParsedJobRequest, info: Option<String>) {
+        let mut fb = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
+        fb.info = info;
+        fb.encrypted = parsed.encrypted;
+        let Ok(ev) = fb.to_event(&self.inner.cfg.keys) else {
+            return;
+        };
+        let (w, parsed) = (self.clone(), parsed.clone());
+        tokio::spawn(async move { w.publish_job(&parsed, &ev).await });
     }
 
     pub(super) async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {

@@ -8,7 +8,7 @@
 //!
 //! So each subscription has a fixed id; a `CLOSED` for one of ours on a relay is logged,
 //! counted, and answered by subscribing again on that relay after a backoff (250 ms doubling to
-//! 30 s, reset once the relay sends the stored events again), with `since` set a minute before
+//! 30 s, reset once the subscription stayed open a minute), with `since` set a minute before
 //! the newest event seen: the relay's store fills the gap, and the replay guard drops what was
 //! already handled. A worker with no live job subscription on any connected relay advertises
 //! itself unhealthy until one is back.
@@ -33,6 +33,8 @@ const ZAPS: &str = "fedai-zaps";
 const OVERLAP_SECS: u64 = 60;
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A subscription open this long since its last close starts its backoff again.
+const STABLE: Duration = Duration::from_secs(60);
 /// A closed job subscription still counts as live this long (its resubscription is under way).
 const GRACE: Duration = Duration::from_secs(3);
 
@@ -41,8 +43,10 @@ const GRACE: Duration = Duration::from_secs(3);
 pub(super) struct Live {
     /// (relay, subscription) closed by the relay and not yet open again, and since when.
     closed: Mutex<HashMap<(RelayUrl, String), Instant>>,
-    /// Retries of each (relay, subscription), reset when the relay sends its stored events.
-    attempts: Mutex<HashMap<(RelayUrl, String), u32>>,
+    /// Retries of each (relay, subscription) and when the relay last closed it: the count
+    /// starts again only after a subscription stayed open a while (an EOSE proves nothing: a
+    /// relay flooded by others answers the REQ and closes it again at once).
+    attempts: Mutex<HashMap<(RelayUrl, String), (u32, Instant)>>,
     /// The newest `created_at` (never in the future) of an event our subscriptions brought.
     newest: std::sync::atomic::AtomicU64,
 }
@@ -121,37 +125,36 @@ impl Worker {
     }
 
     /// A relay message other than an event: `CLOSED` of one of ours is answered by
-    /// subscribing again; `EOSE` of one of ours resets its backoff.
+    /// subscribing again.
     pub(super) fn on_relay_message(&self, relay: RelayUrl, message: RelayMessage<'_>) {
-        let live = &self.inner.live;
-        match message {
-            RelayMessage::Closed {
-                subscription_id,
-                message,
-            } => {
-                let Some(id) = ours(&subscription_id) else {
-                    return;
-                };
-                if self.inner.accepting.load(Ordering::SeqCst) {
-                    tracing::warn!(%relay, subscription = id, reason = %message, "a relay closed our subscription; subscribing again");
-                    self.inner.metrics.subscription_closed();
-                    let key = (relay.clone(), id.to_owned());
-                    let mut closed = live.closed.lock().unwrap_or_else(|e| e.into_inner());
-                    if closed.insert(key, Instant::now()).is_none() {
-                        let w = self.clone();
-                        tokio::spawn(async move { w.resubscribe(relay, id).await });
-                    }
-                }
-            }
-            RelayMessage::EndOfStoredEvents(subscription_id) => {
-                if let Some(id) = ours(&subscription_id) {
-                    live.attempts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&(relay, id.to_owned()));
-                }
-            }
-            _ => {}
+        let RelayMessage::Closed {
+            subscription_id,
+            message,
+        } = message
+        else {
+            return;
+        };
+        let Some(id) = ours(&subscription_id) else {
+            return;
+        };
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        let key = (relay.clone(), id.to_owned());
+        let mut closed = self
+            .inner
+            .live
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // One resubscription at a time per relay and subscription; a CLOSED while one is under
+        // way changes nothing (and is not logged again).
+        if let std::collections::hash_map::Entry::Vacant(e) = closed.entry(key) {
+            e.insert(Instant::now());
+            tracing::warn!(%relay, subscription = id, reason = %message, "a relay closed our subscription; subscribing again");
+            self.inner.metrics.subscription_closed();
+            let w = self.clone();
+            tokio::spawn(async move { w.resubscribe(relay, id).await });
         }
     }
 
@@ -162,8 +165,12 @@ impl Worker {
         loop {
             let n = {
                 let mut attempts = i.live.attempts.lock().unwrap_or_else(|e| e.into_inner());
-                let n = attempts.entry(key.clone()).or_insert(0);
+                let (n, last) = attempts.entry(key.clone()).or_insert((0, Instant::now()));
+                if last.elapsed() > STABLE {
+                    *n = 0;
+                }
                 *n += 1;
+                *last = Instant::now();
                 *n
             };
             let wait = BACKOFF_FIRST

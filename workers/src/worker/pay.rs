@@ -200,8 +200,17 @@ impl Worker {
         mut zaps: Option<(tokio::sync::mpsc::Receiver<Event>, Option<EventId>)>,
         cancel_rx: &mut oneshot::Receiver<Stop>,
     ) -> Result<(), Outcome> {
+        // While the customer pays, `processing` every KEEPALIVE: its client counts silence.
+        let mut alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + fedai_client::market::KEEPALIVE,
+            fedai_client::market::KEEPALIVE,
+        );
         loop {
             let input = tokio::select! {
+                _ = alive.tick() => {
+                    self.keepalive(parsed, Some("waiting for payment".into()));
+                    continue;
+                }
                 s = self.hold_moved(escrow) => s,
                 // Only the receipt is taken here (cancel-safe); it is checked below, where no
                 // other branch can interrupt the check and drop a real zap.
