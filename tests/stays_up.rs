@@ -136,6 +136,8 @@ async fn a_burst_of_unrelated_events_never_silences_a_worker_or_a_customer() {
         "{}",
         worker.logs()
     );
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 /// A worker killed while its ad still says healthy: the customer fails over once the worker has
