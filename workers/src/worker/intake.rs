@@ -327,11 +327,15 @@ impl Worker {
         let (wait, _place) = if paid {
             (PAID_SLOT_WAIT.min(i.cfg.job_timeout), None)
         } else if job.directed {
-            let place = Counted::new(&i.queued);
-            let ahead = i.queued.load(Ordering::SeqCst).saturating_sub(1);
-            if ahead >= i.cfg.queue {
+            // One customer may hold half the queue: others still get in.
+            let mine = (i.cfg.queue / 2).max(1);
+            let queue = i.cfg.queue;
+            let Some(mine) = Place::take(self, job.parsed.customer, |i| &i.queued_by, mine, queue)
+            else {
                 return Err(NoSlot::Full);
-            }
+            };
+            let place = (Counted::new(&i.queued), mine);
+            let ahead = i.queued.load(Ordering::SeqCst).saturating_sub(1);
             self.say_queued(job.parsed, ahead);
             (i.cfg.queue_wait, Some(place))
         } else {
@@ -423,19 +427,9 @@ impl Worker {
 
     /// A place among the unpaid quotes: at most [`QUOTES_PER_CUSTOMER`] per customer and
     /// [`quotes_total`] in all; `None` when full. Released when dropped.
-    fn quote_slot(&self, customer: PublicKey) -> Option<QuoteSlot> {
-        let i = &self.inner;
-        let mut q = i.quotes.lock().unwrap_or_else(|e| e.into_inner());
-        let total: u32 = q.values().sum();
-        let mine = q.get(&customer).copied().unwrap_or(0);
-        if mine >= QUOTES_PER_CUSTOMER || total >= quotes_total(&i.cfg) {
-            return None;
-        }
-        *q.entry(customer).or_insert(0) += 1;
-        Some(QuoteSlot {
-            worker: self.clone(),
-            customer,
-        })
+    fn quote_slot(&self, customer: PublicKey) -> Option<Place> {
+        let total = quotes_total(&self.inner.cfg);
+        Place::take(self, customer, |i| &i.quotes, QUOTES_PER_CUSTOMER, total)
     }
 }
 

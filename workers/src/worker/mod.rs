@@ -75,6 +75,8 @@ struct Inner {
     jobs: AtomicU32,
     /// Directed jobs waiting in the queue for a slot.
     queued: AtomicU32,
+    /// …per customer (one customer may hold half the queue).
+    queued_by: Mutex<HashMap<PublicKey, u32>>,
     /// Runner time per job, a moving average (ms): the queue's wait estimate.
     avg_job_ms: std::sync::atomic::AtomicU64,
     /// Unpaid quotes per customer.
@@ -212,18 +214,40 @@ impl Drop for InFlight {
     }
 }
 
-/// A customer's place among the unpaid quotes.
-struct QuoteSlot {
+/// A customer's place in a per-customer count (unpaid quotes, queued jobs), given back when
+/// dropped, on every path.
+struct Place {
     worker: Worker,
     customer: PublicKey,
+    of: fn(&Inner) -> &Mutex<HashMap<PublicKey, u32>>,
 }
 
-impl Drop for QuoteSlot {
+impl Place {
+    /// A place when `customer` holds fewer than `mine` and all customers fewer than `all`.
+    fn take(
+        w: &Worker,
+        customer: PublicKey,
+        of: fn(&Inner) -> &Mutex<HashMap<PublicKey, u32>>,
+        mine: u32,
+        all: u32,
+    ) -> Option<Self> {
+        let mut q = of(&w.inner).lock().unwrap_or_else(|e| e.into_inner());
+        let total: u32 = q.values().sum();
+        if q.get(&customer).copied().unwrap_or(0) >= mine || total >= all {
+            return None;
+        }
+        *q.entry(customer).or_insert(0) += 1;
+        Some(Self {
+            worker: w.clone(),
+            customer,
+            of,
+        })
+    }
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
-        let mut q = self
-            .worker
-            .inner
-            .quotes
+        let mut q = (self.of)(&self.worker.inner)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = q.get_mut(&self.customer) {
@@ -365,6 +389,7 @@ impl Worker {
             in_flight: AtomicU32::new(0),
             jobs: AtomicU32::new(0),
             queued: AtomicU32::new(0),
+            queued_by: Mutex::new(HashMap::new()),
             avg_job_ms: std::sync::atomic::AtomicU64::new(0),
             quotes: Mutex::new(HashMap::new()),
             fetches: Arc::new(Semaphore::new(4)),
