@@ -158,8 +158,11 @@ pub struct RelayConfig {
     pub min_pow_jobs: u8,
     /// NIP-42.
     pub auth: Option<AuthMode>,
-    /// Retention rules.
+    /// Retention rules (`seconds` 0: kept for ever).
     pub retention: Vec<Retention>,
+    /// Age after which regular events of kinds without a rule are deleted (`other=SECONDS`;
+    /// 0 keeps them for ever). Replaceable and addressable events are never swept this way.
+    pub retention_other: u64,
     /// Log filter.
     pub log: String,
 }
@@ -181,8 +184,25 @@ pub fn default_retention() -> Vec<Retention> {
             kind: JOB_RESULT,
             seconds: 30 * 86_400,
         },
+        // Audit records: kept (0 = for ever), and so never swept as "other" kinds.
+        Retention {
+            kind: METERING,
+            seconds: 0,
+        },
+        Retention {
+            kind: AWARD,
+            seconds: 0,
+        },
+        Retention {
+            kind: PAYMENT_RECEIPT,
+            seconds: 0,
+        },
     ]
 }
+
+/// Regular events of kinds without a rule of their own are deleted after this long by default
+/// (30 days): a relay that carries everyone's events must not keep them all for ever.
+pub const DEFAULT_RETENTION_OTHER: u64 = 30 * 86_400;
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -202,6 +222,7 @@ impl Default for RelayConfig {
             min_pow_jobs: 0,
             auth: None,
             retention: default_retention(),
+            retention_other: DEFAULT_RETENTION_OTHER,
             log: "info".into(),
         }
     }
@@ -242,25 +263,22 @@ fn default_data_dir() -> Option<PathBuf> {
     Some(Path::new(&home).join(".local/share/fedai/relay"))
 }
 
-fn parse_retention(rules: &[String]) -> Result<Vec<Retention>, ConfigError> {
+fn parse_retention(rules: &[String]) -> Result<(Vec<Retention>, u64), ConfigError> {
     let mut out = default_retention();
+    let mut other = DEFAULT_RETENTION_OTHER;
     for r in rules {
-        let (k, s) = r
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Retention(r.clone()))?;
-        let kind: u16 = k
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::Retention(r.clone()))?;
-        let seconds: u64 = s
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::Retention(r.clone()))?;
+        let bad = || ConfigError::Retention(r.clone());
+        let (k, s) = r.split_once('=').ok_or_else(bad)?;
+        let seconds: u64 = s.trim().parse().map_err(|_| bad())?;
+        if matches!(k.trim(), "other" | "*") {
+            other = seconds;
+            continue;
+        }
+        let kind: u16 = k.trim().parse().map_err(|_| bad())?;
         out.retain(|x| x.kind != kind);
         out.push(Retention { kind, seconds });
     }
-    out.retain(|r| r.seconds > 0);
-    Ok(out)
+    Ok((out, other))
 }
 
 impl Cli {
@@ -300,6 +318,7 @@ impl Cli {
         } else {
             self.retention
         };
+        let (retention, retention_other) = parse_retention(&retention_rules)?;
         Ok(RelayConfig {
             bind: self.bind.or(file.bind).unwrap_or(d.bind),
             storage,
@@ -335,7 +354,8 @@ impl Cli {
                 .unwrap_or(d.max_query_results),
             min_pow_jobs: self.min_pow_jobs.or(file.min_pow_jobs).unwrap_or(0),
             auth: self.auth.or(file.auth),
-            retention: parse_retention(&retention_rules)?,
+            retention,
+            retention_other,
             log: self.log.or(file.log).unwrap_or(d.log),
         })
     }
@@ -371,8 +391,13 @@ mod tests {
             parse_retention(&["5050:10".into()]),
             Err(ConfigError::Retention(_))
         ));
-        let zero = parse_retention(&["5050=0".into()]).unwrap();
-        assert!(zero.iter().all(|r| r.kind != 5050), "0 keeps for ever");
+        let (zero, other) = parse_retention(&["5050=0".into(), "other=60".into()]).unwrap();
+        assert!(
+            zero.iter().any(|r| r.kind == 5050 && r.seconds == 0),
+            "0 keeps for ever (and exempts the kind from `other`)"
+        );
+        assert_eq!(other, 60);
+        assert!(parse_retention(&["other=x".into()]).is_err());
         let dir = std::env::temp_dir().join(format!("fedai-relay-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("bad.toml");

@@ -149,6 +149,7 @@ impl RelayServer {
         tasks.push(tokio::spawn(store::retention_loop(
             db,
             config.retention.clone(),
+            config.retention_other,
             metrics.clone(),
             Duration::from_secs(60),
             rx,

@@ -10,11 +10,16 @@ pub const SUPPORTED_NIPS: &[u16] = &[1, 9, 11, 13, 40, 42, 45, 70, 77, 89, 90];
 
 /// Build the document from the configuration.
 pub fn document(c: &RelayConfig) -> Value {
-    let retention: Vec<Value> = c
+    // NIP-11: `time` null keeps for ever (0 would mean "not stored"); an entry without `kinds`
+    // covers every other kind.
+    let mut retention: Vec<Value> = c
         .retention
         .iter()
-        .map(|r| json!({"kinds": [r.kind], "time": r.seconds}))
+        .map(|r| json!({"kinds": [r.kind], "time": (r.seconds > 0).then_some(r.seconds)}))
         .collect();
+    if c.retention_other > 0 {
+        retention.push(json!({"time": c.retention_other}));
+    }
     json!({
         "name": c.name,
         "description": c.description,

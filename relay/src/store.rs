@@ -124,14 +124,45 @@ impl NostrDatabase for Metered {
     }
 }
 
-/// One retention sweep: delete events of each rule's kind older than its age.
-pub async fn sweep(db: &dyn NostrDatabase, rules: &[Retention], now: Timestamp) {
-    for r in rules {
+/// Events of "other" kinds deleted per sweep at most (a minute apart: a backlog drains over
+/// several sweeps without one long pause).
+const OTHER_PER_SWEEP: usize = 5_000;
+
+/// One retention sweep: delete events of each rule's kind older than its age (`seconds` 0:
+/// kept), then regular events of kinds without a rule older than `other` (0: kept) —
+/// replaceable and addressable events (ads, profiles, relay lists) are never swept that way.
+pub async fn sweep(db: &dyn NostrDatabase, rules: &[Retention], other: u64, now: Timestamp) {
+    for r in rules.iter().filter(|r| r.seconds > 0) {
         let until = Timestamp::from_secs(now.as_secs().saturating_sub(r.seconds));
         let filter = Filter::new().kind(Kind::from_u16(r.kind)).until(until);
         if let Err(e) = db.delete(filter).await {
             tracing::warn!(kind = r.kind, error = %e, "retention sweep failed");
         }
+    }
+    if other == 0 {
+        return;
+    }
+    let until = Timestamp::from_secs(now.as_secs().saturating_sub(other));
+    let old = match db
+        .query(Filter::new().until(until).limit(OTHER_PER_SWEEP))
+        .await
+    {
+        Ok(evs) => evs,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention sweep (other kinds) failed");
+            return;
+        }
+    };
+    let ids: Vec<EventId> = old
+        .into_iter()
+        .filter(|e| e.kind.is_regular() && !rules.iter().any(|r| r.kind == e.kind.as_u16()))
+        .map(|e| e.id)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = db.delete(Filter::new().ids(ids)).await {
+        tracing::warn!(error = %e, "retention sweep (other kinds) failed");
     }
 }
 
@@ -139,18 +170,19 @@ pub async fn sweep(db: &dyn NostrDatabase, rules: &[Retention], now: Timestamp) 
 pub async fn retention_loop(
     db: Arc<dyn NostrDatabase>,
     rules: Vec<Retention>,
+    other: u64,
     metrics: Arc<Metrics>,
     every: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    if rules.is_empty() {
+    if rules.iter().all(|r| r.seconds == 0) && other == 0 {
         return;
     }
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                sweep(db.as_ref(), &rules, Timestamp::now()).await;
+                sweep(db.as_ref(), &rules, other, Timestamp::now()).await;
                 metrics.retention_run();
             }
             _ = shutdown.changed() => break,
@@ -164,7 +196,7 @@ mod tests {
     use nostr_sdk::prelude::{EventBuilder, FinalizeEvent, Keys};
 
     #[tokio::test]
-    async fn sweep_deletes_only_old_events_of_the_configured_kinds() {
+    async fn sweep_deletes_old_events_by_rule_and_other_regular_kinds_by_default() {
         let db = open(&Storage::Memory).await.unwrap();
         let keys = Keys::generate();
         let now = Timestamp::from_secs(1_800_000_000);
@@ -177,18 +209,30 @@ mod tests {
         let old_req = ev(5050, 1000);
         let new_req = ev(5050, 10);
         let old_metering = ev(7060, 1000);
-        for e in [&old_req, &new_req, &old_metering] {
+        let old_note = ev(1, 1000);
+        let new_note = ev(1, 10);
+        let old_profile = ev(0, 1000);
+        for e in [
+            &old_req,
+            &new_req,
+            &old_metering,
+            &old_note,
+            &new_note,
+            &old_profile,
+        ] {
             assert!(db.save_event(e).await.unwrap().is_success());
         }
-        sweep(
-            db.as_ref(),
-            &[Retention {
+        let rules = [
+            Retention {
                 kind: 5050,
                 seconds: 100,
-            }],
-            now,
-        )
-        .await;
+            },
+            Retention {
+                kind: 7060,
+                seconds: 0,
+            },
+        ];
+        sweep(db.as_ref(), &rules, 500, now).await;
         let left: Vec<EventId> = db
             .query(Filter::new())
             .await
@@ -198,6 +242,21 @@ mod tests {
             .collect();
         assert!(!left.contains(&old_req.id), "old request deleted");
         assert!(left.contains(&new_req.id), "recent request kept");
-        assert!(left.contains(&old_metering.id), "other kinds untouched");
+        assert!(
+            left.contains(&old_metering.id),
+            "a kind kept for ever is not `other`"
+        );
+        assert!(
+            !left.contains(&old_note.id),
+            "old events of other kinds deleted"
+        );
+        assert!(
+            left.contains(&new_note.id),
+            "recent events of other kinds kept"
+        );
+        assert!(
+            left.contains(&old_profile.id),
+            "replaceable events are never swept"
+        );
     }
 }
