@@ -137,7 +137,8 @@ pub struct Escrow {
     /// Whether the hold invoice can still pay (not cancelled while a zap is still possible).
     hold_open: bool,
     zap: bool,
-    opened: Instant,
+    /// How long the offer stays open (for the reason given when it lapses).
+    open_for: std::time::Duration,
     deadline: Instant,
     state: State,
 }
@@ -158,7 +159,7 @@ impl Escrow {
             hold,
             hold_open: hold.is_some(),
             zap,
-            opened: now,
+            open_for,
             deadline: now + open_for,
             state: State::Quoted,
         };
@@ -281,19 +282,11 @@ impl Escrow {
                 actions
             }
             (State::Quoted, Input::Tick(now)) if now >= self.deadline => {
-                let secs = self
-                    .deadline
-                    .saturating_duration_since(self.opened)
-                    .as_secs();
+                let secs = self.open_for.as_secs();
                 self.end(Cancelled::NotPaid, Some(format!("not paid within {secs}s")))
             }
             (State::Quoted, Input::Stopped) => self.end(Cancelled::Stopped, None),
-            (State::Held, Input::JobFailed | Input::Stopped) => {
-                let actions = self.cancel_hold();
-                self.hold_open = false;
-                self.state = State::Cancelled(Cancelled::Refunded);
-                actions
-            }
+            (State::Held, Input::JobFailed | Input::Stopped) => self.end(Cancelled::Refunded, None),
             (State::Held, Input::Delivered) => {
                 self.state = State::Settling;
                 let (_, preimage) = self.hold.expect("held implies a hold invoice");
