@@ -97,6 +97,12 @@ const MAX_EARLY_CHUNKS: u64 = 1024;
 /// Times one job's subscription is re-opened after relays closed it.
 const MAX_REOPENS: u32 = 32;
 
+/// Exponential backoff: `first` doubled `round` times, at most `cap` (the one formula behind
+/// every retry here and in the worker).
+pub fn backoff(first: Duration, round: u32, cap: Duration) -> Duration {
+    first.saturating_mul(1u32 << round.min(31)).min(cap)
+}
+
 /// How long [`FedaiClient::connect`] waits for a first relay.
 const CONNECT_WAIT: Duration = Duration::from_millis(2500);
 
@@ -541,7 +547,11 @@ impl FedaiClient {
             return;
         }
         tracing::warn!(%relay, reason = %message, "a relay closed the job's subscription; subscribing again");
-        let wait = Duration::from_millis(100).saturating_mul(1 << t.reopened.min(6));
+        let wait = backoff(
+            Duration::from_millis(100),
+            t.reopened,
+            Duration::from_millis(6_400),
+        );
         t.reopened += 1;
         let (client, id, filter) = (self.client.clone(), t.sub.clone(), t.filter.clone());
         let done = t.done.clone();
@@ -828,12 +838,10 @@ impl FedaiClient {
                 }
             }
         }
-        let payment = match t.pending.take() {
-            None => None,
-            Some(p) => {
-                let spend = t.pay.as_mut().map(|plan| &mut plan.spend);
-                Some(self.finish_payment(p, spend, &result).await?)
-            }
+        // A payment is only ever started under a plan (`pay_context`).
+        let payment = match (t.pending.take(), t.pay.as_mut()) {
+            (Some(p), Some(plan)) => Some(self.finish_payment(p, &mut plan.spend, &result).await?),
+            _ => None,
         };
         let total = t.sent_at.elapsed();
         let output = result.result.output.clone();
@@ -935,7 +943,7 @@ impl FedaiClient {
     async fn finish_payment(
         &self,
         p: Pending,
-        spend: Option<&mut fedai_lightning::payment::customer::Spend>,
+        spend: &mut fedai_lightning::payment::customer::Spend,
         result: &ParsedJobResult,
     ) -> Result<PaymentProof, ClientError> {
         let amount_msat = p.amount_msat;
@@ -958,22 +966,11 @@ impl FedaiClient {
         // The preimage must open the invoice: only then is it proof of payment.
         let refused =
             |r: fedai_lightning::payment::customer::Refusal| ClientError::Payment(r.to_string());
-        match spend {
-            Some(spend) => {
-                use fedai_lightning::payment::customer::State;
-                // A zap's invoice was fetched and checked in the background.
-                if let State::Approved { .. } = spend.state() {
-                    spend.invoice(amount_msat, paid.hash).map_err(refused)?;
-                }
-                spend.paid(Ok(paid.preimage)).map_err(refused)?;
-            }
-            None if fedai_lightning::payment_hash(&paid.preimage) != paid.hash => {
-                return Err(refused(
-                    fedai_lightning::payment::customer::Refusal::BadPreimage,
-                ));
-            }
-            None => {}
+        // A zap's invoice was fetched and checked in the background.
+        if let fedai_lightning::payment::customer::State::Approved { .. } = spend.state() {
+            spend.invoice(amount_msat, paid.hash).map_err(refused)?;
         }
+        spend.paid(Ok(paid.preimage)).map_err(refused)?;
         let receipt = fedai_protocol::PaymentReceipt {
             request_id: result.request_id(),
             result_id: Some(result.id),
@@ -1070,4 +1067,22 @@ fn start_payment(
     };
     t.pending = Some(Pending::start(amount_msat, pay));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_wait_up_to_the_cap() {
+        let (first, cap) = (Duration::from_millis(250), Duration::from_secs(30));
+        let waits: Vec<u64> = (0..10)
+            .map(|r| backoff(first, r, cap).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
+        );
+        assert_eq!(backoff(first, u32::MAX, cap), cap, "no overflow");
+    }
 }

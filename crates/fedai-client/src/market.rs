@@ -249,7 +249,7 @@ impl FedaiClient {
                 if !tries.only_busy() || opts.worker.is_some() {
                     break;
                 }
-                let wait = backoff(busy_rounds, &mut rng);
+                let wait = busy_backoff(busy_rounds, &mut rng);
                 if tokio::time::Instant::now() + wait > busy_until {
                     break;
                 }
@@ -376,8 +376,8 @@ const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
 /// The wait before the `round`-th retry of busy workers: 250 ms doubling to 4 s, ±50 % jitter
 /// (customers retrying in step would arrive as the same burst again).
-fn backoff(round: u32, rng: &mut Rng) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1 << round.min(4));
+fn busy_backoff(round: u32, rng: &mut Rng) -> Duration {
+    let base = crate::backoff(Duration::from_millis(250), round, Duration::from_secs(4));
     let jitter = 0.5 + (rng.next_u64() % 1000) as f64 / 1000.0;
     base.mul_f64(jitter)
 }

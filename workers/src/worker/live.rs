@@ -173,9 +173,7 @@ impl Worker {
                 *last = Instant::now();
                 *n
             };
-            let wait = BACKOFF_FIRST
-                .saturating_mul(1 << (n - 1).min(8))
-                .min(BACKOFF_MAX);
+            let wait = fedai_client::backoff(BACKOFF_FIRST, n - 1, BACKOFF_MAX);
             tokio::time::sleep(wait).await;
             if !i.accepting.load(Ordering::SeqCst) {
                 break;
