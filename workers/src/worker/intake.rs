@@ -51,10 +51,11 @@ impl Worker {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let (model, max_tokens) = match admit::screen(
-            &self.facts(&event, &parsed, directed),
-            &self.view(&models, &parsed.customer),
-        ) {
+        let (facts, view) = (
+            self.facts(&event, &parsed, directed),
+            self.view(&models, &parsed.customer),
+        );
+        let (model, max_tokens) = match admit::screen(&facts, &view) {
             Screened::Ignore => return,
             Screened::Decline(code, reason) => {
                 return self.decline(&parsed, directed, code, reason).await
@@ -70,8 +71,8 @@ impl Worker {
             params: parsed.request.params.clone(),
             max_tokens,
         };
-        let facts = self.facts(&event, &parsed, directed);
-        let price = match admit::needs_price(&facts, &self.view(&models, &parsed.customer)) {
+        // Whether the price matters depends on nothing the awaits above change.
+        let price = match admit::needs_price(&facts, &view) {
             true => Some(self.job_price(&parsed, &req).await),
             false => None,
         };
@@ -169,10 +170,7 @@ impl Worker {
     /// The worker as the admission decision sees it now.
     fn view<'a>(&self, models: &'a [ModelInfo], customer: &PublicKey) -> admit::View<'a> {
         let i = &self.inner;
-        let (my_quotes, all_quotes) = {
-            let q = i.quotes.lock().unwrap_or_else(|e| e.into_inner());
-            (q.get(customer).copied().unwrap_or(0), q.values().sum())
-        };
+        let (my_quotes, all_quotes) = Place::held(self, customer, |i| &i.quotes);
         admit::View {
             accepting: i.accepting.load(Ordering::SeqCst),
             healthy: i.healthy.load(Ordering::SeqCst),
@@ -184,7 +182,7 @@ impl Worker {
             escrow: i.ln.is_some(),
             free_slots: i.slots.available_permits(),
             slots: i.cfg.max_concurrent,
-            queued: i.queued.load(Ordering::SeqCst),
+            queued: self.queued(),
             queue: i.cfg.queue,
             my_quotes,
             all_quotes,
@@ -334,19 +332,14 @@ impl Worker {
             else {
                 return Err(NoSlot::Full);
             };
-            let place = (Counted::new(&i.queued), mine);
-            let ahead = i.queued.load(Ordering::SeqCst).saturating_sub(1);
-            self.say_queued(job.parsed, ahead);
-            (i.cfg.queue_wait, Some(place))
+            self.say_queued(job.parsed);
+            (i.cfg.queue_wait, Some(mine))
         } else {
             return Err(NoSlot::Full);
         };
         let acquire = tokio::time::timeout(wait, i.slots.clone().acquire_owned());
         tokio::pin!(acquire);
-        let mut alive = tokio::time::interval_at(
-            tokio::time::Instant::now() + fedai_client::market::KEEPALIVE,
-            fedai_client::market::KEEPALIVE,
-        );
+        let mut alive = keepalive_ticks();
         loop {
             tokio::select! {
                 p = &mut acquire => {
@@ -365,15 +358,27 @@ impl Worker {
                 Ok(stop) = &mut *cancel_rx => return Err(NoSlot::Failed(stop.outcome())),
                 _ = alive.tick() => match paid {
                     true => self.keepalive(job.parsed, Some("paid; waiting for a free slot".into())),
-                    false => self.say_queued(job.parsed, i.queued.load(Ordering::SeqCst).saturating_sub(1)),
+                    false => self.say_queued(job.parsed),
                 },
             }
         }
     }
 
-    /// `processing`, with the job's place: `ahead` jobs wait before it, and about how long.
-    fn say_queued(&self, parsed: &ParsedJobRequest, ahead: u32) {
+    /// Directed jobs waiting in the queue now.
+    fn queued(&self) -> u32 {
+        let q = self
+            .inner
+            .queued_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        q.values().sum()
+    }
+
+    /// `processing`, with the job's place (the others in the queue wait before it, as far as
+    /// it can tell) and about how long.
+    fn say_queued(&self, parsed: &ParsedJobRequest) {
         let i = &self.inner;
+        let ahead = self.queued().saturating_sub(1);
         let per_job = Duration::from_millis(i.avg_job_ms.load(Ordering::Relaxed).max(100));
         let eta = per_job * (ahead + 1) / i.cfg.max_concurrent.max(1);
         let info = format!("queued: {ahead} ahead, about {}s", eta.as_secs().max(1));

@@ -15,10 +15,8 @@ impl Worker {
     ) -> Outcome {
         let i = &self.inner;
         let _running = InFlight::new(self);
-        let mut processing =
-            JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
-        processing.encrypted = parsed.encrypted;
-        if let Ok(ev) = processing.to_event(&i.cfg.keys) {
+        // Awaited: `processing` goes out before the first `partial`.
+        if let Some(ev) = self.processing(parsed, None) {
             self.publish_job(parsed, &ev).await;
         }
         let limit = i.cfg.job_timeout;
@@ -26,10 +24,7 @@ impl Worker {
         tokio::pin!(infer);
         // `processing` again every KEEPALIVE while the runner works: the customer's sign that
         // this worker is alive (it fails over on silence, fedai-01).
-        let mut alive = tokio::time::interval_at(
-            tokio::time::Instant::now() + fedai_client::market::KEEPALIVE,
-            fedai_client::market::KEEPALIVE,
-        );
+        let mut alive = keepalive_ticks();
         loop {
             tokio::select! {
                 o = &mut infer => break o.unwrap_or_else(|_| {
@@ -45,14 +40,19 @@ impl Worker {
     /// `processing` again (with `info`), published in the background: a slow relay must not
     /// hold up the runner's stream or a cancellation.
     pub(super) fn keepalive(&self, parsed: &ParsedJobRequest, info: Option<String>) {
+        let Some(ev) = self.processing(parsed, info) else {
+            return;
+        };
+        let (w, relays) = (self.clone(), parsed.request.relays.clone());
+        tokio::spawn(async move { w.publish_replying(&relays, &ev).await });
+    }
+
+    /// A `processing` feedback for the job (with `info`), encrypted as its request was.
+    fn processing(&self, parsed: &ParsedJobRequest, info: Option<String>) -> Option<Event> {
         let mut fb = JobFeedback::new(parsed.id, parsed.customer, FeedbackStatus::Processing);
         fb.info = info;
         fb.encrypted = parsed.encrypted;
-        let Ok(ev) = fb.to_event(&self.inner.cfg.keys) else {
-            return;
-        };
-        let (w, parsed) = (self.clone(), parsed.clone());
-        tokio::spawn(async move { w.publish_job(&parsed, &ev).await });
+        fb.to_event(&self.inner.cfg.keys).ok()
     }
 
     pub(super) async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {
@@ -171,7 +171,7 @@ impl Worker {
             }
         };
         if let Some(escrow) = paid.as_mut() {
-            payment_hash = self.claim(parsed, escrow).await.1;
+            payment_hash = self.claim(parsed, escrow).await;
         }
         let record = MeteringRecord {
             request_id: parsed.id,

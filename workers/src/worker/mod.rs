@@ -73,9 +73,8 @@ struct Inner {
     in_flight: AtomicU32,
     /// Jobs taken and not yet answered, waiting for payment included (the drain waits for them).
     jobs: AtomicU32,
-    /// Directed jobs waiting in the queue for a slot.
-    queued: AtomicU32,
-    /// …per customer (one customer may hold half the queue).
+    /// Directed jobs waiting in the queue for a slot, per customer (one customer may hold
+    /// half the queue).
     queued_by: Mutex<HashMap<PublicKey, u32>>,
     /// Runner time per job, a moving average (ms): the queue's wait estimate.
     avg_job_ms: std::sync::atomic::AtomicU64,
@@ -223,6 +222,16 @@ struct Place {
 }
 
 impl Place {
+    /// What `customer` holds in the count, and what all customers hold.
+    fn held(
+        w: &Worker,
+        customer: &PublicKey,
+        of: fn(&Inner) -> &Mutex<HashMap<PublicKey, u32>>,
+    ) -> (u32, u32) {
+        let q = of(&w.inner).lock().unwrap_or_else(|e| e.into_inner());
+        (q.get(customer).copied().unwrap_or(0), q.values().sum())
+    }
+
     /// A place when `customer` holds fewer than `mine` and all customers fewer than `all`.
     fn take(
         w: &Worker,
@@ -257,6 +266,13 @@ impl Drop for Place {
             }
         }
     }
+}
+
+/// Ticks every KEEPALIVE, the first one KEEPALIVE from now: when a job that runs, waits for a
+/// slot or waits for payment says `processing` again.
+fn keepalive_ticks() -> tokio::time::Interval {
+    let every = fedai_client::market::KEEPALIVE;
+    tokio::time::interval_at(tokio::time::Instant::now() + every, every)
 }
 
 /// The load band an ad shows: 0 idle, 1 busy, 2 full.
@@ -388,7 +404,6 @@ impl Worker {
             live: live::Live::default(),
             in_flight: AtomicU32::new(0),
             jobs: AtomicU32::new(0),
-            queued: AtomicU32::new(0),
             queued_by: Mutex::new(HashMap::new()),
             avg_job_ms: std::sync::atomic::AtomicU64::new(0),
             quotes: Mutex::new(HashMap::new()),

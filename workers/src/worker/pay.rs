@@ -63,8 +63,7 @@ impl Worker {
                 Err(failed) => {
                     // Nobody saw the offer: withdraw it at once.
                     let mut escrow = escrow;
-                    let actions = escrow.on(Input::Stopped).unwrap_or_default();
-                    let _ = self.act(&escrow, actions).await;
+                    self.withdraw(&mut escrow).await;
                     Err(failed)
                 }
             },
@@ -201,32 +200,28 @@ impl Worker {
         cancel_rx: &mut oneshot::Receiver<Stop>,
     ) -> Result<(), Outcome> {
         // While the customer pays, `processing` every KEEPALIVE: its client counts silence.
-        let mut alive = tokio::time::interval_at(
-            tokio::time::Instant::now() + fedai_client::market::KEEPALIVE,
-            fedai_client::market::KEEPALIVE,
-        );
+        let mut alive = keepalive_ticks();
+        // Our node's stream for the hold invoice lives across keepalive ticks and rejected
+        // receipts; it is opened again only after the escrow took an input.
+        let mut hold = Box::pin(self.hold_moved(escrow.watch_hold(), escrow.deadline()));
         loop {
             let input = tokio::select! {
                 _ = alive.tick() => {
                     self.keepalive(parsed, Some("waiting for payment".into()));
                     continue;
                 }
-                s = self.hold_moved(escrow) => s,
+                s = &mut hold => s,
                 // Only the receipt is taken here (cancel-safe); it is checked below, where no
                 // other branch can interrupt the check and drop a real zap.
                 Some(receipt) = next_receipt(escrow, &mut zaps) => {
-                    let (z, quote_id) = (self.inner.zap.as_ref(), zaps.as_ref().and_then(|(_, q)| *q));
-                    match z {
-                        Some(z) => match self.check_zap(parsed, escrow.price_msat(), z, &receipt, quote_id).await {
-                            Some(paid) => paid,
-                            None => continue,
-                        },
+                    let quote_id = zaps.as_ref().and_then(|(_, q)| *q);
+                    match self.check_zap(parsed, escrow.price_msat(), &receipt, quote_id).await {
+                        Some(paid) => paid,
                         None => continue,
                     }
                 }
                 Ok(stop) = &mut *cancel_rx => {
-                    let actions = escrow.on(Input::Stopped).unwrap_or_default();
-                    let _ = self.act(escrow, actions).await;
+                    self.withdraw(escrow).await;
                     return Err(stop.outcome());
                 }
                 _ = tokio::time::sleep_until(escrow.deadline().into()) => Input::Tick(Instant::now()),
@@ -235,15 +230,27 @@ impl Worker {
             if !actions.is_empty() || escrow.state() != State::Quoted {
                 return self.act(escrow, actions).await;
             }
+            hold = Box::pin(self.hold_moved(escrow.watch_hold(), escrow.deadline()));
         }
     }
 
+    /// Withdraw an unpaid offer (the customer stopped, or nobody saw it): the escrow cancels
+    /// the hold invoice.
+    async fn withdraw(&self, escrow: &mut Escrow) {
+        let actions = escrow.on(Input::Stopped).unwrap_or_default();
+        let _ = self.act(escrow, actions).await;
+    }
+
     /// The hold invoice's next state, pushed by our node; pending when there is none to watch.
-    pub(super) async fn hold_moved(&self, escrow: &Escrow) -> Input {
-        let (Some(hash), Some(ln)) = (escrow.watch_hold(), &self.inner.ln) else {
+    pub(super) async fn hold_moved(
+        &self,
+        watch: Option<fedai_lightning::PaymentHash>,
+        deadline: Instant,
+    ) -> Input {
+        let (Some(hash), Some(ln)) = (watch, &self.inner.ln) else {
             return std::future::pending().await;
         };
-        let left = escrow.deadline().saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         match ln.wait_past_open(hash, left).await {
             Ok(Some(InvoiceState::Accepted)) => Input::HoldAccepted,
             Ok(Some(InvoiceState::Settled)) => Input::HoldSettled,
@@ -263,11 +270,11 @@ impl Worker {
         &self,
         parsed: &ParsedJobRequest,
         price: u64,
-        z: &ZapTarget,
         receipt: &Event,
         quote_id: Option<EventId>,
     ) -> Option<Input> {
         let i = &self.inner;
+        let z = i.zap.as_ref()?;
         let expect = fedai_lightning::zap::Expect {
             server: z.server,
             worker: self.public_key(),
@@ -327,13 +334,13 @@ impl Worker {
         }
     }
 
-    /// The job is answered: claim the payment. Returns what the metering record says was paid —
-    /// the amount, and the payment hash only once the money is really ours.
+    /// The job is answered: claim the payment. Returns the payment hash the metering record
+    /// names: only once the money is really ours.
     pub(super) async fn claim(
         &self,
         parsed: &ParsedJobRequest,
         escrow: &mut Escrow,
-    ) -> (u64, Option<fedai_lightning::PaymentHash>) {
+    ) -> Option<fedai_lightning::PaymentHash> {
         let actions = escrow.on(Input::Delivered).unwrap_or_default();
         for a in actions {
             if let (Action::Settle(preimage), Some(ln)) = (a, &self.inner.ln) {
@@ -344,7 +351,7 @@ impl Worker {
                 let _ = escrow.on(Input::SettleDone(settled.is_ok()));
             }
         }
-        escrow.metered().unwrap_or((escrow.price_msat(), None))
+        escrow.metered().and_then(|(_, hash)| hash)
     }
 }
 

@@ -59,11 +59,16 @@ impl Worker {
     /// named (`relays` tag): a slow or silent relay of the customer's choosing never holds up
     /// the job (nor its runner slot).
     pub(super) async fn publish_job(&self, request: &ParsedJobRequest, ev: &Event) {
+        self.publish_replying(&request.request.relays, ev).await
+    }
+
+    /// [`Self::publish_job`] given the request's `relays` alone.
+    pub(super) async fn publish_replying(&self, relays: &[String], ev: &Event) {
         self.publish(ev).await;
-        if request.request.relays.is_empty() {
+        if relays.is_empty() {
             return;
         }
-        let (w, wanted, ev) = (self.clone(), request.request.relays.clone(), ev.clone());
+        let (w, wanted, ev) = (self.clone(), relays.to_vec(), ev.clone());
         tokio::spawn(async move {
             let extra = w.reply_relays(&wanted).await;
             if extra.is_empty() {
