@@ -142,50 +142,41 @@ fn seeds(dir: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// Seeds, then random mutations of them, for a bounded time per target.
+#[derive(clap::Parser)]
 struct Args {
+    /// Seconds per target.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
-    seed: u64,
+    /// Seed of the mutations (default: the clock; printed so a run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where a crashing input is saved.
+    #[arg(long, default_value = "target/fuzz-crashes")]
     crashes: PathBuf,
+    /// Targets to run (all when none).
     targets: Vec<String>,
 }
 
-fn args() -> Args {
-    let mut a = Args {
-        seconds: 10,
-        seed: std::time::SystemTime::now()
+fn main() {
+    let a = <Args as clap::Parser>::parse();
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
-            | 1,
-        crashes: PathBuf::from("target/fuzz-crashes"),
-        targets: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(x) = it.next() {
-        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
-        match x.as_str() {
-            "--seconds" => a.seconds = value("--seconds").parse().expect("a number of seconds"),
-            "--seed" => a.seed = value("--seed").parse::<u64>().expect("a number") | 1,
-            "--crashes" => a.crashes = PathBuf::from(value("--crashes")),
-            t => a.targets.push(t.to_owned()),
-        }
-    }
-    a
-}
-
-fn main() {
-    let a = args();
+    }) | 1;
     let seed_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     // The panics this looks for are reported once, with the input, below.
     std::panic::set_hook(Box::new(|_| {}));
-    println!("fedai-fuzz: seed {} ({} s per target)", a.seed, a.seconds);
+    println!("fedai-fuzz: seed {seed} ({} s per target)", a.seconds);
     let mut failed = false;
     for (name, target) in TARGETS {
         if !a.targets.is_empty() && !a.targets.iter().any(|t| t == name) {
             continue;
         }
         let corpus = seeds(&seed_root.join(name));
-        let mut rng = Rng(a.seed);
+        let mut rng = Rng(seed);
         let (start, mut runs) = (Instant::now(), 0u64);
         let budget = Duration::from_secs(a.seconds);
         let mut n = 0usize;
