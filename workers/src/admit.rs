@@ -210,6 +210,14 @@ pub fn screen(r: &Request<'_>, w: &View<'_>) -> Screened {
     Screened::Pass { model, max_tokens }
 }
 
+/// What a worker with every runner slot taken says.
+pub fn all_busy(slots: u32) -> String {
+    format!("all {slots} slots are busy")
+}
+
+/// What a worker whose unpaid quotes are at their bound says.
+pub const TOO_MANY_QUOTES: &str = "too many unpaid quotes; try again later";
+
 /// Pay-before, not an auction: the customer's unpaid quotes, all unpaid quotes, and — for a
 /// worker paid by zaps only, which takes its slot first — a free slot.
 fn no_room_to_offer(r: &Request<'_>, w: &View<'_>) -> Option<(ErrorCode, String)> {
@@ -217,16 +225,10 @@ fn no_room_to_offer(r: &Request<'_>, w: &View<'_>) -> Option<(ErrorCode, String)
         return None;
     }
     if !w.escrow && w.free_slots == 0 {
-        return Some((
-            ErrorCode::Capacity,
-            format!("all {} slots are busy", w.slots),
-        ));
+        return Some((ErrorCode::Capacity, all_busy(w.slots)));
     }
     if w.my_quotes >= w.quotes_per_customer || w.all_quotes >= w.quotes_total {
-        return Some((
-            ErrorCode::Capacity,
-            "too many unpaid quotes; try again later".into(),
-        ));
+        return Some((ErrorCode::Capacity, TOO_MANY_QUOTES.into()));
     }
     None
 }
@@ -268,12 +270,6 @@ pub fn admit(r: &Request<'_>, w: &View<'_>, price_msat: Option<u64>) -> Decision
     if r.taken {
         return Decision::Ignore; // already running or answered by this process
     }
-    let full = || {
-        Decision::Decline(
-            ErrorCode::Capacity,
-            format!("all {} slots are busy", w.slots),
-        )
-    };
     match w.mode {
         PaymentMode::Before => match no_room_to_offer(r, w) {
             Some((code, reason)) => Decision::Decline(code, reason),
@@ -283,7 +279,9 @@ pub fn admit(r: &Request<'_>, w: &View<'_>, price_msat: Option<u64>) -> Decision
         },
         // Full: a job directed to us waits in the queue while it has room (told its place); an
         // open one is left to workers with a free slot.
-        _ if w.free_slots == 0 && !(r.directed && w.queued < w.queue) => full(),
+        _ if w.free_slots == 0 && !(r.directed && w.queued < w.queue) => {
+            Decision::Decline(ErrorCode::Capacity, all_busy(w.slots))
+        }
         _ => Decision::Run(Pay::Unpaid),
     }
 }

@@ -271,7 +271,7 @@ impl Worker {
             // Unpaid quotes are bounded per customer and in all: they cannot fill our node
             // with hold invoices.
             let Some(_quote) = self.quote_slot(parsed.customer) else {
-                let reason = "too many unpaid quotes; try again later".into();
+                let reason = admit::TOO_MANY_QUOTES.into();
                 return self
                     .decline(parsed, job.directed, ErrorCode::Capacity, reason)
                     .await;

@@ -50,7 +50,7 @@ impl Worker {
 
     /// Turn down a request because every runner slot is taken.
     pub(super) async fn decline_full(&self, request: &ParsedJobRequest, directed: bool) {
-        let reason = format!("all {} slots are busy", self.inner.cfg.max_concurrent);
+        let reason = crate::admit::all_busy(self.inner.cfg.max_concurrent);
         self.decline(request, directed, ErrorCode::Capacity, reason)
             .await
     }
