@@ -124,14 +124,25 @@ impl NostrDatabase for Metered {
     }
 }
 
-/// Events of "other" kinds deleted per sweep at most (a minute apart: a backlog drains over
-/// several sweeps without one long pause).
+/// Old events looked at per sweep for the `other` rule (sweeps are a minute apart: a backlog
+/// drains over several of them, without one long pause).
 const OTHER_PER_SWEEP: usize = 5_000;
 
+/// Where the `other` rule's walk through old events resumes: it pages backwards in time from
+/// the age limit, so kept kinds (audit records, replaceable events) never block it.
+pub type Cursor = Option<Timestamp>;
+
 /// One retention sweep: delete events of each rule's kind older than its age (`seconds` 0:
-/// kept), then regular events of kinds without a rule older than `other` (0: kept) —
-/// replaceable and addressable events (ads, profiles, relay lists) are never swept that way.
-pub async fn sweep(db: &dyn NostrDatabase, rules: &[Retention], other: u64, now: Timestamp) {
+/// kept), then one page of the walk for regular events of kinds without a rule older than
+/// `other` (0: kept) — replaceable and addressable events (ads, profiles, relay lists) are
+/// never swept that way. Returns where the walk resumes.
+pub async fn sweep(
+    db: &dyn NostrDatabase,
+    rules: &[Retention],
+    other: u64,
+    now: Timestamp,
+    cursor: Cursor,
+) -> Cursor {
     for r in rules.iter().filter(|r| r.seconds > 0) {
         let until = Timestamp::from_secs(now.as_secs().saturating_sub(r.seconds));
         let filter = Filter::new().kind(Kind::from_u16(r.kind)).until(until);
@@ -140,30 +151,45 @@ pub async fn sweep(db: &dyn NostrDatabase, rules: &[Retention], other: u64, now:
         }
     }
     if other == 0 {
-        return;
+        return None;
     }
-    let until = Timestamp::from_secs(now.as_secs().saturating_sub(other));
-    let old = match db
-        .query(Filter::new().until(until).limit(OTHER_PER_SWEEP))
-        .await
-    {
+    let limit = Timestamp::from_secs(now.as_secs().saturating_sub(other));
+    let until = cursor.filter(|c| *c < limit).unwrap_or(limit);
+    sweep_other(db, rules, until, OTHER_PER_SWEEP).await
+}
+
+/// One page (`page` events, newest first) of old events up to `until`: those of regular kinds
+/// without a rule are deleted. Returns the cursor just before the page's oldest event, or
+/// `None` when the walk reached the end (the next one starts again at the age limit).
+async fn sweep_other(
+    db: &dyn NostrDatabase,
+    rules: &[Retention],
+    until: Timestamp,
+    page: usize,
+) -> Cursor {
+    let old = match db.query(Filter::new().until(until).limit(page)).await {
         Ok(evs) => evs,
         Err(e) => {
             tracing::warn!(error = %e, "retention sweep (other kinds) failed");
-            return;
+            return None;
         }
     };
+    let next = (old.len() >= page)
+        .then(|| old.iter().map(|e| e.created_at).min())
+        .flatten()
+        .and_then(|t| t.as_secs().checked_sub(1))
+        .map(Timestamp::from_secs);
     let ids: Vec<EventId> = old
         .into_iter()
         .filter(|e| e.kind.is_regular() && !rules.iter().any(|r| r.kind == e.kind.as_u16()))
         .map(|e| e.id)
         .collect();
-    if ids.is_empty() {
-        return;
+    if !ids.is_empty() {
+        if let Err(e) = db.delete(Filter::new().ids(ids)).await {
+            tracing::warn!(error = %e, "retention sweep (other kinds) failed");
+        }
     }
-    if let Err(e) = db.delete(Filter::new().ids(ids)).await {
-        tracing::warn!(error = %e, "retention sweep (other kinds) failed");
-    }
+    next
 }
 
 /// Run retention sweeps every `every` until `shutdown` fires.
@@ -179,10 +205,11 @@ pub async fn retention_loop(
         return;
     }
     let mut tick = tokio::time::interval(every);
+    let mut cursor = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                sweep(db.as_ref(), &rules, other, Timestamp::now()).await;
+                cursor = sweep(db.as_ref(), &rules, other, Timestamp::now(), cursor).await;
                 metrics.retention_run();
             }
             _ = shutdown.changed() => break,
@@ -232,7 +259,7 @@ mod tests {
                 seconds: 0,
             },
         ];
-        sweep(db.as_ref(), &rules, 500, now).await;
+        assert_eq!(sweep(db.as_ref(), &rules, 500, now, None).await, None);
         let left: Vec<EventId> = db
             .query(Filter::new())
             .await
@@ -258,5 +285,45 @@ mod tests {
             left.contains(&old_profile.id),
             "replaceable events are never swept"
         );
+    }
+
+    /// Kept events newer than an old note fill whole pages: the walk pages past them (it does
+    /// not look at the same newest page for ever) and reaches the note.
+    #[tokio::test]
+    async fn the_other_walk_pages_past_kept_events() {
+        let db = open(&Storage::Memory).await.unwrap();
+        let keys = Keys::generate();
+        let now = Timestamp::from_secs(1_800_000_000);
+        let ev = |kind: u16, age: u64| {
+            EventBuilder::new(Kind::from_u16(kind), format!("{kind}-{age}"))
+                .custom_created_at(Timestamp::from_secs(now.as_secs() - age))
+                .finalize(&keys)
+                .unwrap()
+        };
+        let note = ev(1, 2_000);
+        let kept: Vec<Event> = (0..4).map(|n| ev(7060, 1_000 + n)).collect();
+        for e in kept.iter().chain([&note]) {
+            assert!(db.save_event(e).await.unwrap().is_success());
+        }
+        let rules = [Retention {
+            kind: 7060,
+            seconds: 0,
+        }];
+        let until = Timestamp::from_secs(now.as_secs() - 500);
+        // Pages of two: two pages of kept records, then the note.
+        let mut cursor = sweep_other(db.as_ref(), &rules, until, 2).await;
+        let mut pages = 1;
+        while let Some(c) = cursor {
+            cursor = sweep_other(db.as_ref(), &rules, c, 2).await;
+            pages += 1;
+            assert!(pages < 10, "the walk ends");
+        }
+        assert_eq!(pages, 3, "two pages of kept records, then the note");
+        let left = db.query(Filter::new()).await.unwrap();
+        assert!(
+            !left.iter().any(|e| e.id == note.id),
+            "the old note deleted"
+        );
+        assert_eq!(left.len(), 4, "the kept records stay");
     }
 }
