@@ -524,20 +524,14 @@ pub fn select_into(
         known_sum: 0.0,
         known: 0,
     };
-    let mut full_ok = false;
-    for pass in 0..2 {
-        if pass == 1 {
-            let only_full = d.ranked.is_empty()
-                && d.rejected.iter().any(|(_, r)| {
-                    matches!(r, Rejection::NoCapacity { .. } | Rejection::Busy { .. })
-                });
-            if !only_full {
-                break;
-            }
-            d.rejected.clear();
-            full_ok = true;
-        }
-        scan(d, candidates, job, policy, now_ms, full_ok, &mut a);
+    scan(d, candidates, job, policy, now_ms, false, &mut a);
+    let only_full = d.ranked.is_empty()
+        && d.rejected
+            .iter()
+            .any(|(_, r)| matches!(r, Rejection::NoCapacity { .. } | Rejection::Busy { .. }));
+    if only_full {
+        d.rejected.clear();
+        scan(d, candidates, job, policy, now_ms, true, &mut a);
     }
     let Axes {
         mut best_ms,
