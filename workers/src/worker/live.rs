@@ -43,9 +43,9 @@ const GRACE: Duration = Duration::from_secs(3);
 pub(super) struct Live {
     /// (relay, subscription) closed by the relay and not yet open again, and since when.
     closed: Mutex<HashMap<(RelayUrl, String), Instant>>,
-    /// Retries of each (relay, subscription) and when the relay last closed it: the count
-    /// starts again only after a subscription stayed open a while (an EOSE proves nothing: a
-    /// relay flooded by others answers the REQ and closes it again at once).
+    /// Retries of each (relay, subscription) and when the last one was made: the count starts
+    /// again only after a subscription stayed open a while (an EOSE proves nothing: a relay
+    /// flooded by others answers the REQ and closes it again at once).
     attempts: Mutex<HashMap<(RelayUrl, String), (u32, Instant)>>,
     /// The newest `created_at` (never in the future) of an event our subscriptions brought.
     newest: std::sync::atomic::AtomicU64,
