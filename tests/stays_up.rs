@@ -117,6 +117,24 @@ async fn a_burst_of_unrelated_events_never_silences_a_worker_or_a_customer() {
         during.len()
     );
     // After the burst, the worker still hears jobs (directed to it: no other worker can answer).
+    // It may have advertised itself unhealthy while a resubscription waited out its backoff;
+    // it must say it is healthy again within seconds.
+    let back = async {
+        loop {
+            let ads = c.workers().await.unwrap();
+            if ads.iter().any(|a| a.worker == pk && a.ad.healthy) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), back)
+            .await
+            .is_ok(),
+        "the worker's ad did not come back healthy after the burst\n{}",
+        worker.logs()
+    );
     let opts = RunOptions {
         worker: Some(pk),
         max_attempts: 1,

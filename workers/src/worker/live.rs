@@ -162,7 +162,7 @@ impl Worker {
     async fn resubscribe(&self, relay: RelayUrl, id: &'static str) {
         let i = &self.inner;
         let key = (relay.clone(), id.to_owned());
-        loop {
+        let subscribed = loop {
             let n = {
                 let mut attempts = i.live.attempts.lock().unwrap_or_else(|e| e.into_inner());
                 let (n, last) = attempts.entry(key.clone()).or_insert((0, Instant::now()));
@@ -176,10 +176,10 @@ impl Worker {
             let wait = fedai_client::backoff(BACKOFF_FIRST, n - 1, BACKOFF_MAX);
             tokio::time::sleep(wait).await;
             if !i.accepting.load(Ordering::SeqCst) {
-                break;
+                break false;
             }
             let Some((_, filter)) = self.live_filters().into_iter().find(|(x, _)| *x == id) else {
-                break;
+                break false;
             };
             let target = ReqTarget::single(relay.clone(), [filter]);
             match i
@@ -191,7 +191,7 @@ impl Worker {
                 Ok(out) if out.success.contains_key(&relay) => {
                     tracing::info!(%relay, subscription = id, attempt = n, "subscribed again");
                     i.metrics.resubscribed();
-                    break;
+                    break true;
                 }
                 Ok(_) => {
                     tracing::debug!(%relay, subscription = id, "resubscription not sent; retrying")
@@ -200,12 +200,17 @@ impl Worker {
                     tracing::debug!(%relay, subscription = id, error = %e, "resubscription failed; retrying")
                 }
             }
-        }
+        };
         i.live
             .closed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        // Advertised unhealthy meanwhile: say at once that we hear jobs again, not at the next
+        // health probe.
+        if subscribed && id == JOBS && !i.hearing.load(Ordering::SeqCst) {
+            self.heartbeat(false).await;
+        }
     }
 
     /// Relays that are connected and whose job subscription is open — or was closed so
