@@ -441,9 +441,12 @@ mod paid_jobs {
 
         // Pay-before, failed job (the worker's 1 s deadline): refunded, nothing charged.
         let before = cust.channel_local_msat();
-        let mut req = JobRequest::chat("Write a long poem about rivers.");
+        // A greedy raw count never stops on its own: it outlasts the worker's 1 s deadline (a
+        // chat "long poem" sometimes ended after 64 tokens, inside it, on a loaded machine).
+        let mut req = JobRequest::text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,");
         req.params.model = Some("smol".into());
         req.params.max_tokens = Some(256);
+        req.params.temperature = Some(0.0);
         let mut paid_for_it = false;
         let err = c
             .run(req, &opts(pk_slow), |u| {
@@ -524,9 +527,12 @@ mod paid_jobs {
         );
         // A zapped job that fails: the zap is final, and the worker's error says so.
         let before = cust.channel_local_msat();
-        let mut req = JobRequest::chat("Write a long poem about mountains.");
+        // A greedy raw count never stops on its own: it outlasts the worker's 1 s deadline (a
+        // chat "long poem" sometimes ended after 64 tokens, inside it, on a loaded machine).
+        let mut req = JobRequest::text("11, 12, 13, 14, 15, 16, 17, 18, 19, 20,");
         req.params.model = Some("smol".into());
         req.params.max_tokens = Some(256);
+        req.params.temperature = Some(0.0);
         let err = c.run(req, &opts(pk_zap_slow), |_| {}).await.unwrap_err();
         assert!(
             err.to_string().contains("timeout") && err.to_string().contains("not refunded"),
