@@ -35,8 +35,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A subscription open this long since its last close starts its backoff again.
 const STABLE: Duration = Duration::from_secs(60);
-/// A closed job subscription still counts as live this long (its resubscription is under way).
-const GRACE: Duration = Duration::from_secs(3);
+/// A closed job subscription still counts as live this long: its resubscription, after at most
+/// one backoff, catches up from the store; only one that stays closed longer (the relay refusing
+/// it) makes the worker advertise itself unhealthy — a sustained burst must not make the ad flap.
+const GRACE: Duration = BACKOFF_MAX.saturating_add(Duration::from_secs(3));
 
 /// Which subscriptions relays have closed, and the newest event seen.
 #[derive(Default)]
@@ -214,8 +216,7 @@ impl Worker {
     }
 
     /// Relays that are connected and whose job subscription is open — or was closed so
-    /// recently that its resubscription (a quarter of a second) is still under way: a burst
-    /// that closes it for a moment must not make the ad flap.
+    /// recently that its resubscription (within one backoff) is still under way.
     pub(super) async fn live_job_relays(&self) -> usize {
         let i = &self.inner;
         let relays = i.client.relays().await;
