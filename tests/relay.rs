@@ -554,3 +554,63 @@ async fn ephemeral_events_are_broadcast_not_stored() {
         .await
         .is_empty());
 }
+
+/// NIP-77: a nostr-sdk client reconciles its set with the relay's by negentropy and each side
+/// gets exactly what it lacked.
+#[tokio::test]
+async fn negentropy_sync_moves_only_the_difference() {
+    use nostr_sdk::prelude::{Client, SyncDirection, SyncOptions};
+    let relay = RelayProc::start(&["--memory"]);
+    let keys = Keys::generate();
+    let notes: Vec<Event> = (0..60)
+        .map(|i| {
+            EventBuilder::new(Kind::TextNote, format!("note {i}"))
+                .finalize(&keys)
+                .unwrap()
+        })
+        .collect();
+    // The relay holds notes 0..40; the client 20..60.
+    let mut ws = Ws::connect(&relay.url).await;
+    assert!(ws.publish_many(&notes[..40]).await.iter().all(|r| r.0));
+    let client = Client::builder()
+        .database(nostr_memory::MemoryDatabase::unbounded())
+        .build();
+    client.add_relay(relay.url.as_str()).await.unwrap();
+    client.connect().await;
+    for e in &notes[20..] {
+        client.database().save_event(e).await.unwrap();
+    }
+    let filter = Filter::new().author(keys.public_key()).kind(Kind::TextNote);
+    let out = client
+        .sync(filter.clone())
+        .opts(SyncOptions::default().direction(SyncDirection::Both))
+        .await
+        .unwrap();
+    let ids = |r: std::ops::Range<usize>| notes[r].iter().map(|e| e.id).collect::<HashSet<_>>();
+    let keys_of =
+        |m: &std::collections::HashMap<EventId, _>| m.keys().copied().collect::<HashSet<_>>();
+    assert_eq!(
+        keys_of(&out.value.remote),
+        ids(0..20),
+        "what only the relay had"
+    );
+    assert_eq!(out.value.local, ids(40..60), "what only the client had");
+    assert_eq!(keys_of(&out.value.received), ids(0..20));
+    assert_eq!(keys_of(&out.value.sent), ids(40..60));
+    // Both sides now hold all 60.
+    let on_relay = ws
+        .query(
+            "all",
+            json!({"authors": [keys.public_key().to_hex()], "limit": 100}),
+        )
+        .await;
+    assert_eq!(on_relay.len(), 60);
+    assert_eq!(client.database().count(filter).await.unwrap(), 60);
+    // A malformed negentropy message ends that session with NEG-ERR, not the connection.
+    ws.send_raw(r#"["NEG-OPEN","bad",{"kinds":[1]},"zz"]"#.to_owned())
+        .await;
+    let m = ws.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m[0], "NEG-ERR");
+    assert!(m[2].as_str().unwrap().starts_with("invalid:"), "{m}");
+    assert_eq!(ws.query("still", json!({"limit": 1})).await.len(), 1);
+}

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     /// Serialized NIP-11 document.
     pub nip11: String,
+    /// One permit per open WebSocket connection (`--max-connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// A request head, as far as this port reads it.
@@ -44,6 +46,8 @@ pub struct Head {
     pub upgrade_ws: bool,
     /// `Sec-WebSocket-Key`.
     pub ws_key: Option<String>,
+    /// `Host` (NIP-42 checks an `AUTH` event's relay tag against it).
+    pub host: Option<String>,
 }
 
 /// Read a request head (up to the empty line), never buffering more than 16 KiB: `None` at
@@ -85,6 +89,7 @@ pub fn parse_head(raw: &[u8]) -> Option<Head> {
         accept: String::new(),
         upgrade_ws: false,
         ws_key: None,
+        host: None,
     };
     for hd in req.headers.iter() {
         let v = String::from_utf8_lossy(hd.value).into_owned();
@@ -92,6 +97,8 @@ pub fn parse_head(raw: &[u8]) -> Option<Head> {
             h.accept = v;
         } else if hd.name.eq_ignore_ascii_case("upgrade") {
             h.upgrade_ws = v.eq_ignore_ascii_case("websocket");
+        } else if hd.name.eq_ignore_ascii_case("host") {
+            h.host = Some(v.trim().to_owned());
         } else if hd.name.eq_ignore_ascii_case("sec-websocket-key") {
             h.ws_key = Some(v.trim().to_owned());
         }
@@ -163,6 +170,17 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             .await;
             return;
         };
+        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+            ctx.metrics.connection_refused();
+            let _ = respond(
+                &mut reader,
+                "503 Service Unavailable",
+                "text/plain",
+                "too many connections\n",
+            )
+            .await;
+            return;
+        };
         let resp = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
             accept_key(key)
@@ -171,8 +189,11 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             return;
         }
         ctx.metrics.connection_opened();
-        // BufReader keeps any bytes read past the head, so nothing the client sent is lost.
-        connection::serve(reader, peer, ctx.conn.clone()).await;
+        // Bytes the client sent past the head go to the WebSocket, and the head's buffer is
+        // given back rather than kept for the life of the connection.
+        let read = reader.buffer().to_vec();
+        let stream = reader.into_inner();
+        connection::serve(stream, read, peer, head.host, ctx.conn.clone(), permit).await;
         ctx.metrics.connection_closed();
         return;
     }
@@ -198,6 +219,8 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         }
         ("GET", "/metrics") => {
             ctx.metrics.http("metrics");
+            ctx.metrics
+                .set_live_queued_bytes(ctx.conn.hub.queued_bytes());
             let body = ctx.metrics.render();
             respond(&mut reader, "200 OK", "text/plain; version=0.0.4", &body).await
         }

@@ -1,8 +1,11 @@
 //! # fedai-relay
 //!
-//! The relay that fed_AI operators host: a general Nostr relay (any kind) built on nostr-sdk's
-//! `LocalRelay`, with what a job market needs on top:
+//! The relay that fed_AI operators host: a general Nostr relay (any kind) that owns its
+//! connections and subscriptions ([`connection`], [`hub`]) over nostr-lmdb, with what a job
+//! market needs on top:
 //! - durable LMDB storage with group commit ([`store`]); `--memory` for tests;
+//! - live fan-out that queues for each connection only what its filters match, bounded in bytes,
+//!   and cuts only the subscription of a reader that falls behind ([`hub`]);
 //! - validation of every fed_AI kind with the protocol crate ([`policy`]), per-pubkey rate
 //!   limits, optional PoW for job requests, optional NIP-42 auth;
 //! - retention per kind ([`store::retention_loop`]);
@@ -10,19 +13,22 @@
 //!
 //! Start one in-process with [`RelayServer::start`]; the `fedai-relay` binary is a thin wrapper.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod hub;
+pub mod ingest;
 pub mod metrics;
 pub mod nip11;
 pub mod policy;
+pub mod query;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nostr_sdk::prelude::{LocalRelay, LocalRelayBuilderNip42, RateLimit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,12 +52,42 @@ pub enum RelayError {
     Store(String),
 }
 
+/// After connections close, hand freed memory back to the system. glibc keeps what a thread's
+/// arena freed for reuse; after a spike of connections (or an attack's) the relay would keep
+/// its peak footprint for ever. `malloc_trim` releases free pages of every arena; it runs at most
+/// every 10 s and only when connections were closed since the last time.
+async fn give_memory_back(metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    let mut closed = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = metrics.connections_closed_total();
+        if now > closed {
+            trim();
+            tracing::debug!(closed = now - closed, "gave freed memory back");
+        }
+        closed = now;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
 /// A running relay.
 pub struct RelayServer {
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
-    relay: LocalRelay,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -79,56 +115,35 @@ impl RelayServer {
             config.events_per_minute_per_pubkey,
             config.min_pow_jobs,
         ));
-        let mut builder = LocalRelay::builder()
-            // The relay's own URL (used by NIP-42) must be the address clients dial.
-            .addr(addr.ip())
-            .port(addr.port())
-            .database(db.clone())
-            .rate_limit(RateLimit {
-                max_reqs: 500,
-                notes_per_minute: config.events_per_minute,
-            })
-            .queries_per_minute(config.queries_per_minute)
-            // Every frame counts here; a busy worker streams partials, so keep it well above
-            // the event limit (the LocalRelay drops the connection when it is exceeded).
-            .messages_per_minute(
-                config
+        let (shutdown, rx) = watch::channel(false);
+        let auth = config.auth;
+        let conn = Arc::new(connection::ConnCtx {
+            db: db.clone(),
+            hub: hub::Hub::new(hub::Limits::default(), metrics.clone()),
+            policy: write_policy,
+            metrics: metrics.clone(),
+            limits: connection::Limits {
+                max_event_bytes: config.max_event_bytes,
+                events_per_minute: config.events_per_minute,
+                queries_per_minute: config.queries_per_minute,
+                // Every frame counts here; a busy worker streams partials, so keep it well
+                // above the event limit.
+                messages_per_minute: config
                     .events_per_minute
                     .saturating_add(config.queries_per_minute)
                     .saturating_mul(2),
-            )
-            .max_connections(config.max_connections)
-            .max_event_size(config.max_event_bytes)
-            .max_websocket_message_size(config.max_event_bytes + 1024)
-            .max_query_results(config.max_query_results)
-            .max_filter_limit(config.max_query_results)
-            .write_policy(policy::SharedWritePolicy(write_policy.clone()))
-            .query_policy(policy::CountingQueryPolicy);
-        if let Some(mode) = config.auth {
-            builder = builder.nip42(match mode {
-                config::AuthMode::Write => LocalRelayBuilderNip42::write(),
-                config::AuthMode::Read => LocalRelayBuilderNip42::read(),
-                config::AuthMode::Both => LocalRelayBuilderNip42::read_and_write(),
-            });
-        }
-        let relay = builder.build();
-
-        let conn = Arc::new(connection::ConnCtx {
-            relay: relay.clone(),
-            db: db.clone(),
-            policy: write_policy,
-            metrics: metrics.clone(),
-            max_event_bytes: config.max_event_bytes,
-            events_per_minute: config.events_per_minute,
-            // NIP-42 state lives in the LocalRelay's session: in auth mode every EVENT goes there.
-            pipeline: config.auth.is_none(),
+                max_query_results: config.max_query_results,
+            },
+            auth_writes: matches!(auth, Some(config::AuthMode::Write | config::AuthMode::Both)),
+            auth_reads: matches!(auth, Some(config::AuthMode::Read | config::AuthMode::Both)),
+            shutdown: rx.clone(),
         });
         let ctx = Arc::new(http::Ctx {
             conn,
             metrics: metrics.clone(),
             nip11: nip11::document(&config).to_string(),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         });
-        let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut accept_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -146,6 +161,7 @@ impl RelayServer {
                 }
             }
         }));
+        tasks.push(tokio::spawn(give_memory_back(metrics.clone(), rx.clone())));
         tasks.push(tokio::spawn(store::retention_loop(
             db,
             config.retention.clone(),
@@ -159,7 +175,6 @@ impl RelayServer {
             addr,
             metrics,
             shutdown,
-            relay,
             tasks,
         })
     }
@@ -182,7 +197,6 @@ impl RelayServer {
     /// Stop accepting, close connections and wait for background tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.relay.shutdown();
         for t in self.tasks {
             let _ = t.await;
         }

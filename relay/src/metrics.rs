@@ -40,6 +40,9 @@ pub struct Metrics {
     query_events: AtomicU64,
     live_events: AtomicU64,
     retention_deleted_runs: AtomicU64,
+    subscriptions_cut: AtomicU64,
+    live_queued_bytes: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 /// Kind label: fed_AI kinds by number, ephemeral/other folded, so label cardinality stays bounded.
@@ -62,6 +65,13 @@ impl Metrics {
     /// A WebSocket connection closed.
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// WebSocket connections closed so far.
+    pub fn connections_closed_total(&self) -> u64 {
+        let open = self.connections_open.load(Ordering::Relaxed).max(0) as u64;
+        self.connections_total
+            .load(Ordering::Relaxed)
+            .saturating_sub(open)
     }
     /// An HTTP request was served on `route`.
     pub fn http(&self, route: &str) {
@@ -91,6 +101,20 @@ impl Metrics {
     /// A retention sweep ran.
     pub fn retention_run(&self) {
         self.retention_deleted_runs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Live subscriptions were cut because their reader fell behind.
+    pub fn subscriptions_cut(&self, n: usize) {
+        self.subscriptions_cut
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Bytes of live frames queued for all connections now.
+    pub fn set_live_queued_bytes(&self, n: usize) {
+        self.live_queued_bytes.store(n as u64, Ordering::Relaxed);
+    }
+    /// A connection was refused: the relay is at its connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.
@@ -153,6 +177,27 @@ impl Metrics {
             "Retention sweeps run.",
             "counter",
             self.retention_deleted_runs.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_subscriptions_cut_total",
+            "Live subscriptions closed because their reader fell behind on them.",
+            "counter",
+            self.subscriptions_cut.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_live_queued_bytes",
+            "Bytes of live events queued for connections (bounded).",
+            "gauge",
+            self.live_queued_bytes.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_connections_refused_total",
+            "Connections refused at the connection limit.",
+            "counter",
+            self.connections_refused.load(Ordering::Relaxed) as i128,
         );
         let _ = writeln!(o, "# HELP fedai_relay_http_requests_total HTTP requests by route.\n# TYPE fedai_relay_http_requests_total counter");
         self.http_requests

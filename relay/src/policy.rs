@@ -1,22 +1,18 @@
-//! Write and query policies plugged into the LocalRelay.
+//! The write policy.
 //!
-//! The LocalRelay has already checked id, signature, size, expiry, PoW (when configured for all
-//! kinds) and the per-connection rate when [`FedaiWritePolicy`] runs. It adds:
+//! The connection has already checked the per-connection rate, size, kind, id, signature and
+//! expiry when [`FedaiWritePolicy`] runs. It adds:
 //! - schema validation of every fed_AI kind with the protocol crate (`invalid:` + reason);
 //! - a per-pubkey rate limit across connections (`rate-limited:`);
 //! - a minimum NIP-13 difficulty for job requests only (`pow:`).
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fedai_protocol::{kinds, validate};
-use nostr_sdk::prelude::{Event, Filter, MachineReadablePrefix, PublicKey};
-use nostr_sdk::prelude::{QueryPolicy, QueryPolicyResult, WritePolicy, WritePolicyResult};
+use nostr_sdk::prelude::{Event, MachineReadablePrefix, PublicKey};
 
 use crate::metrics::Metrics;
 
@@ -100,6 +96,29 @@ impl KeyedLimiter {
     }
 }
 
+/// What the write policy says about one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Store (or broadcast) it.
+    Accept,
+    /// Refuse it with `OK false "<prefix>: <message>"`.
+    Reject {
+        /// NIP-01 machine-readable prefix.
+        prefix: MachineReadablePrefix,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+impl Verdict {
+    fn reject(prefix: MachineReadablePrefix, message: impl Into<String>) -> Self {
+        Self::Reject {
+            prefix,
+            message: message.into(),
+        }
+    }
+}
+
 /// fed_AI write policy.
 #[derive(Debug)]
 pub struct FedaiWritePolicy {
@@ -118,11 +137,11 @@ impl FedaiWritePolicy {
         }
     }
 
-    /// The decision, without the async wrapper (unit-testable).
-    pub fn decide(&self, event: &Event) -> WritePolicyResult {
+    /// The decision for one event whose id and signature are verified.
+    pub fn decide(&self, event: &Event) -> Verdict {
         if !self.limiter.allow(&event.pubkey, Instant::now()) {
             self.metrics.rejected("rate-limited");
-            return WritePolicyResult::reject(
+            return Verdict::reject(
                 MachineReadablePrefix::RateLimited,
                 "too many events from this pubkey",
             );
@@ -133,7 +152,7 @@ impl FedaiWritePolicy {
             && !event.check_pow(self.min_pow_jobs)
         {
             self.metrics.rejected("pow");
-            return WritePolicyResult::reject(
+            return Verdict::reject(
                 MachineReadablePrefix::Pow,
                 format!("job requests need a difficulty >= {}", self.min_pow_jobs),
             );
@@ -142,42 +161,14 @@ impl FedaiWritePolicy {
             self.metrics.rejected("invalid");
             // Log the kind and error class, never the content.
             tracing::debug!(kind, id = %event.id, error = %e, "rejected malformed fedai event");
-            return WritePolicyResult::reject(MachineReadablePrefix::Invalid, e.to_string());
+            return Verdict::reject(MachineReadablePrefix::Invalid, e.to_string());
         }
         if event.kind.is_ephemeral() {
             // Ephemeral events are broadcast without touching the store.
             self.metrics.accepted(kind);
             self.metrics.live_event();
         }
-        WritePolicyResult::Accept
-    }
-}
-
-/// The policy handed to the LocalRelay, sharing its limiter with the pipelined path.
-#[derive(Debug, Clone)]
-pub struct SharedWritePolicy(pub Arc<FedaiWritePolicy>);
-
-impl WritePolicy for SharedWritePolicy {
-    fn admit_event<'a>(
-        &'a self,
-        event: &'a Event,
-        _addr: &'a SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = WritePolicyResult> + Send + 'a>> {
-        Box::pin(async move { self.0.decide(event) })
-    }
-}
-
-/// Query policy: only counts; limits are enforced by the LocalRelay.
-#[derive(Debug)]
-pub struct CountingQueryPolicy;
-
-impl QueryPolicy for CountingQueryPolicy {
-    fn admit_query<'a>(
-        &'a self,
-        _query: &'a mut Filter,
-        _addr: &'a SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = QueryPolicyResult> + Send + 'a>> {
-        Box::pin(async { QueryPolicyResult::Accept })
+        Verdict::Accept
     }
 }
 
@@ -204,12 +195,10 @@ mod tests {
         );
     }
 
-    fn reject_prefix(r: WritePolicyResult) -> Option<String> {
+    fn reject_prefix(r: Verdict) -> Option<String> {
         match r {
-            WritePolicyResult::Accept => None,
-            WritePolicyResult::Reject {
-                prefix, message, ..
-            } => Some(format!("{prefix}: {message}")),
+            Verdict::Accept => None,
+            Verdict::Reject { prefix, message } => Some(format!("{prefix}: {message}")),
         }
     }
 

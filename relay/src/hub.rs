@@ -1,0 +1,355 @@
+//! Live subscriptions: which connection wants which events, and the fan-out of each stored
+//! event to them.
+//!
+//! Every connection registers here and gets its own queue. When an event is stored (after its
+//! commit) or an ephemeral event is accepted, [`Hub::publish`] serializes it once and queues a
+//! frame for each connection subscription whose filters match. Only events that match a
+//! connection's own filters ever enter its queue, so a burst of other people's traffic costs a
+//! reader nothing; a connection that reads slower than its **own** subscriptions produce loses
+//! only the subscriptions that overflowed, each told with a `CLOSED` naming it, and keeps the
+//! rest.
+//!
+//! Memory is bounded twice: each connection may have at most [`Limits::conn_bytes`] of frames
+//! queued, and all connections together [`Limits::total_bytes`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use nostr_sdk::prelude::{Event, Filter, MatchEventOptions, SubscriptionId};
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::Metrics;
+
+/// The queue bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of frames one connection may have queued before its overflowing subscription is cut.
+    pub conn_bytes: usize,
+    /// Bytes of frames all connections together may have queued.
+    pub total_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            conn_bytes: 4 << 20,
+            total_bytes: 512 << 20,
+        }
+    }
+}
+
+/// The `CLOSED` reason for a subscription cut because its reader fell behind.
+pub const SLOW_READER: &str = "error: slow reader: this subscription's live events outran the connection; resubscribe with `since` to catch up from the store";
+
+/// The live subscriptions of all connections.
+pub struct Hub {
+    conns: RwLock<HashMap<u64, Arc<Listener>>>,
+    next_id: AtomicU64,
+    queued: AtomicUsize,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+/// One connection's side of the hub.
+struct Listener {
+    subs: Mutex<HashMap<SubscriptionId, Vec<Filter>>>,
+    tx: mpsc::UnboundedSender<String>,
+    queued: AtomicUsize,
+    cut: Mutex<Vec<SubscriptionId>>,
+    cut_notify: Notify,
+}
+
+/// What a connection receives from the hub.
+pub enum Delivery {
+    /// A serialized `["EVENT", sub, event]` frame.
+    Frame(String),
+    /// These subscriptions were cut: the connection fell behind on them.
+    Cut(Vec<SubscriptionId>),
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            conns: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            limits,
+            metrics,
+        })
+    }
+
+    /// Register a connection; it leaves the hub when the [`Registration`] drops.
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listener = Arc::new(Listener {
+            subs: Mutex::new(HashMap::new()),
+            tx,
+            queued: AtomicUsize::new(0),
+            cut: Mutex::new(Vec::new()),
+            cut_notify: Notify::new(),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .write()
+            .expect("hub lock")
+            .insert(id, listener.clone());
+        Registration {
+            id,
+            hub: self.clone(),
+            listener,
+            rx,
+        }
+    }
+
+    /// Bytes queued for all connections.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queue `event` for every subscription that matches it. Never blocks on a reader.
+    pub fn publish(&self, event: &Event) {
+        let json = event.as_json();
+        let conns = self.conns.read().expect("hub lock");
+        for l in conns.values() {
+            let mut subs = l.subs.lock().expect("subs lock");
+            let mut cut = Vec::new();
+            for (id, filters) in subs.iter() {
+                if !filters
+                    .iter()
+                    .any(|f| f.match_event(event, MatchEventOptions::new()))
+                {
+                    continue;
+                }
+                let frame = event_frame(id, &json);
+                let n = frame.len();
+                let fits = l.queued.load(Ordering::Relaxed) + n <= self.limits.conn_bytes
+                    && self.queued.load(Ordering::Relaxed) + n <= self.limits.total_bytes;
+                if fits && l.tx.send(frame).is_ok() {
+                    l.queued.fetch_add(n, Ordering::Relaxed);
+                    self.queued.fetch_add(n, Ordering::Relaxed);
+                } else {
+                    cut.push(id.clone());
+                }
+            }
+            if !cut.is_empty() {
+                for id in &cut {
+                    subs.remove(id);
+                }
+                self.metrics.subscriptions_cut(cut.len());
+                l.cut.lock().expect("cut lock").extend(cut);
+                l.cut_notify.notify_one();
+            }
+        }
+    }
+}
+
+/// `["EVENT",<sub>,<event>]` from an event already serialized.
+pub fn event_frame(sub: &SubscriptionId, event_json: &str) -> String {
+    let sub = serde_json::to_string(sub.as_str()).expect("a string serializes");
+    let mut frame = String::with_capacity(event_json.len() + sub.len() + 12);
+    frame.push_str("[\"EVENT\",");
+    frame.push_str(&sub);
+    frame.push(',');
+    frame.push_str(event_json);
+    frame.push(']');
+    frame
+}
+
+/// A connection's membership in the hub: its live subscriptions and its queue.
+pub struct Registration {
+    id: u64,
+    hub: Arc<Hub>,
+    listener: Arc<Listener>,
+    rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Registration {
+    /// Start (or replace) a live subscription.
+    pub fn subscribe(&self, id: SubscriptionId, filters: Vec<Filter>) {
+        self.listener
+            .subs
+            .lock()
+            .expect("subs lock")
+            .insert(id, filters);
+    }
+
+    /// End a live subscription; whether it existed.
+    pub fn unsubscribe(&self, id: &SubscriptionId) -> bool {
+        self.listener
+            .subs
+            .lock()
+            .expect("subs lock")
+            .remove(id)
+            .is_some()
+    }
+
+    /// Whether `id` is a live subscription.
+    pub fn has(&self, id: &SubscriptionId) -> bool {
+        self.listener
+            .subs
+            .lock()
+            .expect("subs lock")
+            .contains_key(id)
+    }
+
+    /// Number of live subscriptions.
+    pub fn len(&self) -> usize {
+        self.listener.subs.lock().expect("subs lock").len()
+    }
+
+    /// Whether there is no live subscription.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next frame or cut notice (cancel-safe).
+    pub async fn next(&mut self) -> Delivery {
+        loop {
+            let cut = std::mem::take(&mut *self.listener.cut.lock().expect("cut lock"));
+            if !cut.is_empty() {
+                return Delivery::Cut(cut);
+            }
+            tokio::select! {
+                biased;
+                _ = self.listener.cut_notify.notified() => continue,
+                frame = self.rx.recv() => match frame {
+                    Some(frame) => {
+                        self.release(frame.len());
+                        return Delivery::Frame(frame);
+                    }
+                    // The sender lives in the listener we hold: never closed.
+                    None => std::future::pending::<()>().await,
+                },
+            }
+        }
+    }
+
+    /// A frame already queued, without waiting.
+    pub fn try_frame(&mut self) -> Option<String> {
+        let frame = self.rx.try_recv().ok()?;
+        self.release(frame.len());
+        Some(frame)
+    }
+
+    fn release(&self, n: usize) {
+        self.listener.queued.fetch_sub(n, Ordering::Relaxed);
+        self.hub.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.conns.write().expect("hub lock").remove(&self.id);
+        // Frames still queued are dropped with the receiver: give their bytes back.
+        self.hub.queued.fetch_sub(
+            self.listener.queued.swap(0, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr_sdk::prelude::*;
+
+    fn note(kind: u16, keys: &Keys) -> Event {
+        EventBuilder::new(Kind::from_u16(kind), "x")
+            .finalize(keys)
+            .unwrap()
+    }
+
+    async fn frame(r: &mut Registration) -> Option<Delivery> {
+        tokio::time::timeout(std::time::Duration::from_millis(20), r.next())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn only_matching_events_are_queued() {
+        let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
+        let mut a = hub.register();
+        a.subscribe(
+            SubscriptionId::new("jobs"),
+            vec![Filter::new().kind(Kind::from_u16(5050))],
+        );
+        let keys = Keys::generate();
+        for _ in 0..1000 {
+            hub.publish(&note(1, &keys));
+        }
+        assert_eq!(hub.queued_bytes(), 0, "unrelated events queue nothing");
+        let job = note(5050, &keys);
+        hub.publish(&job);
+        match frame(&mut a).await {
+            Some(Delivery::Frame(f)) => {
+                let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+                assert_eq!(v[0], "EVENT");
+                assert_eq!(v[1], "jobs");
+                assert_eq!(v[2]["id"], job.id.to_hex());
+            }
+            _ => panic!("the matching event is delivered"),
+        }
+        assert_eq!(hub.queued_bytes(), 0);
+    }
+
+    /// A reader that falls behind loses only the subscription that overflowed, is told which,
+    /// and another reader on the same events loses nothing.
+    #[tokio::test]
+    async fn a_slow_reader_loses_only_its_overflowing_subscription() {
+        let limits = Limits {
+            conn_bytes: 20_000,
+            total_bytes: 1 << 30,
+        };
+        let hub = Hub::new(limits, Arc::new(Metrics::default()));
+        let mut slow = hub.register();
+        slow.subscribe(
+            SubscriptionId::new("notes"),
+            vec![Filter::new().kind(Kind::TextNote)],
+        );
+        slow.subscribe(
+            SubscriptionId::new("jobs"),
+            vec![Filter::new().kind(Kind::from_u16(5050))],
+        );
+        let mut fast = hub.register();
+        fast.subscribe(
+            SubscriptionId::new("notes"),
+            vec![Filter::new().kind(Kind::TextNote)],
+        );
+        let keys = Keys::generate();
+        let mut got = 0;
+        for _ in 0..200 {
+            hub.publish(&note(1, &keys));
+            while let Some(Delivery::Frame(_)) = frame(&mut fast).await {
+                got += 1;
+            }
+        }
+        assert_eq!(got, 200, "the reader that keeps up gets every event");
+        assert!(!slow.has(&SubscriptionId::new("notes")));
+        assert!(
+            slow.has(&SubscriptionId::new("jobs")),
+            "the quiet one stays"
+        );
+        let mut cut = None;
+        while let Some(d) = frame(&mut slow).await {
+            if let Delivery::Cut(ids) = d {
+                cut = Some(ids);
+            }
+        }
+        assert_eq!(cut, Some(vec![SubscriptionId::new("notes")]));
+        assert_eq!(hub.queued_bytes(), 0, "drained");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_gives_its_queued_bytes_back() {
+        let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
+        let a = hub.register();
+        a.subscribe(SubscriptionId::new("all"), vec![Filter::new()]);
+        hub.publish(&note(1, &Keys::generate()));
+        assert!(hub.queued_bytes() > 0);
+        drop(a);
+        assert_eq!(hub.queued_bytes(), 0);
+        assert!(hub.conns.read().unwrap().is_empty());
+    }
+}
