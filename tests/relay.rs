@@ -614,3 +614,47 @@ async fn negentropy_sync_moves_only_the_difference() {
     assert!(m[2].as_str().unwrap().starts_with("invalid:"), "{m}");
     assert_eq!(ws.query("still", json!({"limit": 1})).await.len(), 1);
 }
+
+/// Limits a client can run into: connections per address (refused at the upgrade with 429),
+/// filters the relay does not serve or that are too large (CLOSED with a prefix, connection
+/// kept), and a refused REQ ends the subscription it would have replaced.
+#[tokio::test]
+async fn per_address_and_per_filter_limits_refuse_clearly() {
+    let relay = RelayProc::start(&["--memory", "--max-connections-per-ip", "2"]);
+    let mut a = Ws::connect(&relay.url).await;
+    let mut b = Ws::connect(&relay.url).await;
+    let third = tokio_tungstenite::connect_async(relay.url.as_str()).await;
+    let Err(err) = third else {
+        panic!("a third connection from the address is refused")
+    };
+    assert!(err.to_string().contains("429"), "{err}");
+    let (_, metrics) = relay.http_get("/metrics", "*/*").await;
+    assert!(
+        metrics.contains("fedai_relay_connections_refused_total 1"),
+        "{metrics}"
+    );
+
+    a.send(json!(["REQ", "s", {"kinds": [1], "search": "hello"}]))
+        .await;
+    let m = a.recv(T).await.unwrap();
+    assert_eq!(m[0], "CLOSED");
+    assert!(m[2].as_str().unwrap().starts_with("unsupported:"), "{m}");
+    let kinds: Vec<u32> = (0..10_001).collect();
+    a.send(json!(["REQ", "s", {"kinds": kinds}])).await;
+    let m = a.recv(T).await.unwrap();
+    assert_eq!(m[0], "CLOSED");
+    assert!(m[2].as_str().unwrap().starts_with("invalid:"), "{m}");
+
+    // A live subscription, replaced by a refused REQ of the same id, is over.
+    a.query("live", json!({"kinds": [1]})).await;
+    a.send(json!(["REQ", "live", {"search": "x"}])).await;
+    assert_eq!(a.recv(T).await.unwrap()[0], "CLOSED");
+    let note = EventBuilder::new(Kind::TextNote, "after")
+        .finalize(&Keys::generate())
+        .unwrap();
+    assert!(b.publish(&note).await.0);
+    assert!(
+        a.recv(Duration::from_millis(500)).await.is_none(),
+        "a closed subscription still delivered"
+    );
+}

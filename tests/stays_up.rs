@@ -82,11 +82,14 @@ async fn a_burst_of_unrelated_events_never_silences_a_worker_or_a_customer() {
         floods.push(tokio::spawn(async move {
             let events = tokio::task::spawn_blocking(|| noise(6_000)).await.unwrap();
             let mut ws = Ws::connect(&url).await;
-            ws.publish_many(&events)
-                .await
+            let oks = ws.publish_many(&events).await;
+            // The relay's bound on writes in flight may refuse part of a flood, as busy.
+            let other: Vec<_> = oks
                 .iter()
-                .filter(|(ok, _)| *ok)
-                .count()
+                .filter(|(ok, m)| !ok && !m.starts_with("rate-limited: relay busy"))
+                .collect();
+            assert!(other.is_empty(), "{other:?}");
+            oks.iter().filter(|(ok, _)| *ok).count()
         }));
     }
     let t0 = std::time::Instant::now();
@@ -95,10 +98,7 @@ async fn a_burst_of_unrelated_events_never_silences_a_worker_or_a_customer() {
         stored += f.await.unwrap();
     }
     eprintln!("burst: {stored} stored in {:?}", t0.elapsed());
-    assert!(
-        stored > 20_000,
-        "the relay took the burst ({stored} stored)"
-    );
+    assert!(stored > 8_000, "the relay took the burst ({stored} stored)");
     // Precondition: the burst was big enough to overflow a reader that does not keep up
     // (otherwise this test proves nothing), and only that reader was cut.
     let mut cut = Vec::new();
@@ -314,7 +314,13 @@ fn rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cost_little_memory() {
     const N: usize = 2_000;
-    let relay = RelayProc::start(&["--memory", "--max-connections", "2100"]);
+    let relay = RelayProc::start(&[
+        "--memory",
+        "--max-connections",
+        "2100",
+        "--max-connections-per-ip",
+        "2100",
+    ]);
     let pid = relay.child.id();
     // Warm up: one connection through every path, so allocator and runtime start-up costs are
     // in the baseline.
@@ -381,4 +387,193 @@ async fn idle_connections_cost_little_memory() {
         during / 1024,
         after / 1024
     );
+}
+
+/// `n` kind-1 notes of about `bytes` bytes from fresh keys.
+fn notes(n: usize, bytes: usize) -> Vec<Event> {
+    let pad = "~".repeat(bytes);
+    (0..n)
+        .map(|i| {
+            EventBuilder::new(Kind::TextNote, format!("{i} {pad}"))
+                .finalize(&Keys::generate())
+                .unwrap()
+        })
+        .collect()
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+/// A writer that fills the store (fresh keys, so no per-pubkey limit applies) is refused with
+/// `error: storage full` once the quota is reached; the last 10% stays open to the market's
+/// kinds, so job requests still get through; every event acknowledged is stored; the LMDB map
+/// never fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_only_the_writes_that_do_not_fit() {
+    let data = fedai_tests::temp_dir("full");
+    let relay = RelayProc::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--max-store-mib",
+        "2",
+        "--map-size-mib",
+        "64",
+    ]);
+    let mut ws = Ws::connect(&relay.url).await;
+    // 3 MB of notes at a 2 MiB quota.
+    let flood = tokio::task::spawn_blocking(|| notes(3_000, 1_000))
+        .await
+        .unwrap();
+    let mut accepted = Vec::new();
+    let mut refusals = std::collections::HashSet::new();
+    for chunk in flood.chunks(200) {
+        for (ev, (ok, msg)) in chunk.iter().zip(ws.publish_many(chunk).await) {
+            if ok {
+                accepted.push(ev.id);
+            } else {
+                refusals.insert(msg);
+            }
+        }
+    }
+    eprintln!(
+        "full store: {} of 3000 notes accepted; refusals {refusals:?}",
+        accepted.len()
+    );
+    // About 1.33 KB per event: the open 90% of 2 MiB holds ~1,420.
+    assert!(
+        (1_300..1_600).contains(&accepted.len()),
+        "{} accepted",
+        accepted.len()
+    );
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|m| m.starts_with("error: storage full")),
+        "{refusals:?}"
+    );
+    // The market's kinds still fit.
+    let keys = Keys::generate();
+    let job = fedai_tests::job_request(&keys, "still open for business?");
+    assert_eq!(ws.publish(&job).await, (true, String::new()));
+    accepted.push(job.id);
+    // Everything acknowledged is stored.
+    let ids: Vec<String> = accepted.iter().map(|id| id.to_hex()).collect();
+    let mut found = 0;
+    for (i, chunk) in ids.chunks(500).enumerate() {
+        // One id per lookup: a lookup that finds all its ids is closed after its EOSE.
+        found += ws
+            .query(&format!("check{i}"), serde_json::json!({"ids": chunk}))
+            .await
+            .len();
+    }
+    assert_eq!(found, accepted.len(), "an acknowledged event was lost");
+    let (_, metrics) = relay.http_get("/metrics", "*/*").await;
+    let used = metric(&metrics, "fedai_relay_store_bytes");
+    let limit = metric(&metrics, "fedai_relay_store_limit_bytes");
+    assert_eq!(limit, 2.0 * 1024.0 * 1024.0);
+    assert!(used > 0.8 * limit && used <= limit, "{used} of {limit}");
+    assert!(
+        metrics.contains("fedai_relay_events_rejected_total{reason=\"storage-full\"}"),
+        "{metrics}"
+    );
+    let on_disk = std::fs::metadata(data.join("data.mdb"))
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(0);
+    eprintln!(
+        "full store: estimate {used} bytes, data.mdb {on_disk} bytes on disk ({:.2}x)",
+        on_disk as f64 / used
+    );
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// One key may store only its daily quota; other keys are unaffected.
+#[tokio::test]
+async fn one_pubkey_stores_only_its_daily_quota() {
+    let relay = RelayProc::start(&["--memory", "--pubkey-quota-mib", "1"]);
+    let keys = Keys::generate();
+    let pad = "~".repeat(10_000);
+    let mine: Vec<Event> = (0..150)
+        .map(|i| {
+            EventBuilder::new(Kind::TextNote, format!("{i} {pad}"))
+                .finalize(&keys)
+                .unwrap()
+        })
+        .collect();
+    let mut ws = Ws::connect(&relay.url).await;
+    let results = ws.publish_many(&mine).await;
+    let ok = results.iter().filter(|r| r.0).count();
+    assert!((90..=105).contains(&ok), "{ok} of 150 × 10 KB under 1 MiB");
+    let refused = results.iter().find(|r| !r.0).unwrap();
+    assert!(
+        refused.1.starts_with("rate-limited: storage quota"),
+        "{refused:?}"
+    );
+    let other = EventBuilder::new(Kind::TextNote, pad)
+        .finalize(&Keys::generate())
+        .unwrap();
+    assert!(ws.publish(&other).await.0, "another key is unaffected");
+}
+
+/// Writes in flight are bounded for all connections together, so a flood from fresh keys over
+/// many connections is refused cheaply (`rate-limited: relay busy`) instead of queueing in
+/// front of everyone; a connection that publishes a little (a worker, a customer) still gets
+/// every event through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_key_flood_cannot_crowd_out_a_quiet_publisher() {
+    let data = fedai_tests::temp_dir("flood");
+    let relay = RelayProc::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--max-pending-writes",
+        "32",
+    ]);
+    let mut floods = Vec::new();
+    for _ in 0..8 {
+        let url = relay.url.clone();
+        floods.push(tokio::spawn(async move {
+            let events = tokio::task::spawn_blocking(|| notes(2_000, 200))
+                .await
+                .unwrap();
+            let mut ws = Ws::connect(&url).await;
+            let mut busy = 0;
+            for chunk in events.chunks(250) {
+                busy += ws
+                    .publish_many(chunk)
+                    .await
+                    .iter()
+                    .filter(|(ok, m)| !ok && m.starts_with("rate-limited: relay busy"))
+                    .count();
+            }
+            busy
+        }));
+    }
+    let keys = Keys::generate();
+    let mut quiet = Ws::connect(&relay.url).await;
+    let mut refused = Vec::new();
+    for i in 0..40 {
+        let ev = fedai_tests::job_request(&keys, &format!("quiet {i}"));
+        let (ok, msg) = quiet.publish(&ev).await;
+        if !ok {
+            refused.push(msg);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut busy = 0;
+    for f in floods {
+        busy += f.await.unwrap();
+    }
+    eprintln!("flood: {busy} of 16000 flood events refused as busy");
+    assert!(busy > 0, "the bound never engaged: the test proves nothing");
+    assert!(
+        refused.is_empty(),
+        "the quiet publisher was refused: {refused:?}"
+    );
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&data);
 }

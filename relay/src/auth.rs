@@ -3,9 +3,11 @@
 //! The relay issues a random challenge when something needs authentication (a protected NIP-70
 //! event, or any write/read in `--auth` mode) and accepts an `AUTH` event that: is kind 22242,
 //! names a challenge this connection was given (consumed on success), was made within ten
-//! minutes, is correctly signed, and names this relay in its `relay` tag — checked against the
-//! `Host` the client dialed, so an `AUTH` that a malicious relay obtained for its own URL with our
-//! challenge cannot be replayed here.
+//! minutes, is correctly signed, and names this relay in its `relay` tag — one of the configured
+//! public URLs (`--public-url`), so an `AUTH` that a malicious relay obtained for its own URL
+//! with our challenge cannot be replayed here. Without a configured URL the `Host` header the
+//! client sent stands in for it (weaker: a client chooses its `Host`); with neither, `AUTH` is
+//! refused.
 
 use std::collections::VecDeque;
 
@@ -37,8 +39,14 @@ impl Nip42 {
     }
 
     /// Check an `AUTH` event; on success the connection is authenticated as its author.
-    /// `host` is the `Host` header of the upgrade request, when the client sent one.
-    pub fn check(&mut self, event: &Event, host: Option<&str>) -> Result<(), &'static str> {
+    /// `public` are the relay's configured URLs; `host` is the `Host` header of the upgrade
+    /// request, when the client sent one.
+    pub fn check(
+        &mut self,
+        event: &Event,
+        public: &[String],
+        host: Option<&str>,
+    ) -> Result<(), &'static str> {
         if event.kind != Kind::Authentication {
             return Err("not a kind 22242 event");
         }
@@ -63,10 +71,13 @@ impl Nip42 {
             return Err("invalid id or signature");
         }
         let relay = tag("relay").ok_or("no relay tag")?;
-        if let Some(host) = host {
-            if !same_host(&relay, host) {
-                return Err("the relay tag names another relay");
-            }
+        let ours = if public.is_empty() {
+            host.is_some_and(|h| same_host(&relay, h))
+        } else {
+            public.iter().any(|u| same_url(&relay, u))
+        };
+        if !ours {
+            return Err("the relay tag names another relay");
         }
         self.challenges.remove(pos);
         self.pubkey = Some(event.pubkey);
@@ -93,6 +104,30 @@ pub fn same_host(url: &str, host: &str) -> bool {
             (Some(x), Some(y)) => x == y,
             _ => true,
         }
+}
+
+/// Whether two relay URLs name the same relay (scheme-insensitive, case-insensitive host,
+/// default ports, trailing slash).
+pub fn same_url(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        let (scheme, rest) = u.split_once("://").unwrap_or(("wss", u));
+        let rest = rest.trim_end_matches('/').to_ascii_lowercase();
+        let default = if scheme.eq_ignore_ascii_case("ws") {
+            ":80"
+        } else {
+            ":443"
+        };
+        let (hostport, path) = match rest.split_once('/') {
+            Some((h, p)) => (h.to_owned(), p.to_owned()),
+            None => (rest.clone(), String::new()),
+        };
+        let hostport = hostport
+            .strip_suffix(default)
+            .map(str::to_owned)
+            .unwrap_or(hostport);
+        (hostport, path)
+    };
+    norm(a) == norm(b)
 }
 
 fn split_host_port(s: &str) -> (&str, Option<&str>) {
@@ -127,15 +162,19 @@ mod tests {
         let mut s = Nip42::default();
         let c = s.challenge();
         let ev = auth(&keys, &c, "ws://127.0.0.1:7000");
-        assert_eq!(s.check(&ev, Some("127.0.0.1:7000")), Ok(()));
+        assert_eq!(s.check(&ev, &[], Some("127.0.0.1:7000")), Ok(()));
         assert_eq!(s.pubkey, Some(keys.public_key()));
         let mut again = Nip42::default();
         assert_eq!(
-            again.check(&ev, Some("127.0.0.1:7000")),
+            again.check(&ev, &[], Some("127.0.0.1:7000")),
             Err("unknown challenge"),
             "a challenge is per connection"
         );
-        assert_eq!(s.check(&ev, None), Err("unknown challenge"), "consumed");
+        assert_eq!(
+            s.check(&ev, &[], None),
+            Err("unknown challenge"),
+            "consumed"
+        );
     }
 
     #[test]
@@ -145,10 +184,23 @@ mod tests {
         let c = s.challenge();
         let ev = auth(&keys, &c, "wss://evil.example");
         assert_eq!(
-            s.check(&ev, Some("relay.example:443")),
+            s.check(&ev, &[], Some("relay.example:443")),
+            Err("the relay tag names another relay")
+        );
+        // A client sending `Host: evil.example` does not help when the public URL is set.
+        let public = ["wss://relay.example".to_owned()];
+        assert_eq!(
+            s.check(&ev, &public, Some("evil.example")),
+            Err("the relay tag names another relay")
+        );
+        // Without a public URL or a Host, nothing names this relay: refused.
+        assert_eq!(
+            s.check(&ev, &[], None),
             Err("the relay tag names another relay")
         );
         assert!(s.pubkey.is_none());
+        let good = auth(&keys, &c, "wss://Relay.Example/");
+        assert_eq!(s.check(&good, &public, Some("evil.example")), Ok(()));
     }
 
     #[test]
@@ -159,5 +211,9 @@ mod tests {
         assert!(!same_host("ws://127.0.0.1:7001", "127.0.0.1:7000"));
         assert!(!same_host("ws://other", "relay.example"));
         assert!(!same_host("", "relay.example"));
+        assert!(same_url("wss://relay.example:443/", "wss://RELAY.example"));
+        assert!(same_url("ws://127.0.0.1:80", "ws://127.0.0.1"));
+        assert!(!same_url("wss://relay.example/a", "wss://relay.example/b"));
+        assert!(!same_url("wss://relay.example:8443", "wss://relay.example"));
     }
 }

@@ -50,9 +50,32 @@ pub struct Cli {
     /// Maximum concurrent connections.
     #[arg(long, env = "FEDAI_RELAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Maximum concurrent connections from one IP address.
+    #[arg(long, env = "FEDAI_RELAY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// The URL(s) clients use to reach this relay (`wss://relay.example`), comma-separated:
+    /// a NIP-42 `AUTH` must name one of them. Without it, the `Host` the client sent is used.
+    #[arg(
+        long = "public-url",
+        env = "FEDAI_RELAY_PUBLIC_URL",
+        value_delimiter = ','
+    )]
+    pub public_url: Vec<String>,
     /// Maximum events returned for one filter.
     #[arg(long, env = "FEDAI_RELAY_MAX_QUERY_RESULTS")]
     pub max_query_results: Option<usize>,
+    /// Writes in flight to the store, for all connections together; past it a write is refused
+    /// (`rate-limited: relay busy`) unless its connection has been quiet. 0: unbounded.
+    #[arg(long, env = "FEDAI_RELAY_MAX_PENDING_WRITES")]
+    pub max_pending_writes: Option<usize>,
+    /// Storage quota in MiB of events (default: a quarter of the LMDB map, which also holds
+    /// indexes; 1024 in memory). Past 90% only
+    /// fed_AI's kinds and deletions are stored; past 100% only deletions. 0: unbounded.
+    #[arg(long, env = "FEDAI_RELAY_MAX_STORE_MIB")]
+    pub max_store_mib: Option<u64>,
+    /// MiB one pubkey may store per day (default: 1/16 of the storage quota). 0: unbounded.
+    #[arg(long, env = "FEDAI_RELAY_PUBKEY_QUOTA_MIB")]
+    pub pubkey_quota_mib: Option<u64>,
     /// Minimum NIP-13 proof-of-work difficulty for job requests (kind 5050); 0 disables.
     #[arg(long, env = "FEDAI_RELAY_MIN_POW_JOBS")]
     pub min_pow_jobs: Option<u8>,
@@ -99,7 +122,12 @@ struct FileConfig {
     events_per_minute_per_pubkey: Option<u32>,
     queries_per_minute: Option<u32>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    public_url: Option<Vec<String>>,
     max_query_results: Option<usize>,
+    max_pending_writes: Option<usize>,
+    max_store_mib: Option<u64>,
+    pubkey_quota_mib: Option<u64>,
     min_pow_jobs: Option<u8>,
     auth: Option<AuthMode>,
     retention: Option<Vec<String>>,
@@ -152,8 +180,18 @@ pub struct RelayConfig {
     pub queries_per_minute: u32,
     /// Max connections.
     pub max_connections: usize,
+    /// Max connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// URLs clients use to reach the relay (NIP-42 relay tag check).
+    pub public_urls: Vec<String>,
     /// Max results per filter.
     pub max_query_results: usize,
+    /// Writes in flight to the store, all connections (0: unbounded).
+    pub max_pending_writes: usize,
+    /// Storage quota in bytes (0: unbounded).
+    pub max_store_bytes: u64,
+    /// Bytes one pubkey may store per day (0: unbounded).
+    pub pubkey_quota_bytes: u64,
     /// Minimum PoW for job requests (0 = off).
     pub min_pow_jobs: u8,
     /// NIP-42.
@@ -218,7 +256,12 @@ impl Default for RelayConfig {
             events_per_minute_per_pubkey: 60_000,
             queries_per_minute: 6_000,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            public_urls: Vec::new(),
             max_query_results: 5_000,
+            max_pending_writes: 512,
+            max_store_bytes: 1 << 30,
+            pubkey_quota_bytes: (1 << 30) / 16,
             min_pow_jobs: 0,
             auth: None,
             retention: default_retention(),
@@ -319,6 +362,20 @@ impl Cli {
             self.retention
         };
         let (retention, retention_other) = parse_retention(&retention_rules)?;
+        const MIB: u64 = 1024 * 1024;
+        let max_store_bytes = match self.max_store_mib.or(file.max_store_mib) {
+            Some(mib) => mib.saturating_mul(MIB),
+            None => match &storage {
+                // LMDB needs room beyond the events' bytes for its indexes and free pages:
+                // 2.15x for 1.3 KB notes (tests/stays_up.rs), more for smaller events.
+                Storage::Lmdb { map_size, .. } => *map_size as u64 / 4,
+                Storage::Memory => d.max_store_bytes,
+            },
+        };
+        let pubkey_quota_bytes = match self.pubkey_quota_mib.or(file.pubkey_quota_mib) {
+            Some(mib) => mib.saturating_mul(MIB),
+            None => max_store_bytes / 16,
+        };
         Ok(RelayConfig {
             bind: self.bind.or(file.bind).unwrap_or(d.bind),
             storage,
@@ -348,10 +405,25 @@ impl Cli {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(d.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
+            public_urls: if self.public_url.is_empty() {
+                file.public_url.unwrap_or_default()
+            } else {
+                self.public_url
+            },
             max_query_results: self
                 .max_query_results
                 .or(file.max_query_results)
                 .unwrap_or(d.max_query_results),
+            max_pending_writes: self
+                .max_pending_writes
+                .or(file.max_pending_writes)
+                .unwrap_or(d.max_pending_writes),
+            max_store_bytes,
+            pubkey_quota_bytes,
             min_pow_jobs: self.min_pow_jobs.or(file.min_pow_jobs).unwrap_or(0),
             auth: self.auth.or(file.auth),
             retention,

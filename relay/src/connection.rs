@@ -14,14 +14,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use nostr_database::prelude::NostrDatabase;
 use nostr_sdk::prelude::{ClientMessage, RelayMessage, SubscriptionId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -32,9 +32,19 @@ use crate::ingest::{self, Admit, SaveFuture};
 use crate::metrics::Metrics;
 use crate::policy::FedaiWritePolicy;
 use crate::query::{self, NegSession};
+use crate::quota::Quota;
 
 /// Saves in flight per connection before the relay stops reading from it.
 pub const MAX_PIPELINE: usize = 256;
+
+/// Writes a connection may make past the global bound at once, and per second after that.
+const QUIET_BURST: f64 = 20.0;
+const QUIET_PER_SEC: f64 = 5.0;
+
+/// How long a write may wait for the client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A ping this often; a peer silent for 2.5 periods is dropped.
+const PING_EVERY: Duration = Duration::from_secs(60);
 
 /// Live frames written per flush.
 const LIVE_BATCH: usize = 64;
@@ -62,6 +72,10 @@ pub struct ConnCtx {
     pub hub: Arc<Hub>,
     /// Write policy.
     pub policy: Arc<FedaiWritePolicy>,
+    /// Storage quotas.
+    pub quota: Arc<Quota>,
+    /// Writes in flight to the store, all connections (`None`: unbounded).
+    pub writes: Option<Arc<Semaphore>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Limits.
@@ -70,6 +84,8 @@ pub struct ConnCtx {
     pub auth_writes: bool,
     /// `--auth read|both`: queries need an authenticated connection.
     pub auth_reads: bool,
+    /// The URLs clients use to reach this relay (NIP-42).
+    pub public_urls: Vec<String>,
     /// Flips to `true` at shutdown.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -87,20 +103,27 @@ impl ConnCtx {
     }
 }
 
-/// Token bucket refilled continuously at `per_minute / 60` tokens per second.
+/// Token bucket refilled continuously.
 pub struct Bucket {
-    per_minute: f64,
+    capacity: f64,
+    per_sec: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    /// A full bucket.
+    /// A full bucket of `per_minute` tokens refilled at `per_minute / 60` per second.
     pub fn new(per_minute: u32) -> Self {
         let per_minute = per_minute.max(1) as f64;
+        Self::with(per_minute, per_minute / 60.0)
+    }
+
+    /// A full bucket of `capacity` tokens refilled at `per_sec` per second.
+    pub fn with(capacity: f64, per_sec: f64) -> Self {
         Self {
-            per_minute,
-            tokens: per_minute,
+            capacity,
+            per_sec,
+            tokens: capacity,
             at: Instant::now(),
         }
     }
@@ -108,9 +131,8 @@ impl Bucket {
     /// Take one token, if there is one.
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens
-            + now.duration_since(self.at).as_secs_f64() * self.per_minute / 60.0)
-            .min(self.per_minute);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
+            .min(self.capacity);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -137,6 +159,9 @@ pub struct Session {
     pub events: Bucket,
     /// REQ/COUNT/NEG rate.
     pub queries: Bucket,
+    /// Writes past the global bound: a connection that publishes a little (a worker, a
+    /// customer) goes ahead of a flood, which spends these at once.
+    pub quiet: Bucket,
     messages: Bucket,
 }
 
@@ -176,7 +201,7 @@ async fn handle(
             filter,
         } => query::count(ctx, s, subscription_id.into_owned(), filter.into_owned()).await,
         ClientMessage::Auth(e) => {
-            let (ok, msg) = match s.auth.check(&e, s.host.as_deref()) {
+            let (ok, msg) = match s.auth.check(&e, &ctx.public_urls, s.host.as_deref()) {
                 Ok(()) => (true, String::new()),
                 Err(why) => (false, format!("auth-required: {why}")),
             };
@@ -212,6 +237,38 @@ async fn handle(
     }
 }
 
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+fn timed_out() -> WsError {
+    WsError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client stopped reading",
+    ))
+}
+
+/// Send frames and flush, or fail if the client has not taken them within [`WRITE_TIMEOUT`]:
+/// a client that stops reading must not pin its queue, its query results or a store lock.
+async fn emit<S>(
+    out: &mut SplitSink<WebSocketStream<S>, Message>,
+    frames: impl IntoIterator<Item = String>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut frames = frames.into_iter().peekable();
+    if frames.peek().is_none() {
+        return Ok(());
+    }
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        for f in frames {
+            out.feed(Message::text(f)).await?;
+        }
+        out.flush().await
+    })
+    .await
+    .map_err(|_| timed_out())?
+}
+
 /// Serve one upgraded connection until either side closes. `read` holds bytes the client sent
 /// after the upgrade request; `_permit` is this connection's place under the connection limit.
 pub async fn serve<S>(
@@ -236,87 +293,109 @@ pub async fn serve<S>(
         host,
         events: Bucket::new(ctx.limits.events_per_minute),
         queries: Bucket::new(ctx.limits.queries_per_minute),
+        quiet: Bucket::with(QUIET_BURST, QUIET_PER_SEC),
         messages: Bucket::new(ctx.limits.messages_per_minute),
     };
     let mut pending: FuturesUnordered<SaveFuture> = FuturesUnordered::new();
     let mut shutdown = ctx.shutdown.clone();
+    let mut heard = Instant::now();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
 
-    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+    let result: Result<(), WsError> = async {
         loop {
             tokio::select! {
                 // Answer completed saves first: they free pipeline slots.
                 biased;
                 Some(reply) = pending.next(), if !pending.is_empty() => {
-                    out.send(Message::text(reply)).await?;
+                    emit(&mut out, [reply]).await?;
                 }
                 d = s.reg.next() => {
+                    let mut frames = Vec::new();
                     match d {
                         Delivery::Frame(f) => {
-                            out.feed(Message::text(f)).await?;
-                            for _ in 1..LIVE_BATCH {
+                            frames.push(f);
+                            while frames.len() < LIVE_BATCH {
                                 match s.reg.try_frame() {
-                                    Some(f) => out.feed(Message::text(f)).await?,
+                                    Some(f) => frames.push(f),
                                     None => break,
                                 }
                             }
                         }
-                        Delivery::Cut(ids) => for id in ids {
+                        // A subscription re-opened since it was cut is live again: no CLOSED.
+                        Delivery::Cut(ids) => for id in ids.into_iter().filter(|id| !s.reg.has(id)) {
                             s.sub_bytes.remove(&id);
                             let closed = RelayMessage::Closed {
                                 subscription_id: std::borrow::Cow::Borrowed(&id),
                                 message: SLOW_READER.into(),
                             };
-                            out.feed(Message::text(closed.as_json())).await?;
+                            frames.push(closed.as_json());
                         },
                     }
-                    out.flush().await?;
+                    emit(&mut out, frames).await?;
                 }
-                msg = inp.next(), if pending.len() < MAX_PIPELINE => match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        if !s.messages.take() {
-                            ctx.metrics.rejected("rate-limited");
-                            let _ = out.send(Message::text(notice(
-                                "rate-limited: too many messages; closing the connection",
-                            ))).await;
-                            break;
-                        }
-                        let msg = match ClientMessage::from_json(t.as_bytes()) {
-                            Ok(m) => m,
-                            Err(e) => {
-                                let n = notice(&format!("invalid: cannot parse message: {e}"));
-                                out.send(Message::text(n)).await?;
-                                continue;
+                msg = inp.next(), if pending.len() < MAX_PIPELINE => {
+                    heard = Instant::now();
+                    let t = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(Message::Binary(_))) => {
+                            if !s.messages.take() {
+                                break;
                             }
-                        };
-                        // Reads wait for this connection's saves in flight: a client sees its
-                        // own writes, and a store whose reads queue behind its writes (a lock)
-                        // cannot stall a read on a save that only this task polls.
-                        if !matches!(msg, ClientMessage::Event(_)) {
-                            while let Some(reply) = pending.next().await {
-                                out.feed(Message::text(reply)).await?;
-                            }
+                            emit(&mut out, [notice("invalid: binary messages are not accepted")]).await?;
+                            continue;
                         }
-                        for f in handle(&ctx, &mut s, &mut pending, msg, t.len()).await {
-                            out.feed(Message::text(f)).await?;
+                        Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
+                        Some(Err(e)) => return Err(e),
+                    };
+                    if !s.messages.take() {
+                        ctx.metrics.rejected("rate-limited");
+                        let _ = emit(&mut out, [notice(
+                            "rate-limited: too many messages; closing the connection",
+                        )]).await;
+                        break;
+                    }
+                    let msg = match ClientMessage::from_json(t.as_bytes()) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            emit(&mut out, [notice(&format!("invalid: cannot parse message: {e}"))]).await?;
+                            continue;
                         }
-                        out.flush().await?;
+                    };
+                    // Reads wait for this connection's saves in flight: a client sees its own
+                    // writes, and a store whose reads queue behind its writes (a lock) cannot
+                    // stall a read on a save that only this task polls.
+                    let mut frames = Vec::new();
+                    if !matches!(msg, ClientMessage::Event(_)) {
+                        while let Some(reply) = pending.next().await {
+                            frames.push(reply);
+                        }
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        out.send(Message::text(notice("invalid: binary messages are not accepted"))).await?;
+                    frames.extend(handle(&ctx, &mut s, &mut pending, msg, t.len()).await);
+                    emit(&mut out, frames).await?;
+                }
+                _ = ping.tick() => {
+                    // A peer that answers nothing (not even pings) for this long is gone: its
+                    // permit, subscriptions and queue go back.
+                    if heard.elapsed() > PING_EVERY * 5 / 2 {
+                        break;
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => {} // ping/pong/raw frames: tungstenite answers pings itself
-                    Some(Err(e)) => return Err(e),
-                },
+                    tokio::time::timeout(WRITE_TIMEOUT, out.send(Message::Ping(Default::default())))
+                        .await
+                        .map_err(|_| timed_out())??;
+                }
                 _ = shutdown.changed() => break,
             }
         }
         // Client gone or relay stopping: finish the saves already accepted for storage,
         // answering where the socket still works, so nothing acknowledged is lost and nothing is
         // half-done.
+        let mut frames = Vec::new();
         while let Some(reply) = pending.next().await {
-            let _ = out.send(Message::text(reply)).await;
+            frames.push(reply);
         }
+        let _ = emit(&mut out, frames).await;
         Ok(())
     }
     .await;

@@ -31,6 +31,56 @@ pub struct Ctx {
     pub nip11: String,
     /// One permit per open WebSocket connection (`--max-connections`).
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Open connections per IP address (`--max-connections-per-ip`).
+    pub per_ip: Arc<PerIp>,
+}
+
+/// Open WebSocket connections per IP address.
+pub struct PerIp {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place under its address's limit; given back on drop.
+pub struct IpSlot {
+    ip: std::net::IpAddr,
+    of: Arc<PerIp>,
+}
+
+impl PerIp {
+    /// At most `max` connections per address.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for `ip`, unless it holds its limit.
+    pub fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            of: self.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.of.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A request head, as far as this port reads it.
@@ -170,6 +220,17 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             .await;
             return;
         };
+        let Some(slot) = ctx.per_ip.take(peer.ip()) else {
+            ctx.metrics.connection_refused();
+            let _ = respond(
+                &mut reader,
+                "429 Too Many Requests",
+                "text/plain",
+                "too many connections from this address\n",
+            )
+            .await;
+            return;
+        };
         let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
             ctx.metrics.connection_refused();
             let _ = respond(
@@ -194,6 +255,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         let read = reader.buffer().to_vec();
         let stream = reader.into_inner();
         connection::serve(stream, read, peer, head.host, ctx.conn.clone(), permit).await;
+        drop(slot);
         ctx.metrics.connection_closed();
         return;
     }

@@ -28,6 +28,9 @@ pub struct Limits {
     pub conn_bytes: usize,
     /// Bytes of frames all connections together may have queued.
     pub total_bytes: usize,
+    /// Filters in live subscriptions, all connections together: each stored event is matched
+    /// against every one, so this bounds the work per event.
+    pub total_filters: usize,
 }
 
 impl Default for Limits {
@@ -35,9 +38,14 @@ impl Default for Limits {
         Self {
             conn_bytes: 4 << 20,
             total_bytes: 512 << 20,
+            total_filters: 50_000,
         }
     }
 }
+
+/// The hub holds as many live filters as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
 
 /// The `CLOSED` reason for a subscription cut because its reader fell behind.
 pub const SLOW_READER: &str = "error: slow reader: this subscription's live events outran the connection; resubscribe with `since` to catch up from the store";
@@ -47,6 +55,7 @@ pub struct Hub {
     conns: RwLock<HashMap<u64, Arc<Listener>>>,
     next_id: AtomicU64,
     queued: AtomicUsize,
+    filters: AtomicUsize,
     limits: Limits,
     metrics: Arc<Metrics>,
 }
@@ -75,6 +84,7 @@ impl Hub {
             conns: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
+            filters: AtomicUsize::new(0),
             limits,
             metrics,
         })
@@ -135,7 +145,9 @@ impl Hub {
             }
             if !cut.is_empty() {
                 for id in &cut {
-                    subs.remove(id);
+                    if let Some(f) = subs.remove(id) {
+                        self.filters.fetch_sub(f.len(), Ordering::Relaxed);
+                    }
                 }
                 self.metrics.subscriptions_cut(cut.len());
                 l.cut.lock().expect("cut lock").extend(cut);
@@ -166,23 +178,28 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Start (or replace) a live subscription.
-    pub fn subscribe(&self, id: SubscriptionId, filters: Vec<Filter>) {
-        self.listener
-            .subs
-            .lock()
-            .expect("subs lock")
-            .insert(id, filters);
+    /// Start (or replace) a live subscription, unless the hub holds its limit of filters.
+    pub fn subscribe(&self, id: SubscriptionId, filters: Vec<Filter>) -> Result<(), Full> {
+        let mut subs = self.listener.subs.lock().expect("subs lock");
+        let old = subs.get(&id).map_or(0, Vec::len);
+        let total = &self.hub.filters;
+        let now = total.load(Ordering::Relaxed).saturating_sub(old);
+        if now + filters.len() > self.hub.limits.total_filters {
+            return Err(Full);
+        }
+        total.fetch_add(filters.len(), Ordering::Relaxed);
+        total.fetch_sub(old, Ordering::Relaxed);
+        subs.insert(id, filters);
+        Ok(())
     }
 
     /// End a live subscription; whether it existed.
     pub fn unsubscribe(&self, id: &SubscriptionId) -> bool {
-        self.listener
-            .subs
-            .lock()
-            .expect("subs lock")
-            .remove(id)
-            .is_some()
+        let removed = self.listener.subs.lock().expect("subs lock").remove(id);
+        if let Some(f) = &removed {
+            self.hub.filters.fetch_sub(f.len(), Ordering::Relaxed);
+        }
+        removed.is_some()
     }
 
     /// Whether `id` is a live subscription.
@@ -242,6 +259,15 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.conns.write().expect("hub lock").remove(&self.id);
+        let filters: usize = self
+            .listener
+            .subs
+            .lock()
+            .expect("subs lock")
+            .values()
+            .map(Vec::len)
+            .sum();
+        self.hub.filters.fetch_sub(filters, Ordering::Relaxed);
         // Frames still queued are dropped with the receiver: give their bytes back.
         self.hub.queued.fetch_sub(
             self.listener.queued.swap(0, Ordering::Relaxed),
@@ -274,7 +300,8 @@ mod tests {
         a.subscribe(
             SubscriptionId::new("jobs"),
             vec![Filter::new().kind(Kind::from_u16(5050))],
-        );
+        )
+        .unwrap();
         let keys = Keys::generate();
         for _ in 0..1000 {
             hub.publish(&note(1, &keys));
@@ -300,23 +327,26 @@ mod tests {
     async fn a_slow_reader_loses_only_its_overflowing_subscription() {
         let limits = Limits {
             conn_bytes: 20_000,
-            total_bytes: 1 << 30,
+            ..Limits::default()
         };
         let hub = Hub::new(limits, Arc::new(Metrics::default()));
         let mut slow = hub.register();
         slow.subscribe(
             SubscriptionId::new("notes"),
             vec![Filter::new().kind(Kind::TextNote)],
-        );
+        )
+        .unwrap();
         slow.subscribe(
             SubscriptionId::new("jobs"),
             vec![Filter::new().kind(Kind::from_u16(5050))],
-        );
+        )
+        .unwrap();
         let mut fast = hub.register();
         fast.subscribe(
             SubscriptionId::new("notes"),
             vec![Filter::new().kind(Kind::TextNote)],
-        );
+        )
+        .unwrap();
         let keys = Keys::generate();
         let mut got = 0;
         for _ in 0..200 {
@@ -345,11 +375,45 @@ mod tests {
     async fn a_dropped_connection_gives_its_queued_bytes_back() {
         let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
         let a = hub.register();
-        a.subscribe(SubscriptionId::new("all"), vec![Filter::new()]);
+        a.subscribe(SubscriptionId::new("all"), vec![Filter::new()])
+            .unwrap();
         hub.publish(&note(1, &Keys::generate()));
         assert!(hub.queued_bytes() > 0);
         drop(a);
         assert_eq!(hub.queued_bytes(), 0);
+        assert_eq!(hub.filters.load(Ordering::Relaxed), 0);
         assert!(hub.conns.read().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use nostr_sdk::prelude::*;
+
+    /// Live filters are bounded for the whole relay: a REQ past the bound is refused, and
+    /// closing, replacing and disconnecting give filters back.
+    #[test]
+    fn live_filters_are_bounded_for_all_connections() {
+        let limits = Limits {
+            total_filters: 10,
+            ..Limits::default()
+        };
+        let hub = Hub::new(limits, Arc::new(Metrics::default()));
+        let a = hub.register();
+        let b = hub.register();
+        let six = vec![Filter::new().kind(Kind::TextNote); 6];
+        a.subscribe(SubscriptionId::new("x"), six.clone()).unwrap();
+        assert_eq!(
+            b.subscribe(SubscriptionId::new("y"), six.clone()),
+            Err(Full)
+        );
+        // Replacing counts only the difference.
+        a.subscribe(SubscriptionId::new("x"), six.clone()).unwrap();
+        assert!(a.unsubscribe(&SubscriptionId::new("x")));
+        b.subscribe(SubscriptionId::new("y"), six.clone()).unwrap();
+        drop(b);
+        a.subscribe(SubscriptionId::new("x"), six).unwrap();
+        assert_eq!(hub.filters.load(Ordering::Relaxed), 6);
     }
 }

@@ -22,6 +22,9 @@ const BLOCKED_KINDS: [Kind; 5] = [
     Kind::HttpAuth,
 ];
 
+/// Tags one event may carry (each live filter with tag conditions indexes them per event).
+pub const MAX_TAGS: usize = 2_000;
+
 /// `["OK", id, status, "<prefix>: <msg>"]`.
 pub fn ok_msg(
     event: &Event,
@@ -70,6 +73,28 @@ pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> 
             MachineReadablePrefix::Invalid,
             &format!("event is larger than {} bytes", ctx.limits.max_event_bytes),
             "too-large",
+        );
+    }
+    // The global bound on writes in flight, checked before the expensive checks: a flood from
+    // fresh keys and fresh connections is refused cheaply, and a quiet connection still gets
+    // through.
+    let permit = match ctx.writes.as_ref().map(|w| w.clone().try_acquire_owned()) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) if s.quiet.take() => None,
+        Some(Err(_)) => {
+            return reject(
+                MachineReadablePrefix::RateLimited,
+                "relay busy: too many writes in flight; retry with backoff",
+                "busy",
+            )
+        }
+    };
+    if event.tags.len() > MAX_TAGS {
+        return reject(
+            MachineReadablePrefix::Invalid,
+            &format!("more than {MAX_TAGS} tags"),
+            "invalid",
         );
     }
     if BLOCKED_KINDS.contains(&event.kind) {
@@ -146,6 +171,13 @@ pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> 
     if let Verdict::Reject { prefix, message } = ctx.policy.decide(&event) {
         return Admit::Reply(vec![ok_msg(&event, false, Some(prefix), &message)]);
     }
+    // The event's JSON: the message less `["EVENT",` and `]`.
+    let json_len = size.saturating_sub(10);
+    if !event.kind.is_ephemeral() {
+        if let Err(r) = ctx.quota.check(&event, json_len) {
+            return reject(r.prefix, &r.message, r.reason);
+        }
+    }
     if event.kind.is_ephemeral() {
         // Broadcast only; the policy already counted it.
         ctx.hub.publish(&event);
@@ -153,12 +185,15 @@ pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> 
     }
     let ctx = ctx.clone();
     Admit::Save(Box::pin(async move {
+        let json_len = json_len;
+        let _permit = permit;
         // Live subscribers hear an event only once it is stored (after its commit): a
         // subscription opened at any moment then sees every event, either in its query (stored
         // before) or live (stored after) — a subscriber that resubscribes after a `CLOSED` loses
         // nothing — and no subscriber ever acts on an event that a failed commit then loses.
         match ctx.db.save_event(&event).await {
             Ok(SaveEventStatus::Success) => {
+                ctx.quota.stored(json_len);
                 ctx.hub.publish(&event);
                 ok_msg(&event, true, None, "")
             }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nip11;
 pub mod policy;
 pub mod query;
+pub mod quota;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -50,6 +51,31 @@ pub enum RelayError {
     /// The store could not be opened.
     #[error("cannot open the event store: {0}")]
     Store(String),
+}
+
+/// Every 10 s: re-base the storage estimate on the store's exact count (retention sweeps and
+/// replaced events shrink it) and publish the writes in flight.
+async fn recount_loop(
+    db: Arc<dyn nostr_database::prelude::NostrDatabase>,
+    quota: Arc<quota::Quota>,
+    writes: Option<Arc<tokio::sync::Semaphore>>,
+    max_writes: usize,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Some(w) = &writes {
+            metrics.set_pending_writes(max_writes.saturating_sub(w.available_permits()) as u64);
+        }
+        match db.count(nostr_sdk::prelude::Filter::new()).await {
+            Ok(n) => quota.recount(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count stored events"),
+        }
+    }
 }
 
 /// After connections close, hand freed memory back to the system. glibc keeps what a thread's
@@ -117,9 +143,25 @@ impl RelayServer {
         ));
         let (shutdown, rx) = watch::channel(false);
         let auth = config.auth;
+        if auth.is_some() && config.public_urls.is_empty() {
+            tracing::warn!(
+                "NIP-42 auth without --public-url: AUTH events are checked against the Host \
+                 header clients send; set --public-url to the URL clients use"
+            );
+        }
+        let quota = Arc::new(quota::Quota::new(
+            config.max_store_bytes,
+            config.pubkey_quota_bytes,
+            metrics.clone(),
+        ));
+        quota.measure(db.as_ref()).await;
+        let writes = (config.max_pending_writes > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_pending_writes)));
         let conn = Arc::new(connection::ConnCtx {
             db: db.clone(),
             hub: hub::Hub::new(hub::Limits::default(), metrics.clone()),
+            quota: quota.clone(),
+            writes: writes.clone(),
             policy: write_policy,
             metrics: metrics.clone(),
             limits: connection::Limits {
@@ -136,6 +178,7 @@ impl RelayServer {
             },
             auth_writes: matches!(auth, Some(config::AuthMode::Write | config::AuthMode::Both)),
             auth_reads: matches!(auth, Some(config::AuthMode::Read | config::AuthMode::Both)),
+            public_urls: config.public_urls.clone(),
             shutdown: rx.clone(),
         });
         let ctx = Arc::new(http::Ctx {
@@ -143,6 +186,7 @@ impl RelayServer {
             metrics: metrics.clone(),
             nip11: nip11::document(&config).to_string(),
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            per_ip: http::PerIp::new(config.max_connections_per_ip),
         });
         let mut tasks = Vec::new();
         let mut accept_rx = rx.clone();
@@ -162,6 +206,14 @@ impl RelayServer {
             }
         }));
         tasks.push(tokio::spawn(give_memory_back(metrics.clone(), rx.clone())));
+        tasks.push(tokio::spawn(recount_loop(
+            db.clone(),
+            quota,
+            writes,
+            config.max_pending_writes,
+            metrics.clone(),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(store::retention_loop(
             db,
             config.retention.clone(),

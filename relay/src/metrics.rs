@@ -43,6 +43,10 @@ pub struct Metrics {
     subscriptions_cut: AtomicU64,
     live_queued_bytes: AtomicU64,
     connections_refused: AtomicU64,
+    store_bytes: AtomicU64,
+    store_limit_bytes: AtomicU64,
+    stored_events: AtomicU64,
+    pending_writes: AtomicU64,
 }
 
 /// Kind label: fed_AI kinds by number, ephemeral/other folded, so label cardinality stays bounded.
@@ -115,6 +119,23 @@ impl Metrics {
     /// A connection was refused: the relay is at its connection limit.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Estimated bytes stored.
+    pub fn set_store_bytes(&self, n: u64) {
+        self.store_bytes.store(n, Ordering::Relaxed);
+    }
+    /// The global storage quota (0: none).
+    pub fn set_store_limit_bytes(&self, n: u64) {
+        self.store_limit_bytes.store(n, Ordering::Relaxed);
+    }
+    /// Events stored (counted at each sweep).
+    pub fn set_stored_events(&self, n: u64) {
+        self.stored_events.store(n, Ordering::Relaxed);
+    }
+    /// Writes in flight to the store now.
+    pub fn set_pending_writes(&self, n: u64) {
+        self.pending_writes.store(n, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.
@@ -198,6 +219,34 @@ impl Metrics {
             "Connections refused at the connection limit.",
             "counter",
             self.connections_refused.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_store_bytes",
+            "Bytes stored (estimate: events counted at each sweep x average size + bytes since).",
+            "gauge",
+            self.store_bytes.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_store_limit_bytes",
+            "Storage quota (--max-store-mib; 0: none). Past 90% only market kinds are stored.",
+            "gauge",
+            self.store_limit_bytes.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_stored_events",
+            "Events in the store, counted at each sweep.",
+            "gauge",
+            self.stored_events.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_pending_writes",
+            "Writes in flight to the store (bounded by --max-pending-writes).",
+            "gauge",
+            self.pending_writes.load(Ordering::Relaxed) as i128,
         );
         let _ = writeln!(o, "# HELP fedai_relay_http_requests_total HTTP requests by route.\n# TYPE fedai_relay_http_requests_total counter");
         self.http_requests

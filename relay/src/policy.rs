@@ -39,7 +39,10 @@ struct Shard {
 /// Per-key rate limiter, sharded so that publishers on different keys rarely share a lock.
 #[derive(Debug)]
 pub struct KeyedLimiter {
-    per_minute: f64,
+    /// Bucket size (the burst).
+    capacity: f64,
+    /// Refill per second.
+    per_sec: f64,
     hasher: RandomState,
     shards: Vec<Mutex<Shard>>,
 }
@@ -47,8 +50,15 @@ pub struct KeyedLimiter {
 impl KeyedLimiter {
     /// `per_minute` events per key, with a burst of the same size.
     pub fn new(per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1) as f64;
+        Self::with_rate(per_minute, per_minute / 60.0)
+    }
+
+    /// A bucket of `capacity` units per key, refilled at `per_sec` units per second.
+    pub fn with_rate(capacity: f64, per_sec: f64) -> Self {
         Self {
-            per_minute: per_minute.max(1) as f64,
+            capacity: capacity.max(1.0),
+            per_sec,
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
@@ -69,6 +79,11 @@ impl KeyedLimiter {
 
     /// Take one token for `key`; false when the key is over its rate.
     pub fn allow(&self, key: &PublicKey, now: Instant) -> bool {
+        self.allow_n(key, now, 1.0)
+    }
+
+    /// Take `cost` units for `key`; false (and nothing taken) when it has fewer.
+    pub fn allow_n(&self, key: &PublicKey, now: Instant, cost: f64) -> bool {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let Shard { buckets, order } = &mut *shard;
@@ -81,14 +96,14 @@ impl KeyedLimiter {
             order.push_back(*key);
         }
         let b = buckets.entry(*key).or_insert(Bucket {
-            tokens: self.per_minute,
+            tokens: self.capacity,
             at: now,
         });
-        let refill = now.duration_since(b.at).as_secs_f64() * self.per_minute / 60.0;
-        b.tokens = (b.tokens + refill).min(self.per_minute);
+        let refill = now.duration_since(b.at).as_secs_f64() * self.per_sec;
+        b.tokens = (b.tokens + refill).min(self.capacity);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= cost {
+            b.tokens -= cost;
             true
         } else {
             false

@@ -23,10 +23,16 @@ pub const MAX_FILTERS: usize = 20;
 pub const MAX_SUB_BYTES: usize = 256 * 1024;
 /// Events a filter without `limit` returns.
 pub const DEFAULT_LIMIT: usize = 500;
+/// Values in one filter (ids, authors, kinds and tag values together). Matching is by set
+/// lookup, so this bounds memory, not time; fed_AI's own worker asks for 1,000 result kinds.
+pub const MAX_FILTER_VALUES: usize = 10_000;
+/// Bytes of stored events one `REQ` returns before its `EOSE` (a relay may return fewer
+/// events than asked for; the client pages with `until`).
+pub const MAX_REQ_BYTES: usize = 8 << 20;
 /// Negentropy sessions per connection.
 pub const MAX_NEG_SUBS: usize = 4;
 /// Items held by one connection's negentropy sessions together.
-pub const MAX_NEG_ITEMS: usize = 200_000;
+pub const MAX_NEG_ITEMS: usize = 50_000;
 /// Largest negentropy message the relay sends.
 const NEG_FRAME_LIMIT: u64 = 60_000;
 
@@ -68,6 +74,27 @@ fn auth_first(s: &mut Session, id: &SubscriptionId, neg: bool) -> Vec<String> {
     vec![challenge, refusal]
 }
 
+/// Why a filter is refused: full-text search is not served (matching it against every live
+/// event is quadratic in sizes a client chooses), and a filter's values are bounded.
+fn refuse_filter(f: &Filter) -> Option<(MachineReadablePrefix, String)> {
+    if f.search.is_some() {
+        return Some((
+            MachineReadablePrefix::Unsupported,
+            "search (NIP-50) is not supported by this relay".into(),
+        ));
+    }
+    let values = f.ids.as_ref().map_or(0, |v| v.len())
+        + f.authors.as_ref().map_or(0, |v| v.len())
+        + f.kinds.as_ref().map_or(0, |v| v.len())
+        + f.generic_tags.values().map(|v| v.len()).sum::<usize>();
+    (values > MAX_FILTER_VALUES).then(|| {
+        (
+            MachineReadablePrefix::Invalid,
+            format!("a filter holds more than {MAX_FILTER_VALUES} values"),
+        )
+    })
+}
+
 /// Cap a filter's `limit` at the relay's bound (a filter with `ids` defaults to their number).
 fn bound(mut f: Filter, max: usize) -> Filter {
     let asked = f
@@ -77,7 +104,9 @@ fn bound(mut f: Filter, max: usize) -> Filter {
     f
 }
 
-/// `REQ`: the stored events matching `filters` (newest first), `EOSE`, then live events.
+/// `REQ`: the stored events matching `filters` (newest first), `EOSE`, then live events. A
+/// refused `REQ` also ends the subscription it would have replaced (the client is told it is
+/// closed).
 pub async fn req(
     ctx: &ConnCtx,
     s: &mut Session,
@@ -85,6 +114,22 @@ pub async fn req(
     filters: Vec<Filter>,
     size: usize,
 ) -> Vec<String> {
+    let out = open(ctx, s, id.clone(), filters, size).await;
+    if !s.reg.has(&id) {
+        s.sub_bytes.remove(&id);
+    }
+    out
+}
+
+async fn open(
+    ctx: &ConnCtx,
+    s: &mut Session,
+    id: SubscriptionId,
+    filters: Vec<Filter>,
+    size: usize,
+) -> Vec<String> {
+    // Whatever happens next, the previous subscription of this id ends here.
+    s.reg.unsubscribe(&id);
     if id.as_str().len() > MAX_SUBID_BYTES {
         return vec![closed(
             &id,
@@ -130,13 +175,22 @@ pub async fn req(
     if ctx.auth_reads && s.auth.pubkey.is_none() {
         return auth_first(s, &id, false);
     }
+    if let Some((prefix, msg)) = filters.iter().find_map(refuse_filter) {
+        return vec![closed(&id, prefix, &msg)];
+    }
     let filters: Vec<Filter> = filters
         .into_iter()
         .map(|f| bound(f, ctx.limits.max_query_results))
         .collect();
     // Live first, then the query: an event stored meanwhile is then in one or the other (or
     // both: clients dedupe by id), never in neither.
-    s.reg.subscribe(id.clone(), filters.clone());
+    if s.reg.subscribe(id.clone(), filters.clone()).is_err() {
+        return vec![closed(
+            &id,
+            MachineReadablePrefix::RateLimited,
+            "this relay holds as many live subscriptions as it can; try later",
+        )];
+    }
     s.sub_bytes.insert(id.clone(), size);
     let ids_asked: Option<usize> = filters
         .iter()
@@ -158,10 +212,22 @@ pub async fn req(
         }
     }
     let found = events.len();
-    let mut out = Vec::with_capacity(found + 2);
-    for e in events.iter().filter(|e| !e.is_expired()) {
-        out.push(event_frame(&id, &e.as_json()));
+    // Newest first, at most `max_query_results` and MAX_REQ_BYTES for the whole REQ.
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for e in events
+        .iter()
+        .filter(|e| !e.is_expired())
+        .take(ctx.limits.max_query_results)
+    {
+        let frame = event_frame(&id, &e.as_json());
+        bytes += frame.len();
+        if bytes > MAX_REQ_BYTES {
+            break;
+        }
+        out.push(frame);
     }
+    drop(events);
     out.push(RelayMessage::EndOfStoredEvents(Cow::Borrowed(&id)).as_json());
     // A lookup by ids that found them all is complete: nothing live can add to it.
     if ids_asked == Some(found) {
@@ -203,6 +269,12 @@ pub async fn count(ctx: &ConnCtx, s: &mut Session, id: SubscriptionId, f: Filter
     if ctx.auth_reads && s.auth.pubkey.is_none() {
         return auth_first(s, &id, false);
     }
+    if let Some((prefix, msg)) = refuse_filter(&f) {
+        return vec![closed(&id, prefix, &msg)];
+    }
+    // Counting a filter walks its matches: bounded like a query (NIP-45 lets a relay say it
+    // stopped; counts at the bound are "at least").
+    let f = bound(f, ctx.limits.max_query_results);
     match ctx.db.count(f).await {
         Ok(count) => vec![RelayMessage::Count {
             subscription_id: Cow::Borrowed(&id),
@@ -255,6 +327,9 @@ pub async fn neg_open(
     }
     if ctx.auth_reads && s.auth.pubkey.is_none() {
         return auth_first(s, &id, true);
+    }
+    if let Some((prefix, msg)) = refuse_filter(&f) {
+        return vec![neg_err(&id, prefix, &msg)];
     }
     let Ok(initial) = hex::decode(initial) else {
         return vec![neg_err(

@@ -1,0 +1,206 @@
+//! Storage quotas: how many bytes the store may hold, and how fast one pubkey may fill it.
+//!
+//! - **Global.** The store's size is tracked as (events stored, counted exactly by the store at
+//!   every retention sweep) × (average stored event size) + the bytes of every event accepted
+//!   since. Past 90 % of `--max-store-mib` the relay keeps the rest for the market: only fed_AI's
+//!   kinds and deletions are stored, other kinds are refused; at 100 % only deletions are. The
+//!   refusal is `OK false "error: storage full: …"` for the write that does not fit — every
+//!   other write is unaffected, and nothing already accepted is lost (the LMDB map, sized above
+//!   the quota, never fills, so a group commit never fails for an innocent event batched with
+//!   an offender's).
+//! - **Per pubkey.** Each key may store `--pubkey-quota-mib` per day (a byte bucket refilled
+//!   continuously); past it, `OK false "rate-limited: storage quota: …"`. Keys are free, so this
+//!   bounds one identity; the global quota and the global write bound bound everyone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use fedai_protocol::kinds::FEDAI_KINDS;
+use nostr_database::prelude::NostrDatabase;
+use nostr_sdk::prelude::{Event, Filter, Kind, MachineReadablePrefix, PublicKey};
+
+use crate::metrics::Metrics;
+use crate::policy::KeyedLimiter;
+
+/// Share of the global quota open to every kind; the rest is kept for the market's kinds.
+const OPEN_SHARE: f64 = 0.9;
+/// Average event size assumed before any is measured.
+const DEFAULT_AVG: u64 = 1024;
+
+/// Why a write does not fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// NIP-01 prefix.
+    pub prefix: MachineReadablePrefix,
+    /// Reason for the client.
+    pub message: String,
+    /// Metric label.
+    pub reason: &'static str,
+}
+
+/// The quotas.
+pub struct Quota {
+    max_store: u64,
+    base: AtomicU64,
+    added: AtomicU64,
+    avg: AtomicU64,
+    per_key: Option<KeyedLimiter>,
+    per_key_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+/// Kinds stored past the open share: what the market needs to keep working.
+fn is_market(kind: Kind) -> bool {
+    FEDAI_KINDS.contains(&kind.as_u16()) || kind == Kind::EventDeletion
+}
+
+impl Quota {
+    /// `max_store` bytes in all (0: unbounded); `per_key_per_day` bytes per pubkey per day (0:
+    /// unbounded).
+    pub fn new(max_store: u64, per_key_per_day: u64, metrics: Arc<Metrics>) -> Self {
+        let per_key = (per_key_per_day > 0).then(|| {
+            KeyedLimiter::with_rate(per_key_per_day as f64, per_key_per_day as f64 / 86_400.0)
+        });
+        metrics.set_store_limit_bytes(max_store);
+        Self {
+            max_store,
+            base: AtomicU64::new(0),
+            added: AtomicU64::new(0),
+            avg: AtomicU64::new(DEFAULT_AVG),
+            per_key,
+            per_key_bytes: per_key_per_day,
+            metrics,
+        }
+    }
+
+    /// Bytes stored now (estimate).
+    pub fn used(&self) -> u64 {
+        self.base.load(Ordering::Relaxed) + self.added.load(Ordering::Relaxed)
+    }
+
+    /// Whether an event of `size` bytes (its JSON) may be stored now. Charges its author's
+    /// daily quota when it may.
+    pub fn check(&self, event: &Event, size: usize) -> Result<(), Refusal> {
+        let size = size as u64;
+        if self.max_store > 0 && event.kind != Kind::EventDeletion {
+            let used = self.used() + size;
+            let open = (self.max_store as f64 * OPEN_SHARE) as u64;
+            if used > self.max_store || (used > open && !is_market(event.kind)) {
+                let message = if used > self.max_store {
+                    "storage full: this relay stores no more events until old ones expire"
+                        .to_owned()
+                } else {
+                    format!(
+                        "storage full: this relay keeps its last {}% for fed_AI market events",
+                        ((1.0 - OPEN_SHARE) * 100.0).round()
+                    )
+                };
+                return Err(Refusal {
+                    prefix: MachineReadablePrefix::Error,
+                    message,
+                    reason: "storage-full",
+                });
+            }
+        }
+        if let Some(l) = &self.per_key {
+            if !l.allow_n(&event.pubkey, Instant::now(), size as f64) {
+                return Err(self.over_key_quota(&event.pubkey));
+            }
+        }
+        Ok(())
+    }
+
+    fn over_key_quota(&self, _key: &PublicKey) -> Refusal {
+        Refusal {
+            prefix: MachineReadablePrefix::RateLimited,
+            message: format!(
+                "storage quota: this pubkey stored {} MiB in the last day",
+                self.per_key_bytes / (1024 * 1024)
+            ),
+            reason: "storage-quota",
+        }
+    }
+
+    /// An event of `size` bytes (its JSON) was stored.
+    pub fn stored(&self, size: usize) {
+        let size = size as u64;
+        self.added.fetch_add(size, Ordering::Relaxed);
+        // Moving average over the last ~100 events.
+        let avg = self.avg.load(Ordering::Relaxed) as i64;
+        let next = avg + (size as i64 - avg) / 64;
+        self.avg.store(next.max(1) as u64, Ordering::Relaxed);
+        self.metrics.set_store_bytes(self.used());
+    }
+
+    /// Re-base on the store's exact event count (after a sweep deleted some).
+    pub fn recount(&self, events: usize) {
+        self.base.store(
+            events as u64 * self.avg.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.added.store(0, Ordering::Relaxed);
+        self.metrics.set_store_bytes(self.used());
+        self.metrics.set_stored_events(events as u64);
+    }
+
+    /// Measure the average size on the newest stored events and count them all.
+    pub async fn measure(&self, db: &dyn NostrDatabase) {
+        if let Ok(sample) = db.query(Filter::new().limit(1000)).await {
+            if !sample.is_empty() {
+                let total: usize = sample.iter().map(|e| e.as_json().len()).sum();
+                self.avg
+                    .store((total / sample.len()).max(1) as u64, Ordering::Relaxed);
+            }
+        }
+        match db.count(Filter::new()).await {
+            Ok(n) => self.recount(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count stored events"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr_sdk::prelude::*;
+
+    fn ev(kind: u16, keys: &Keys) -> Event {
+        EventBuilder::new(Kind::from_u16(kind), "x")
+            .finalize(keys)
+            .unwrap()
+    }
+
+    #[test]
+    fn past_the_open_share_only_market_kinds_and_deletions_are_stored() {
+        let q = Quota::new(100_000, 0, Arc::new(Metrics::default()));
+        let k = Keys::generate();
+        q.recount(0);
+        q.stored(89_000);
+        assert!(q.check(&ev(1, &k), 500).is_ok(), "below 90 %");
+        q.stored(1_500);
+        let r = q.check(&ev(1, &k), 500).unwrap_err();
+        assert_eq!(r.prefix, MachineReadablePrefix::Error);
+        assert!(r.message.starts_with("storage full"), "{r:?}");
+        assert!(q.check(&ev(5050, &k), 500).is_ok(), "market kinds go on");
+        q.stored(9_600);
+        assert!(q.check(&ev(5050, &k), 500).is_err(), "full is full");
+        assert!(q.check(&ev(5, &k), 500).is_ok(), "deletions free space");
+        // A sweep deleted most events: writes are open again.
+        q.recount(10);
+        assert!(q.check(&ev(1, &k), 500).is_ok());
+    }
+
+    #[test]
+    fn one_pubkey_cannot_take_more_than_its_daily_bytes() {
+        let q = Quota::new(0, 10_000, Arc::new(Metrics::default()));
+        let (a, b) = (Keys::generate(), Keys::generate());
+        for _ in 0..10 {
+            assert!(q.check(&ev(1, &a), 1_000).is_ok());
+        }
+        let r = q.check(&ev(1, &a), 1_000).unwrap_err();
+        assert_eq!(r.prefix, MachineReadablePrefix::RateLimited);
+        assert!(r.message.starts_with("storage quota"), "{r:?}");
+        assert!(q.check(&ev(1, &b), 1_000).is_ok(), "other keys unaffected");
+    }
+}
