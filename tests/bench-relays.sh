@@ -16,17 +16,22 @@ if [ ! -x "$PEERS/bin/nostr-rs-relay" ]; then
   cargo install nostr-rs-relay --version "$NRS_VERSION" --root "$PEERS"
 fi
 
+FLOOD=${FLOOD:-8}
 WORK=$(mktemp -d)
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 PIDS=()
 trap cleanup EXIT
 
-mkdir -p "$WORK/fedai" "$WORK/nrs"
+mkdir -p "$WORK/fedai" "$WORK/fedai-unbounded" "$WORK/nrs"
 # Limits raised so the benchmark measures the relay, not its rate limiter.
 target/release/fedai-relay --bind 127.0.0.1:7801 --data-dir "$WORK/fedai" \
   --events-per-minute 100000000 --events-per-minute-per-pubkey 100000000 --log warn >/dev/null 2>&1 &
 PIDS+=($!)
 target/release/fedai-relay --bind 127.0.0.1:7803 --memory \
+  --events-per-minute 100000000 --events-per-minute-per-pubkey 100000000 --log warn >/dev/null 2>&1 &
+PIDS+=($!)
+target/release/fedai-relay --bind 127.0.0.1:7804 --data-dir "$WORK/fedai-unbounded" \
+  --max-pending-writes 0 \
   --events-per-minute 100000000 --events-per-minute-per-pubkey 100000000 --log warn >/dev/null 2>&1 &
 PIDS+=($!)
 cat > "$WORK/nrs/config.toml" <<TOML
@@ -54,3 +59,13 @@ echo "|---|---|---|---|---|---|"
 target/release/fedai-relay-bench --url ws://127.0.0.1:7801 --label "fedai-relay (LMDB)" "$@"
 target/release/fedai-relay-bench --url ws://127.0.0.1:7802 --label "nostr-rs-relay $NRS_VERSION (SQLite)" "$@"
 target/release/fedai-relay-bench --url ws://127.0.0.1:7803 --label "fedai-relay (--memory)" "$@"
+
+echo
+echo "Under a flood: $FLOOD connections pipelining kind-1 notes from fresh keys for 10 s; one quiet"
+echo "connection publishes an event every 20 ms (latency to OK, ms)."
+echo
+echo "| relay | quiet publish idle p50 / p99 | under flood p50 / p99 / max | quiet refused | flood accepted ev/s | flood refused |"
+echo "|---|---|---|---|---|---|"
+target/release/fedai-relay-bench --url ws://127.0.0.1:7801 --label "fedai-relay (LMDB)" --flood "$FLOOD"
+target/release/fedai-relay-bench --url ws://127.0.0.1:7804 --label "fedai-relay (LMDB, --max-pending-writes 0)" --flood "$FLOOD"
+target/release/fedai-relay-bench --url ws://127.0.0.1:7802 --label "nostr-rs-relay $NRS_VERSION (SQLite)" --flood "$FLOOD"

@@ -658,3 +658,30 @@ async fn per_address_and_per_filter_limits_refuse_clearly() {
         "a closed subscription still delivered"
     );
 }
+
+/// The shipped Prometheus alert rules name only metrics this relay exports.
+#[tokio::test]
+async fn alert_rules_name_only_exported_metrics() {
+    let rules = std::fs::read_to_string(
+        fedai_tests::workspace_root().join("deploy/prometheus/fedai-relay-alerts.yml"),
+    )
+    .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let (_, metrics) = relay.http_get("/metrics", "*/*").await;
+    let exported: HashSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("fedai_relay_") {
+            named += 1;
+            assert!(
+                exported.contains(word),
+                "{word} is not exported:\n{metrics}"
+            );
+        }
+    }
+    assert!(named >= 5, "{named} metrics named");
+}

@@ -313,13 +313,19 @@ fn rss(pid: u32) -> u64 {
 /// they close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cost_little_memory() {
-    const N: usize = 2_000;
+    // FEDAI_IDLE_CONNECTIONS=10000 for the figure in docs/benchmarks.md (needs `ulimit -n` above
+    // it, in this process and the relay's).
+    let n: usize = std::env::var("FEDAI_IDLE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let max = (n + 100).to_string();
     let relay = RelayProc::start(&[
         "--memory",
         "--max-connections",
-        "2100",
+        &max,
         "--max-connections-per-ip",
-        "2100",
+        &max,
     ]);
     let pid = relay.child.id();
     // Warm up: one connection through every path, so allocator and runtime start-up costs are
@@ -330,8 +336,8 @@ async fn idle_connections_cost_little_memory() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss(pid);
-    let mut conns = Vec::with_capacity(N);
-    for i in 0..N {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
         let mut ws = Ws::connect(&relay.url).await;
         ws.query(
             &format!("s{i}"),
@@ -342,9 +348,9 @@ async fn idle_connections_cost_little_memory() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let during = rss(pid);
-    let per_conn = during.saturating_sub(before) / N as u64;
+    let per_conn = during.saturating_sub(before) / n as u64;
     eprintln!(
-        "idle connections: rss {} KiB before, {} KiB with {N} connections: {} bytes each",
+        "idle connections: rss {} KiB before, {} KiB with {n} connections: {} bytes each",
         before / 1024,
         during / 1024,
         per_conn
@@ -354,7 +360,7 @@ async fn idle_connections_cost_little_memory() {
     let ev = fedai_tests::job_request(&keys, "still there?");
     assert!(first.publish(&ev).await.0);
     let mut heard = false;
-    while let Some(m) = conns[N - 1].recv(Duration::from_secs(5)).await {
+    while let Some(m) = conns[n - 1].recv(Duration::from_secs(5)).await {
         if m[0] == "EVENT" && m[2]["id"] == ev.id.to_hex() {
             heard = true;
             break;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, SplitSink};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use nostr_database::prelude::NostrDatabase;
 use nostr_sdk::prelude::{ClientMessage, RelayMessage, SubscriptionId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -308,7 +308,12 @@ pub async fn serve<S>(
                 // Answer completed saves first: they free pipeline slots.
                 biased;
                 Some(reply) = pending.next(), if !pending.is_empty() => {
-                    emit(&mut out, [reply]).await?;
+                    // A group commit completes many saves at once: answer them in one write.
+                    let mut replies = vec![reply];
+                    while let Some(Some(r)) = pending.next().now_or_never() {
+                        replies.push(r);
+                    }
+                    emit(&mut out, replies).await?;
                 }
                 d = s.reg.next() => {
                     let mut frames = Vec::new();

@@ -197,10 +197,14 @@ async fn open(
         .map(|f| f.ids.as_ref().map(|ids| ids.len()))
         .sum();
     let mut events: BTreeSet<Event> = BTreeSet::new();
-    for f in filters {
-        if ctx.limits.max_query_results == 0 {
+    let max = ctx.limits.max_query_results;
+    for mut f in filters {
+        // The REQ's filters share one budget: a REQ of 20 filters reads no more than one.
+        let room = max.saturating_sub(events.len());
+        if room == 0 {
             break;
         }
+        f.limit = Some(f.limit.map_or(room, |l| l.min(room)));
         match ctx.db.query(f).await {
             Ok(found) => events.extend(found),
             Err(e) => {

@@ -7,6 +7,11 @@
 //!   subscribers (p50 / p99 over every delivery);
 //! - **query latency**: a REQ returning 500 stored events, to EOSE (p50 / p99).
 //!
+//! With `--flood CONNS` it measures instead what a flood does to everyone else: `CONNS`
+//! connections pipeline kind-1 notes from fresh keys for `--flood-secs`, while one quiet
+//! connection publishes an event every 20 ms and times each `OK` (p50 / p99 / max), against the
+//! same quiet publisher on the idle relay just before.
+//!
 //! Events are signed before timing starts, by many keys (so per-pubkey limits are not what is
 //! measured). Output: a Markdown table row per measure and one JSON line (`--json`).
 
@@ -27,6 +32,8 @@ struct Args {
     events: usize,
     subscribers: usize,
     fanout_events: usize,
+    flood: usize,
+    flood_secs: u64,
     json: bool,
 }
 
@@ -37,6 +44,8 @@ fn args() -> Args {
         events: 5000,
         subscribers: 50,
         fanout_events: 200,
+        flood: 0,
+        flood_secs: 10,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -48,9 +57,11 @@ fn args() -> Args {
             "--events" => a.events = v().parse().expect("--events N"),
             "--subscribers" => a.subscribers = v().parse().expect("--subscribers N"),
             "--fanout-events" => a.fanout_events = v().parse().expect("--fanout-events N"),
+            "--flood" => a.flood = v().parse().expect("--flood CONNS"),
+            "--flood-secs" => a.flood_secs = v().parse().expect("--flood-secs S"),
             "--json" => a.json = true,
             "-h" | "--help" => {
-                println!("fedai-relay-bench --url ws://HOST:PORT [--label NAME] [--events N] [--subscribers N] [--fanout-events N] [--json]");
+                println!("fedai-relay-bench --url ws://HOST:PORT [--label NAME] [--events N] [--subscribers N] [--fanout-events N] [--flood CONNS [--flood-secs S]] [--json]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -262,9 +273,118 @@ async fn query_latency(url: &str, rounds: usize) -> (f64, f64, usize) {
     (pct(&lat, 0.5), pct(&lat, 0.99), count)
 }
 
+/// One quiet publisher: an event every 20 ms for `secs`, each timed to its `OK`. Returns the
+/// sorted latencies (ms) and how many were refused.
+async fn quiet_publisher(url: &str, secs: f64) -> (Vec<f64>, usize) {
+    let keys = Keys::generate();
+    let mut ws = connect(url).await;
+    let mut lat = Vec::new();
+    let mut refused = 0;
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        let ev =
+            fedai_protocol::JobRequest::text(format!("quiet {i} {}", start.elapsed().as_nanos()))
+                .to_event(&keys, None)
+                .expect("sign");
+        i += 1;
+        let t0 = Instant::now();
+        ws.send(Message::text(format!("[\"EVENT\",{}]", ev.as_json())))
+            .await
+            .unwrap();
+        loop {
+            let m = next_json(&mut ws).await;
+            if m[0] == "OK" && m[1] == ev.id.to_hex() {
+                if m[2] != true {
+                    refused += 1;
+                }
+                break;
+            }
+        }
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (lat, refused)
+}
+
+/// A flood connection: fresh-key notes, 256 in flight, until `until`. Returns (accepted, refused).
+async fn flooder(url: String, events: Vec<Event>, until: Instant) -> (usize, usize) {
+    let mut ws = connect(&url).await;
+    let (mut next, mut in_flight, mut ok, mut refused) = (0, 0, 0, 0);
+    while Instant::now() < until || in_flight > 0 {
+        while in_flight < 256 && next < events.len() && Instant::now() < until {
+            let frame = format!("[\"EVENT\",{}]", events[next].as_json());
+            if ws.send(Message::text(frame)).await.is_err() {
+                return (ok, refused);
+            }
+            next += 1;
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let m = next_json(&mut ws).await;
+        if m[0] == "OK" {
+            in_flight -= 1;
+            if m[2] == true {
+                ok += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    (ok, refused)
+}
+
+async fn flood(a: &Args) {
+    let per = 40_000 / a.flood.max(1);
+    let pools: Vec<Vec<Event>> = (0..a.flood)
+        .map(|c| {
+            (0..per)
+                .map(|i| {
+                    EventBuilder::new(Kind::TextNote, format!("flood {c} {i}"))
+                        .finalize(&Keys::generate())
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect();
+    let (idle, _) = quiet_publisher(&a.url, 3.0).await;
+    let until = Instant::now() + Duration::from_secs(a.flood_secs);
+    let floods: Vec<_> = pools
+        .into_iter()
+        .map(|p| tokio::spawn(flooder(a.url.clone(), p, until)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (busy, quiet_refused) = quiet_publisher(&a.url, a.flood_secs as f64 - 1.0).await;
+    let (mut ok, mut refused) = (0, 0);
+    for f in floods {
+        let (o, r) = f.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    let max = busy.last().copied().unwrap_or(f64::NAN);
+    println!(
+        "| {} | {:.2} / {:.2} | {:.2} / {:.2} / {:.1} ({} events) | {quiet_refused} | {:.0} | {refused} |",
+        a.label,
+        pct(&idle, 0.5),
+        pct(&idle, 0.99),
+        pct(&busy, 0.5),
+        pct(&busy, 0.99),
+        max,
+        busy.len(),
+        ok as f64 / a.flood_secs as f64,
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
+    if a.flood > 0 {
+        flood(&a).await;
+        return;
+    }
     let n = a.events;
     let (t1, a1) = throughput(&a.url, n.min(2000), 1, 1, "w1").await;
     let (t32, a32) = throughput(&a.url, n, 32, 1, "w32").await;
