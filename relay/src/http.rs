@@ -1,9 +1,8 @@
-//! The one listening port: WebSocket upgrades go to the LocalRelay, plain HTTP serves NIP-11,
-//! `/health` and `/metrics`.
+//! The one listening port: WebSocket upgrades go to [`crate::connection`] (under the global and
+//! per-address connection limits), plain HTTP serves NIP-11, `/health` and `/metrics`.
 //!
-//! We accept TCP ourselves (instead of `LocalRelay::run`) for two reasons: to set `TCP_NODELAY`
-//! on every socket (without it, small relay answers wait on Nagle + delayed ACK: ~40 ms floors),
-//! and to serve HTTP on the same port as the WebSocket.
+//! Every socket gets `TCP_NODELAY` (without it, small relay answers wait on Nagle + delayed ACK:
+//! ~40 ms floors).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! Subscriptions that outlive what relays do to them.
 //!
 //! A relay may close a live subscription at any time (`CLOSED`): nostr-sdk's LocalRelay does so
-//! for every connection whose live buffer overflowed during a burst of other people's events,
-//! public relays do so under load or on restart, and nostr-sdk's client then forgets the
+//! for every connection whose live buffer overflowed during a burst of other people's events
+//! (fedai-relay cuts only a subscription its reader fell behind on), public relays do so under
+//! load or on restart, and nostr-sdk's client then forgets the
 //! subscription (it re-sends only those it still holds when a connection comes back). A worker
 //! that subscribed once would hear no more jobs while its heartbeat kept advertising it.
 //!
