@@ -583,3 +583,51 @@ async fn a_fresh_key_flood_cannot_crowd_out_a_quiet_publisher() {
     drop(relay);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A relay that closes subscriptions (as public relays do, for their own reasons — here a test
+/// proxy, a fake, closes every one the moment a job is published): the worker subscribes again
+/// and still gets the request from the store, the customer re-opens its job's subscription and
+/// gets the answer; the job succeeds with no failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_subscriptions_are_opened_again_by_worker_and_customer() {
+    let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let proxy = fedai_tests::closing::ClosingProxy::start(&relay.url).await;
+    let (sk, pk) = nsec();
+    let worker = WorkerProc::start(&sk, &proxy.url, &tiny.url, &[]);
+    let c = fedai_client::FedaiClient::connect(&[proxy.url.clone()], Keys::generate())
+        .await
+        .unwrap();
+    wait_for_workers(&c, 1).await;
+    let opts = RunOptions {
+        worker: Some(pk),
+        max_attempts: 1,
+        timeout: Duration::from_secs(30),
+        ..RunOptions::default()
+    };
+    for round in 0..2 {
+        let mut failovers = 0;
+        let out = c
+            .run(
+                tiny_job(&format!("Round {round}: once upon a time"), 8),
+                &opts,
+                |u| match u {
+                    fedai_client::JobUpdate::Submitted(_) => proxy.close_all(),
+                    fedai_client::JobUpdate::Failover { .. } => failovers += 1,
+                    _ => {}
+                },
+            )
+            .await;
+        assert!(out.is_ok(), "round {round}: {out:?}\n{}", worker.logs());
+        assert_eq!(failovers, 0);
+    }
+    let closed = proxy.closed();
+    assert!(closed.iter().any(|id| id == "fedai-jobs"), "{closed:?}");
+    assert!(
+        worker
+            .logs()
+            .contains("a relay closed our subscription; subscribing again"),
+        "{}",
+        worker.logs()
+    );
+}

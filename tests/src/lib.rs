@@ -447,6 +447,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+pub mod closing;
 pub mod generic;
 pub mod lightning;
 pub mod peers;
