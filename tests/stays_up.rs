@@ -595,7 +595,7 @@ async fn closed_subscriptions_are_opened_again_by_worker_and_customer() {
     let proxy = fedai_tests::closing::ClosingProxy::start(&relay.url).await;
     let (sk, pk) = nsec();
     let worker = WorkerProc::start(&sk, &proxy.url, &tiny.url, &[]);
-    let c = fedai_client::FedaiClient::connect(&[proxy.url.clone()], Keys::generate())
+    let c = fedai_client::FedaiClient::connect(std::slice::from_ref(&proxy.url), Keys::generate())
         .await
         .unwrap();
     wait_for_workers(&c, 1).await;
