@@ -60,10 +60,25 @@ pub struct Hub {
     metrics: Arc<Metrics>,
 }
 
+/// One live subscription: its filters, and which opening of its id it is (frames queued for an
+/// earlier opening — closed, cut or replaced since — are dropped, never delivered under the id).
+struct Sub {
+    generation: u64,
+    filters: Vec<Filter>,
+}
+
+/// A frame queued for one opening of one subscription.
+struct Queued {
+    sub: SubscriptionId,
+    generation: u64,
+    frame: String,
+}
+
 /// One connection's side of the hub.
 struct Listener {
-    subs: Mutex<HashMap<SubscriptionId, Vec<Filter>>>,
-    tx: mpsc::UnboundedSender<String>,
+    subs: Mutex<HashMap<SubscriptionId, Sub>>,
+    generations: AtomicU64,
+    tx: mpsc::UnboundedSender<Queued>,
     queued: AtomicUsize,
     cut: Mutex<Vec<SubscriptionId>>,
     cut_notify: Notify,
@@ -95,6 +110,7 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let listener = Arc::new(Listener {
             subs: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
             tx,
             queued: AtomicUsize::new(0),
             cut: Mutex::new(Vec::new()),
@@ -125,8 +141,9 @@ impl Hub {
         for l in conns.values() {
             let mut subs = l.subs.lock().expect("subs lock");
             let mut cut = Vec::new();
-            for (id, filters) in subs.iter() {
-                if !filters
+            for (id, sub) in subs.iter() {
+                if !sub
+                    .filters
                     .iter()
                     .any(|f| f.match_event(event, MatchEventOptions::new()))
                 {
@@ -136,7 +153,12 @@ impl Hub {
                 let n = frame.len();
                 let fits = l.queued.load(Ordering::Relaxed) + n <= self.limits.conn_bytes
                     && self.queued.load(Ordering::Relaxed) + n <= self.limits.total_bytes;
-                if fits && l.tx.send(frame).is_ok() {
+                let queued = Queued {
+                    sub: id.clone(),
+                    generation: sub.generation,
+                    frame,
+                };
+                if fits && l.tx.send(queued).is_ok() {
                     l.queued.fetch_add(n, Ordering::Relaxed);
                     self.queued.fetch_add(n, Ordering::Relaxed);
                 } else {
@@ -145,8 +167,8 @@ impl Hub {
             }
             if !cut.is_empty() {
                 for id in &cut {
-                    if let Some(f) = subs.remove(id) {
-                        self.filters.fetch_sub(f.len(), Ordering::Relaxed);
+                    if let Some(sub) = subs.remove(id) {
+                        self.filters.fetch_sub(sub.filters.len(), Ordering::Relaxed);
                     }
                 }
                 self.metrics.subscriptions_cut(cut.len());
@@ -174,14 +196,14 @@ pub struct Registration {
     id: u64,
     hub: Arc<Hub>,
     listener: Arc<Listener>,
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::UnboundedReceiver<Queued>,
 }
 
 impl Registration {
     /// Start (or replace) a live subscription, unless the hub holds its limit of filters.
     pub fn subscribe(&self, id: SubscriptionId, filters: Vec<Filter>) -> Result<(), Full> {
         let mut subs = self.listener.subs.lock().expect("subs lock");
-        let old = subs.get(&id).map_or(0, Vec::len);
+        let old = subs.get(&id).map_or(0, |s| s.filters.len());
         let total = &self.hub.filters;
         let now = total.load(Ordering::Relaxed).saturating_sub(old);
         if now + filters.len() > self.hub.limits.total_filters {
@@ -189,15 +211,24 @@ impl Registration {
         }
         total.fetch_add(filters.len(), Ordering::Relaxed);
         total.fetch_sub(old, Ordering::Relaxed);
-        subs.insert(id, filters);
+        let generation = self.listener.generations.fetch_add(1, Ordering::Relaxed);
+        subs.insert(
+            id,
+            Sub {
+                generation,
+                filters,
+            },
+        );
         Ok(())
     }
 
     /// End a live subscription; whether it existed.
     pub fn unsubscribe(&self, id: &SubscriptionId) -> bool {
         let removed = self.listener.subs.lock().expect("subs lock").remove(id);
-        if let Some(f) = &removed {
-            self.hub.filters.fetch_sub(f.len(), Ordering::Relaxed);
+        if let Some(sub) = &removed {
+            self.hub
+                .filters
+                .fetch_sub(sub.filters.len(), Ordering::Relaxed);
         }
         removed.is_some()
     }
@@ -231,10 +262,11 @@ impl Registration {
             tokio::select! {
                 biased;
                 _ = self.listener.cut_notify.notified() => continue,
-                frame = self.rx.recv() => match frame {
-                    Some(frame) => {
-                        self.release(frame.len());
-                        return Delivery::Frame(frame);
+                queued = self.rx.recv() => match queued {
+                    Some(q) => {
+                        if let Some(frame) = self.current(q) {
+                            return Delivery::Frame(frame);
+                        }
                     }
                     // The sender lives in the listener we hold: never closed.
                     None => std::future::pending::<()>().await,
@@ -245,9 +277,22 @@ impl Registration {
 
     /// A frame already queued, without waiting.
     pub fn try_frame(&mut self) -> Option<String> {
-        let frame = self.rx.try_recv().ok()?;
-        self.release(frame.len());
-        Some(frame)
+        loop {
+            let q = self.rx.try_recv().ok()?;
+            if let Some(frame) = self.current(q) {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// The frame, if its subscription is still the opening it was queued for.
+    fn current(&self, q: Queued) -> Option<String> {
+        self.release(q.frame.len());
+        let subs = self.listener.subs.lock().expect("subs lock");
+        let live = subs
+            .get(&q.sub)
+            .is_some_and(|s| s.generation == q.generation);
+        live.then_some(q.frame)
     }
 
     fn release(&self, n: usize) {
@@ -265,7 +310,7 @@ impl Drop for Registration {
             .lock()
             .expect("subs lock")
             .values()
-            .map(Vec::len)
+            .map(|s| s.filters.len())
             .sum();
         self.hub.filters.fetch_sub(filters, Ordering::Relaxed);
         // Frames still queued are dropped with the receiver: give their bytes back.
@@ -369,6 +414,36 @@ mod tests {
         }
         assert_eq!(cut, Some(vec![SubscriptionId::new("notes")]));
         assert_eq!(hub.queued_bytes(), 0, "drained");
+    }
+
+    /// Frames queued for a subscription that was then closed or replaced are never delivered
+    /// under its id (after its CLOSED, or after the new opening's EOSE).
+    #[tokio::test]
+    async fn frames_of_a_closed_or_replaced_subscription_are_dropped() {
+        let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
+        let mut a = hub.register();
+        let id = SubscriptionId::new("s");
+        a.subscribe(id.clone(), vec![Filter::new().kind(Kind::TextNote)])
+            .unwrap();
+        let keys = Keys::generate();
+        hub.publish(&note(1, &keys));
+        // Replaced by a filter the queued note does not match.
+        a.subscribe(id.clone(), vec![Filter::new().kind(Kind::from_u16(5050))])
+            .unwrap();
+        let job = note(5050, &keys);
+        hub.publish(&job);
+        match frame(&mut a).await {
+            Some(Delivery::Frame(f)) => assert!(f.contains(&job.id.to_hex()), "{f}"),
+            _ => panic!("the new opening's event is delivered"),
+        }
+        assert!(
+            frame(&mut a).await.is_none(),
+            "the old opening's frame is dropped"
+        );
+        hub.publish(&note(5050, &keys));
+        assert!(a.unsubscribe(&id));
+        assert!(frame(&mut a).await.is_none(), "closed: nothing more");
+        assert_eq!(hub.queued_bytes(), 0);
     }
 
     #[tokio::test]
