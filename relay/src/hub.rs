@@ -11,12 +11,19 @@
 //!
 //! Memory is bounded twice: each connection may have at most [`Limits::conn_bytes`] of frames
 //! queued, and all connections together [`Limits::total_bytes`].
+//!
+//! The work per event does not grow with unrelated subscriptions: each filter is indexed under
+//! the values of one field an event must match (its ids, authors, one tag's values or kinds —
+//! whichever has fewest), so publishing an event looks up its id, author, kind and tags and
+//! matches only the filters found there, plus those without any such field.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use nostr_sdk::prelude::{Event, Filter, MatchEventOptions, SubscriptionId};
+use nostr_sdk::prelude::{
+    Event, EventId, Filter, Kind, MatchEventOptions, PublicKey, SingleLetterTag, SubscriptionId,
+};
 use tokio::sync::{mpsc, Notify};
 
 use crate::metrics::Metrics;
@@ -50,9 +57,102 @@ pub struct Full;
 /// The `CLOSED` reason for a subscription cut because its reader fell behind.
 pub const SLOW_READER: &str = "error: slow reader: this subscription's live events outran the connection; resubscribe with `since` to catch up from the store";
 
+/// Where a filter is found: one value of one field that an event must match.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Slot {
+    Id(EventId),
+    Author(PublicKey),
+    Tag(SingleLetterTag, String),
+    Kind(Kind),
+    /// The filter names no ids, authors, tags or kinds.
+    Any,
+}
+
+/// One opening of one subscription of one connection.
+type Entry = (u64, SubscriptionId, u64);
+
+/// The slots of a filter: the values of its field with fewest values (an empty set of ids,
+/// authors or kinds means "any"; an empty set of tag values matches nothing: no slot).
+fn slots(f: &Filter) -> Vec<Slot> {
+    let mut best: Option<Vec<Slot>> = None;
+    let mut consider = |v: Vec<Slot>| {
+        if best.as_ref().is_none_or(|b| v.len() < b.len()) {
+            best = Some(v);
+        }
+    };
+    if let Some(ids) = f.ids.as_ref().filter(|v| !v.is_empty()) {
+        consider(ids.iter().map(|i| Slot::Id(*i)).collect());
+    }
+    if let Some(authors) = f.authors.as_ref().filter(|v| !v.is_empty()) {
+        consider(authors.iter().map(|a| Slot::Author(*a)).collect());
+    }
+    for (tag, values) in &f.generic_tags {
+        consider(values.iter().map(|v| Slot::Tag(*tag, v.clone())).collect());
+    }
+    if let Some(kinds) = f.kinds.as_ref().filter(|v| !v.is_empty()) {
+        consider(kinds.iter().map(|k| Slot::Kind(*k)).collect());
+    }
+    best.unwrap_or_else(|| vec![Slot::Any])
+}
+
+/// The slots an event can be found under.
+fn event_slots(e: &Event) -> Vec<Slot> {
+    let mut out = vec![
+        Slot::Id(e.id),
+        Slot::Author(e.pubkey),
+        Slot::Kind(e.kind),
+        Slot::Any,
+    ];
+    out.extend(
+        e.tags
+            .iter()
+            .filter_map(|t| Some(Slot::Tag(t.single_letter_tag()?, t.content()?.to_owned()))),
+    );
+    out
+}
+
+/// Connections and the filter index, under one lock: publishing reads it, subscribing and
+/// disconnecting write it briefly.
+#[derive(Default)]
+struct State {
+    conns: HashMap<u64, Arc<Listener>>,
+    index: HashMap<Slot, HashSet<Entry>>,
+    entries: usize,
+}
+
+impl State {
+    fn add(&mut self, entry: &Entry, filters: &[Filter]) {
+        for f in filters {
+            for slot in slots(f) {
+                if self.index.entry(slot).or_default().insert(entry.clone()) {
+                    self.entries += 1;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, entry: &Entry, filters: &[Filter]) {
+        for f in filters {
+            for slot in slots(f) {
+                if let Some(set) = self.index.get_mut(&slot) {
+                    if set.remove(entry) {
+                        self.entries -= 1;
+                    }
+                    if set.is_empty() {
+                        self.index.remove(&slot);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Index entries (filter values) for all connections together.
+const MAX_INDEX_ENTRIES: usize = 500_000;
+
 /// The live subscriptions of all connections.
 pub struct Hub {
-    conns: RwLock<HashMap<u64, Arc<Listener>>>,
+    state: RwLock<State>,
     next_id: AtomicU64,
     queued: AtomicUsize,
     filters: AtomicUsize,
@@ -96,7 +196,7 @@ impl Hub {
     /// An empty hub.
     pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            conns: RwLock::new(HashMap::new()),
+            state: RwLock::new(State::default()),
             next_id: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             filters: AtomicUsize::new(0),
@@ -117,9 +217,10 @@ impl Hub {
             cut_notify: Notify::new(),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns
+        self.state
             .write()
             .expect("hub lock")
+            .conns
             .insert(id, listener.clone());
         Registration {
             id,
@@ -136,12 +237,27 @@ impl Hub {
 
     /// Queue `event` for every subscription that matches it. Never blocks on a reader.
     pub fn publish(&self, event: &Event) {
+        let state = self.state.read().expect("hub lock");
+        // Candidates from the index, one per connection subscription.
+        let mut found: HashMap<u64, HashSet<&SubscriptionId>> = HashMap::new();
+        for slot in event_slots(event) {
+            for (conn, sub, _) in state.index.get(&slot).into_iter().flatten() {
+                found.entry(*conn).or_default().insert(sub);
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
         let json = event.as_json();
-        let conns = self.conns.read().expect("hub lock");
-        for l in conns.values() {
+        let mut cut_entries = Vec::new();
+        for (conn, ids) in found {
+            let Some(l) = state.conns.get(&conn) else {
+                continue;
+            };
             let mut subs = l.subs.lock().expect("subs lock");
             let mut cut = Vec::new();
-            for (id, sub) in subs.iter() {
+            for id in ids {
+                let Some(sub) = subs.get(id) else { continue };
                 if !sub
                     .filters
                     .iter()
@@ -169,11 +285,19 @@ impl Hub {
                 for id in &cut {
                     if let Some(sub) = subs.remove(id) {
                         self.filters.fetch_sub(sub.filters.len(), Ordering::Relaxed);
+                        cut_entries.push(((conn, id.clone(), sub.generation), sub.filters));
                     }
                 }
                 self.metrics.subscriptions_cut(cut.len());
                 l.cut.lock().expect("cut lock").extend(cut);
                 l.cut_notify.notify_one();
+            }
+        }
+        drop(state);
+        if !cut_entries.is_empty() {
+            let mut state = self.state.write().expect("hub lock");
+            for (entry, filters) in &cut_entries {
+                state.remove(entry, filters);
             }
         }
     }
@@ -202,16 +326,25 @@ pub struct Registration {
 impl Registration {
     /// Start (or replace) a live subscription, unless the hub holds its limit of filters.
     pub fn subscribe(&self, id: SubscriptionId, filters: Vec<Filter>) -> Result<(), Full> {
+        // Lock order everywhere: the hub's state, then a connection's subscriptions.
+        let mut state = self.hub.state.write().expect("hub lock");
         let mut subs = self.listener.subs.lock().expect("subs lock");
         let old = subs.get(&id).map_or(0, |s| s.filters.len());
         let total = &self.hub.filters;
         let now = total.load(Ordering::Relaxed).saturating_sub(old);
-        if now + filters.len() > self.hub.limits.total_filters {
+        let values: usize = filters.iter().map(|f| slots(f).len()).sum();
+        if now + filters.len() > self.hub.limits.total_filters
+            || state.entries + values > MAX_INDEX_ENTRIES
+        {
             return Err(Full);
+        }
+        if let Some(prev) = subs.remove(&id) {
+            state.remove(&(self.id, id.clone(), prev.generation), &prev.filters);
         }
         total.fetch_add(filters.len(), Ordering::Relaxed);
         total.fetch_sub(old, Ordering::Relaxed);
         let generation = self.listener.generations.fetch_add(1, Ordering::Relaxed);
+        state.add(&(self.id, id.clone(), generation), &filters);
         subs.insert(
             id,
             Sub {
@@ -224,8 +357,10 @@ impl Registration {
 
     /// End a live subscription; whether it existed.
     pub fn unsubscribe(&self, id: &SubscriptionId) -> bool {
+        let mut state = self.hub.state.write().expect("hub lock");
         let removed = self.listener.subs.lock().expect("subs lock").remove(id);
         if let Some(sub) = &removed {
+            state.remove(&(self.id, id.clone(), sub.generation), &sub.filters);
             self.hub
                 .filters
                 .fetch_sub(sub.filters.len(), Ordering::Relaxed);
@@ -303,15 +438,15 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.conns.write().expect("hub lock").remove(&self.id);
-        let filters: usize = self
-            .listener
-            .subs
-            .lock()
-            .expect("subs lock")
-            .values()
-            .map(|s| s.filters.len())
-            .sum();
+        let mut state = self.hub.state.write().expect("hub lock");
+        state.conns.remove(&self.id);
+        let subs = std::mem::take(&mut *self.listener.subs.lock().expect("subs lock"));
+        let mut filters = 0;
+        for (id, sub) in subs {
+            state.remove(&(self.id, id, sub.generation), &sub.filters);
+            filters += sub.filters.len();
+        }
+        drop(state);
         self.hub.filters.fetch_sub(filters, Ordering::Relaxed);
         // Frames still queued are dropped with the receiver: give their bytes back.
         self.hub.queued.fetch_sub(
@@ -457,14 +592,15 @@ mod tests {
         drop(a);
         assert_eq!(hub.queued_bytes(), 0);
         assert_eq!(hub.filters.load(Ordering::Relaxed), 0);
-        assert!(hub.conns.read().unwrap().is_empty());
+        let state = hub.state.read().unwrap();
+        assert!(state.conns.is_empty());
+        assert_eq!((state.index.len(), state.entries), (0, 0));
     }
 }
 
 #[cfg(test)]
 mod limit_tests {
     use super::*;
-    use nostr_sdk::prelude::*;
 
     /// Live filters are bounded for the whole relay: a REQ past the bound is refused, and
     /// closing, replacing and disconnecting give filters back.
@@ -490,5 +626,80 @@ mod limit_tests {
         drop(b);
         a.subscribe(SubscriptionId::new("x"), six).unwrap();
         assert_eq!(hub.filters.load(Ordering::Relaxed), 6);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use nostr_sdk::prelude::*;
+    use std::time::Duration;
+
+    /// The index finds exactly what matching every filter would: for filters on each field
+    /// (and none), every event is delivered to the subscriptions whose filters match it.
+    #[tokio::test]
+    async fn the_index_delivers_exactly_what_the_filters_match() {
+        let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
+        let (a, b) = (Keys::generate(), Keys::generate());
+        let events: Vec<Event> = vec![
+            EventBuilder::new(Kind::TextNote, "1").finalize(&a).unwrap(),
+            EventBuilder::new(Kind::from_u16(5050), "2")
+                .tag(Tag::public_key(b.public_key()))
+                .finalize(&a)
+                .unwrap(),
+            EventBuilder::new(Kind::from_u16(7000), "3")
+                .tag(Tag::hashtag("fedai"))
+                .finalize(&b)
+                .unwrap(),
+        ];
+        let filters = vec![
+            Filter::new(),
+            Filter::new().kind(Kind::TextNote),
+            Filter::new().kinds([Kind::from_u16(5050), Kind::from_u16(7000)]),
+            Filter::new().author(a.public_key()),
+            Filter::new().author(b.public_key()).kind(Kind::TextNote),
+            Filter::new().pubkey(b.public_key()),
+            Filter::new().hashtag("fedai").kind(Kind::from_u16(7000)),
+            Filter::new().id(events[0].id),
+            Filter::new().kinds(Vec::<Kind>::new()),
+            Filter::new()
+                .authors([a.public_key(), b.public_key()])
+                .hashtag("nope"),
+        ];
+        let mut regs = Vec::new();
+        for f in &filters {
+            let r = hub.register();
+            r.subscribe(SubscriptionId::new("s"), vec![f.clone()])
+                .unwrap();
+            regs.push(r);
+        }
+        for e in &events {
+            hub.publish(e);
+        }
+        for (f, r) in filters.iter().zip(regs.iter_mut()) {
+            let want: Vec<String> = events
+                .iter()
+                .filter(|e| f.match_event(e, MatchEventOptions::new()))
+                .map(|e| e.id.to_hex())
+                .collect();
+            let mut got = Vec::new();
+            while let Ok(Delivery::Frame(frame)) =
+                tokio::time::timeout(Duration::from_millis(10), r.next()).await
+            {
+                let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+                got.push(v[2]["id"].as_str().unwrap().to_owned());
+            }
+            got.sort();
+            let mut want = want;
+            want.sort();
+            assert_eq!(got, want, "{f:?}");
+        }
+        drop(regs);
+        let state = hub.state.read().unwrap();
+        assert_eq!(
+            (state.index.len(), state.entries),
+            (0, 0),
+            "all entries removed"
+        );
     }
 }
