@@ -256,7 +256,7 @@ impl Default for RelayConfig {
             events_per_minute_per_pubkey: 60_000,
             queries_per_minute: 6_000,
             max_connections: 10_000,
-            max_connections_per_ip: 256,
+            max_connections_per_ip: 128,
             public_urls: Vec::new(),
             max_query_results: 5_000,
             max_pending_writes: 512,

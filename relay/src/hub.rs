@@ -43,7 +43,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            conn_bytes: 4 << 20,
+            // With at most 128 connections per address (the default), one address can fill
+            // at most half of the relay-wide bound.
+            conn_bytes: 2 << 20,
             total_bytes: 512 << 20,
             total_filters: 50_000,
         }
