@@ -631,3 +631,75 @@ async fn closed_subscriptions_are_opened_again_by_worker_and_customer() {
         worker.logs()
     );
 }
+
+/// Small, tag-heavy events take many times their JSON in LMDB (indexes): with no JSON quota at
+/// all, the relay still refuses with `storage full` before its map fills — never a database
+/// error, never a lost acknowledged event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lmdb_map_never_fills() {
+    let data = fedai_tests::temp_dir("map");
+    let relay = RelayProc::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--map-size-mib",
+        "16",
+        "--max-store-mib",
+        "0",
+        "--pubkey-quota-mib",
+        "0",
+    ]);
+    let mut ws = Ws::connect(&relay.url).await;
+    let keys = Keys::generate();
+    let mut accepted = Vec::new();
+    let mut refusals = std::collections::HashSet::new();
+    for round in 0..40 {
+        let jobs: Vec<Event> = (0..500)
+            .map(|i| fedai_tests::job_request(&keys, &format!("round {round} job {i}")))
+            .collect();
+        for (ev, (ok, msg)) in jobs.iter().zip(ws.publish_many(&jobs).await) {
+            if ok {
+                accepted.push(ev.id);
+            } else {
+                refusals.insert(msg);
+            }
+        }
+        if !refusals.is_empty() {
+            break;
+        }
+    }
+    eprintln!("map: {} accepted; refusals {refusals:?}", accepted.len());
+    assert!(
+        !refusals.is_empty(),
+        "the map never came close: the test proves nothing"
+    );
+    assert!(
+        refusals
+            .iter()
+            .all(|m| m.starts_with("error: storage full")),
+        "{refusals:?}"
+    );
+    // Deletions still go through, and everything acknowledged is there.
+    let deletion = EventBuilder::new(Kind::EventDeletion, "")
+        .tag(Tag::event(accepted[0]))
+        .finalize(&keys)
+        .unwrap();
+    assert!(ws.publish(&deletion).await.0);
+    let mut found = 0;
+    for (i, chunk) in accepted[1..].chunks(500).enumerate() {
+        let ids: Vec<String> = chunk.iter().map(|id| id.to_hex()).collect();
+        found += ws
+            .query(&format!("c{i}"), serde_json::json!({"ids": ids}))
+            .await
+            .len();
+    }
+    assert_eq!(found, accepted.len() - 1, "an acknowledged event was lost");
+    let (_, metrics) = relay.http_get("/metrics", "*/*").await;
+    let disk = metric(&metrics, "fedai_relay_store_disk_bytes");
+    eprintln!(
+        "map: data.mdb {disk} bytes of a 16 MiB map; JSON {} bytes",
+        metric(&metrics, "fedai_relay_store_bytes")
+    );
+    assert!(disk < 16.0 * 1024.0 * 1024.0);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&data);
+}

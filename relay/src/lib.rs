@@ -149,9 +149,14 @@ impl RelayServer {
                  header clients send; set --public-url to the URL clients use"
             );
         }
-        let quota = Arc::new(quota::Quota::new(
+        let map = match &config.storage {
+            Storage::Lmdb { dir, map_size } => Some((dir.clone(), *map_size as u64)),
+            Storage::Memory => None,
+        };
+        let quota = Arc::new(quota::Quota::with_map(
             config.max_store_bytes,
             config.pubkey_quota_bytes,
+            map,
             metrics.clone(),
         ));
         quota.measure(db.as_ref()).await;

@@ -47,6 +47,7 @@ pub struct Metrics {
     store_limit_bytes: AtomicU64,
     stored_events: AtomicU64,
     pending_writes: AtomicU64,
+    store_disk_bytes: AtomicU64,
 }
 
 /// Kind label: fed_AI kinds by number, ephemeral/other folded, so label cardinality stays bounded.
@@ -132,6 +133,10 @@ impl Metrics {
     /// Events stored (counted at each sweep).
     pub fn set_stored_events(&self, n: u64) {
         self.stored_events.store(n, Ordering::Relaxed);
+    }
+    /// Bytes the LMDB file takes on disk.
+    pub fn set_store_disk_bytes(&self, n: u64) {
+        self.store_disk_bytes.store(n, Ordering::Relaxed);
     }
     /// Writes in flight to the store now.
     pub fn set_pending_writes(&self, n: u64) {
@@ -226,6 +231,13 @@ impl Metrics {
             "Bytes stored (estimate: events counted at each sweep x average size + bytes since).",
             "gauge",
             self.store_bytes.load(Ordering::Relaxed) as i128,
+        );
+        g(
+            &mut o,
+            "fedai_relay_store_disk_bytes",
+            "Bytes the LMDB file takes on disk (0 in memory); past 75% of the map only market kinds are stored.",
+            "gauge",
+            self.store_disk_bytes.load(Ordering::Relaxed) as i128,
         );
         g(
             &mut o,

@@ -8,6 +8,11 @@
 //!   other write is unaffected, and nothing already accepted is lost (the LMDB map, sized above
 //!   the quota, never fills, so a group commit never fails for an innocent event batched with
 //!   an offender's).
+//! - **The LMDB map.** The store's file holds more than the events' JSON: its indexes (one entry
+//!   per tag value, author, kind, …) took 2.15× the JSON for 1.3 KB notes and 9× for small
+//!   tag-heavy job requests. The relay learns that ratio from the file as it grows and refuses
+//!   writes the same way (market kinds only past 75% of the map, only deletions past 85%), so
+//!   the map never fills — whatever `--max-store-mib` says.
 //! - **Per pubkey.** Each key may store `--pubkey-quota-mib` per day (a byte bucket refilled
 //!   continuously); past it, `OK false "rate-limited: storage quota: …"`. Keys are free, so this
 //!   bounds one identity; the global quota and the global write bound bound everyone.
@@ -27,6 +32,15 @@ use crate::policy::KeyedLimiter;
 const OPEN_SHARE: f64 = 0.9;
 /// Average event size assumed before any is measured.
 const DEFAULT_AVG: u64 = 1024;
+/// File bytes per JSON byte assumed until measured (×1000).
+const DEFAULT_RATIO: u64 = 10_000;
+/// The ratio is measured once the events' JSON is this large (below it LMDB's fixed overhead
+/// dominates).
+const RATIO_FROM: u64 = 1 << 20;
+/// Share of the map open to every kind, and the share past which only deletions are stored.
+/// (LMDB copies the pages a commit touches: the rest is its room to work.)
+const MAP_OPEN: f64 = 0.75;
+const MAP_FULL: f64 = 0.85;
 
 /// Why a write does not fit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +61,25 @@ pub struct Quota {
     avg: AtomicU64,
     per_key: Option<KeyedLimiter>,
     per_key_bytes: u64,
+    map: Option<Map>,
     metrics: Arc<Metrics>,
+}
+
+/// The LMDB file and map the store lives in.
+struct Map {
+    file: std::path::PathBuf,
+    size: u64,
+    /// File bytes per JSON byte, ×1000.
+    ratio: AtomicU64,
+    /// The file's size when the ratio was last measured.
+    disk: AtomicU64,
+    stores: AtomicU64,
+}
+
+/// Bytes the file takes on disk (allocated blocks: LMDB's file is sparse).
+fn allocated(file: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file).ok().map(|m| m.blocks() * 512)
 }
 
 /// Kinds stored past the open share: what the market needs to keep working.
@@ -59,6 +91,16 @@ impl Quota {
     /// `max_store` bytes in all (0: unbounded); `per_key_per_day` bytes per pubkey per day (0:
     /// unbounded).
     pub fn new(max_store: u64, per_key_per_day: u64, metrics: Arc<Metrics>) -> Self {
+        Self::with_map(max_store, per_key_per_day, None, metrics)
+    }
+
+    /// As [`Quota::new`], also keeping the LMDB map in `dir` (of `map_size` bytes) from filling.
+    pub fn with_map(
+        max_store: u64,
+        per_key_per_day: u64,
+        map: Option<(std::path::PathBuf, u64)>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let per_key = (per_key_per_day > 0).then(|| {
             KeyedLimiter::with_rate(per_key_per_day as f64, per_key_per_day as f64 / 86_400.0)
         });
@@ -70,7 +112,36 @@ impl Quota {
             avg: AtomicU64::new(DEFAULT_AVG),
             per_key,
             per_key_bytes: per_key_per_day,
+            map: map.map(|(dir, size)| Map {
+                file: dir.join("data.mdb"),
+                size,
+                ratio: AtomicU64::new(DEFAULT_RATIO),
+                disk: AtomicU64::new(0),
+                stores: AtomicU64::new(0),
+            }),
             metrics,
+        }
+    }
+
+    /// Map bytes the store would take with `extra` more JSON bytes.
+    fn map_use(&self, map: &Map, extra: u64) -> f64 {
+        (self.used() + extra) as f64 * map.ratio.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Learn the file-to-JSON ratio from the file, when it has grown: LMDB grows its file only
+    /// once no freed page is left to reuse, so then the file is what the events take. (After a
+    /// sweep deletes events the file keeps its size and its free pages are reused: the ratio
+    /// measured before stays.)
+    fn measure_map(&self, map: &Map) {
+        let Some(disk) = allocated(&map.file) else {
+            return;
+        };
+        self.metrics.set_store_disk_bytes(disk);
+        let json = self.used();
+        if disk > map.disk.load(Ordering::Relaxed) && json >= RATIO_FROM {
+            let ratio = disk.saturating_mul(1000) / json;
+            map.ratio.store(ratio.max(1000), Ordering::Relaxed);
+            map.disk.store(disk, Ordering::Relaxed);
         }
     }
 
@@ -103,6 +174,17 @@ impl Quota {
                 });
             }
         }
+        if let (Some(map), true) = (&self.map, event.kind != Kind::EventDeletion) {
+            let using = self.map_use(map, size);
+            let full = using > map.size as f64 * MAP_FULL;
+            if full || (using > map.size as f64 * MAP_OPEN && !is_market(event.kind)) {
+                return Err(Refusal {
+                    prefix: MachineReadablePrefix::Error,
+                    message: "storage full: the store's file is near its map size".into(),
+                    reason: "storage-full",
+                });
+            }
+        }
         if let Some(l) = &self.per_key {
             if !l.allow_n(&event.pubkey, Instant::now(), size as f64) {
                 return Err(self.over_key_quota(&event.pubkey));
@@ -131,6 +213,12 @@ impl Quota {
         let next = avg + (size as i64 - avg) / 64;
         self.avg.store(next.max(1) as u64, Ordering::Relaxed);
         self.metrics.set_store_bytes(self.used());
+        if let Some(map) = &self.map {
+            // A stat every 64 stores: the ratio follows the file while a burst grows it.
+            if map.stores.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
+                self.measure_map(map);
+            }
+        }
     }
 
     /// Re-base on the store's exact event count (after a sweep deleted some).
@@ -142,6 +230,9 @@ impl Quota {
         self.added.store(0, Ordering::Relaxed);
         self.metrics.set_store_bytes(self.used());
         self.metrics.set_stored_events(events as u64);
+        if let Some(map) = &self.map {
+            self.measure_map(map);
+        }
     }
 
     /// Measure the average size on the newest stored events and count them all.
@@ -189,6 +280,34 @@ mod tests {
         // A sweep deleted most events: writes are open again.
         q.recount(10);
         assert!(q.check(&ev(1, &k), 500).is_ok());
+    }
+
+    /// The map guard learns how much file each JSON byte takes and keeps the last 20% of the
+    /// map for market kinds and deletions, whatever the JSON quota says.
+    #[test]
+    fn the_map_never_fills_whatever_the_json_quota() {
+        let dir = std::env::temp_dir().join(format!("fedai-quota-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A 10 MB file for ~1 MB of JSON: ratio 10 (the default, before measuring).
+        std::fs::write(dir.join("data.mdb"), vec![1u8; 10 << 20]).unwrap();
+        let q = Quota::with_map(
+            0,
+            0,
+            Some((dir.clone(), 40 << 20)),
+            Arc::new(Metrics::default()),
+        );
+        let k = Keys::generate();
+        q.recount(0);
+        q.stored(2 << 20); // 2 MiB of JSON: ratio measured 5 (10 MB / 2 MiB).
+        assert!(q.check(&ev(1, &k), 1_000).is_ok(), "10 MB of a 40 MB map");
+        q.stored(4 << 20); // 6.x MiB of JSON × 5 = 31 MiB: past 75% of 40.
+        let r = q.check(&ev(1, &k), 1_000).unwrap_err();
+        assert!(r.message.contains("map size"), "{r:?}");
+        assert!(q.check(&ev(5050, &k), 1_000).is_ok(), "market kinds go on");
+        q.stored(1 << 20); // 7.x MiB × 5 = 36 MiB: past 85%.
+        assert!(q.check(&ev(5050, &k), 1_000).is_err());
+        assert!(q.check(&ev(5, &k), 1_000).is_ok(), "deletions still");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
