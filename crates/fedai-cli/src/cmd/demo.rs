@@ -14,7 +14,25 @@ use fedai_worker::{metrics::Metrics, Cli as WorkerCli, Worker};
 /// Model id the demo serves.
 pub const DEMO_MODEL: &str = "smollm2-135m-instruct";
 
-pub async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
+/// Start a relay, a worker and a real llama.cpp model in this process, and run one job.
+#[derive(clap::Args)]
+pub struct Demo {
+    /// Prompt to run.
+    #[arg(long, default_value = "In one sentence, what is a relay?")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: u32,
+}
+
+impl Demo {
+    /// Bring everything up and run the job.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        run(&self.prompt, self.max_tokens).await
+    }
+}
+
+async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
     eprintln!("• installing/checking llama.cpp server and SmolLM2-135M (cached in .cache/runner)…");
     let mut llama = LocalLlamaServer::start(LocalModel::SmolLm2, DEMO_MODEL, 1).await?;
     eprintln!("• llama.cpp server at {}", llama.url);
@@ -62,7 +80,7 @@ pub async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
         timeout: Duration::from_secs(120),
         ..Default::default()
     };
-    let result = crate::infer(&client, req, &opts, false, false).await;
+    let result = super::infer::infer(&client, req, &opts, false, false).await;
     client.shutdown().await;
     let _ = stop_tx.send(());
     let _ = worker_task.await;

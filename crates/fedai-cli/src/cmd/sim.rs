@@ -4,6 +4,42 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+/// Simulate a market scenario with the real scheduler (no network).
+#[derive(clap::Args)]
+pub struct Sim {
+    /// Scenario file (TOML; see crates/fedai-sim/scenarios/).
+    scenario: PathBuf,
+    /// Sweep one parameter: `param=v1,v2,…` (dotted path, e.g. `client.top_n=1,3,5`).
+    #[arg(long)]
+    sweep: Option<String>,
+    /// Override the number of jobs.
+    #[arg(long)]
+    jobs: Option<u64>,
+    /// Override the seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the reports as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the full Markdown report here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+impl Sim {
+    /// Run the scenario.
+    pub fn run(&self) -> anyhow::Result<()> {
+        run(
+            &self.scenario,
+            self.sweep.as_deref(),
+            self.jobs,
+            self.seed,
+            self.json.as_ref(),
+            self.markdown.as_ref(),
+        )
+    }
+}
+
 /// Run `file` (all its sweep variants, or `sweep` over it), print Markdown, optionally write
 /// the JSON reports and the Markdown.
 pub fn run(

@@ -1,0 +1,272 @@
+//! `fedai infer`: run a prompt through the market, streaming the answer.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::bail;
+use fedai_client::{FedaiClient, JobOutcome, JobUpdate, RunOptions};
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::JobRequest;
+use fedai_scheduler::Policy;
+
+use crate::config::Ctx;
+use crate::pay::PayArgs;
+
+/// Run a prompt through a worker, streaming the answer.
+#[derive(clap::Args)]
+pub struct Infer {
+    /// The prompt.
+    prompt: String,
+    /// Model id.
+    #[arg(long)]
+    model: Option<String>,
+    /// Worker (npub or hex); default: picked among live ads.
+    #[arg(long)]
+    worker: Option<String>,
+    /// Maximum tokens to generate.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Encrypt the job to the worker (NIP-44).
+    #[arg(long = "encrypt")]
+    private: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the result.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Send the prompt as raw text to complete, instead of a chat turn (the default, which
+    /// applies the model's chat template).
+    #[arg(long)]
+    raw: bool,
+    /// Never pay more than this per job, msat (workers above it are never chosen).
+    #[arg(long)]
+    max_price: Option<u64>,
+    /// How to choose the worker.
+    #[arg(long, default_value = "balanced", value_parser = ["cheapest", "fastest", "balanced"])]
+    strategy: String,
+    /// Run an auction: collect quotes for this many seconds, then award the best.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+    auction: Option<f64>,
+    /// Print the scheduler's scores and filter reasons before running.
+    #[arg(long)]
+    explain: bool,
+    /// Attempts in all: on error, timeout or an invalid result, fail over to the next worker.
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Fail over when the worker has not acknowledged the request within this many seconds
+    /// (a dead worker costs this, not --timeout).
+    #[arg(long, default_value_t = 15, env = "FEDAI_ACK_TIMEOUT")]
+    ack_timeout: u64,
+    /// Fail over when a working worker shows no sign of progress for this many seconds
+    /// (workers repeat `processing` every 10 s).
+    #[arg(long, default_value_t = 30, env = "FEDAI_STALL_TIMEOUT")]
+    stall_timeout: u64,
+    #[command(flatten)]
+    pay: PayArgs,
+}
+
+impl Infer {
+    /// Choose, run, print.
+    pub async fn run(&self, ctx: &Ctx) -> anyhow::Result<()> {
+        let client = FedaiClient::connect(&ctx.relays, ctx.keys()?).await?;
+        let mut req = if self.raw {
+            JobRequest::text(self.prompt.clone())
+        } else {
+            JobRequest::chat(self.prompt.clone())
+        };
+        req.params.model = self.model.clone();
+        req.params.max_tokens = self.max_tokens;
+        req.params.temperature = self.temperature;
+        let worker = self
+            .worker
+            .as_deref()
+            .map(|w| {
+                PublicKey::parse(w)
+                    .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))
+            })
+            .transpose()?;
+        if self.private && self.auction.is_some() {
+            bail!("--encrypt needs a chosen worker; it cannot be combined with --auction");
+        }
+        let opts = RunOptions {
+            policy: Policy::new(
+                self.strategy
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!(e))?,
+            ),
+            max_price_msat: self.max_price.or(ctx.file.max_price),
+            private: self.private,
+            timeout: Duration::from_secs(self.timeout),
+            max_attempts: (self.attempts).max(1),
+            worker,
+            auction: self
+                .auction
+                .map(|s| Duration::from_secs_f64(s.clamp(0.1, 60.0))),
+            pay: self.pay.context(&ctx.file).await?,
+            ack_timeout: Duration::from_secs((self.ack_timeout).max(1)),
+            stall_timeout: Duration::from_secs((self.stall_timeout).max(1)),
+        };
+        let r = infer(&client, req, &opts, self.json, self.explain).await;
+        client.shutdown().await;
+        r.map(drop)
+    }
+}
+
+/// Choose a worker, run the job with failover, print as it streams. Shared by `infer` and
+/// `demo`.
+pub(crate) async fn infer(
+    client: &FedaiClient,
+    mut req: JobRequest,
+    opts: &RunOptions,
+    json: bool,
+    explain: bool,
+) -> anyhow::Result<JobOutcome> {
+    let timeout = opts.timeout;
+    req.params.stream = !json;
+    req.expiration = Some(Timestamp::from_secs(
+        Timestamp::now().as_secs() + timeout.as_secs() * opts.max_attempts.max(1) as u64,
+    ));
+    if explain {
+        let ads = client.workers().await?;
+        print_explanation(&client.explain(&ads, &req, opts));
+    }
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut spinner = tty.then(|| {
+        tokio::spawn(async {
+            let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+            for i in 0.. {
+                eprint!("\r{} waiting for the worker…", frames[i % frames.len()]);
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        })
+    });
+    let stop_spinner = |spinner: &mut Option<tokio::task::JoinHandle<()>>| {
+        if let Some(s) = spinner.take() {
+            s.abort();
+            eprint!("\r\x1b[2K");
+        }
+    };
+    let mut streamed = false;
+    let model = req.params.model.clone();
+    let outcome = client
+        .run(req, opts, |u| match u {
+            JobUpdate::Partial(text) => {
+                stop_spinner(&mut spinner);
+                streamed = true;
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            JobUpdate::Paying(msat) => {
+                stop_spinner(&mut spinner);
+                eprintln!("⚡ paying {msat} msat (hold invoice checked against the quote)");
+            }
+            JobUpdate::Failover { worker, error } => {
+                stop_spinner(&mut spinner);
+                if streamed {
+                    println!();
+                    streamed = false;
+                }
+                let w = worker.to_bech32().unwrap_or_default();
+                eprintln!(
+                    "⚠ worker {}… failed ({error}); trying another",
+                    &w[..16.min(w.len())]
+                );
+            }
+            _ => {}
+        })
+        .await;
+    stop_spinner(&mut spinner);
+    let done = match outcome {
+        Err(fedai_client::ClientError::NoWorker) => bail!(
+            "no live worker fits this job (model {}, try `fedai workers` or `--explain`)",
+            model.as_deref().unwrap_or("any")
+        ),
+        o => o?,
+    };
+    if json {
+        let m = done.metering.as_ref();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "request": done.request.id.to_hex(), "result": done.result.id.to_hex(),
+                "worker": done.result.worker.to_bech32().unwrap_or_default(), "model": done.result.result.model,
+                "output": done.output,
+                "usage": {"input_tokens": done.result.result.usage.input_tokens, "output_tokens": done.result.result.usage.output_tokens},
+                "price_msat": m.map(|(m, _)| m.record.price_msat),
+                "payment": done.payment.as_ref().map(|p| serde_json::json!({"amount_msat": p.amount_msat, "payment_hash": p.payment_hash, "preimage": p.preimage, "receipt": p.receipt.map(|r| r.to_hex())})),
+                "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
+            }))?
+        );
+    } else {
+        if !streamed {
+            print!("{}", done.output);
+        } else if !done.stream_matched {
+            // What was shown is not what the worker signed: never call it verified.
+            println!();
+            eprintln!("— the streamed text differs from the signed result (a restarted or misbehaving worker); the verified output is:");
+            print!("{}", done.output);
+        }
+        println!();
+        let u = done.result.result.usage;
+        if let Some(p) = &done.payment {
+            eprintln!(
+                "⚡ paid {} msat · preimage verified · receipt {}",
+                p.amount_msat,
+                p.receipt
+                    .map(|r| r.to_hex())
+                    .unwrap_or_else(|| "not published".into())
+            );
+        }
+        match &done.metering {
+            Some((m, _)) => eprintln!(
+                "— {} · {} in / {} out tokens · {} ms · {} msat · result and metering verified",
+                done.result.result.model,
+                u.input_tokens,
+                u.output_tokens,
+                m.record.wall_ms,
+                m.record.price_msat
+            ),
+            None => eprintln!(
+                "— {} · {} in / {} out tokens · result verified; no metering record arrived",
+                done.result.result.model, u.input_tokens, u.output_tokens
+            ),
+        }
+    }
+    Ok(done)
+}
+
+fn print_explanation(rows: &[fedai_client::market::Explained]) {
+    eprintln!(
+        "{:<3} {:<20} {:>7} {:>9} {:>10} {:>6} {:>6}  reason",
+        "", "worker", "score", "expect ms", "price msat", "load", "trust"
+    );
+    for r in rows {
+        let npub = r.worker.to_bech32().unwrap_or_default();
+        let w = format!("{}…", &npub[..16.min(npub.len())]);
+        match (&r.scored, &r.rejected) {
+            (Some(s), _) => eprintln!(
+                "{:<3} {:<20} {:>7.3} {:>9.0} {:>10} {:>6.2} {:>6.2}  latency {:.2} · price {:.2} · load {:.2} · distrust {:.2}",
+                if r.chosen { "→" } else { "" },
+                w,
+                s.score,
+                s.expected_ms,
+                s.price_msat,
+                s.load,
+                s.trust,
+                s.parts[0],
+                s.parts[1],
+                s.parts[2],
+                s.parts[3]
+            ),
+            (None, Some(why)) => eprintln!(
+                "{:<3} {:<20} {:>7} {:>9} {:>10} {:>6} {:>6}  filtered: {why}",
+                "", w, "-", "-", "-", "-", "-"
+            ),
+            _ => {}
+        }
+    }
+}
