@@ -12,4 +12,4 @@ echo "fake protoc: fed_AI's build must not need protoc" >&2
 exit 1
 SH
 chmod +x "$fake/protoc"
-PATH="$fake:$PATH" PROTOC="$fake/protoc" cargo run --release --locked -p fedai-cli -- demo
+PATH="$fake:$PATH" PROTOC="$fake/protoc" cargo run --release --locked -p fedai-cli --features demo -- demo

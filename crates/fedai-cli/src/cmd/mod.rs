@@ -1,6 +1,10 @@
 //! One module per `fedai` command: its arguments (a clap `Args` struct) and its `run`.
 
 use std::time::Duration;
+#[cfg(feature = "demo")]
+pub mod demo;
+#[cfg(not(feature = "demo"))]
+#[path = "no_demo.rs"]
 pub mod demo;
 pub mod infer;
 pub mod job;
