@@ -489,3 +489,44 @@ async fn cli_infer_job_metering_verify_and_keygen() {
     );
     assert!(std::fs::read_to_string(&file).unwrap().starts_with("nsec1"));
 }
+
+/// Privacy in every binary: relay, worker and `fedai`, all at trace level (what an operator turns
+/// on to debug), run a job and none of their logs holds its prompt or its output.
+#[tokio::test]
+async fn no_binary_logs_a_prompt_or_an_output_even_at_trace_level() {
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
+    let relay = RelayProc::start(&["--memory", "--log", "trace"]);
+    let (sk, _) = nsec();
+    let worker = WorkerProc::start(&sk, &relay.url, &llama.url, &["--log", "trace"]);
+    let c = client(&relay).await;
+    wait_for_workers(&c, 1).await;
+    c.shutdown().await;
+    let marker = format!("quartzlighthouse{}", std::process::id());
+    let out = std::process::Command::new(fedai_tests::binary("fedai"))
+        .env("FEDAI_LOG", "trace")
+        .args(["--relay", &relay.url, "infer"])
+        .arg(format!("Tell a story about the {marker} at dawn"))
+        .args(["--model", "tiny", "--max-tokens", "24", "--json"])
+        .output()
+        .unwrap();
+    let cli_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cli_log}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let output = v["output"].as_str().unwrap().trim().to_owned();
+    let logs = [
+        ("relay", relay.logs()),
+        ("worker", worker.logs()),
+        ("fedai", cli_log),
+    ];
+    for (who, log) in &logs {
+        // Trace level really was on (else this proves nothing).
+        assert!(
+            log.contains("TRACE") || log.contains("DEBUG"),
+            "{who} logged nothing below info:\n{log}"
+        );
+        assert!(!log.contains(&marker), "{who} logged the prompt");
+        if output.len() >= 16 {
+            assert!(!log.contains(&output), "{who} logged the output");
+        }
+    }
+}

@@ -285,6 +285,7 @@ pub async fn serve<S>(
         WebSocketStream::from_partially_read(stream, read, Role::Server, Some(ctx.ws_config()))
             .await;
     let (mut out, mut inp) = ws.split();
+    tracing::debug!(%peer, "connection opened");
     let mut s = Session {
         reg: ctx.hub.register(),
         sub_bytes: HashMap::new(),
@@ -404,8 +405,9 @@ pub async fn serve<S>(
         Ok(())
     }
     .await;
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with error");
+    match result {
+        Ok(()) => tracing::debug!(%peer, "connection closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended with error"),
     }
     let _ = out.close().await;
 }

@@ -14,6 +14,8 @@ impl Worker {
         {
             return;
         }
+        // Ids, kinds and keys only: never content, which may be a prompt or an output.
+        tracing::debug!(id = %event.id, kind = event.kind.as_u16(), author = %event.pubkey, "event");
         match event.kind.as_u16() {
             kinds::JOB_REQUEST => {
                 let w = self.clone();
