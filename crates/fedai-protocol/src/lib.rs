@@ -59,33 +59,7 @@ pub const PROTOCOL_VERSION: &str = "fedai/1";
 /// Hex-encoded SHA-256 of `data`. Metering commits to prompts with this, never to the prompt itself.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    hex_encode(&sha2::Sha256::digest(data))
-}
-
-pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
-pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
-        .collect()
+    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// An `["amount", "<msat>", "<bolt11>"?]` tag: a price, optionally with an invoice to pay it.

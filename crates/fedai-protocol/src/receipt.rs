@@ -12,7 +12,7 @@
 use nostr::prelude::{Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag};
 
 use crate::tags::{self, tag};
-use crate::{hex_decode, kinds, sha256_hex, ProtocolError};
+use crate::{kinds, sha256_hex, ProtocolError};
 
 /// Proof that the customer paid the worker for a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,8 @@ pub struct ParsedReceipt {
 }
 
 fn check_preimage(preimage: &str, payment_hash: &str) -> Result<(), ProtocolError> {
-    let bytes = hex_decode(preimage)
+    let bytes = hex::decode(preimage)
+        .ok()
         .filter(|b| b.len() == 32)
         .ok_or(ProtocolError::tag("preimage", "not 32 bytes of hex"))?;
     if sha256_hex(&bytes) != payment_hash.to_ascii_lowercase() {
