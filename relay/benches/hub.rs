@@ -43,7 +43,7 @@ fn main() {
             }
             regs.last()
                 .unwrap()
-                .subscribe(SubscriptionId::new(format!("s{i}")), vec![f.clone()])
+                .subscribe(SubscriptionId::new(format!("s{i}")), vec![f.clone()], 0)
                 .unwrap();
             filters.push(f);
         }

@@ -147,8 +147,6 @@ impl Bucket {
 pub struct Session {
     /// Live subscriptions and their queue.
     pub reg: Registration,
-    /// Size of each live subscription's `REQ` (bounded per connection).
-    pub sub_bytes: HashMap<SubscriptionId, usize>,
     /// Negentropy sessions.
     pub neg: HashMap<SubscriptionId, NegSession>,
     /// NIP-42 state.
@@ -288,7 +286,6 @@ pub async fn serve<S>(
     tracing::debug!(%peer, "connection opened");
     let mut s = Session {
         reg: ctx.hub.register(),
-        sub_bytes: HashMap::new(),
         neg: HashMap::new(),
         auth: Nip42::default(),
         host,
@@ -330,7 +327,6 @@ pub async fn serve<S>(
                         }
                         // A subscription re-opened since it was cut is live again: no CLOSED.
                         Delivery::Cut(ids) => for id in ids.into_iter().filter(|id| !s.reg.has(id)) {
-                            s.sub_bytes.remove(&id);
                             let closed = RelayMessage::Closed {
                                 subscription_id: std::borrow::Cow::Borrowed(&id),
                                 message: SLOW_READER.into(),

@@ -167,6 +167,8 @@ pub struct Hub {
 struct Sub {
     generation: u64,
     filters: Vec<Filter>,
+    /// Size of the `REQ` that opened it (a connection's live REQs are bounded in bytes).
+    bytes: usize,
 }
 
 /// A frame queued for one opening of one subscription.
@@ -326,8 +328,14 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Start (or replace) a live subscription, unless the hub holds its limit of filters.
-    pub fn subscribe(&self, id: SubscriptionId, filters: Vec<Filter>) -> Result<(), Full> {
+    /// Start (or replace) a live subscription opened by a `REQ` of `bytes`, unless the hub holds
+    /// its limit of filters.
+    pub fn subscribe(
+        &self,
+        id: SubscriptionId,
+        filters: Vec<Filter>,
+        bytes: usize,
+    ) -> Result<(), Full> {
         // Lock order everywhere: the hub's state, then a connection's subscriptions.
         let mut state = self.hub.state.write().expect("hub lock");
         let mut subs = self.listener.subs.lock().expect("subs lock");
@@ -352,6 +360,7 @@ impl Registration {
             Sub {
                 generation,
                 filters,
+                bytes,
             },
         );
         Ok(())
@@ -377,6 +386,12 @@ impl Registration {
             .lock()
             .expect("subs lock")
             .contains_key(id)
+    }
+
+    /// Bytes of the `REQ`s that opened the live subscriptions.
+    pub fn held_bytes(&self) -> usize {
+        let subs = self.listener.subs.lock().expect("subs lock");
+        subs.values().map(|s| s.bytes).sum()
     }
 
     /// Number of live subscriptions.
@@ -482,6 +497,7 @@ mod tests {
         a.subscribe(
             SubscriptionId::new("jobs"),
             vec![Filter::new().kind(Kind::from_u16(5050))],
+            0,
         )
         .unwrap();
         let keys = Keys::generate();
@@ -516,17 +532,20 @@ mod tests {
         slow.subscribe(
             SubscriptionId::new("notes"),
             vec![Filter::new().kind(Kind::TextNote)],
+            0,
         )
         .unwrap();
         slow.subscribe(
             SubscriptionId::new("jobs"),
             vec![Filter::new().kind(Kind::from_u16(5050))],
+            0,
         )
         .unwrap();
         let mut fast = hub.register();
         fast.subscribe(
             SubscriptionId::new("notes"),
             vec![Filter::new().kind(Kind::TextNote)],
+            0,
         )
         .unwrap();
         let keys = Keys::generate();
@@ -560,13 +579,17 @@ mod tests {
         let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
         let mut a = hub.register();
         let id = SubscriptionId::new("s");
-        a.subscribe(id.clone(), vec![Filter::new().kind(Kind::TextNote)])
+        a.subscribe(id.clone(), vec![Filter::new().kind(Kind::TextNote)], 0)
             .unwrap();
         let keys = Keys::generate();
         hub.publish(&note(1, &keys));
         // Replaced by a filter the queued note does not match.
-        a.subscribe(id.clone(), vec![Filter::new().kind(Kind::from_u16(5050))])
-            .unwrap();
+        a.subscribe(
+            id.clone(),
+            vec![Filter::new().kind(Kind::from_u16(5050))],
+            0,
+        )
+        .unwrap();
         let job = note(5050, &keys);
         hub.publish(&job);
         match frame(&mut a).await {
@@ -587,7 +610,7 @@ mod tests {
     async fn a_dropped_connection_gives_its_queued_bytes_back() {
         let hub = Hub::new(Limits::default(), Arc::new(Metrics::default()));
         let a = hub.register();
-        a.subscribe(SubscriptionId::new("all"), vec![Filter::new()])
+        a.subscribe(SubscriptionId::new("all"), vec![Filter::new()], 0)
             .unwrap();
         hub.publish(&note(1, &Keys::generate()));
         assert!(hub.queued_bytes() > 0);
@@ -616,17 +639,20 @@ mod limit_tests {
         let a = hub.register();
         let b = hub.register();
         let six = vec![Filter::new().kind(Kind::TextNote); 6];
-        a.subscribe(SubscriptionId::new("x"), six.clone()).unwrap();
+        a.subscribe(SubscriptionId::new("x"), six.clone(), 0)
+            .unwrap();
         assert_eq!(
-            b.subscribe(SubscriptionId::new("y"), six.clone()),
+            b.subscribe(SubscriptionId::new("y"), six.clone(), 0),
             Err(Full)
         );
         // Replacing counts only the difference.
-        a.subscribe(SubscriptionId::new("x"), six.clone()).unwrap();
+        a.subscribe(SubscriptionId::new("x"), six.clone(), 0)
+            .unwrap();
         assert!(a.unsubscribe(&SubscriptionId::new("x")));
-        b.subscribe(SubscriptionId::new("y"), six.clone()).unwrap();
+        b.subscribe(SubscriptionId::new("y"), six.clone(), 0)
+            .unwrap();
         drop(b);
-        a.subscribe(SubscriptionId::new("x"), six).unwrap();
+        a.subscribe(SubscriptionId::new("x"), six, 0).unwrap();
         assert_eq!(hub.filters.load(Ordering::Relaxed), 6);
     }
 }
@@ -671,7 +697,7 @@ mod index_tests {
         let mut regs = Vec::new();
         for f in &filters {
             let r = hub.register();
-            r.subscribe(SubscriptionId::new("s"), vec![f.clone()])
+            r.subscribe(SubscriptionId::new("s"), vec![f.clone()], 0)
                 .unwrap();
             regs.push(r);
         }

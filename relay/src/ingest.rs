@@ -185,7 +185,6 @@ pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> 
     }
     let ctx = ctx.clone();
     Admit::Save(Box::pin(async move {
-        let json_len = json_len;
         let _permit = permit;
         // Live subscribers hear an event only once it is stored (after its commit): a
         // subscription opened at any moment then sees every event, either in its query (stored

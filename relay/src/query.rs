@@ -74,6 +74,61 @@ fn auth_first(s: &mut Session, id: &SubscriptionId, neg: bool) -> Vec<String> {
     vec![challenge, refusal]
 }
 
+/// Why a read (`REQ`, `COUNT`, `NEG-OPEN`) is refused.
+enum Refused {
+    /// With this prefix and reason.
+    Say(MachineReadablePrefix, String),
+    /// The relay serves authenticated clients only.
+    Auth,
+}
+
+impl Refused {
+    fn say(prefix: MachineReadablePrefix, msg: impl Into<String>) -> Self {
+        Self::Say(prefix, msg.into())
+    }
+
+    /// The frames that tell the client: `CLOSED`, or `NEG-ERR` for a negentropy session.
+    fn frames(self, s: &mut Session, id: &SubscriptionId, neg: bool) -> Vec<String> {
+        match self {
+            Self::Auth => auth_first(s, id, neg),
+            Self::Say(prefix, msg) if neg => vec![neg_err(id, prefix, &msg)],
+            Self::Say(prefix, msg) => vec![closed(id, prefix, &msg)],
+        }
+    }
+}
+
+/// What every read checks first: the id's length and the connection's query rate.
+fn first_checks(s: &mut Session, id: &SubscriptionId) -> Result<(), Refused> {
+    if id.as_str().len() > MAX_SUBID_BYTES {
+        return Err(Refused::say(
+            MachineReadablePrefix::Invalid,
+            format!("subscription id longer than {MAX_SUBID_BYTES} bytes"),
+        ));
+    }
+    if !s.queries.take() {
+        return Err(Refused::say(
+            MachineReadablePrefix::RateLimited,
+            "too many queries",
+        ));
+    }
+    Ok(())
+}
+
+/// What every read checks last: authentication, then the filters themselves.
+fn access_checks<'a>(
+    ctx: &ConnCtx,
+    s: &Session,
+    filters: impl IntoIterator<Item = &'a Filter>,
+) -> Result<(), Refused> {
+    if ctx.auth_reads && s.auth.pubkey.is_none() {
+        return Err(Refused::Auth);
+    }
+    match filters.into_iter().find_map(refuse_filter) {
+        Some((prefix, msg)) => Err(Refused::Say(prefix, msg)),
+        None => Ok(()),
+    }
+}
+
 /// Why a filter is refused: full-text search is not served (matching it against every live
 /// event is quadratic in sizes a client chooses), and a filter's values are bounded.
 fn refuse_filter(f: &Filter) -> Option<(MachineReadablePrefix, String)> {
@@ -114,84 +169,64 @@ pub async fn req(
     filters: Vec<Filter>,
     size: usize,
 ) -> Vec<String> {
-    let out = open(ctx, s, id.clone(), filters, size).await;
-    if !s.reg.has(&id) {
-        s.sub_bytes.remove(&id);
+    // Whatever happens next, the previous subscription of this id ends here.
+    s.reg.unsubscribe(&id);
+    match req_checks(ctx, s, &id, &filters, size) {
+        Ok(()) => serve(ctx, s, id, filters, size).await,
+        Err(r) => r.frames(s, &id, false),
     }
-    out
 }
 
-async fn open(
+fn req_checks(
+    ctx: &ConnCtx,
+    s: &mut Session,
+    id: &SubscriptionId,
+    filters: &[Filter],
+    size: usize,
+) -> Result<(), Refused> {
+    first_checks(s, id)?;
+    if s.reg.len() >= MAX_SUBS {
+        return Err(Refused::say(
+            MachineReadablePrefix::RateLimited,
+            format!("too many subscriptions on this connection (max {MAX_SUBS})"),
+        ));
+    }
+    if filters.len() > MAX_FILTERS {
+        return Err(Refused::say(
+            MachineReadablePrefix::Invalid,
+            format!("more than {MAX_FILTERS} filters in one REQ"),
+        ));
+    }
+    if s.reg.held_bytes() + size > MAX_SUB_BYTES {
+        return Err(Refused::say(
+            MachineReadablePrefix::RateLimited,
+            format!("live subscriptions on this connection exceed {MAX_SUB_BYTES} bytes"),
+        ));
+    }
+    access_checks(ctx, s, filters)
+}
+
+/// A `REQ` that passed its checks: subscribe live, query, answer.
+async fn serve(
     ctx: &ConnCtx,
     s: &mut Session,
     id: SubscriptionId,
     filters: Vec<Filter>,
     size: usize,
 ) -> Vec<String> {
-    // Whatever happens next, the previous subscription of this id ends here.
-    s.reg.unsubscribe(&id);
-    if id.as_str().len() > MAX_SUBID_BYTES {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::Invalid,
-            &format!("subscription id longer than {MAX_SUBID_BYTES} bytes"),
-        )];
-    }
-    if !s.queries.take() {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::RateLimited,
-            "too many queries",
-        )];
-    }
-    let replacing = s.sub_bytes.contains_key(&id);
-    if !replacing && s.sub_bytes.len() >= MAX_SUBS {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::RateLimited,
-            &format!("too many subscriptions on this connection (max {MAX_SUBS})"),
-        )];
-    }
-    if filters.len() > MAX_FILTERS {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::Invalid,
-            &format!("more than {MAX_FILTERS} filters in one REQ"),
-        )];
-    }
-    let held: usize = s
-        .sub_bytes
-        .iter()
-        .filter(|(k, _)| **k != id)
-        .map(|(_, v)| *v)
-        .sum();
-    if held + size > MAX_SUB_BYTES {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::RateLimited,
-            &format!("live subscriptions on this connection exceed {MAX_SUB_BYTES} bytes"),
-        )];
-    }
-    if ctx.auth_reads && s.auth.pubkey.is_none() {
-        return auth_first(s, &id, false);
-    }
-    if let Some((prefix, msg)) = filters.iter().find_map(refuse_filter) {
-        return vec![closed(&id, prefix, &msg)];
-    }
     let filters: Vec<Filter> = filters
         .into_iter()
         .map(|f| bound(f, ctx.limits.max_query_results))
         .collect();
     // Live first, then the query: an event stored meanwhile is then in one or the other (or
     // both: clients dedupe by id), never in neither.
-    if s.reg.subscribe(id.clone(), filters.clone()).is_err() {
+    if s.reg.subscribe(id.clone(), filters.clone(), size).is_err() {
         return vec![closed(
             &id,
             MachineReadablePrefix::RateLimited,
             "this relay holds as many live subscriptions as it can; try later",
         )];
     }
-    s.sub_bytes.insert(id.clone(), size);
     let ids_asked: Option<usize> = filters
         .iter()
         .map(|f| f.ids.as_ref().map(|ids| ids.len()))
@@ -210,7 +245,6 @@ async fn open(
             Err(e) => {
                 tracing::warn!(error = %e, "query failed");
                 s.reg.unsubscribe(&id);
-                s.sub_bytes.remove(&id);
                 return vec![closed(&id, MachineReadablePrefix::Error, "database error")];
             }
         }
@@ -236,7 +270,6 @@ async fn open(
     // A lookup by ids that found them all is complete: nothing live can add to it.
     if ids_asked == Some(found) {
         s.reg.unsubscribe(&id);
-        s.sub_bytes.remove(&id);
         out.push(
             RelayMessage::Closed {
                 subscription_id: Cow::Borrowed(&id),
@@ -251,30 +284,12 @@ async fn open(
 /// `CLOSE`: end a live subscription (no answer).
 pub fn close(s: &mut Session, id: &SubscriptionId) {
     s.reg.unsubscribe(id);
-    s.sub_bytes.remove(id);
 }
 
 /// `COUNT` (NIP-45).
 pub async fn count(ctx: &ConnCtx, s: &mut Session, id: SubscriptionId, f: Filter) -> Vec<String> {
-    if id.as_str().len() > MAX_SUBID_BYTES {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::Invalid,
-            "subscription id too long",
-        )];
-    }
-    if !s.queries.take() {
-        return vec![closed(
-            &id,
-            MachineReadablePrefix::RateLimited,
-            "too many queries",
-        )];
-    }
-    if ctx.auth_reads && s.auth.pubkey.is_none() {
-        return auth_first(s, &id, false);
-    }
-    if let Some((prefix, msg)) = refuse_filter(&f) {
-        return vec![closed(&id, prefix, &msg)];
+    if let Err(r) = first_checks(s, &id).and_then(|()| access_checks(ctx, s, [&f])) {
+        return r.frames(s, &id, false);
     }
     // Counting a filter walks its matches: bounded like a query (NIP-45 lets a relay say it
     // stopped; counts at the bound are "at least").
@@ -308,32 +323,17 @@ pub async fn neg_open(
     mut f: Filter,
     initial: &str,
 ) -> Vec<String> {
-    if id.as_str().len() > MAX_SUBID_BYTES {
-        return vec![neg_err(
-            &id,
-            MachineReadablePrefix::Invalid,
-            "subscription id too long",
-        )];
-    }
-    if !s.queries.take() {
-        return vec![neg_err(
-            &id,
-            MachineReadablePrefix::RateLimited,
-            "too many queries",
-        )];
-    }
-    if !s.neg.contains_key(&id) && s.neg.len() >= MAX_NEG_SUBS {
-        return vec![neg_err(
-            &id,
-            MachineReadablePrefix::RateLimited,
-            "too many negentropy sessions",
-        )];
-    }
-    if ctx.auth_reads && s.auth.pubkey.is_none() {
-        return auth_first(s, &id, true);
-    }
-    if let Some((prefix, msg)) = refuse_filter(&f) {
-        return vec![neg_err(&id, prefix, &msg)];
+    let checks = first_checks(s, &id).and_then(|()| {
+        if !s.neg.contains_key(&id) && s.neg.len() >= MAX_NEG_SUBS {
+            return Err(Refused::say(
+                MachineReadablePrefix::RateLimited,
+                "too many negentropy sessions",
+            ));
+        }
+        access_checks(ctx, s, [&f])
+    });
+    if let Err(r) = checks {
+        return r.frames(s, &id, true);
     }
     let Ok(initial) = hex::decode(initial) else {
         return vec![neg_err(

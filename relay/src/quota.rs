@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use fedai_protocol::kinds::FEDAI_KINDS;
 use nostr_database::prelude::NostrDatabase;
-use nostr_sdk::prelude::{Event, Filter, Kind, MachineReadablePrefix, PublicKey};
+use nostr_sdk::prelude::{Event, Filter, Kind, MachineReadablePrefix};
 
 use crate::metrics::Metrics;
 use crate::policy::KeyedLimiter;
@@ -187,21 +187,17 @@ impl Quota {
         }
         if let Some(l) = &self.per_key {
             if !l.allow_n(&event.pubkey, Instant::now(), size as f64) {
-                return Err(self.over_key_quota(&event.pubkey));
+                return Err(Refusal {
+                    prefix: MachineReadablePrefix::RateLimited,
+                    message: format!(
+                        "storage quota: this pubkey stored {} MiB in the last day",
+                        self.per_key_bytes / (1024 * 1024)
+                    ),
+                    reason: "storage-quota",
+                });
             }
         }
         Ok(())
-    }
-
-    fn over_key_quota(&self, _key: &PublicKey) -> Refusal {
-        Refusal {
-            prefix: MachineReadablePrefix::RateLimited,
-            message: format!(
-                "storage quota: this pubkey stored {} MiB in the last day",
-                self.per_key_bytes / (1024 * 1024)
-            ),
-            reason: "storage-quota",
-        }
     }
 
     /// An event of `size` bytes (its JSON) was stored.

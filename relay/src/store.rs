@@ -222,17 +222,21 @@ mod tests {
     use super::*;
     use nostr_sdk::prelude::{EventBuilder, FinalizeEvent, Keys};
 
+    const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    /// An event of `kind` made `age` seconds before [`NOW`].
+    fn aged(keys: &Keys, kind: u16, age: u64) -> Event {
+        EventBuilder::new(Kind::from_u16(kind), format!("{kind}-{age}"))
+            .custom_created_at(Timestamp::from_secs(NOW.as_secs() - age))
+            .finalize(keys)
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn sweep_deletes_old_events_by_rule_and_other_regular_kinds_by_default() {
         let db = open(&Storage::Memory).await.unwrap();
-        let keys = Keys::generate();
-        let now = Timestamp::from_secs(1_800_000_000);
-        let ev = |kind: u16, age: u64| {
-            EventBuilder::new(Kind::from_u16(kind), format!("{kind}-{age}"))
-                .custom_created_at(Timestamp::from_secs(now.as_secs() - age))
-                .finalize(&keys)
-                .unwrap()
-        };
+        let (keys, now) = (Keys::generate(), NOW);
+        let ev = |kind: u16, age: u64| aged(&keys, kind, age);
         let old_req = ev(5050, 1000);
         let new_req = ev(5050, 10);
         let old_metering = ev(7060, 1000);
@@ -292,14 +296,8 @@ mod tests {
     #[tokio::test]
     async fn the_other_walk_pages_past_kept_events() {
         let db = open(&Storage::Memory).await.unwrap();
-        let keys = Keys::generate();
-        let now = Timestamp::from_secs(1_800_000_000);
-        let ev = |kind: u16, age: u64| {
-            EventBuilder::new(Kind::from_u16(kind), format!("{kind}-{age}"))
-                .custom_created_at(Timestamp::from_secs(now.as_secs() - age))
-                .finalize(&keys)
-                .unwrap()
-        };
+        let (keys, now) = (Keys::generate(), NOW);
+        let ev = |kind: u16, age: u64| aged(&keys, kind, age);
         let note = ev(1, 2_000);
         let kept: Vec<Event> = (0..4).map(|n| ev(7060, 1_000 + n)).collect();
         for e in kept.iter().chain([&note]) {
