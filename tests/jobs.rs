@@ -71,6 +71,32 @@ async fn open_directed_streaming_and_private_jobs() {
     );
     assert_eq!(done.result.result.usage.output_tokens, 64);
 
+    // The same through a JobHandle: the job runs in the background, its updates are a stream
+    // (submitted, processing, partials in order), then the verified outcome.
+    let mut req = tiny_job("once upon a time", 32);
+    req.params.stream = true;
+    let opts = RunOptions {
+        worker: Some(pk1),
+        timeout: T,
+        ..RunOptions::default()
+    };
+    let mut job = c.start(req, opts);
+    let (mut streamed, mut submitted) = (String::new(), false);
+    while let Some(u) = job.update().await {
+        match u {
+            JobUpdate::Submitted(_) => submitted = true,
+            JobUpdate::Partial(t) => {
+                assert!(submitted, "submitted comes first");
+                streamed.push_str(&t)
+            }
+            _ => {}
+        }
+    }
+    let done = job.outcome().await.unwrap();
+    assert_eq!(done.result.worker, pk1);
+    assert!(!streamed.is_empty() && done.stream_matched);
+    assert_eq!(streamed, done.output);
+
     // Private job to worker 2: it answers; worker 1 sees only ciphertext and stays silent.
     let mut req = JobRequest {
         input: JobInput::Chat(vec![ChatMessage {

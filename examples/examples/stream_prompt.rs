@@ -15,7 +15,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = args
         .next()
         .unwrap_or_else(|| "Say hello in one sentence.".into());
-    let client = FedaiClient::connect(&[relay], Keys::generate()).await?;
+    let client = FedaiClient::builder()
+        .relay(relay)
+        .keys(Keys::generate())
+        .connect()
+        .await?;
     let mut req = JobRequest::chat(prompt);
     req.params.stream = true;
     req.params.max_tokens = Some(128);
@@ -24,16 +28,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         timeout: Duration::from_secs(120),
         ..RunOptions::default()
     };
-    let done = client
-        .run(req, &opts, |u| match u {
+    // The job runs in the background; its handle is a stream of updates, then the outcome.
+    let mut job = client.start(req, opts);
+    while let Some(update) = job.update().await {
+        match update {
             JobUpdate::Partial(t) => {
                 print!("{t}");
                 let _ = std::io::stdout().flush();
             }
             JobUpdate::Failover { error, .. } => eprintln!("\n[worker failed: {error}; retrying]"),
             _ => {}
-        })
-        .await?;
+        }
+    }
+    let done = job.outcome().await?;
     let u = done.result.result.usage;
     println!(
         "\n[{} in / {} out tokens, metering verified: {}]",

@@ -18,7 +18,11 @@ use fedai_scheduler::{
 use futures_util::StreamExt;
 use nostr_sdk::prelude::ClientNotification;
 
+use crate::job::{JobTracker, TEMPLATE_TOKENS};
+use crate::pay::Payments;
 use crate::{ClientError, FedaiClient, JobOutcome, JobUpdate};
+
+pub use fedai_transport::KEEPALIVE;
 
 /// Workers tried for one job at most (failed attempts plus capacity refusals).
 const MAX_TRIES: usize = 16;
@@ -43,6 +47,7 @@ pub struct RunOptions {
     pub auction: Option<Duration>,
     /// Pay workers that ask (pay-before hold invoices, pay-after invoices); without it a job
     /// that asks for payment ends with [`ClientError::Payment`].
+    #[cfg(feature = "lightning")]
     pub pay: Option<crate::PayContext>,
     /// Fail over when the chosen worker has not acknowledged the request (`processing`, a
     /// quote) within this long (it may first fetch `url` inputs, up to 10 s): a dead worker
@@ -52,10 +57,6 @@ pub struct RunOptions {
     /// [`KEEPALIVE`] while a job runs) for this long.
     pub stall_timeout: Duration,
 }
-
-/// How often a worker repeats `processing` while a job runs (fedai-01): the sign of life a
-/// customer's stall window waits for.
-pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -67,6 +68,7 @@ impl Default for RunOptions {
             max_attempts: 3,
             worker: None,
             auction: None,
+            #[cfg(feature = "lightning")]
             pay: None,
             ack_timeout: Duration::from_secs(15),
             stall_timeout: KEEPALIVE * 3,
@@ -267,15 +269,22 @@ impl FedaiClient {
                 req.bid_msat = opts.max_price_msat;
             }
             tracing::debug!(%worker, attempt, "attempt");
-            let mut t = self.publish_request(&req, opts.private).await?;
-            t.pay = pay_context(opts, &ads[i], &request);
-            t.liveness = Some((opts.ack_timeout, opts.stall_timeout));
-            on_update(JobUpdate::Submitted(t.event.id));
-            let attempt_id = t.event.id;
+            let mut sub = self.publish_request(&req, opts.private).await?;
+            let mut pay = Payments::for_worker(opts, &ads[i], &request);
+            let mut job = JobTracker::new(
+                sub.parsed.clone(),
+                self.keys().clone(),
+                Some(worker),
+                opts.timeout,
+                std::time::Instant::now(),
+            )
+            .with_liveness(opts.ack_timeout, opts.stall_timeout);
+            on_update(JobUpdate::Submitted(sub.event.id));
+            let attempt_id = sub.event.id;
             let r = self
-                .follow(&mut t, Some(worker), opts.timeout, &mut on_update)
+                .follow(&mut sub, &mut job, &mut pay, &mut on_update)
                 .await;
-            self.close(t).await;
+            self.close(sub).await;
             match r {
                 Ok(o) => {
                     self.record(worker, Ok(&o), opts);
@@ -302,10 +311,10 @@ impl FedaiClient {
         let mut req = request;
         req.provider = None;
         req.bid_msat = Some(bid_msat);
-        let mut t = self.publish_request(&req, false).await?;
-        let id = t.event.id;
-        let quotes = collect_quotes(&mut t.notifications, id, &self.keys, window).await;
-        self.close(t).await;
+        let mut sub = self.publish_request(&req, false).await?;
+        let id = sub.event.id;
+        let quotes = collect_quotes(&mut sub.notifications, id, self.keys(), window).await;
+        self.close(sub).await;
         // Nobody will be awarded: withdraw the request.
         let _ = self.cancel(id).await;
         Ok(quotes)
@@ -323,9 +332,19 @@ impl FedaiClient {
         req.provider = None;
         // The bid caps what workers may quote; without a cap, any quote may come.
         req.bid_msat = Some(opts.max_price_msat.or(req.bid_msat).unwrap_or(u64::MAX / 2));
-        let mut t = self.publish_request(&req, false).await?;
-        on_update(JobUpdate::Submitted(t.event.id));
-        let quotes = collect_quotes(&mut t.notifications, t.event.id, &self.keys, window).await;
+        let mut sub = self.publish_request(&req, false).await?;
+        on_update(JobUpdate::Submitted(sub.event.id));
+        let quotes =
+            collect_quotes(&mut sub.notifications, sub.event.id, self.keys(), window).await;
+        // No failover on silence in an auction: the next award names the same request, and a
+        // slow first winner could then answer it too (the deadline still applies).
+        let mut job = JobTracker::new(
+            sub.parsed.clone(),
+            self.keys().clone(),
+            None,
+            opts.timeout,
+            std::time::Instant::now(),
+        );
         let mut rng = Rng::from_entropy();
         let mut tries = Tries::default();
         while tries.more(opts) {
@@ -337,35 +356,32 @@ impl FedaiClient {
                 .find(|q| q.worker == worker)
                 .expect("only quoting workers are candidates");
             let award = Award {
-                request_id: t.event.id,
+                request_id: sub.event.id,
                 quote_id: q.feedback_id,
                 worker,
                 amount_msat: q.amount_msat,
                 expiration: Some(Timestamp::now() + opts.timeout.as_secs()),
             }
-            .to_event(&self.keys)?;
+            .to_event(self.keys())?;
             self.send(&award).await?;
-            t.pay = pay_context(opts, &ads[i], &request);
-            // No failover on silence in an auction: the next award names the same request, and
-            // a slow first winner could then answer it too (the deadline still applies).
-            let r = self
-                .follow(&mut t, Some(worker), opts.timeout, on_update)
-                .await;
+            let mut pay = Payments::for_worker(opts, &ads[i], &request);
+            job.reassign(worker, std::time::Instant::now());
+            let r = self.follow(&mut sub, &mut job, &mut pay, on_update).await;
             match r {
                 Ok(o) => {
                     self.record(worker, Ok(&o), opts);
-                    self.close(t).await;
+                    self.close(sub).await;
                     return Ok(o);
                 }
                 Err(e) => {
                     if let Err(e) = tries.failed(self, worker, e, opts, on_update) {
-                        self.close(t).await;
+                        self.close(sub).await;
                         return Err(e);
                     }
                 }
             }
         }
-        self.close(t).await;
+        self.close(sub).await;
         Err(tries.into_error())
     }
 }
@@ -461,42 +477,11 @@ fn failure_of(e: &ClientError) -> Option<Failure> {
     }
 }
 
-/// The payer for a job at `ad`'s worker: the cap defaults to the run's price cap, the payee
-/// to the node the worker advertises, and the quote is bounded by the ad's own price.
-fn pay_context(
-    opts: &RunOptions,
-    ad: &ParsedCapabilityAd,
-    request: &JobRequest,
-) -> Option<crate::PayPlan> {
-    opts.pay.clone().map(|mut c| {
-        c.max_msat = c.max_msat.or(opts.max_price_msat);
-        let ad_bound = ad_bound_msat(ad, request);
-        let spend = fedai_lightning::payment::customer::Spend::new(
-            fedai_lightning::payment::customer::Limits {
-                cap_msat: c.max_msat.unwrap_or(crate::DEFAULT_MAX_PAY_MSAT),
-                // The most the worker's ad prices this job at: a quote above it is a
-                // bait-and-switch.
-                ad_bound_msat: ad_bound,
-                confirm_above_msat: c.confirm.as_ref().map(|_| c.confirm_above_msat),
-            },
-        );
-        crate::PayPlan {
-            ctx: c,
-            spend,
-            payee: ad.ad.payment.ln_node.clone(),
-            ad_price: ad_price(ad, request).cloned(),
-            worker: ad.worker,
-        }
-    })
-}
-
-/// Tokens a chat template may add around the prompt (role markers, a default system prompt).
-pub(crate) const TEMPLATE_TOKENS: u64 = 256;
 /// `max_tokens` assumed for a request that sets none (the workers' default limit).
 const DEFAULT_MAX_TOKENS_BOUND: u64 = 4096;
 
 /// The ad's price for the model `request` runs on (the worker's first model when it names none).
-fn ad_price<'a>(
+pub fn ad_price<'a>(
     ad: &'a ParsedCapabilityAd,
     request: &JobRequest,
 ) -> Option<&'a fedai_protocol::Price> {
@@ -509,7 +494,7 @@ fn ad_price<'a>(
 
 /// The most `ad` prices `request` at: its price for the model applied to an upper bound of the
 /// prompt's tokens (a token covers at least one byte, plus a template's) and `max_tokens` out.
-pub(crate) fn ad_bound_msat(ad: &ParsedCapabilityAd, request: &JobRequest) -> Option<u64> {
+pub fn ad_bound_msat(ad: &ParsedCapabilityAd, request: &JobRequest) -> Option<u64> {
     let price = ad_price(ad, request)?;
     let input = request.input.data().len() as u64 + TEMPLATE_TOKENS;
     let output = request

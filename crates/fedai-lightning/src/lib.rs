@@ -16,9 +16,13 @@
 //!   id, so a stateless worker can settle after a restart.
 
 pub mod invoice;
+#[cfg(feature = "lnd")]
 pub mod lnd;
+#[cfg(feature = "lnurl")]
 pub mod lnurl;
+#[cfg(feature = "http")]
 pub mod netguard;
+#[cfg(feature = "nwc")]
 pub mod nwc;
 pub mod payment;
 pub mod zap;
@@ -143,6 +147,7 @@ pub trait Payer: Send + Sync {
 
 /// Install ring as the process's rustls crypto provider (no-op when one is installed): LND's
 /// REST client and the LNURL HTTP client both build their TLS from it.
+#[cfg(feature = "http")]
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

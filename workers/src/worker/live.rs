@@ -176,7 +176,7 @@ impl Worker {
                 *last = Instant::now();
                 *n
             };
-            let wait = fedai_client::backoff(BACKOFF_FIRST, n - 1, BACKOFF_MAX);
+            let wait = fedai_transport::backoff(BACKOFF_FIRST, n - 1, BACKOFF_MAX);
             tokio::time::sleep(wait).await;
             if !i.accepting.load(Ordering::SeqCst) {
                 break false;

@@ -271,7 +271,7 @@ impl Drop for Place {
 /// Ticks every KEEPALIVE, the first one KEEPALIVE from now: when a job that runs, waits for a
 /// slot or waits for payment says `processing` again.
 fn keepalive_ticks() -> tokio::time::Interval {
-    let every = fedai_client::market::KEEPALIVE;
+    let every = fedai_transport::KEEPALIVE;
     tokio::time::interval_at(tokio::time::Instant::now() + every, every)
 }
 
@@ -355,7 +355,7 @@ impl Worker {
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = fedai_client::nostr_client();
+        let client = fedai_transport::nostr_client();
         for r in &cfg.relays {
             client.add_relay(r.as_str()).await?;
         }
@@ -394,7 +394,7 @@ impl Worker {
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
             client,
-            reply: fedai_client::nostr_client(),
+            reply: fedai_transport::nostr_client(),
             reply_order: Mutex::new(std::collections::VecDeque::new()),
             runner,
             models: RwLock::new(Vec::new()),

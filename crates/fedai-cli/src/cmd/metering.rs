@@ -1,12 +1,9 @@
 //! `fedai metering verify`: check a metering record against its result and request.
 
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::Subcommand;
+use fedai_client::verify::VerifiedMetering;
 use fedai_client::FedaiClient;
 use fedai_protocol::nostr::prelude::*;
-use fedai_protocol::{JobRequest, JobResult, MeteringRecord};
 
 use super::event_arg;
 use crate::config::Ctx;
@@ -38,32 +35,13 @@ impl Metering {
 
 async fn metering_verify(ctx: &Ctx, target: &str) -> anyhow::Result<()> {
     let client = FedaiClient::connect(&ctx.relays, ctx.keys()?).await?;
-    let t = Duration::from_secs(3);
-    let metering_ev = event_arg(&client, target, "metering record").await?;
-    let m = MeteringRecord::from_event(&metering_ev).context("not a valid metering record")?;
-    let result_ev = client
-        .fetch(Filter::new().id(m.record.result_id), t)
-        .await?
-        .into_iter()
-        .next()
-        .context("result not found")?;
-    let request_ev = client
-        .fetch(Filter::new().id(m.record.request_id), t)
-        .await?
-        .into_iter()
-        .next()
-        .context("request not found")?;
-    let keys = ctx.keys()?;
-    let result = JobResult::from_event(&result_ev, Some(&keys))
-        .or_else(|_| JobResult::from_event(&result_ev, None))?;
-    let check = match JobRequest::from_event(&request_ev, None) {
-        Ok(req) => m.verify(&result, &req)?,
-        Err(fedai_protocol::ProtocolError::NotRecipient) => {
-            m.verify_sealed(&result, &request_ev)?
-        }
-        Err(e) => return Err(e.into()),
+    let ev = event_arg(&client, target, "metering record").await;
+    let verified = match ev {
+        Ok(ev) => client.verify_metering(&ev).await.map_err(Into::into),
+        Err(e) => Err(e),
     };
     client.shutdown().await;
+    let VerifiedMetering { metering: m, check } = verified?;
     println!(
         "metering {} verified: worker {}, {} in / {} out tokens, {} msat, prompt hash {}",
         m.id.to_hex(),

@@ -1,4 +1,10 @@
-//! A WebSocket transport for nostr-sdk that sets `TCP_NODELAY`.
+//! # fedai-transport
+//!
+//! How every fed_AI component (customer SDK, worker, tests) reaches relays: one nostr-sdk
+//! client builder ([`nostr_client`]), why a relay is unreachable in words, the one backoff
+//! formula behind every retry, and the liveness interval a worker keeps to.
+//!
+//! ## A WebSocket transport for nostr-sdk that sets `TCP_NODELAY`
 //!
 //! nostr-sdk's default transport leaves Nagle's algorithm on. A worker writes small events back
 //! to back (feedback, result, metering) and a customer writes a REQ then an EVENT; with Nagle on,
@@ -131,5 +137,38 @@ pub async fn unreachable_reason(url: &nostr_sdk::prelude::RelayUrl) -> String {
         Err(_) => "no answer within 1.5 s".into(),
         Ok(Err(e)) => e.to_string(),
         Ok(Ok(_)) => "the port answers but the WebSocket did not open".into(),
+    }
+}
+
+/// Exponential backoff: `first` doubled `round` times, at most `cap` (the one formula behind
+/// every retry of the customer SDK and the worker).
+pub fn backoff(
+    first: std::time::Duration,
+    round: u32,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    first.saturating_mul(1u32 << round.min(31)).min(cap)
+}
+
+/// How often a worker shows a running (or paying) job is alive (`processing` feedback); a
+/// customer counts a few of these as silence.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_from_the_first_wait_up_to_the_cap() {
+        let (first, cap) = (Duration::from_millis(250), Duration::from_secs(30));
+        let waits: Vec<u64> = (0..10)
+            .map(|r| backoff(first, r, cap).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
+        );
+        assert_eq!(backoff(first, u32::MAX, cap), cap, "no overflow");
     }
 }

@@ -1,0 +1,350 @@
+//! The connection: relays, the customer's keys, publishing, and one subscription per job.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedai_protocol::capability::ParsedCapabilityAd;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::{kinds, CapabilityAd, Encryption, JobRequest, ParsedJobRequest};
+use futures_util::Stream;
+use nostr_sdk::prelude::{Client, ClientNotification, RelayStatus, RelayUrl, ReqTarget};
+
+use crate::{backoff, ClientError};
+
+/// How long [`FedaiClient::connect`] waits for a first relay.
+const CONNECT_WAIT: Duration = Duration::from_millis(2500);
+
+/// Times one job's subscription is re-opened after relays closed it.
+const MAX_REOPENS: u32 = 32;
+
+/// A connection to fed_AI relays with the customer's keys. Cheap to clone: clones share the
+/// connection and this customer's observations of workers.
+#[derive(Clone)]
+pub struct FedaiClient {
+    pub(crate) client: Client,
+    keys: Keys,
+    /// What this customer observed of each worker (the scheduler's input).
+    pub(crate) stats: Arc<Mutex<HashMap<PublicKey, fedai_scheduler::WorkerStats>>>,
+    /// The clock the statistics' cooldowns use.
+    pub(crate) epoch: std::time::Instant,
+    /// Ids of the requests published lately (bounded): the same request built twice in one
+    /// second is one event, which relays take as a duplicate (or refuse once deleted).
+    published: Arc<Mutex<VecDeque<EventId>>>,
+}
+
+/// Builds a [`FedaiClient`]: `FedaiClient::builder().relay(url).keys(keys).connect().await`.
+#[derive(Debug, Default)]
+pub struct Builder {
+    relays: Vec<String>,
+    keys: Option<Keys>,
+    connect_wait: Option<Duration>,
+}
+
+impl Builder {
+    /// Add a relay (`ws://` or `wss://`).
+    pub fn relay(mut self, url: impl Into<String>) -> Self {
+        self.relays.push(url.into());
+        self
+    }
+
+    /// Add relays.
+    pub fn relays<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.relays.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// The customer's keys (default: fresh ones, for a customer who needs no identity).
+    pub fn keys(mut self, keys: Keys) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// How long to wait for a first relay to connect (default 2.5 s).
+    pub fn connect_wait(mut self, wait: Duration) -> Self {
+        self.connect_wait = Some(wait);
+        self
+    }
+
+    /// Connect. Fails, naming each relay and why, when none of them can be reached: a
+    /// customer must not wait out a job timeout to learn the network is not there. Relays
+    /// that are down while others answer are retried in the background.
+    pub async fn connect(self) -> Result<FedaiClient, ClientError> {
+        if self.relays.is_empty() {
+            return Err(ClientError::Relay("no relay given".into()));
+        }
+        let client = fedai_transport::nostr_client();
+        for r in &self.relays {
+            client
+                .add_relay(r.as_str())
+                .await
+                .map_err(|e| ClientError::Relay(format!("{r}: {e}")))?;
+        }
+        client
+            .connect()
+            .and_wait(self.connect_wait.unwrap_or(CONNECT_WAIT))
+            .await;
+        let statuses = client.relays().await;
+        if !statuses
+            .values()
+            .any(|r| r.status() == RelayStatus::Connected)
+        {
+            let mut why = Vec::new();
+            for url in statuses.keys() {
+                why.push(format!(
+                    "{url} ({})",
+                    fedai_transport::unreachable_reason(url).await
+                ));
+            }
+            client.shutdown().await;
+            return Err(ClientError::Relay(format!(
+                "cannot reach any relay: {}",
+                why.join(", ")
+            )));
+        }
+        Ok(FedaiClient {
+            client,
+            keys: self.keys.unwrap_or_else(Keys::generate),
+            stats: Default::default(),
+            epoch: std::time::Instant::now(),
+            published: Default::default(),
+        })
+    }
+}
+
+/// A published request's answers as they arrive: its subscription on every relay.
+pub(crate) struct Sub {
+    pub(crate) notifications: std::pin::Pin<Box<dyn Stream<Item = ClientNotification> + Send>>,
+    pub(crate) event: Event,
+    pub(crate) parsed: ParsedJobRequest,
+    id: nostr_sdk::prelude::SubscriptionId,
+    /// What `id` asks for: opened again on a relay that closes it.
+    filter: Filter,
+    /// Times a relay closed it (the backoff of the next resubscription).
+    reopened: u32,
+    /// Set when the request is no longer followed: a late resubscription must not outlive it.
+    done: Arc<AtomicBool>,
+}
+
+impl FedaiClient {
+    /// Start building a client.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Connect to `relays` with `keys` (see [`Builder::connect`]).
+    pub async fn connect(relays: &[String], keys: Keys) -> Result<Self, ClientError> {
+        Self::builder()
+            .relays(relays.iter().cloned())
+            .keys(keys)
+            .connect()
+            .await
+    }
+
+    /// The customer's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The relays this client uses.
+    pub async fn relay_urls(&self) -> Vec<String> {
+        self.client
+            .relays()
+            .await
+            .keys()
+            .map(|u| u.to_string())
+            .collect()
+    }
+
+    /// Fetch events matching `filter` from all relays.
+    pub async fn fetch(
+        &self,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Result<Vec<Event>, ClientError> {
+        let events = self
+            .client
+            .fetch_events(filter)
+            .timeout(timeout)
+            .await
+            .map_err(|e| ClientError::Relay(e.to_string()))?;
+        Ok(events.into_iter().collect())
+    }
+
+    /// Live fed_AI workers: the newest ad per (worker, instance), verified, not expired.
+    pub async fn workers(&self) -> Result<Vec<ParsedCapabilityAd>, ClientError> {
+        let filter = Filter::new()
+            .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+            .custom_tag(
+                SingleLetterTag::from_char('t').expect("t is a tag letter"),
+                kinds::FEDAI_TOPIC,
+            );
+        let now = Timestamp::now();
+        let mut newest: HashMap<(PublicKey, String), ParsedCapabilityAd> = HashMap::new();
+        for ev in self.fetch(filter, Duration::from_secs(3)).await? {
+            let Ok(ad) = CapabilityAd::from_event(&ev) else {
+                continue;
+            };
+            if ad.ad.expiration <= now {
+                continue;
+            }
+            let key = (ad.worker, ad.ad.instance.clone());
+            if newest
+                .get(&key)
+                .is_none_or(|old| old.created_at < ad.created_at)
+            {
+                newest.insert(key, ad);
+            }
+        }
+        let mut ads: Vec<_> = newest.into_values().filter(|a| a.ad.healthy).collect();
+        ads.sort_by_key(|a| (a.worker, a.ad.instance.clone()));
+        Ok(ads)
+    }
+
+    /// Subscribe to a request's answers, then publish it (in that order: early answers must
+    /// not be missed).
+    pub(crate) async fn publish_request(
+        &self,
+        request: &JobRequest,
+        private: bool,
+    ) -> Result<Sub, ClientError> {
+        let event = self.fresh_event(request, private).await?;
+        let parsed = JobRequest::from_event(&event, None).or_else(|e| match e {
+            // Our own encrypted request: we know the plaintext.
+            fedai_protocol::ProtocolError::NotRecipient => Ok(ParsedJobRequest::from_own(
+                &event,
+                request,
+                Some(Encryption::Nip44),
+            )),
+            e => Err(e),
+        })?;
+        let notifications = self.client.notifications();
+        let filter = Filter::new()
+            .kinds([kinds::JOB_FEEDBACK, kinds::JOB_RESULT, kinds::METERING].map(Kind::from_u16))
+            .event(event.id);
+        let id = self
+            .client
+            .subscribe(filter.clone())
+            .await
+            .map_err(|e| ClientError::Relay(e.to_string()))?
+            .value;
+        self.send(&event).await?;
+        Ok(Sub {
+            notifications,
+            event,
+            parsed,
+            id,
+            filter,
+            reopened: 0,
+            done: Default::default(),
+        })
+    }
+
+    /// The request as a new event: one identical to a request published lately (same
+    /// customer, content and second — a retry, or the same prompt twice) waits for the next
+    /// second, so every attempt has an id of its own.
+    async fn fresh_event(&self, request: &JobRequest, private: bool) -> Result<Event, ClientError> {
+        loop {
+            let event = request.to_event(&self.keys, private.then_some(Encryption::Nip44))?;
+            {
+                let mut seen = self.published.lock().unwrap_or_else(|e| e.into_inner());
+                if !seen.contains(&event.id) {
+                    seen.push_back(event.id);
+                    if seen.len() > 256 {
+                        seen.pop_front();
+                    }
+                    return Ok(event);
+                }
+            }
+            let into = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(1000 - into.min(999) + 5)).await;
+        }
+    }
+
+    /// Publish an event; at least one relay must accept it.
+    pub(crate) async fn send(&self, event: &Event) -> Result<(), ClientError> {
+        let sent = self
+            .client
+            .send_event(event)
+            .save_into_database(false)
+            .await
+            .map_err(|e| ClientError::Relay(e.to_string()))?;
+        if sent.success.is_empty() {
+            let why: Vec<String> = sent.failed.values().cloned().collect();
+            return Err(ClientError::Relay(format!(
+                "no relay accepted event {}: {}",
+                event.id,
+                why.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// A relay closed the subscription to this job's answers (`CLOSED`: its live buffer
+    /// overflowed in a burst, a restart, a limit): open it again there after a short backoff.
+    /// It asks for every answer to the request, so what arrived in between comes from the
+    /// relay's store; events already seen are not notified twice.
+    pub(crate) fn reopen_if_closed(
+        &self,
+        sub: &mut Sub,
+        relay: RelayUrl,
+        message: &RelayMessage<'_>,
+    ) {
+        let RelayMessage::Closed {
+            subscription_id,
+            message,
+        } = message
+        else {
+            return;
+        };
+        // At most a few dozen per job: a relay that keeps sending CLOSED cannot make us spawn
+        // without bound.
+        if subscription_id.as_ref() != &sub.id || sub.reopened >= MAX_REOPENS {
+            return;
+        }
+        tracing::warn!(%relay, reason = %message, "a relay closed the job's subscription; subscribing again");
+        let wait = backoff(
+            Duration::from_millis(100),
+            sub.reopened,
+            Duration::from_millis(6_400),
+        );
+        sub.reopened += 1;
+        let (client, id, filter) = (self.client.clone(), sub.id.clone(), sub.filter.clone());
+        let done = sub.done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            let target = ReqTarget::single(relay, [filter]);
+            if let Err(e) = client.subscribe(target).with_id(id).await {
+                tracing::warn!(error = %e, "cannot subscribe to the job's answers again");
+            }
+        });
+    }
+
+    /// Stop following a request.
+    pub(crate) async fn close(&self, sub: Sub) {
+        sub.done.store(true, Ordering::SeqCst);
+        let _ = self.client.unsubscribe(&sub.id).await;
+    }
+
+    /// Cancel a request (NIP-09 deletion): its worker stops it and answers `cancelled`.
+    pub async fn cancel(&self, request_id: EventId) -> Result<(), ClientError> {
+        let ev = fedai_protocol::cancellation(request_id, &self.keys)?;
+        self.send(&ev).await
+    }
+
+    /// Close connections (of every clone).
+    pub async fn shutdown(self) {
+        self.client.shutdown().await;
+    }
+}

@@ -1,0 +1,791 @@
+//! One job's life as a sans-IO state machine: events in, actions out.
+//!
+//! [`JobTracker`] decides everything about one published request — which answers count, the
+//! order of streamed chunks, when to pay, when the result is complete, when the worker has gone
+//! silent — without a relay, a clock or a wallet: the caller feeds it events
+//! ([`JobTracker::on_event`]), payment outcomes ([`JobTracker::on_payment_ended`]) and the time
+//! ([`JobTracker::on_wake`] at [`JobTracker::wake_at`]), and carries out the [`Action`]s it
+//! returns. [`crate::FedaiClient`] drives it over nostr-sdk; the tests below drive it by hand.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fedai_protocol::metering::ParsedMetering;
+use fedai_protocol::nostr::prelude::*;
+use fedai_protocol::result::ParsedJobResult;
+use fedai_protocol::{
+    kinds, ErrorCode, FeedbackStatus, JobFeedback, JobResult, MeteringCheck, MeteringRecord,
+    ParsedJobRequest,
+};
+
+use crate::{ClientError, JobUpdate};
+
+/// Partial chunks held for reordering at most this far ahead of the next one expected.
+const MAX_EARLY_CHUNKS: u64 = 1024;
+
+/// Metering records kept while waiting for the result: a worker cannot grow the list without
+/// bound (its own record comes right after its result).
+const MAX_METERINGS: usize = 64;
+
+/// How long a result waits for its metering record (published right after it).
+const METERING_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a failed payment waits for the worker's own error, which is the better news.
+const PAYMENT_FAILURE_GRACE: Duration = Duration::from_secs(2);
+
+/// Tokens a chat template may add around the prompt (role markers, a default system prompt).
+pub const TEMPLATE_TOKENS: u64 = 256;
+
+/// What the caller must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Tell the customer.
+    Update(JobUpdate),
+    /// The chosen worker asks this invoice (a hold invoice: escrow) to be paid. Check it and
+    /// pay within the caps, or end the job with the refusal.
+    PayInvoice {
+        /// The quoted amount, msat.
+        amount_msat: u64,
+        /// The invoice.
+        bolt11: String,
+    },
+    /// The chosen worker takes only a zap (NIP-57) to this LNURL target.
+    PayZap {
+        /// The worker.
+        worker: PublicKey,
+        /// The quoted amount, msat.
+        amount_msat: u64,
+        /// Its lightning address or LNURL.
+        target: String,
+    },
+    /// The job is over: the verified answer, or why not. The last action.
+    Done(Result<Box<Answer>, ClientError>),
+}
+
+/// A result that passed the tracker's checks.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The result (decrypted when it was encrypted).
+    pub result: ParsedJobResult,
+    /// Its metering record and what its verification covered, when it came in time.
+    pub metering: Option<(ParsedMetering, MeteringCheck)>,
+    /// From publication to the first token (or to the result).
+    pub first_token: Duration,
+    /// Whether what was streamed is the start of the verified output.
+    pub stream_matched: bool,
+}
+
+/// The state of one published request.
+#[derive(Debug)]
+pub struct JobTracker {
+    request: ParsedJobRequest,
+    /// Decrypts answers to a private request.
+    keys: Keys,
+    /// The only worker that may answer (directed or awarded jobs); `None`: an open job.
+    worker: Option<PublicKey>,
+    /// Fail over on silence: `(ack, stall)`.
+    liveness: Option<(Duration, Duration)>,
+    sent_at: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    /// The reorder buffer of streamed chunks.
+    next_seq: u64,
+    early: BTreeMap<u64, String>,
+    /// On an open job the first worker to stream is the only one whose chunks are shown.
+    streamer: Option<PublicKey>,
+    streamed: String,
+    first_token: Option<Duration>,
+    processing_seen: bool,
+    result: Option<ParsedJobResult>,
+    metering_deadline: Option<Instant>,
+    meterings: Vec<ParsedMetering>,
+    /// A payment was asked for (once per request).
+    paying: bool,
+    /// A payment that failed: reported unless the worker's own error comes within a grace
+    /// period (a failed job cancels its hold invoice, and the worker's reason is the news).
+    payment_failed: Option<ClientError>,
+    /// When the chosen worker was last heard from (at first: when it was asked).
+    heard: Instant,
+    acked: bool,
+    done: bool,
+}
+
+impl JobTracker {
+    /// Follow `request` (published at `now`) until `worker`'s result (any worker's, when
+    /// `None`), its error, or `timeout`.
+    pub fn new(
+        request: ParsedJobRequest,
+        keys: Keys,
+        worker: Option<PublicKey>,
+        timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        Self {
+            request,
+            keys,
+            worker,
+            liveness: None,
+            sent_at: now,
+            deadline: now + timeout,
+            timeout,
+            next_seq: 0,
+            early: BTreeMap::new(),
+            streamer: worker,
+            streamed: String::new(),
+            first_token: None,
+            processing_seen: false,
+            result: None,
+            metering_deadline: None,
+            meterings: Vec::new(),
+            paying: false,
+            payment_failed: None,
+            heard: now,
+            acked: false,
+            done: false,
+        }
+    }
+
+    /// Fail over when the chosen worker does not acknowledge within `ack`, or then shows no
+    /// sign of life for `stall` (directed jobs; an auction waits for the deadline).
+    pub fn with_liveness(mut self, ack: Duration, stall: Duration) -> Self {
+        self.liveness = Some((ack, stall));
+        self
+    }
+
+    /// The request followed.
+    pub fn request(&self) -> &ParsedJobRequest {
+        &self.request
+    }
+
+    /// When it was published.
+    pub fn sent_at(&self) -> Instant {
+        self.sent_at
+    }
+
+    /// Whether [`Action::Done`] was returned.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Follow the same request again, now awarded to `worker` (an auction's next winner).
+    /// Its first token and total time still count from the request's publication.
+    pub fn reassign(&mut self, worker: PublicKey, now: Instant) {
+        let sent_at = self.sent_at;
+        *self = Self {
+            liveness: self.liveness,
+            sent_at,
+            ..Self::new(
+                self.request.clone(),
+                self.keys.clone(),
+                Some(worker),
+                self.timeout,
+                now,
+            )
+        };
+    }
+
+    /// When the chosen worker counts as silent, if it can.
+    fn silent_at(&self) -> Option<Instant> {
+        match (self.liveness, self.worker, &self.result) {
+            (Some((ack, stall)), Some(_), None) => {
+                Some(self.heard + if self.acked { stall } else { ack })
+            }
+            _ => None,
+        }
+    }
+
+    /// When to call [`on_wake`](Self::on_wake) if nothing arrives before.
+    pub fn wake_at(&self) -> Instant {
+        let mut at = self.deadline;
+        if let Some(m) = self.metering_deadline {
+            at = at.min(m);
+        }
+        if let Some(s) = self.silent_at() {
+            at = at.min(s);
+        }
+        at
+    }
+
+    /// The time has come: a result without metering is taken as it is, a failed payment
+    /// reported, a silent worker or the deadline ends the job.
+    pub fn on_wake(&mut self, now: Instant) -> Vec<Action> {
+        if self.done || now < self.wake_at() {
+            return Vec::new();
+        }
+        if let Some(r) = self.result.take() {
+            return self.finish(r, now);
+        }
+        if let Some(e) = self.payment_failed.take() {
+            return self.fail(e);
+        }
+        if self.silent_at().is_some_and(|s| s <= now) {
+            let (ack, stall) = self.liveness.unwrap_or_default();
+            let why = if self.acked {
+                format!("no sign of progress for {stall:?}")
+            } else {
+                format!("no acknowledgement within {ack:?}")
+            };
+            return self.fail(ClientError::Silent(why));
+        }
+        self.fail(ClientError::Timeout(self.timeout))
+    }
+
+    /// A payment asked for ended (`Err`: why it failed). The worker may have waited for it (a
+    /// zap's receipt comes after it): it gets a full window from now.
+    pub fn on_payment_ended(&mut self, r: Result<(), ClientError>, now: Instant) {
+        self.heard = now;
+        if let Err(e) = r {
+            self.payment_failed = Some(e);
+            self.deadline = self.deadline.min(now + PAYMENT_FAILURE_GRACE);
+        }
+    }
+
+    fn fail(&mut self, e: ClientError) -> Vec<Action> {
+        self.done = true;
+        vec![Action::Done(Err(e))]
+    }
+
+    /// An event from a relay (any: the tracker takes only what answers its request).
+    pub fn on_event(&mut self, ev: &Event, now: Instant) -> Vec<Action> {
+        if self.done {
+            return Vec::new();
+        }
+        let request_id = self.request.id;
+        // Only the worker we chose may answer a directed or awarded job.
+        if self.worker.is_some_and(|w| w != ev.pubkey) {
+            return Vec::new();
+        }
+        let chosen = self.worker.is_some();
+        if chosen && ev.tags.event_ids().any(|id| id == request_id) {
+            self.heard = now;
+            self.acked = true;
+        }
+        match ev.kind.as_u16() {
+            kinds::JOB_FEEDBACK => self.on_feedback(ev, now),
+            kinds::JOB_RESULT if self.result.is_none() => self.on_result(ev, now),
+            kinds::METERING => self.on_metering(ev, now),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_feedback(&mut self, ev: &Event, now: Instant) -> Vec<Action> {
+        let Ok(fb) = JobFeedback::from_event(ev, Some(&self.keys)) else {
+            return Vec::new();
+        };
+        if fb.request_id != self.request.id {
+            return Vec::new();
+        }
+        let chosen = self.worker.is_some();
+        let mut out = Vec::new();
+        match fb.status {
+            FeedbackStatus::Processing if !self.processing_seen => {
+                self.processing_seen = true;
+                out.push(Action::Update(JobUpdate::Processing(ev.pubkey)));
+            }
+            FeedbackStatus::Partial => {
+                if *self.streamer.get_or_insert(ev.pubkey) != ev.pubkey {
+                    return out; // another worker's chunks on an open job
+                }
+                let sent_at = self.sent_at;
+                self.first_token.get_or_insert_with(|| now - sent_at);
+                // A bounded reorder buffer: a worker cannot grow it without limit.
+                let next = self.next_seq;
+                if let Some(seq) = fb
+                    .seq
+                    .filter(|s| *s >= next && *s < next + MAX_EARLY_CHUNKS)
+                {
+                    self.early.insert(seq, fb.content);
+                    while let Some(chunk) = self.early.remove(&self.next_seq) {
+                        self.streamed.push_str(&chunk);
+                        out.push(Action::Update(JobUpdate::Partial(chunk)));
+                        self.next_seq += 1;
+                    }
+                }
+            }
+            FeedbackStatus::PaymentRequired if chosen && self.result.is_none() && !self.paying => {
+                let Some(amount) = fb.amount else {
+                    return out;
+                };
+                // An invoice (escrow) first; a zap only where it is all that is offered; a bare
+                // quote (an auction's) asks nothing yet.
+                match (amount.bolt11, fb.zap) {
+                    (Some(bolt11), _) => out.push(Action::PayInvoice {
+                        amount_msat: amount.msat,
+                        bolt11,
+                    }),
+                    (None, Some(target)) => out.push(Action::PayZap {
+                        worker: ev.pubkey,
+                        amount_msat: amount.msat,
+                        target,
+                    }),
+                    (None, None) => return out,
+                }
+                self.paying = true;
+                out.push(Action::Update(JobUpdate::Paying(amount.msat)));
+            }
+            FeedbackStatus::Error if self.result.is_none() => {
+                return self.fail(ClientError::Job {
+                    code: fb.code.unwrap_or(ErrorCode::Other("unknown".into())),
+                    reason: fb.info.unwrap_or_default(),
+                });
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn on_result(&mut self, ev: &Event, now: Instant) -> Vec<Action> {
+        let chosen = self.worker.is_some();
+        let request_id = self.request.id;
+        let r = match JobResult::from_event(ev, Some(&self.keys)) {
+            Ok(r) => r,
+            // From the worker we chose, an unreadable result is a failure to act on now; from
+            // anyone else on an open job it is noise.
+            Err(e) if chosen && ev.tags.event_ids().any(|id| id == request_id) => {
+                return self.fail(ClientError::InvalidResult(e.to_string()));
+            }
+            Err(_) => {
+                tracing::warn!(id = %ev.id, "ignoring an invalid result");
+                return Vec::new();
+            }
+        };
+        if r.request_id() != request_id {
+            return Vec::new();
+        }
+        // A worker chosen from fed_AI ads answers as fed_AI (marker, usage, model): a bare
+        // NIP-90 result from it would carry no usage to check.
+        if chosen && !kinds::has_fedai_marker(&ev.tags) {
+            return self.fail(ClientError::InvalidResult(
+                "a result without fed_AI's usage and model".into(),
+            ));
+        }
+        let sent_at = self.sent_at;
+        self.first_token.get_or_insert_with(|| now - sent_at);
+        if self.meterings.iter().any(|m| m.record.result_id == r.id) {
+            return self.finish(r, now);
+        }
+        // Give the metering record a moment to arrive (it is published right after).
+        self.metering_deadline = Some(now + METERING_GRACE);
+        self.result = Some(r);
+        Vec::new()
+    }
+
+    fn on_metering(&mut self, ev: &Event, now: Instant) -> Vec<Action> {
+        let Ok(m) = MeteringRecord::from_event(ev) else {
+            return Vec::new();
+        };
+        let completes = self
+            .result
+            .as_ref()
+            .is_some_and(|r| r.id == m.record.result_id);
+        if self.meterings.len() < MAX_METERINGS || completes {
+            self.meterings.push(m);
+        }
+        match self.result.take() {
+            Some(r) if completes => self.finish(r, now),
+            r => {
+                self.result = r;
+                Vec::new()
+            }
+        }
+    }
+
+    /// The result, checked: its metering record (when one came) verified against it and the
+    /// request, and the usage it claims bounded by what the customer can see.
+    fn finish(&mut self, result: ParsedJobResult, now: Instant) -> Vec<Action> {
+        self.done = true;
+        vec![Action::Done(self.verify(result, now).map(Box::new))]
+    }
+
+    fn verify(&mut self, result: ParsedJobResult, now: Instant) -> Result<Answer, ClientError> {
+        // On an open job, a result from another worker than the one that streamed is taken,
+        // and the stream is then not what was signed.
+        let from_other = self.streamer.is_some_and(|s| s != result.worker);
+        // What was streamed must be the start of the verified result (chunks may have been
+        // missed, never altered); otherwise the shown text is not what was signed.
+        let stream_matched = !from_other && result.result.output.starts_with(&self.streamed);
+        let metering = match std::mem::take(&mut self.meterings)
+            .into_iter()
+            .find(|m| m.record.result_id == result.id)
+        {
+            Some(m) => {
+                let check = m
+                    .verify(&result, &self.request)
+                    .map_err(|e| ClientError::InvalidResult(format!("metering: {e}")))?;
+                Some((m, check))
+            }
+            None => None,
+        };
+        // The worker's own counts, checked against what the customer can see: a prompt of N
+        // bytes cannot take more than N tokens (plus a chat template's).
+        let usage = result.result.usage;
+        let in_bound = self.request.input_data.len() as u64 + TEMPLATE_TOKENS;
+        if usage.input_tokens > in_bound {
+            return Err(ClientError::InvalidResult(format!(
+                "metering claims {} input tokens for a prompt of at most {in_bound}",
+                usage.input_tokens
+            )));
+        }
+        Ok(Answer {
+            first_token: self.first_token.unwrap_or(now - self.sent_at),
+            result,
+            metering,
+            stream_matched,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedai_protocol::{Amount, JobFeedback, JobRequest, MeteringRecord, Usage};
+
+    /// A customer, a worker, a published request and a tracker following it.
+    struct Job {
+        customer: Keys,
+        worker: Keys,
+        request: Event,
+        parsed: ParsedJobRequest,
+        t0: Instant,
+        tracker: JobTracker,
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    const ACK: Duration = Duration::from_secs(5);
+    const STALL: Duration = Duration::from_secs(30);
+
+    fn job() -> Job {
+        let (customer, worker) = (Keys::generate(), Keys::generate());
+        let mut req = JobRequest::chat("Why is the sky blue?");
+        req.provider = Some(worker.public_key());
+        let request = req.to_event(&customer, None).unwrap();
+        let parsed = JobRequest::from_event(&request, None).unwrap();
+        let t0 = Instant::now();
+        let tracker = JobTracker::new(
+            parsed.clone(),
+            customer.clone(),
+            Some(worker.public_key()),
+            TIMEOUT,
+            t0,
+        )
+        .with_liveness(ACK, STALL);
+        Job {
+            customer,
+            worker,
+            request,
+            parsed,
+            t0,
+            tracker,
+        }
+    }
+
+    impl Job {
+        fn at(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+        fn feedback(&self, fb: JobFeedback) -> Event {
+            fb.to_event(&self.worker).unwrap()
+        }
+        fn status(&self, s: FeedbackStatus) -> Event {
+            self.feedback(JobFeedback::new(
+                self.request.id,
+                self.customer.public_key(),
+                s,
+            ))
+        }
+        fn partial(&self, seq: u64, chunk: &str) -> Event {
+            self.feedback(JobFeedback::partial(
+                self.request.id,
+                self.customer.public_key(),
+                seq,
+                chunk.into(),
+            ))
+        }
+        fn result_by(&self, keys: &Keys, output: &str, input_tokens: u64) -> Event {
+            let usage = Usage {
+                input_tokens,
+                output_tokens: 3,
+            };
+            let mut r = JobResult::for_request(
+                &self.request,
+                &self.parsed,
+                output.into(),
+                "smollm2".into(),
+                usage,
+            );
+            r.amount = None;
+            r.to_event(keys).unwrap()
+        }
+        fn result(&self, output: &str) -> Event {
+            self.result_by(&self.worker, output, 12)
+        }
+        fn metering(&self, result: &Event, output: &str) -> Event {
+            MeteringRecord {
+                request_id: self.request.id,
+                result_id: result.id,
+                customer: self.customer.public_key(),
+                model: "smollm2".into(),
+                prompt_sha256: self.parsed.prompt_sha256(),
+                usage: Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                },
+                wall_ms: 40,
+                bytes_in: self.parsed.input_data.len() as u64,
+                bytes_out: output.len() as u64,
+                price_msat: 0,
+                payment_hash: None,
+            }
+            .to_event(&self.worker)
+            .unwrap()
+        }
+        fn feed(&mut self, ev: &Event, secs: f64) -> Vec<Action> {
+            let now = self.at(secs);
+            self.tracker.on_event(ev, now)
+        }
+    }
+
+    fn updates(actions: &[Action]) -> Vec<JobUpdate> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Update(u) => Some(u.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn done(actions: Vec<Action>) -> Result<Box<Answer>, ClientError> {
+        match actions.into_iter().last() {
+            Some(Action::Done(r)) => r,
+            other => panic!("expected the end of the job, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn streams_in_order_and_ends_with_the_metered_result() {
+        let mut j = job();
+        let ev = j.status(FeedbackStatus::Processing);
+        let a = j.feed(&ev, 0.1);
+        assert_eq!(updates(&a), [JobUpdate::Processing(j.worker.public_key())]);
+        // Chunk 1 before chunk 0: held, then both delivered in order.
+        let (c1, c0) = (j.partial(1, " sky"), j.partial(0, "Blue"));
+        assert!(updates(&j.feed(&c1, 0.2)).is_empty());
+        assert_eq!(
+            updates(&j.feed(&c0, 0.3)),
+            [
+                JobUpdate::Partial("Blue".into()),
+                JobUpdate::Partial(" sky".into())
+            ]
+        );
+        let result = j.result("Blue sky!");
+        assert!(j.feed(&result, 0.5).is_empty(), "waits for the metering");
+        let metering = j.metering(&result, "Blue sky!");
+        let answer = done(j.feed(&metering, 0.6)).unwrap();
+        assert!(answer.stream_matched);
+        assert!(answer.metering.is_some());
+        assert_eq!(answer.first_token, Duration::from_secs_f64(0.2));
+        assert!(j.tracker.is_done());
+        assert!(j.feed(&metering, 0.7).is_empty(), "nothing after the end");
+    }
+
+    #[test]
+    fn metering_first_then_result_ends_at_once() {
+        let mut j = job();
+        let result = j.result("Blue.");
+        let metering = j.metering(&result, "Blue.");
+        assert!(j.feed(&metering, 0.1).is_empty());
+        assert!(done(j.feed(&result, 0.2)).unwrap().metering.is_some());
+    }
+
+    #[test]
+    fn a_result_without_metering_is_taken_after_the_grace() {
+        let mut j = job();
+        let result = j.result("Blue.");
+        assert!(j.feed(&result, 1.0).is_empty());
+        assert_eq!(j.tracker.wake_at(), j.at(1.0) + METERING_GRACE);
+        assert!(j.tracker.on_wake(j.at(2.0)).is_empty(), "too early");
+        let answer = done(j.tracker.on_wake(j.at(3.0))).unwrap();
+        assert!(answer.metering.is_none());
+    }
+
+    #[test]
+    fn another_workers_events_are_ignored_on_a_directed_job() {
+        let mut j = job();
+        let stranger = Keys::generate();
+        let fake = j.result_by(&stranger, "forged", 12);
+        assert!(j.feed(&fake, 0.1).is_empty());
+        let err = JobFeedback::error(
+            j.request.id,
+            j.customer.public_key(),
+            ErrorCode::Other("x".into()),
+            "no",
+        )
+        .to_event(&stranger)
+        .unwrap();
+        assert!(j.feed(&err, 0.2).is_empty());
+        assert!(!j.tracker.is_done());
+    }
+
+    #[test]
+    fn the_workers_error_ends_the_job_with_its_code() {
+        let mut j = job();
+        let ev = j.feedback(JobFeedback::error(
+            j.request.id,
+            j.customer.public_key(),
+            ErrorCode::Capacity,
+            "busy",
+        ));
+        match done(j.feed(&ev, 0.1)) {
+            Err(ClientError::Job { code, reason }) => {
+                assert_eq!(code, ErrorCode::Capacity);
+                assert_eq!(reason, "busy");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_too_far_ahead_are_dropped_and_the_stream_then_does_not_match() {
+        let mut j = job();
+        let far = j.partial(MAX_EARLY_CHUNKS, "junk");
+        assert!(j.feed(&far, 0.1).is_empty());
+        assert!(
+            j.tracker.early.is_empty(),
+            "the reorder buffer stays bounded"
+        );
+        let wrong = j.partial(0, "Not what was signed");
+        j.feed(&wrong, 0.2);
+        let result = j.result("Blue.");
+        j.feed(&result, 0.3);
+        let metering = j.metering(&result, "Blue.");
+        assert!(!done(j.feed(&metering, 0.4)).unwrap().stream_matched);
+    }
+
+    #[test]
+    fn pays_an_invoice_once_and_announces_it() {
+        let mut j = job();
+        let ask = |bolt11: &str| {
+            JobFeedback::payment_required(
+                j.request.id,
+                j.customer.public_key(),
+                Amount {
+                    msat: 5_000,
+                    bolt11: Some(bolt11.into()),
+                },
+            )
+        };
+        let (first, second) = (
+            j.feedback(ask("lnbc1first")),
+            j.feedback(ask("lnbc1second")),
+        );
+        let a = j.feed(&first, 0.1);
+        assert!(matches!(
+            &a[..],
+            [
+                Action::PayInvoice { amount_msat: 5_000, bolt11 },
+                Action::Update(JobUpdate::Paying(5_000))
+            ] if bolt11 == "lnbc1first"
+        ));
+        assert!(j.feed(&second, 0.2).is_empty(), "pays once per request");
+    }
+
+    #[test]
+    fn a_failed_payment_is_reported_unless_the_workers_error_comes_first() {
+        let mut j = job();
+        j.tracker
+            .on_payment_ended(Err(ClientError::Payment("no route".into())), j.at(1.0));
+        assert_eq!(j.tracker.wake_at(), j.at(1.0) + PAYMENT_FAILURE_GRACE);
+        assert!(matches!(
+            done(j.tracker.on_wake(j.at(3.0))),
+            Err(ClientError::Payment(_))
+        ));
+
+        let mut j = job();
+        j.tracker
+            .on_payment_ended(Err(ClientError::Payment("no route".into())), j.at(1.0));
+        let ev = j.feedback(JobFeedback::error(
+            j.request.id,
+            j.customer.public_key(),
+            ErrorCode::PaymentFailed,
+            "hold invoice cancelled",
+        ));
+        assert!(matches!(
+            done(j.feed(&ev, 1.5)),
+            Err(ClientError::Job { .. })
+        ));
+    }
+
+    #[test]
+    fn a_silent_worker_fails_over_at_the_ack_then_the_stall_window() {
+        let mut j = job();
+        assert_eq!(j.tracker.wake_at(), j.at(0.0) + ACK);
+        assert!(matches!(
+            done(j.tracker.on_wake(j.at(5.0))),
+            Err(ClientError::Silent(why)) if why.contains("acknowledgement")
+        ));
+
+        let mut j = job();
+        let ev = j.status(FeedbackStatus::Processing);
+        j.feed(&ev, 1.0);
+        assert_eq!(j.tracker.wake_at(), j.at(1.0) + STALL);
+        assert!(matches!(
+            done(j.tracker.on_wake(j.at(31.0))),
+            Err(ClientError::Silent(why)) if why.contains("progress")
+        ));
+    }
+
+    #[test]
+    fn an_open_job_waits_for_the_deadline() {
+        let (customer, t0) = (Keys::generate(), Instant::now());
+        let request = JobRequest::chat("hi").to_event(&customer, None).unwrap();
+        let parsed = JobRequest::from_event(&request, None).unwrap();
+        let mut t = JobTracker::new(parsed, customer, None, TIMEOUT, t0).with_liveness(ACK, STALL);
+        assert_eq!(t.wake_at(), t0 + TIMEOUT, "no silence on an open job");
+        assert!(matches!(
+            done(t.on_wake(t0 + TIMEOUT)),
+            Err(ClientError::Timeout(_))
+        ));
+    }
+
+    #[test]
+    fn usage_beyond_what_the_prompt_can_hold_is_refused() {
+        let mut j = job();
+        let inflated = j.result_by(&j.worker.clone(), "Blue.", 1_000_000);
+        j.feed(&inflated, 0.1);
+        assert!(matches!(
+            done(j.tracker.on_wake(j.at(3.0))),
+            Err(ClientError::InvalidResult(why)) if why.contains("input tokens")
+        ));
+    }
+
+    #[test]
+    fn a_bare_nip90_result_from_the_chosen_worker_is_invalid() {
+        let mut j = job();
+        let bare = EventBuilder::new(Kind::from_u16(kinds::JOB_RESULT), "Blue.")
+            .tags([
+                Tag::event(j.request.id),
+                Tag::public_key(j.customer.public_key()),
+                Tag::parse(["request".to_owned(), j.request.as_json()]).unwrap(),
+            ])
+            .finalize(&j.worker)
+            .unwrap();
+        assert!(matches!(
+            done(j.feed(&bare, 0.1)),
+            Err(ClientError::InvalidResult(_))
+        ));
+    }
+
+    #[test]
+    fn an_auction_reassigned_keeps_the_publication_time() {
+        let mut j = job();
+        let next = Keys::generate();
+        j.tracker.reassign(next.public_key(), j.at(10.0));
+        assert_eq!(j.tracker.sent_at(), j.t0);
+        let old = j.status(FeedbackStatus::Processing);
+        assert!(
+            j.feed(&old, 10.5).is_empty(),
+            "the previous winner no longer counts"
+        );
+    }
+}
