@@ -1,24 +1,32 @@
-//! The one listening port: WebSocket upgrades go to [`crate::connection`] (under the global and
-//! per-address connection limits), plain HTTP serves NIP-11, `/health` and `/metrics`.
+//! The one listening port, on hyper (HTTP/1 with upgrades) and an axum router: WebSocket
+//! upgrades (on any path) go to [`crate::connection`] under the global and per-address
+//! connection limits; plain HTTP serves NIP-11, `/health` and `/metrics`.
 //!
-//! Every socket gets `TCP_NODELAY` (without it, small relay answers wait on Nagle + delayed ACK:
-//! ~40 ms floors).
+//! Head size (16 KiB), header count and the 10 s to send a head are hyper's settings; one
+//! request at a time per connection (keep-alive). Every socket gets `TCP_NODELAY` (without it, small relay
+//! answers wait on Nagle + delayed ACK: ~40 ms floors).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use sha1::{Digest, Sha1};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tower::ServiceExt;
 
 use crate::connection::{self, ConnCtx};
 use crate::metrics::Metrics;
 
+/// The largest request head read (hyper answers 431 past it).
 const MAX_HEAD: usize = 16 * 1024;
+/// Time to send a request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What a connection handler needs.
 pub struct Ctx {
@@ -82,247 +90,192 @@ impl Drop for IpSlot {
     }
 }
 
-/// A request head, as far as this port reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    /// `GET`, …
-    pub method: String,
-    /// The request target.
-    pub path: String,
-    /// The `Accept` header.
-    pub accept: String,
-    /// `Upgrade: websocket`.
-    pub upgrade_ws: bool,
-    /// `Sec-WebSocket-Key`.
-    pub ws_key: Option<String>,
-    /// `Host` (NIP-42 checks an `AUTH` event's relay tag against it).
-    pub host: Option<String>,
+/// The plain HTTP routes.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(ctx)
 }
 
-/// Read a request head (up to the empty line), never buffering more than 16 KiB: `None` at
-/// end of input, an error when the head is larger.
-pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
-    r: &mut R,
-) -> std::io::Result<Option<Vec<u8>>> {
-    use tokio::io::AsyncReadExt;
-    let mut head = Vec::with_capacity(1024);
-    loop {
-        let before = head.len();
-        // Never buffer more than the limit: a line without a newline stops at the bound.
-        let room = (MAX_HEAD + 1 - before) as u64;
-        let n = (&mut *r).take(room).read_until(b'\n', &mut head).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if head.len() > MAX_HEAD {
-            return Err(std::io::Error::other("request head too large"));
-        }
-        let line = &head[before..];
-        if line == b"\r\n" || line == b"\n" {
-            return Ok(Some(head));
-        }
-    }
+fn text(status: StatusCode, ctype: &'static str, body: impl Into<Body>) -> Response<Body> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
-/// Parse a head read by [`read_head`]; `None` when it is not a complete HTTP/1 request head.
-pub fn parse_head(raw: &[u8]) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(raw) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
+async fn index(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response<Body> {
+    let nip11 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/nostr+json"));
+    if nip11 {
+        ctx.metrics.http("nip11");
+        return text(StatusCode::OK, "application/nostr+json", ctx.nip11.clone());
     }
-    let mut h = Head {
-        method: req.method?.to_owned(),
-        path: req.path?.to_owned(),
-        accept: String::new(),
-        upgrade_ws: false,
-        ws_key: None,
-        host: None,
+    ctx.metrics.http("index");
+    text(
+        StatusCode::OK,
+        "text/plain",
+        "fedai-relay: connect with a Nostr client over WebSocket; NIP-11 with Accept: application/nostr+json\n",
+    )
+}
+
+async fn health(State(ctx): State<Arc<Ctx>>) -> Response<Body> {
+    ctx.metrics.http("health");
+    text(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n")
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response<Body> {
+    ctx.metrics.http("metrics");
+    ctx.metrics
+        .set_live_queued_bytes(ctx.conn.hub.queued_bytes());
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        ctx.metrics.render(),
+    )
+}
+
+async fn not_found(State(ctx): State<Arc<Ctx>>) -> Response<Body> {
+    ctx.metrics.http("not_found");
+    text(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+}
+
+/// Whether `req` asks for a WebSocket (`Upgrade: websocket`).
+fn wants_websocket(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Accept a WebSocket under the connection limits: `101` now, the session once hyper hands
+/// the socket over.
+fn upgrade(ctx: &Arc<Ctx>, peer: SocketAddr, mut req: Request) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "missing Sec-WebSocket-Key\n",
+        );
     };
-    for hd in req.headers.iter() {
-        let v = String::from_utf8_lossy(hd.value).into_owned();
-        if hd.name.eq_ignore_ascii_case("accept") {
-            h.accept = v;
-        } else if hd.name.eq_ignore_ascii_case("upgrade") {
-            h.upgrade_ws = v.eq_ignore_ascii_case("websocket");
-        } else if hd.name.eq_ignore_ascii_case("host") {
-            h.host = Some(v.trim().to_owned());
-        } else if hd.name.eq_ignore_ascii_case("sec-websocket-key") {
-            h.ws_key = Some(v.trim().to_owned());
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let Some(slot) = ctx.per_ip.take(peer.ip()) else {
+        ctx.metrics.connection_refused();
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain",
+            "too many connections from this address\n",
+        );
+    };
+    let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+        ctx.metrics.connection_refused();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "too many connections\n",
+        );
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.trim().to_owned());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        ctx.metrics.connection_opened();
+        // The socket itself, with the bytes the client sent past the head: the session runs on
+        // the TCP stream, not through hyper's boxed I/O.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                let read = parts.read_buf.to_vec();
+                connection::serve(stream, read, peer, host, ctx.conn.clone(), permit).await
+            }
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                connection::serve(io, Vec::new(), peer, host, ctx.conn.clone(), permit).await
+            }
         }
+        drop(slot);
+        ctx.metrics.connection_closed();
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    Some(h)
+    r
 }
 
-fn accept_key(key: &str) -> String {
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WS_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
-async fn respond(
-    s: &mut BufReader<TcpStream>,
-    status: &str,
-    ctype: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let msg = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nAccess-Control-Allow-Methods: GET, OPTIONS\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+/// Any page of the relay may be read from a browser (a dashboard on another origin).
+fn allow_any_origin(r: &mut Response<Body>) {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
     );
-    s.get_mut().write_all(msg.as_bytes()).await?;
-    s.get_mut().shutdown().await
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+}
+
+async fn route(req: Request, peer: SocketAddr, ctx: Arc<Ctx>, router: Router) -> Response<Body> {
+    if wants_websocket(&req) {
+        return upgrade(&ctx, peer, req);
+    }
+    let mut r = if req.method() == Method::OPTIONS {
+        ctx.metrics.http("options");
+        text(StatusCode::NO_CONTENT, "text/plain", Body::empty())
+    } else {
+        match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    };
+    allow_any_origin(&mut r);
+    r
 }
 
 /// Serve one accepted TCP connection.
-pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
+pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, router: Router) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
-    let mut reader = BufReader::with_capacity(MAX_HEAD, stream);
-    let raw = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut reader)).await {
-        Ok(Ok(Some(raw))) => raw,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "bad request head");
-            let _ = respond(
-                &mut reader,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "",
-            )
-            .await;
-            return;
-        }
-        Err(_) => return,
-    };
-    let Some(head) = parse_head(&raw) else {
-        let _ = respond(
-            &mut reader,
-            "400 Bad Request",
-            "text/plain",
-            "bad request\n",
-        )
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (ctx, router) = (ctx.clone(), router.clone());
+        async move { Ok::<_, Infallible>(route(req.map(Body::new), peer, ctx, router).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(64)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
         .await;
-        return;
-    };
-    if head.upgrade_ws {
-        let Some(key) = head.ws_key.as_deref() else {
-            let _ = respond(
-                &mut reader,
-                "400 Bad Request",
-                "text/plain",
-                "missing Sec-WebSocket-Key\n",
-            )
-            .await;
-            return;
-        };
-        let Some(slot) = ctx.per_ip.take(peer.ip()) else {
-            ctx.metrics.connection_refused();
-            let _ = respond(
-                &mut reader,
-                "429 Too Many Requests",
-                "text/plain",
-                "too many connections from this address\n",
-            )
-            .await;
-            return;
-        };
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            ctx.metrics.connection_refused();
-            let _ = respond(
-                &mut reader,
-                "503 Service Unavailable",
-                "text/plain",
-                "too many connections\n",
-            )
-            .await;
-            return;
-        };
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(key)
-        );
-        if reader.get_mut().write_all(resp.as_bytes()).await.is_err() {
-            return;
-        }
-        ctx.metrics.connection_opened();
-        // Bytes the client sent past the head go to the WebSocket, and the head's buffer is
-        // given back rather than kept for the life of the connection.
-        let read = reader.buffer().to_vec();
-        let stream = reader.into_inner();
-        connection::serve(stream, read, peer, head.host, ctx.conn.clone(), permit).await;
-        drop(slot);
-        ctx.metrics.connection_closed();
-        return;
-    }
-    let path = head.path.split('?').next().unwrap_or("/");
-    let result = match (head.method.as_str(), path) {
-        ("OPTIONS", _) => {
-            ctx.metrics.http("options");
-            respond(&mut reader, "204 No Content", "text/plain", "").await
-        }
-        ("GET", "/") if head.accept.contains("application/nostr+json") => {
-            ctx.metrics.http("nip11");
-            respond(&mut reader, "200 OK", "application/nostr+json", &ctx.nip11).await
-        }
-        ("GET", "/health") => {
-            ctx.metrics.http("health");
-            respond(
-                &mut reader,
-                "200 OK",
-                "application/json",
-                "{\"status\":\"ok\"}\n",
-            )
-            .await
-        }
-        ("GET", "/metrics") => {
-            ctx.metrics.http("metrics");
-            ctx.metrics
-                .set_live_queued_bytes(ctx.conn.hub.queued_bytes());
-            let body = ctx.metrics.render();
-            respond(&mut reader, "200 OK", "text/plain; version=0.0.4", &body).await
-        }
-        ("GET", "/") => {
-            ctx.metrics.http("index");
-            respond(
-                &mut reader,
-                "200 OK",
-                "text/plain",
-                "fedai-relay: connect with a Nostr client over WebSocket; NIP-11 with Accept: application/nostr+json\n",
-            )
-            .await
-        }
-        _ => {
-            ctx.metrics.http("not_found");
-            respond(&mut reader, "404 Not Found", "text/plain", "not found\n").await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "http response failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_key_matches_rfc6455_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn parses_upgrade_head() {
-        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc\r\n\r\n";
-        let h = parse_head(raw).unwrap();
-        assert!(h.upgrade_ws);
-        assert_eq!(h.ws_key.as_deref(), Some("abc"));
-        assert!(parse_head(b"garbage\r\n\r\n").is_none());
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }

@@ -193,13 +193,14 @@ impl RelayServer {
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             per_ip: http::PerIp::new(config.max_connections_per_ip),
         });
+        let router = http::router(ctx.clone());
         let mut tasks = Vec::new();
         let mut accept_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((stream, peer)) => { tokio::spawn(http::handle(stream, peer, ctx.clone())); }
+                        Ok((stream, peer)) => { tokio::spawn(http::handle(stream, peer, ctx.clone(), router.clone())); }
                         Err(e) => {
                             // Typically EMFILE: back off instead of spinning.
                             tracing::warn!(error = %e, "accept failed");

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-15}
-targets=(event signed bolt11 lnurl lnd http_head zap)
+targets=(event signed bolt11 lnurl lnd zap)
 root=$PWD/.cache/cargo-fuzz
 if [ "${FEDAI_FUZZ_STABLE:-}" != 1 ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   if [ ! -x "$root/bin/cargo-fuzz" ]; then

@@ -1,13 +1,15 @@
-//! Worker metrics (Prometheus text) and the `/metrics` + `/health` listener.
+//! Worker metrics on the `prometheus` crate, and the `/metrics` + `/health` listener on axum.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::net::TcpListener;
 
 /// Histogram bucket bounds in seconds.
@@ -15,221 +17,223 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [AtomicU64; 12],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-    fn render(&self, o: &mut String, name: &str, help: &str) {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                self.counts[i].load(Ordering::Relaxed)
-            );
-        }
-        let c = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            o,
-            "{name}_bucket{{le=\"+Inf\"}} {c}\n{name}_sum {}\n{name}_count {c}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-    }
-}
-
-/// All worker metrics.
-#[derive(Debug, Default)]
+/// All worker metrics, in one registry per worker.
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    jobs: Mutex<BTreeMap<String, u64>>,
-    tokens_in: AtomicU64,
-    tokens_out: AtomicU64,
-    in_flight: AtomicI64,
-    relays_connected: AtomicI64,
-    runner_healthy: AtomicI64,
-    live_job_relays: AtomicI64,
-    subscriptions_closed: AtomicU64,
-    resubscriptions: AtomicU64,
+    registry: Registry,
+    jobs: IntCounterVec,
+    tokens: IntCounterVec,
+    in_flight: IntGauge,
+    relays_connected: IntGauge,
+    runner_healthy: IntGauge,
+    live_job_relays: IntGauge,
+    subscriptions_closed: IntCounter,
+    resubscriptions: IntCounter,
     first_token: Histogram,
     job_seconds: Histogram,
+}
+
+/// Register a metric; names are fixed here, so a clash is a bug.
+fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    reg(r, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    reg(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn seconds(r: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+    reg(r, Histogram::with_opts(opts).expect("valid metric"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let by = |name: &str, help: &str, label: &str| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        let tokens = by(
+            "fedai_worker_tokens_total",
+            "Tokens processed.",
+            "direction",
+        );
+        // Both directions are shown from the start, at 0.
+        for d in ["input", "output"] {
+            tokens.with_label_values(&[d]);
+        }
+        let jobs = by("fedai_worker_jobs_total", "Jobs by outcome.", "outcome");
+        jobs.with_label_values(&["success"]);
+        Self {
+            jobs,
+            tokens,
+            in_flight: gauge(&r, "fedai_worker_in_flight", "Jobs running."),
+            relays_connected: gauge(&r, "fedai_worker_relays_connected", "Relays connected."),
+            runner_healthy: gauge(
+                &r,
+                "fedai_worker_runner_healthy",
+                "1 when the runner answered its last health probe.",
+            ),
+            live_job_relays: gauge(
+                &r,
+                "fedai_worker_live_job_relays",
+                "Relays on which the job subscription is open (0: the worker hears no jobs).",
+            ),
+            subscriptions_closed: counter(
+                &r,
+                "fedai_worker_subscriptions_closed_total",
+                "Subscriptions a relay closed (CLOSED), e.g. after its live buffer overflowed.",
+            ),
+            resubscriptions: counter(
+                &r,
+                "fedai_worker_resubscriptions_total",
+                "Closed subscriptions opened again from the last event seen.",
+            ),
+            first_token: seconds(
+                &r,
+                "fedai_worker_runner_first_token_seconds",
+                "Runner latency to the first token.",
+            ),
+            job_seconds: seconds(
+                &r,
+                "fedai_worker_runner_job_seconds",
+                "Runner time per job.",
+            ),
+            registry: r,
+        }
+    }
 }
 
 impl Metrics {
     /// A job ended with `outcome` (`success` or an error code).
     pub fn job(&self, outcome: &str) {
-        *self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(outcome.to_owned())
-            .or_default() += 1;
+        self.jobs.with_label_values(&[outcome]).inc();
     }
     /// Token counts of a finished job.
     pub fn tokens(&self, input: u64, output: u64) {
-        self.tokens_in.fetch_add(input, Ordering::Relaxed);
-        self.tokens_out.fetch_add(output, Ordering::Relaxed);
+        self.tokens.with_label_values(&["input"]).inc_by(input);
+        self.tokens.with_label_values(&["output"]).inc_by(output);
     }
     /// Jobs running now.
     pub fn set_in_flight(&self, n: i64) {
-        self.in_flight.store(n, Ordering::Relaxed);
+        self.in_flight.set(n);
     }
     /// Relays connected now.
     pub fn set_relays(&self, n: i64) {
-        self.relays_connected.store(n, Ordering::Relaxed);
+        self.relays_connected.set(n);
     }
     /// Runner health as last probed.
     pub fn set_runner_healthy(&self, ok: bool) {
-        self.runner_healthy.store(ok as i64, Ordering::Relaxed);
+        self.runner_healthy.set(ok as i64);
     }
     /// Relays on which the job subscription is live now.
     pub fn set_live_job_relays(&self, n: i64) {
-        self.live_job_relays.store(n, Ordering::Relaxed);
+        self.live_job_relays.set(n);
     }
     /// A relay closed one of our subscriptions (CLOSED).
     pub fn subscription_closed(&self) {
-        self.subscriptions_closed.fetch_add(1, Ordering::Relaxed);
+        self.subscriptions_closed.inc();
     }
     /// A closed subscription was opened again.
     pub fn resubscribed(&self) {
-        self.resubscriptions.fetch_add(1, Ordering::Relaxed);
+        self.resubscriptions.inc();
     }
     /// Time to the first token.
     pub fn first_token(&self, d: Duration) {
-        self.first_token.observe(d);
+        self.first_token.observe(d.as_secs_f64());
     }
     /// Runner time of a whole job.
     pub fn job_time(&self, d: Duration) {
-        self.job_seconds.observe(d);
+        self.job_seconds.observe(d.as_secs_f64());
     }
 
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let _ = writeln!(o, "# HELP fedai_worker_jobs_total Jobs by outcome.\n# TYPE fedai_worker_jobs_total counter");
-        for (k, v) in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(o, "fedai_worker_jobs_total{{outcome=\"{k}\"}} {v}");
-        }
-        let _ = writeln!(o, "# HELP fedai_worker_tokens_total Tokens processed.\n# TYPE fedai_worker_tokens_total counter");
-        let _ = writeln!(
-            o,
-            "fedai_worker_tokens_total{{direction=\"input\"}} {}",
-            self.tokens_in.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "fedai_worker_tokens_total{{direction=\"output\"}} {}",
-            self.tokens_out.load(Ordering::Relaxed)
-        );
-        for (name, help, v) in [
-            ("fedai_worker_in_flight", "Jobs running.", &self.in_flight),
-            (
-                "fedai_worker_relays_connected",
-                "Relays connected.",
-                &self.relays_connected,
-            ),
-            (
-                "fedai_worker_runner_healthy",
-                "1 when the runner answered its last health probe.",
-                &self.runner_healthy,
-            ),
-            (
-                "fedai_worker_live_job_relays",
-                "Relays on which the job subscription is open (0: the worker hears no jobs).",
-                &self.live_job_relays,
-            ),
-        ] {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        for (name, help, v) in [
-            (
-                "fedai_worker_subscriptions_closed_total",
-                "Subscriptions a relay closed (CLOSED), e.g. after its live buffer overflowed.",
-                &self.subscriptions_closed,
-            ),
-            (
-                "fedai_worker_resubscriptions_total",
-                "Closed subscriptions opened again from the last event seen.",
-                &self.resubscriptions,
-            ),
-        ] {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        self.first_token.render(
-            &mut o,
-            "fedai_worker_runner_first_token_seconds",
-            "Runner latency to the first token.",
-        );
-        self.job_seconds.render(
-            &mut o,
-            "fedai_worker_runner_job_seconds",
-            "Runner time per job.",
-        );
-        o
+    /// Healthy: the runner answers, and some relay connected carries the job subscription.
+    pub fn healthy(&self) -> bool {
+        self.runner_healthy.get() == 1
+            && self.relays_connected.get() > 0
+            && self.live_job_relays.get() > 0
     }
+
+    /// Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+/// `/metrics` and `/health`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    m.render(),
+                )
+            }),
+        )
+        .route(
+            "/health",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                let (status, body) = match m.healthy() {
+                    true => (StatusCode::OK, "{\"status\":\"ok\"}\n"),
+                    false => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{\"status\":\"degraded\"}\n",
+                    ),
+                };
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }),
+        )
+        .with_state(metrics)
 }
 
 /// Serve `/metrics` and `/health` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/health" => {
-                    let ok = metrics.runner_healthy.load(Ordering::Relaxed) == 1
-                        && metrics.relays_connected.load(Ordering::Relaxed) > 0
-                        && metrics.live_job_relays.load(Ordering::Relaxed) > 0;
-                    if ok {
-                        ("200 OK", "application/json", "{\"status\":\"ok\"}\n".into())
-                    } else {
-                        (
-                            "503 Service Unavailable",
-                            "application/json",
-                            "{\"status\":\"degraded\"}\n".into(),
-                        )
-                    }
-                }
-                _ => ("404 Not Found", "text/plain", "not found\n".into()),
-            };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            let _ = s.write_all(resp.as_bytes()).await;
-        });
+    if let Err(e) = axum::serve(listener, router(metrics)).await {
+        tracing::warn!(error = %e, "the metrics listener stopped");
     }
 }
 
 /// Bind the metrics listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric_under_its_name() {
+        let m = Metrics::default();
+        m.job("success");
+        m.tokens(12, 3);
+        m.set_runner_healthy(true);
+        m.first_token(Duration::from_millis(20));
+        let text = m.render();
+        for line in [
+            "fedai_worker_jobs_total{outcome=\"success\"} 1",
+            "fedai_worker_tokens_total{direction=\"input\"} 12",
+            "fedai_worker_tokens_total{direction=\"output\"} 3",
+            "fedai_worker_runner_healthy 1",
+            "fedai_worker_runner_first_token_seconds_bucket{le=\"0.025\"} 1",
+            "fedai_worker_runner_first_token_seconds_count 1",
+            "# TYPE fedai_worker_runner_job_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!m.healthy(), "no relay yet");
+    }
 }

@@ -10,7 +10,6 @@
 //! | `bolt11` | the customer before paying; `fedai receipt` | a BOLT11 string |
 //! | `lnurl` | zaps: LNURL-pay answers (LUD-06), lightning addresses | status byte + JSON body |
 //! | `lnd` | the worker and payer: lnd's REST answers and JSON-line streams | cut byte + bytes |
-//! | `http_head` | the relay's HTTP port | the bytes a client sends |
 //! | `zap` | the worker: zap requests and receipts (NIP-57) | `{"r": zap request JSON, "t": receipt tags}` |
 //!
 //! Two drivers: `fedai-fuzz` (this crate's binary: seeds + random mutations for a bounded time,
@@ -33,7 +32,6 @@ pub const TARGETS: &[Target] = &[
     ("bolt11", bolt11),
     ("lnurl", lnurl_answer),
     ("lnd", lnd_answer),
-    ("http_head", http_head),
     ("zap", zap_receipt),
 ];
 
@@ -179,25 +177,6 @@ pub fn lnd_answer(data: &[u8]) {
         return;
     };
     lnd::decode_any(rest, cut as usize);
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime")
-    })
-}
-
-/// The bytes a client sends to the relay's port, read and parsed as its request head.
-pub fn http_head(data: &[u8]) {
-    let mut reader = data;
-    let head = runtime().block_on(fedai_relay::http::read_head(&mut reader));
-    if let Ok(Some(raw)) = head {
-        assert!(raw.len() <= 16 * 1024 + 1, "the head read is bounded");
-        let _ = fedai_relay::http::parse_head(&raw);
-    }
 }
 
 /// A zap request (`r`, as a JSON string) and a zap receipt signed by the LNURL service with
