@@ -74,5 +74,8 @@ fn config_file_supplies_relays_and_flags_win() {
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "relay = [\"ws://x\"]\n").unwrap();
     let (ok, _, err, _) = fedai(&["--config", &bad.display().to_string(), "workers"]);
-    assert!(!ok && err.contains("not a valid config"), "{err}");
+    assert!(
+        !ok && err.contains("bad.toml") && err.contains("unknown field `relay`"),
+        "names the file and the key: {err}"
+    );
 }

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Command line of `fedai-relay`. Every option also reads `FEDAI_RELAY_<NAME>`.
-#[derive(Debug, Clone, Default, Parser)]
+#[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 #[command(name = "fedai-relay", version, about = "The fed_AI Nostr relay")]
 pub struct Cli {
     /// TOML configuration file (keys as the long flags, with `_` for `-`).
@@ -95,7 +96,7 @@ pub struct Cli {
 }
 
 /// NIP-42 authentication requirement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Authenticate to publish.
@@ -104,34 +105,6 @@ pub enum AuthMode {
     Read,
     /// Both.
     Both,
-}
-
-/// The TOML file: the same keys as the flags.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    bind: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    memory: Option<bool>,
-    map_size_mib: Option<usize>,
-    name: Option<String>,
-    description: Option<String>,
-    contact: Option<String>,
-    max_event_bytes: Option<usize>,
-    events_per_minute: Option<u32>,
-    events_per_minute_per_pubkey: Option<u32>,
-    queries_per_minute: Option<u32>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    public_url: Option<Vec<String>>,
-    max_query_results: Option<usize>,
-    max_pending_writes: Option<usize>,
-    max_store_mib: Option<u64>,
-    pubkey_quota_mib: Option<u64>,
-    min_pow_jobs: Option<u8>,
-    auth: Option<AuthMode>,
-    retention: Option<Vec<String>>,
-    log: Option<String>,
 }
 
 /// Where events are kept.
@@ -274,22 +247,9 @@ impl Default for RelayConfig {
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The TOML file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The TOML file is malformed.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        message: String,
-    },
+    /// The `--config` file cannot be used.
+    #[error(transparent)]
+    File(#[from] fedai_config::ConfigError),
     /// A retention rule is malformed.
     #[error("invalid retention rule `{0}` (expected KIND=SECONDS)")]
     Retention(String),
@@ -327,43 +287,26 @@ fn parse_retention(rules: &[String]) -> Result<(Vec<Retention>, u64), ConfigErro
 impl Cli {
     /// Merge flags/env with the file and defaults.
     pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
-        let file: FileConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let c = fedai_config::layered(&self, self.config.as_deref(), &["config"])?;
         let d = RelayConfig::default();
-        let memory = self.memory || file.memory.unwrap_or(false);
+        let memory = c.memory;
         let storage = if memory {
             Storage::Memory
         } else {
-            let dir = self
+            let dir = c
                 .data_dir
-                .or(file.data_dir)
                 .or_else(default_data_dir)
                 .ok_or(ConfigError::NoDataDir)?;
-            let mib = self.map_size_mib.or(file.map_size_mib).unwrap_or(4096);
+            let mib = c.map_size_mib.unwrap_or(4096);
             Storage::Lmdb {
                 dir,
                 map_size: mib.saturating_mul(1024 * 1024),
             }
         };
-        let retention_rules = if self.retention.is_empty() {
-            file.retention.unwrap_or_default()
-        } else {
-            self.retention
-        };
+        let retention_rules = c.retention;
         let (retention, retention_other) = parse_retention(&retention_rules)?;
         const MIB: u64 = 1024 * 1024;
-        let max_store_bytes = match self.max_store_mib.or(file.max_store_mib) {
+        let max_store_bytes = match c.max_store_mib {
             Some(mib) => mib.saturating_mul(MIB),
             None => match &storage {
                 // LMDB needs room beyond the events' bytes for its indexes and free pages:
@@ -372,63 +315,34 @@ impl Cli {
                 Storage::Memory => d.max_store_bytes,
             },
         };
-        let pubkey_quota_bytes = match self.pubkey_quota_mib.or(file.pubkey_quota_mib) {
+        let pubkey_quota_bytes = match c.pubkey_quota_mib {
             Some(mib) => mib.saturating_mul(MIB),
             None => max_store_bytes / 16,
         };
         Ok(RelayConfig {
-            bind: self.bind.or(file.bind).unwrap_or(d.bind),
+            bind: c.bind.unwrap_or(d.bind),
             storage,
-            name: self.name.or(file.name).unwrap_or(d.name),
-            description: self
-                .description
-                .or(file.description)
-                .unwrap_or(d.description),
-            contact: self.contact.or(file.contact),
-            max_event_bytes: self
-                .max_event_bytes
-                .or(file.max_event_bytes)
-                .unwrap_or(d.max_event_bytes),
-            events_per_minute: self
-                .events_per_minute
-                .or(file.events_per_minute)
-                .unwrap_or(d.events_per_minute),
-            events_per_minute_per_pubkey: self
+            name: c.name.unwrap_or(d.name),
+            description: c.description.unwrap_or(d.description),
+            contact: c.contact,
+            max_event_bytes: c.max_event_bytes.unwrap_or(d.max_event_bytes),
+            events_per_minute: c.events_per_minute.unwrap_or(d.events_per_minute),
+            events_per_minute_per_pubkey: c
                 .events_per_minute_per_pubkey
-                .or(file.events_per_minute_per_pubkey)
                 .unwrap_or(d.events_per_minute_per_pubkey),
-            queries_per_minute: self
-                .queries_per_minute
-                .or(file.queries_per_minute)
-                .unwrap_or(d.queries_per_minute),
-            max_connections: self
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(d.max_connections),
-            max_connections_per_ip: self
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(d.max_connections_per_ip),
-            public_urls: if self.public_url.is_empty() {
-                file.public_url.unwrap_or_default()
-            } else {
-                self.public_url
-            },
-            max_query_results: self
-                .max_query_results
-                .or(file.max_query_results)
-                .unwrap_or(d.max_query_results),
-            max_pending_writes: self
-                .max_pending_writes
-                .or(file.max_pending_writes)
-                .unwrap_or(d.max_pending_writes),
+            queries_per_minute: c.queries_per_minute.unwrap_or(d.queries_per_minute),
+            max_connections: c.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: c.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+            public_urls: c.public_url,
+            max_query_results: c.max_query_results.unwrap_or(d.max_query_results),
+            max_pending_writes: c.max_pending_writes.unwrap_or(d.max_pending_writes),
             max_store_bytes,
             pubkey_quota_bytes,
-            min_pow_jobs: self.min_pow_jobs.or(file.min_pow_jobs).unwrap_or(0),
-            auth: self.auth.or(file.auth),
+            min_pow_jobs: c.min_pow_jobs.unwrap_or(0),
+            auth: c.auth,
             retention,
             retention_other,
-            log: self.log.or(file.log).unwrap_or(d.log),
+            log: c.log.unwrap_or(d.log),
         })
     }
 }
@@ -480,6 +394,12 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::File(fedai_config::ConfigError::Parse { .. })
+            ) && err.to_string().contains("bnd"),
+            "{err}"
+        );
     }
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use clap::Parser;
 use fedai_protocol::nostr::prelude::{Keys, SecretKey};
 use fedai_protocol::Price;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `fedai-worker` command line.
-#[derive(Debug, Clone, Default, Parser)]
+#[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 #[command(
     name = "fedai-worker",
     version,
@@ -131,42 +132,6 @@ pub struct Cli {
     pub max_reply_relays: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    nsec_file: Option<PathBuf>,
-    relays: Option<Vec<String>>,
-    runner: Option<String>,
-    runner_url: Option<String>,
-    allow_runner_urls: Option<Vec<String>>,
-    prices: Option<Vec<String>>,
-    default_price: Option<String>,
-    max_concurrent: Option<u32>,
-    queue: Option<u32>,
-    queue_wait_secs: Option<u64>,
-    max_prompt_bytes: Option<usize>,
-    max_tokens: Option<u32>,
-    default_max_tokens: Option<u32>,
-    heartbeat_secs: Option<u64>,
-    ad_refresh_ms: Option<u64>,
-    request_max_age_secs: Option<u64>,
-    job_timeout_secs: Option<u64>,
-    drain_timeout_secs: Option<u64>,
-    metrics_bind: Option<SocketAddr>,
-    instance: Option<String>,
-    name: Option<String>,
-    payment_mode: Option<String>,
-    lnd_url: Option<String>,
-    lnd_cert: Option<PathBuf>,
-    lnd_macaroon: Option<PathBuf>,
-    payment_timeout_secs: Option<u64>,
-    lightning_address: Option<String>,
-    ln_network: Option<String>,
-    allow_private_addresses: Option<bool>,
-    max_reply_relays: Option<usize>,
-    log: Option<String>,
-}
-
 /// Resolved configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -233,6 +198,9 @@ pub struct WorkerConfig {
 /// Configuration errors (messages never include the secret).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The `--config` file cannot be used.
+    #[error(transparent)]
+    Config(#[from] fedai_config::ConfigError),
     /// No key given.
     #[error("no secret key: give --nsec-file, FEDAI_NSEC or --nsec")]
     NoKey,
@@ -292,14 +260,8 @@ pub fn parse_price(model: &str, s: &str) -> Result<Price, ConfigError> {
 impl Cli {
     /// Merge with file and defaults.
     pub fn resolve(self) -> Result<WorkerConfig, ConfigError> {
-        let file: FileConfig = match &self.config {
-            Some(p) => toml::from_str(&read(p)?).map_err(|e| ConfigError::File {
-                path: p.clone(),
-                message: e.to_string(),
-            })?,
-            None => FileConfig::default(),
-        };
-        let secret = match (self.nsec, self.nsec_file.or(file.nsec_file)) {
+        let c = fedai_config::layered(&self, self.config.as_deref(), &["config", "nsec"])?;
+        let secret = match (c.nsec, c.nsec_file) {
             (Some(s), _) => s,
             (None, Some(p)) => read(&p)?.trim().to_owned(),
             (None, None) => return Err(ConfigError::NoKey),
@@ -307,7 +269,7 @@ impl Cli {
         let keys = SecretKey::parse(&secret)
             .map(Keys::new)
             .map_err(|_| ConfigError::BadKey)?;
-        let payment_mode = self.payment_mode.or(file.payment_mode);
+        let payment_mode = c.payment_mode;
         let payment_mode = payment_mode.as_deref().unwrap_or("free");
         let payment_mode =
             fedai_protocol::PaymentMode::from_name(payment_mode).ok_or_else(|| {
@@ -317,11 +279,7 @@ impl Cli {
                     expected: "before, after or free",
                 }
             })?;
-        let lnd = match (
-            self.lnd_url.or(file.lnd_url),
-            self.lnd_cert.or(file.lnd_cert),
-            self.lnd_macaroon.or(file.lnd_macaroon),
-        ) {
+        let lnd = match (c.lnd_url, c.lnd_cert, c.lnd_macaroon) {
             (Some(url), Some(cert), Some(macaroon)) => Some(fedai_lightning::lnd::LndConfig {
                 url,
                 cert,
@@ -334,7 +292,7 @@ impl Cli {
                 ))
             }
         };
-        let lightning_address = self.lightning_address.or(file.lightning_address);
+        let lightning_address = c.lightning_address;
         if let Some(a) = &lightning_address {
             fedai_lightning::lnurl::endpoint(a).map_err(|e| ConfigError::Invalid {
                 what: "lightning address",
@@ -355,7 +313,7 @@ impl Cli {
             }
             _ => {}
         }
-        let ln_network = self.ln_network.or(file.ln_network);
+        let ln_network = c.ln_network;
         let ln_network = ln_network.as_deref().unwrap_or("bitcoin");
         let ln_network =
             fedai_lightning::invoice::network(ln_network).ok_or_else(|| ConfigError::Invalid {
@@ -363,19 +321,11 @@ impl Cli {
                 value: ln_network.to_owned(),
                 expected: "bitcoin, testnet, signet, regtest or simnet",
             })?;
-        let relays = if self.relays.is_empty() {
-            file.relays.unwrap_or_default()
-        } else {
-            self.relays
-        };
+        let relays = c.relays;
         if relays.is_empty() {
             return Err(ConfigError::Missing("--relay"));
         }
-        let prices_raw = if self.prices.is_empty() {
-            file.prices.unwrap_or_default()
-        } else {
-            self.prices
-        };
+        let prices_raw = c.prices;
         let mut prices = Vec::new();
         for p in prices_raw {
             let (m, v) = p.split_once('=').ok_or(ConfigError::Invalid {
@@ -385,106 +335,38 @@ impl Cli {
             })?;
             prices.push(parse_price(m, v)?);
         }
-        let default_price = parse_price(
-            "",
-            &self
-                .default_price
-                .or(file.default_price)
-                .unwrap_or_else(|| "0:0:0".into()),
-        )?;
-        let max_concurrent = self
-            .max_concurrent
-            .or(file.max_concurrent)
-            .unwrap_or(4)
-            .max(1);
+        let default_price = parse_price("", &c.default_price.unwrap_or_else(|| "0:0:0".into()))?;
+        let max_concurrent = c.max_concurrent.unwrap_or(4).max(1);
         Ok(WorkerConfig {
             keys,
             relays,
-            runner: self
-                .runner
-                .or(file.runner)
-                .unwrap_or_else(|| "llama-cpp".into()),
-            runner_url: self
-                .runner_url
-                .or(file.runner_url)
-                .ok_or(ConfigError::Missing("--runner-url"))?,
-            allow_runner_urls: if self.allow_runner_urls.is_empty() {
-                file.allow_runner_urls.unwrap_or_default()
-            } else {
-                self.allow_runner_urls
-            },
+            runner: c.runner.unwrap_or_else(|| "llama-cpp".into()),
+            runner_url: c.runner_url.ok_or(ConfigError::Missing("--runner-url"))?,
+            allow_runner_urls: c.allow_runner_urls,
             prices,
             default_price,
             max_concurrent,
-            queue: self
-                .queue
-                .or(file.queue)
-                .unwrap_or(max_concurrent.saturating_mul(2)),
-            queue_wait: Duration::from_secs(
-                self.queue_wait_secs
-                    .or(file.queue_wait_secs)
-                    .unwrap_or(60)
-                    .max(1),
-            ),
-            max_prompt_bytes: self
-                .max_prompt_bytes
-                .or(file.max_prompt_bytes)
-                .unwrap_or(64 * 1024),
-            max_tokens: self.max_tokens.or(file.max_tokens).unwrap_or(4096),
-            default_max_tokens: self
-                .default_max_tokens
-                .or(file.default_max_tokens)
-                .unwrap_or(256),
-            heartbeat: Duration::from_secs(
-                self.heartbeat_secs
-                    .or(file.heartbeat_secs)
-                    .unwrap_or(60)
-                    .max(1),
-            ),
-            ad_refresh: Duration::from_millis(
-                self.ad_refresh_ms.or(file.ad_refresh_ms).unwrap_or(1000),
-            ),
-            request_max_age: Duration::from_secs(
-                self.request_max_age_secs
-                    .or(file.request_max_age_secs)
-                    .unwrap_or(600),
-            ),
-            job_timeout: Duration::from_secs(
-                self.job_timeout_secs
-                    .or(file.job_timeout_secs)
-                    .unwrap_or(300),
-            ),
-            drain_timeout: Duration::from_secs(
-                self.drain_timeout_secs
-                    .or(file.drain_timeout_secs)
-                    .unwrap_or(30),
-            ),
-            metrics_bind: self.metrics_bind.or(file.metrics_bind),
-            instance: self
-                .instance
-                .or(file.instance)
-                .unwrap_or_else(|| "default".into()),
-            name: self
-                .name
-                .or(file.name)
-                .unwrap_or_else(|| "fedai worker".into()),
-            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+            queue: c.queue.unwrap_or(max_concurrent.saturating_mul(2)),
+            queue_wait: Duration::from_secs(c.queue_wait_secs.unwrap_or(60).max(1)),
+            max_prompt_bytes: c.max_prompt_bytes.unwrap_or(64 * 1024),
+            max_tokens: c.max_tokens.unwrap_or(4096),
+            default_max_tokens: c.default_max_tokens.unwrap_or(256),
+            heartbeat: Duration::from_secs(c.heartbeat_secs.unwrap_or(60).max(1)),
+            ad_refresh: Duration::from_millis(c.ad_refresh_ms.unwrap_or(1000)),
+            request_max_age: Duration::from_secs(c.request_max_age_secs.unwrap_or(600)),
+            job_timeout: Duration::from_secs(c.job_timeout_secs.unwrap_or(300)),
+            drain_timeout: Duration::from_secs(c.drain_timeout_secs.unwrap_or(30)),
+            metrics_bind: c.metrics_bind,
+            instance: c.instance.unwrap_or_else(|| "default".into()),
+            name: c.name.unwrap_or_else(|| "fedai worker".into()),
+            log: c.log.unwrap_or_else(|| "info".into()),
             payment_mode,
             lnd,
-            payment_timeout: Duration::from_secs(
-                self.payment_timeout_secs
-                    .or(file.payment_timeout_secs)
-                    .unwrap_or(120)
-                    .max(1),
-            ),
+            payment_timeout: Duration::from_secs(c.payment_timeout_secs.unwrap_or(120).max(1)),
             lightning_address,
             ln_network,
-            allow_private_addresses: self.allow_private_addresses
-                || file.allow_private_addresses.unwrap_or(false),
-            max_reply_relays: self
-                .max_reply_relays
-                .or(file.max_reply_relays)
-                .unwrap_or(16),
+            allow_private_addresses: c.allow_private_addresses,
+            max_reply_relays: c.max_reply_relays.unwrap_or(16),
         })
     }
 }

@@ -14,8 +14,8 @@ pub struct Ctx {
     pub nsec: Option<String>,
     /// A file holding it.
     pub nsec_file: Option<PathBuf>,
-    /// The `--config` file's settings.
-    pub file: FileConfig,
+    /// Every setting the file may hold, the flags and environment over the file.
+    pub settings: Settings,
 }
 
 impl Ctx {
@@ -35,10 +35,11 @@ impl Ctx {
     }
 }
 
-/// `fedai --config FILE`: the settings a user would otherwise repeat on every command.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
+/// What `fedai --config FILE` may hold (the settings a user would otherwise repeat on every
+/// command), keyed as the long flags; [`Settings::layered`] puts the flags and environment on top.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
     pub relays: Option<Vec<String>>,
     pub nsec_file: Option<PathBuf>,
     pub auto_pay: Option<bool>,
@@ -53,14 +54,11 @@ pub struct FileConfig {
     pub log: Option<String>,
 }
 
-impl FileConfig {
-    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+impl Settings {
+    /// `flags` (the global flags and the command's own, as settings) over the `--config` file,
+    /// the one way every fed_AI binary layers its settings ([`fedai_config::layered`]).
+    pub fn layered(flags: &Settings, file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Ok(fedai_config::layered(flags, file, &["config", "nsec"])?)
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use config::{init_logs, Ctx, FileConfig};
+use config::{init_logs, Ctx, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +71,16 @@ enum Cmd {
     Demo(cmd::demo::Demo),
 }
 
+impl Cmd {
+    /// The settings this command's own flags give (the rest come from the global flags).
+    fn settings(&self) -> Settings {
+        match self {
+            Cmd::Infer(c) => c.settings(),
+            _ => Settings::default(),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // One clear line for a person, not a backtrace (even with RUST_BACKTRACE set).
@@ -85,24 +95,22 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let file = FileConfig::load(cli.config.as_deref())?;
-    init_logs(cli.verbose, file.log.as_deref());
-    let relays = if cli.relays.is_empty() {
-        file.relays
-            .clone()
-            .unwrap_or_else(|| vec!["ws://127.0.0.1:7777".into()])
-    } else {
-        cli.relays
+    let flags = Settings {
+        relays: (!cli.relays.is_empty()).then(|| cli.relays.clone()),
+        nsec_file: cli.nsec_file.clone(),
+        ..cli.cmd.settings()
     };
-    let nsec_file = match (&cli.nsec, cli.nsec_file) {
-        (None, None) => file.nsec_file.clone(),
-        (_, f) => f,
-    };
+    let settings = Settings::layered(&flags, cli.config.as_deref())?;
+    init_logs(cli.verbose, settings.log.as_deref());
     let ctx = Ctx {
-        relays,
+        relays: settings
+            .relays
+            .clone()
+            .unwrap_or_else(|| vec!["ws://127.0.0.1:7777".into()]),
+        // A key given on the command line wins over a key file named anywhere.
+        nsec_file: settings.nsec_file.clone().filter(|_| cli.nsec.is_none()),
         nsec: cli.nsec,
-        nsec_file,
-        file,
+        settings,
     };
     match cli.cmd {
         Cmd::Keygen(c) => c.run(),

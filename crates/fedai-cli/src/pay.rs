@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use fedai_protocol::nostr::prelude::*;
 
-use crate::config::FileConfig;
+use crate::config::Settings;
 
 /// Paying workers over Lightning from your own LND node.
 #[derive(clap::Args)]
@@ -51,32 +51,36 @@ pub struct PayArgs {
 }
 
 impl PayArgs {
-    pub async fn context(
-        &self,
-        file: &FileConfig,
-    ) -> anyhow::Result<Option<fedai_client::PayContext>> {
+    /// What these flags set of the settings a config file may also hold.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            auto_pay: self.auto_pay.then_some(true),
+            lnd_url: self.lnd_url.clone(),
+            lnd_cert: self.lnd_cert.clone(),
+            lnd_macaroon: self.lnd_macaroon.clone(),
+            nwc: self.nwc.clone(),
+            ln_network: self.ln_network.clone(),
+            max_fee_msat: self.max_fee_msat,
+            no_zaps: self.no_zaps.then_some(true),
+            ..Settings::default()
+        }
+    }
+
+    /// The payer, when paying is on (`s`: these flags over the config file).
+    pub async fn context(&self, s: &Settings) -> anyhow::Result<Option<fedai_client::PayContext>> {
         use fedai_client::fedai_lightning::invoice;
         use fedai_client::fedai_lightning::lnd;
-        if !(self.auto_pay || file.auto_pay.unwrap_or(false)) {
+        if !s.auto_pay.unwrap_or(false) {
             return Ok(None);
         }
-        let nwc = self.nwc.clone().or_else(|| file.nwc.clone());
-        let lnd_url = self.lnd_url.clone().or_else(|| file.lnd_url.clone());
-        let lnd_cert = self.lnd_cert.clone().or_else(|| file.lnd_cert.clone());
-        let lnd_macaroon = self
-            .lnd_macaroon
-            .clone()
-            .or_else(|| file.lnd_macaroon.clone());
-        let ln_network = self
-            .ln_network
-            .clone()
-            .or_else(|| file.ln_network.clone())
-            .unwrap_or_else(|| "bitcoin".into());
+        let (nwc, lnd_url, lnd_cert, lnd_macaroon) =
+            (&s.nwc, &s.lnd_url, &s.lnd_cert, &s.lnd_macaroon);
+        let ln_network = s.ln_network.clone().unwrap_or_else(|| "bitcoin".into());
         let Some(currency) = invoice::network(&ln_network) else {
             bail!("unknown Lightning network `{ln_network}` (bitcoin, testnet, signet, regtest, simnet)");
         };
         let payer: std::sync::Arc<dyn fedai_client::fedai_lightning::Payer> =
-            match (&nwc, &lnd_url, &lnd_cert, &lnd_macaroon) {
+            match (nwc, lnd_url, lnd_cert, lnd_macaroon) {
                 (Some(uri), ..) => std::sync::Arc::new(
                     fedai_client::fedai_lightning::nwc::Nwc::connect(uri).await?,
                 ),
@@ -94,8 +98,8 @@ impl PayArgs {
             payer,
             currency,
             max_msat: None,
-            max_fee_msat: self.max_fee_msat.or(file.max_fee_msat).unwrap_or(10_000),
-            zaps: !(self.no_zaps || file.no_zaps.unwrap_or(false)),
+            max_fee_msat: s.max_fee_msat.unwrap_or(10_000),
+            zaps: !s.no_zaps.unwrap_or(false),
             confirm: Some(confirm_payment(self.yes)),
             confirm_above_msat: self.confirm_above_msat.unwrap_or(10_000),
             allow_private_lnurl: self.allow_private_lnurl,

@@ -70,6 +70,14 @@ pub struct Infer {
 }
 
 impl Infer {
+    /// What its flags set of the settings a config file may also hold.
+    pub fn settings(&self) -> crate::config::Settings {
+        crate::config::Settings {
+            max_price: self.max_price,
+            ..self.pay.settings()
+        }
+    }
+
     /// Choose, run, print.
     pub async fn run(&self, ctx: &Ctx) -> anyhow::Result<()> {
         let client = FedaiClient::connect(&ctx.relays, ctx.keys()?).await?;
@@ -98,7 +106,7 @@ impl Infer {
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!(e))?,
             ),
-            max_price_msat: self.max_price.or(ctx.file.max_price),
+            max_price_msat: ctx.settings.max_price,
             private: self.private,
             timeout: Duration::from_secs(self.timeout),
             max_attempts: (self.attempts).max(1),
@@ -106,7 +114,7 @@ impl Infer {
             auction: self
                 .auction
                 .map(|s| Duration::from_secs_f64(s.clamp(0.1, 60.0))),
-            pay: self.pay.context(&ctx.file).await?,
+            pay: self.pay.context(&ctx.settings).await?,
             ack_timeout: Duration::from_secs((self.ack_timeout).max(1)),
             stall_timeout: Duration::from_secs((self.stall_timeout).max(1)),
         };
