@@ -267,6 +267,95 @@ where
     .map_err(|_| timed_out())?
 }
 
+impl Session {
+    /// A new connection's session: its hub registration and full rate buckets.
+    fn new(ctx: &ConnCtx, host: Option<String>) -> Self {
+        Self {
+            reg: ctx.hub.register(),
+            neg: HashMap::new(),
+            auth: Nip42::default(),
+            host,
+            events: Bucket::new(ctx.limits.events_per_minute),
+            queries: Bucket::new(ctx.limits.queries_per_minute),
+            quiet: Bucket::with(QUIET_BURST, QUIET_PER_SEC),
+            messages: Bucket::new(ctx.limits.messages_per_minute),
+        }
+    }
+}
+
+/// Live frames for this connection: the delivered one and what else is ready (up to a batch),
+/// or `CLOSED` for subscriptions cut for falling behind (not for one re-opened since).
+fn live_frames(s: &mut Session, d: Delivery) -> Vec<String> {
+    let mut frames = Vec::new();
+    match d {
+        Delivery::Frame(f) => {
+            frames.push(f);
+            while frames.len() < LIVE_BATCH {
+                match s.reg.try_frame() {
+                    Some(f) => frames.push(f),
+                    None => break,
+                }
+            }
+        }
+        Delivery::Cut(ids) => {
+            for id in ids.into_iter().filter(|id| !s.reg.has(id)) {
+                let closed = RelayMessage::Closed {
+                    subscription_id: std::borrow::Cow::Borrowed(&id),
+                    message: SLOW_READER.into(),
+                };
+                frames.push(closed.as_json());
+            }
+        }
+    }
+    frames
+}
+
+/// One WebSocket message from the client: the frames to answer with, and whether to go on.
+async fn on_message(
+    ctx: &Arc<ConnCtx>,
+    s: &mut Session,
+    pending: &mut FuturesUnordered<SaveFuture>,
+    msg: Message,
+) -> (Vec<String>, bool) {
+    let t = match msg {
+        Message::Text(t) => t,
+        Message::Close(_) => return (Vec::new(), false),
+        Message::Binary(_) => {
+            let go_on = s.messages.take();
+            let frames = go_on
+                .then(|| notice("invalid: binary messages are not accepted"))
+                .into_iter()
+                .collect();
+            return (frames, go_on);
+        }
+        // ping/pong: tungstenite answers pings itself
+        _ => return (Vec::new(), true),
+    };
+    if !s.messages.take() {
+        ctx.metrics.rejected("rate-limited");
+        let bye = notice("rate-limited: too many messages; closing the connection");
+        return (vec![bye], false);
+    }
+    let msg = match ClientMessage::from_json(t.as_bytes()) {
+        Ok(m) => m,
+        Err(e) => {
+            let why = notice(&format!("invalid: cannot parse message: {e}"));
+            return (vec![why], true);
+        }
+    };
+    // Reads wait for this connection's saves in flight: a client sees its own writes, and a
+    // store whose reads queue behind its writes (a lock) cannot stall a read on a save that
+    // only this task polls.
+    let mut frames = Vec::new();
+    if !matches!(msg, ClientMessage::Event(_)) {
+        while let Some(reply) = pending.next().await {
+            frames.push(reply);
+        }
+    }
+    frames.extend(handle(ctx, s, pending, msg, t.len()).await);
+    (frames, true)
+}
+
 /// Serve one upgraded connection until either side closes. `read` holds bytes the client sent
 /// after the upgrade request; `_permit` is this connection's place under the connection limit.
 pub async fn serve<S>(
@@ -284,16 +373,7 @@ pub async fn serve<S>(
             .await;
     let (mut out, mut inp) = ws.split();
     tracing::debug!(%peer, "connection opened");
-    let mut s = Session {
-        reg: ctx.hub.register(),
-        neg: HashMap::new(),
-        auth: Nip42::default(),
-        host,
-        events: Bucket::new(ctx.limits.events_per_minute),
-        queries: Bucket::new(ctx.limits.queries_per_minute),
-        quiet: Bucket::with(QUIET_BURST, QUIET_PER_SEC),
-        messages: Bucket::new(ctx.limits.messages_per_minute),
-    };
+    let mut s = Session::new(&ctx, host);
     let mut pending: FuturesUnordered<SaveFuture> = FuturesUnordered::new();
     let mut shutdown = ctx.shutdown.clone();
     let mut heard = Instant::now();
@@ -314,68 +394,22 @@ pub async fn serve<S>(
                     emit(&mut out, replies).await?;
                 }
                 d = s.reg.next() => {
-                    let mut frames = Vec::new();
-                    match d {
-                        Delivery::Frame(f) => {
-                            frames.push(f);
-                            while frames.len() < LIVE_BATCH {
-                                match s.reg.try_frame() {
-                                    Some(f) => frames.push(f),
-                                    None => break,
-                                }
-                            }
-                        }
-                        // A subscription re-opened since it was cut is live again: no CLOSED.
-                        Delivery::Cut(ids) => for id in ids.into_iter().filter(|id| !s.reg.has(id)) {
-                            let closed = RelayMessage::Closed {
-                                subscription_id: std::borrow::Cow::Borrowed(&id),
-                                message: SLOW_READER.into(),
-                            };
-                            frames.push(closed.as_json());
-                        },
-                    }
+                    let frames = live_frames(&mut s, d);
                     emit(&mut out, frames).await?;
                 }
                 msg = inp.next(), if pending.len() < MAX_PIPELINE => {
                     heard = Instant::now();
-                    let t = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(_))) | None => break,
-                        Some(Ok(Message::Binary(_))) => {
-                            if !s.messages.take() {
-                                break;
-                            }
-                            emit(&mut out, [notice("invalid: binary messages are not accepted")]).await?;
-                            continue;
-                        }
-                        Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
+                    let (frames, go_on) = match msg {
+                        Some(Ok(m)) => on_message(&ctx, &mut s, &mut pending, m).await,
+                        None => (Vec::new(), false),
                         Some(Err(e)) => return Err(e),
                     };
-                    if !s.messages.take() {
-                        ctx.metrics.rejected("rate-limited");
-                        let _ = emit(&mut out, [notice(
-                            "rate-limited: too many messages; closing the connection",
-                        )]).await;
+                    // A refusal to go on is still said first, where the socket takes it.
+                    let sent = emit(&mut out, frames).await;
+                    if !go_on {
                         break;
                     }
-                    let msg = match ClientMessage::from_json(t.as_bytes()) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            emit(&mut out, [notice(&format!("invalid: cannot parse message: {e}"))]).await?;
-                            continue;
-                        }
-                    };
-                    // Reads wait for this connection's saves in flight: a client sees its own
-                    // writes, and a store whose reads queue behind its writes (a lock) cannot
-                    // stall a read on a save that only this task polls.
-                    let mut frames = Vec::new();
-                    if !matches!(msg, ClientMessage::Event(_)) {
-                        while let Some(reply) = pending.next().await {
-                            frames.push(reply);
-                        }
-                    }
-                    frames.extend(handle(&ctx, &mut s, &mut pending, msg, t.len()).await);
-                    emit(&mut out, frames).await?;
+                    sent?;
                 }
                 _ = ping.tick() => {
                     // A peer that answers nothing (not even pings) for this long is gone: its

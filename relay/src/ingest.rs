@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use nostr_database::prelude::{RejectedReason, SaveEventStatus};
 use nostr_sdk::prelude::{Event, Kind, MachineReadablePrefix, RelayMessage};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::connection::{ConnCtx, Session};
 use crate::policy::Verdict;
@@ -55,81 +56,118 @@ pub enum Admit {
     Save(SaveFuture),
 }
 
-/// Check one event in arrival order.
+/// Why an event is refused: the `OK false` frame's prefix and message, and the metric's reason.
+struct No {
+    prefix: MachineReadablePrefix,
+    message: String,
+    reason: &'static str,
+}
+
+fn no(prefix: MachineReadablePrefix, message: impl Into<String>, reason: &'static str) -> No {
+    No {
+        prefix,
+        message: message.into(),
+        reason,
+    }
+}
+
+/// Check one event in arrival order: the cheap checks first (a flood is refused before any
+/// signature is verified), then the event itself, authentication, the write policy and the
+/// quotas; then store it (or, if ephemeral, only broadcast it).
 pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> Admit {
-    let reject = |prefix, msg: &str, reason: &str| {
-        ctx.metrics.rejected(reason);
-        Admit::Reply(vec![ok_msg(&event, false, Some(prefix), msg)])
+    let refuse = |no: No| {
+        ctx.metrics.rejected(no.reason);
+        Admit::Reply(vec![ok_msg(&event, false, Some(no.prefix), &no.message)])
     };
+    // The event's JSON: the message less `["EVENT",` and `]`.
+    let json_len = size.saturating_sub(10);
+    let permit = match cheap_checks(ctx, s, json_len) {
+        Ok(p) => p,
+        Err(no) => return refuse(no),
+    };
+    if let Err(no) = event_checks(&event) {
+        return refuse(no);
+    }
+    if let Some(reply) = auth_checks(ctx, s, &event) {
+        return reply;
+    }
+    if let Verdict::Reject { prefix, message } = ctx.policy.decide(&event) {
+        return Admit::Reply(vec![ok_msg(&event, false, Some(prefix), &message)]);
+    }
+    if event.kind.is_ephemeral() {
+        // Broadcast only; the policy already counted it.
+        ctx.hub.publish(&event);
+        return Admit::Reply(vec![ok_msg(&event, true, None, "")]);
+    }
+    if let Err(r) = ctx.quota.check(&event, json_len) {
+        return refuse(no(r.prefix, r.message, r.reason));
+    }
+    Admit::Save(Box::pin(save(ctx.clone(), event, json_len, permit)))
+}
+
+/// The connection's rate, the size, and a place under the global bound on writes in flight —
+/// checked before the expensive checks: a flood from fresh keys and fresh connections is refused
+/// cheaply, and a quiet connection still gets through.
+fn cheap_checks(
+    ctx: &ConnCtx,
+    s: &mut Session,
+    json_len: usize,
+) -> Result<Option<OwnedSemaphorePermit>, No> {
+    use MachineReadablePrefix::{Invalid, RateLimited};
     if !s.events.take() {
-        return reject(
-            MachineReadablePrefix::RateLimited,
-            "slow down",
-            "rate-limited",
-        );
+        return Err(no(RateLimited, "slow down", "rate-limited"));
     }
-    if size.saturating_sub(10) > ctx.limits.max_event_bytes {
-        return reject(
-            MachineReadablePrefix::Invalid,
-            &format!("event is larger than {} bytes", ctx.limits.max_event_bytes),
-            "too-large",
-        );
+    if json_len > ctx.limits.max_event_bytes {
+        let m = format!("event is larger than {} bytes", ctx.limits.max_event_bytes);
+        return Err(no(Invalid, m, "too-large"));
     }
-    // The global bound on writes in flight, checked before the expensive checks: a flood from
-    // fresh keys and fresh connections is refused cheaply, and a quiet connection still gets
-    // through.
-    let permit = match ctx.writes.as_ref().map(|w| w.clone().try_acquire_owned()) {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        Some(Err(_)) if s.quiet.take() => None,
-        Some(Err(_)) => {
-            return reject(
-                MachineReadablePrefix::RateLimited,
-                "relay busy: too many writes in flight; retry with backoff",
-                "busy",
-            )
-        }
-    };
+    match ctx.writes.as_ref().map(|w| w.clone().try_acquire_owned()) {
+        None => Ok(None),
+        Some(Ok(p)) => Ok(Some(p)),
+        Some(Err(_)) if s.quiet.take() => Ok(None),
+        Some(Err(_)) => Err(no(
+            RateLimited,
+            "relay busy: too many writes in flight; retry with backoff",
+            "busy",
+        )),
+    }
+}
+
+/// What the event says of itself: tag count, kind, id, expiry, signature, and no repost of a
+/// protected event.
+fn event_checks(event: &Event) -> Result<(), No> {
+    use MachineReadablePrefix::{Blocked, Invalid};
     if event.tags.len() > MAX_TAGS {
-        return reject(
-            MachineReadablePrefix::Invalid,
-            &format!("more than {MAX_TAGS} tags"),
-            "invalid",
-        );
+        return Err(no(Invalid, format!("more than {MAX_TAGS} tags"), "invalid"));
     }
     if BLOCKED_KINDS.contains(&event.kind) {
-        return reject(
-            MachineReadablePrefix::Blocked,
-            &format!(
-                "kind `{}` is not accepted by this relay",
-                event.kind.as_u16()
-            ),
-            "blocked",
+        let m = format!(
+            "kind `{}` is not accepted by this relay",
+            event.kind.as_u16()
         );
+        return Err(no(Blocked, m, "blocked"));
     }
     if !event.verify_id() {
-        return reject(
-            MachineReadablePrefix::Invalid,
-            "invalid event ID",
-            "invalid",
-        );
+        return Err(no(Invalid, "invalid event ID", "invalid"));
     }
     if event.is_expired() {
-        return reject(
-            MachineReadablePrefix::Invalid,
-            "event is expired",
-            "expired",
-        );
+        return Err(no(Invalid, "event is expired", "expired"));
     }
     if !event.verify_signature() {
-        return reject(
-            MachineReadablePrefix::Invalid,
-            "invalid event signature",
-            "invalid",
-        );
+        return Err(no(Invalid, "invalid event signature", "invalid"));
     }
-    // NIP-42 / NIP-70: writes in `--auth write` mode, and protected events always, need an
-    // authenticated connection; a protected event only from its own author.
+    if matches!(event.kind, Kind::Repost | Kind::GenericRepost)
+        && Event::from_json(&event.content).is_ok_and(|e| e.is_protected())
+    {
+        return Err(no(Blocked, "repost of a protected event", "blocked"));
+    }
+    Ok(())
+}
+
+/// NIP-42 / NIP-70: writes in `--auth write` mode, and protected events always, need an
+/// authenticated connection (the answer then carries a challenge); a protected event only from
+/// its own author. `Some` is the answer when the event is refused.
+fn auth_checks(ctx: &ConnCtx, s: &mut Session, event: &Event) -> Option<Admit> {
     let protected = event.is_protected();
     if (ctx.auth_writes || protected) && s.auth.pubkey.is_none() {
         ctx.metrics.rejected("auth-required");
@@ -142,87 +180,55 @@ pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> 
         } else {
             "this relay takes events from authenticated clients: AUTH first"
         };
-        return Admit::Reply(vec![
-            challenge,
-            ok_msg(
-                &event,
-                false,
-                Some(MachineReadablePrefix::AuthRequired),
-                why,
-            ),
-        ]);
+        let refusal = ok_msg(event, false, Some(MachineReadablePrefix::AuthRequired), why);
+        return Some(Admit::Reply(vec![challenge, refusal]));
     }
     if protected && s.auth.pubkey != Some(event.pubkey) {
-        return reject(
-            MachineReadablePrefix::Blocked,
+        ctx.metrics.rejected("blocked");
+        return Some(Admit::Reply(vec![ok_msg(
+            event,
+            false,
+            Some(MachineReadablePrefix::Blocked),
             "this event may only be published by its author",
-            "blocked",
-        );
+        )]));
     }
-    if matches!(event.kind, Kind::Repost | Kind::GenericRepost)
-        && Event::from_json(&event.content).is_ok_and(|e| e.is_protected())
-    {
-        return reject(
-            MachineReadablePrefix::Blocked,
-            "repost of a protected event",
-            "blocked",
-        );
-    }
-    if let Verdict::Reject { prefix, message } = ctx.policy.decide(&event) {
-        return Admit::Reply(vec![ok_msg(&event, false, Some(prefix), &message)]);
-    }
-    // The event's JSON: the message less `["EVENT",` and `]`.
-    let json_len = size.saturating_sub(10);
-    if !event.kind.is_ephemeral() {
-        if let Err(r) = ctx.quota.check(&event, json_len) {
-            return reject(r.prefix, &r.message, r.reason);
+    None
+}
+
+/// Store an admitted event; its `OK` frame.
+///
+/// Live subscribers hear an event only once it is stored (after its commit): a subscription
+/// opened at any moment then sees every event, either in its query (stored before) or live
+/// (stored after) — a subscriber that resubscribes after a `CLOSED` loses nothing — and no
+/// subscriber ever acts on an event that a failed commit then loses.
+async fn save(
+    ctx: Arc<ConnCtx>,
+    event: Event,
+    json_len: usize,
+    _permit: Option<OwnedSemaphorePermit>,
+) -> String {
+    use MachineReadablePrefix::{Blocked, Duplicate, Error};
+    match ctx.db.save_event(&event).await {
+        Ok(SaveEventStatus::Success) => {
+            ctx.quota.stored(json_len);
+            ctx.hub.publish(&event);
+            ok_msg(&event, true, None, "")
+        }
+        Ok(SaveEventStatus::Rejected(RejectedReason::Duplicate)) => {
+            ok_msg(&event, true, Some(Duplicate), "already have this event")
+        }
+        Ok(SaveEventStatus::Rejected(RejectedReason::Deleted)) => {
+            ok_msg(&event, false, Some(Blocked), "this event is deleted")
+        }
+        Ok(SaveEventStatus::Rejected(r)) => ok_msg(
+            &event,
+            false,
+            Some(Blocked),
+            &format!("{r:?}").to_lowercase(),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot save event");
+            ok_msg(&event, false, Some(Error), "database error")
         }
     }
-    if event.kind.is_ephemeral() {
-        // Broadcast only; the policy already counted it.
-        ctx.hub.publish(&event);
-        return Admit::Reply(vec![ok_msg(&event, true, None, "")]);
-    }
-    let ctx = ctx.clone();
-    Admit::Save(Box::pin(async move {
-        let _permit = permit;
-        // Live subscribers hear an event only once it is stored (after its commit): a
-        // subscription opened at any moment then sees every event, either in its query (stored
-        // before) or live (stored after) — a subscriber that resubscribes after a `CLOSED` loses
-        // nothing — and no subscriber ever acts on an event that a failed commit then loses.
-        match ctx.db.save_event(&event).await {
-            Ok(SaveEventStatus::Success) => {
-                ctx.quota.stored(json_len);
-                ctx.hub.publish(&event);
-                ok_msg(&event, true, None, "")
-            }
-            Ok(SaveEventStatus::Rejected(RejectedReason::Duplicate)) => ok_msg(
-                &event,
-                true,
-                Some(MachineReadablePrefix::Duplicate),
-                "already have this event",
-            ),
-            Ok(SaveEventStatus::Rejected(RejectedReason::Deleted)) => ok_msg(
-                &event,
-                false,
-                Some(MachineReadablePrefix::Blocked),
-                "this event is deleted",
-            ),
-            Ok(SaveEventStatus::Rejected(r)) => ok_msg(
-                &event,
-                false,
-                Some(MachineReadablePrefix::Blocked),
-                &format!("{r:?}").to_lowercase(),
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot save event");
-                ok_msg(
-                    &event,
-                    false,
-                    Some(MachineReadablePrefix::Error),
-                    "database error",
-                )
-            }
-        }
-    }))
 }

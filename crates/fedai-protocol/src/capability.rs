@@ -16,7 +16,7 @@
 //! ["expiration", "<unix>"]                                              (required: dead ads vanish)
 //! ```
 
-use nostr::prelude::{Event, EventBuilder, FinalizeEvent, Keys, PublicKey, Tag, Timestamp};
+use nostr::prelude::{Event, EventBuilder, FinalizeEvent, Keys, PublicKey, Tag, Tags, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::tags::{self, tag};
@@ -268,40 +268,10 @@ impl CapabilityAd {
                 self.queue_depth.to_string(),
             ],
         ));
-        t.push(match &self.hardware {
-            Hardware::Gpu { name, memory_mib } => tag(
-                "hardware",
-                ["gpu".to_owned(), name.clone(), memory_mib.to_string()],
-            ),
-            Hardware::Cpu {
-                name,
-                cores,
-                memory_mib,
-            } => tag(
-                "hardware",
-                [
-                    "cpu".to_owned(),
-                    name.clone(),
-                    cores.to_string(),
-                    memory_mib.to_string(),
-                ],
-            ),
-        });
+        t.push(self.hardware.to_tag());
         t.push(tag("runner", [self.runner.clone()]));
         t.push(tag("health", [if self.healthy { "ok" } else { "down" }]));
-        let pay = &self.payment;
-        if let Some(v) = &pay.ln_node {
-            t.push(tag("payment", ["ln-node".to_owned(), v.clone()]));
-        }
-        if let Some(v) = &pay.lightning_address {
-            t.push(tag("payment", ["lud16".to_owned(), v.clone()]));
-        }
-        if let Some(v) = &pay.lnurl {
-            t.push(tag("payment", ["lnurl".to_owned(), v.clone()]));
-        }
-        if let Some(m) = pay.mode {
-            t.push(tag("payment_mode", [m.as_str()]));
-        }
+        self.payment.push_tags(&mut t);
         if !self.relays.is_empty() {
             t.push(tag("relays", self.relays.clone()));
         }
@@ -336,98 +306,13 @@ impl CapabilityAd {
         if instance.is_empty() {
             return Err(ProtocolError::tag("d", "instance id is empty"));
         }
-        let job_kinds = tags::all(t, "k")
-            .map(|v| {
-                let s = v.first().ok_or(ProtocolError::tag("k", "has no value"))?;
-                let k = tags::parse_u32("k", s)?;
-                u16::try_from(k).map_err(|_| ProtocolError::tag("k", "kind out of range"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if job_kinds.is_empty() {
-            return Err(ProtocolError::MissingTag("k"));
-        }
-        let models = tags::all(t, "model")
-            .map(|v| match v {
-                [id, ctx, q, ..] if !id.is_empty() => Ok(ModelInfo {
-                    id: id.clone(),
-                    context_length: tags::parse_u32("model", ctx)?,
-                    quantisation: q.clone(),
-                }),
-                _ => Err(ProtocolError::tag(
-                    "model",
-                    "needs id, context length, quantisation",
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let prices = tags::all(t, "price")
-            .map(|v| match v {
-                [m, b, i, o, ..] => Ok(Price {
-                    model: m.clone(),
-                    base_msat: tags::parse_u64("price", b)?,
-                    per_1k_input_msat: tags::parse_u64("price", i)?,
-                    per_1k_output_msat: tags::parse_u64("price", o)?,
-                }),
-                _ => Err(ProtocolError::tag(
-                    "price",
-                    "needs model, base, per-1k-in, per-1k-out",
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for p in &prices {
-            if !models.iter().any(|m| m.id == p.model) {
-                return Err(ProtocolError::tag(
-                    "price",
-                    format!("model `{}` is not advertised", p.model),
-                ));
-            }
-        }
-        let (max_concurrent, in_flight, queue_depth) = match tags::one(t, "capacity")? {
-            [a, b, c, ..] => (
-                tags::parse_u32("capacity", a)?,
-                tags::parse_u32("capacity", b)?,
-                tags::parse_u32("capacity", c)?,
-            ),
-            _ => {
-                return Err(ProtocolError::tag(
-                    "capacity",
-                    "needs max, in flight, queue depth",
-                ))
-            }
-        };
-        let hardware = match tags::one(t, "hardware")? {
-            [k, name, mem] if k == "gpu" => Hardware::Gpu {
-                name: name.clone(),
-                memory_mib: tags::parse_u64("hardware", mem)?,
-            },
-            [k, name, cores, mem] if k == "cpu" => Hardware::Cpu {
-                name: name.clone(),
-                cores: tags::parse_u32("hardware", cores)?,
-                memory_mib: tags::parse_u64("hardware", mem)?,
-            },
-            _ => return Err(ProtocolError::tag("hardware", "expected gpu or cpu layout")),
-        };
-        let healthy = match tags::opt_value(t, "health")? {
-            None | Some("ok") => true,
-            Some("down") | Some("degraded") => false,
-            Some(o) => {
-                return Err(ProtocolError::tag(
-                    "health",
-                    format!("unknown health `{o}`"),
-                ))
-            }
-        };
-        let mut payment = PaymentInfo::default();
-        for v in tags::all(t, "payment") {
-            match v {
-                [k, val, ..] if k == "ln-node" => payment.ln_node = Some(val.clone()),
-                [k, val, ..] if k == "lud16" => payment.lightning_address = Some(val.clone()),
-                [k, val, ..] if k == "lnurl" => payment.lnurl = Some(val.clone()),
-                _ => {} // unknown methods are ignored for forward compatibility
-            }
-        }
-        payment.mode = tags::opt_value(t, "payment_mode")?
-            .map(PaymentMode::parse)
-            .transpose()?;
+        let job_kinds = job_kinds(t)?;
+        let models = models(t)?;
+        let prices = prices(t, &models)?;
+        let (max_concurrent, in_flight, queue_depth) = capacity(t)?;
+        let hardware = Hardware::from_tags(t)?;
+        let healthy = healthy(t)?;
+        let payment = PaymentInfo::from_tags(t)?;
         let expiration = Timestamp::from_secs(tags::parse_u64(
             "expiration",
             tags::value(t, "expiration")?,
@@ -457,5 +342,167 @@ impl CapabilityAd {
                 expiration,
             },
         })
+    }
+}
+
+/// `k` tags: the job kinds served (at least one).
+fn job_kinds(t: &Tags) -> Result<Vec<u16>, ProtocolError> {
+    let kinds = tags::all(t, "k")
+        .map(|v| {
+            let s = v.first().ok_or(ProtocolError::tag("k", "has no value"))?;
+            let k = tags::parse_u32("k", s)?;
+            u16::try_from(k).map_err(|_| ProtocolError::tag("k", "kind out of range"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if kinds.is_empty() {
+        return Err(ProtocolError::MissingTag("k"));
+    }
+    Ok(kinds)
+}
+
+/// `model` tags: id, context length, quantisation.
+fn models(t: &Tags) -> Result<Vec<ModelInfo>, ProtocolError> {
+    tags::all(t, "model")
+        .map(|v| match v {
+            [id, ctx, q, ..] if !id.is_empty() => Ok(ModelInfo {
+                id: id.clone(),
+                context_length: tags::parse_u32("model", ctx)?,
+                quantisation: q.clone(),
+            }),
+            _ => Err(ProtocolError::tag(
+                "model",
+                "needs id, context length, quantisation",
+            )),
+        })
+        .collect()
+}
+
+/// `price` tags, each for an advertised model.
+fn prices(t: &Tags, models: &[ModelInfo]) -> Result<Vec<Price>, ProtocolError> {
+    let prices = tags::all(t, "price")
+        .map(|v| match v {
+            [m, b, i, o, ..] => Ok(Price {
+                model: m.clone(),
+                base_msat: tags::parse_u64("price", b)?,
+                per_1k_input_msat: tags::parse_u64("price", i)?,
+                per_1k_output_msat: tags::parse_u64("price", o)?,
+            }),
+            _ => Err(ProtocolError::tag(
+                "price",
+                "needs model, base, per-1k-in, per-1k-out",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(p) = prices
+        .iter()
+        .find(|p| !models.iter().any(|m| m.id == p.model))
+    {
+        return Err(ProtocolError::tag(
+            "price",
+            format!("model `{}` is not advertised", p.model),
+        ));
+    }
+    Ok(prices)
+}
+
+/// The `capacity` tag: max concurrent, in flight, queue depth.
+fn capacity(t: &Tags) -> Result<(u32, u32, u32), ProtocolError> {
+    match tags::one(t, "capacity")? {
+        [a, b, c, ..] => Ok((
+            tags::parse_u32("capacity", a)?,
+            tags::parse_u32("capacity", b)?,
+            tags::parse_u32("capacity", c)?,
+        )),
+        _ => Err(ProtocolError::tag(
+            "capacity",
+            "needs max, in flight, queue depth",
+        )),
+    }
+}
+
+/// The `health` tag (absent: healthy).
+fn healthy(t: &Tags) -> Result<bool, ProtocolError> {
+    match tags::opt_value(t, "health")? {
+        None | Some("ok") => Ok(true),
+        Some("down") | Some("degraded") => Ok(false),
+        Some(o) => Err(ProtocolError::tag(
+            "health",
+            format!("unknown health `{o}`"),
+        )),
+    }
+}
+
+impl Hardware {
+    /// The `hardware` tag: `gpu NAME MIB` or `cpu NAME CORES MIB`.
+    fn from_tags(t: &Tags) -> Result<Self, ProtocolError> {
+        match tags::one(t, "hardware")? {
+            [k, name, mem] if k == "gpu" => Ok(Hardware::Gpu {
+                name: name.clone(),
+                memory_mib: tags::parse_u64("hardware", mem)?,
+            }),
+            [k, name, cores, mem] if k == "cpu" => Ok(Hardware::Cpu {
+                name: name.clone(),
+                cores: tags::parse_u32("hardware", cores)?,
+                memory_mib: tags::parse_u64("hardware", mem)?,
+            }),
+            _ => Err(ProtocolError::tag("hardware", "expected gpu or cpu layout")),
+        }
+    }
+
+    fn to_tag(&self) -> Tag {
+        match self {
+            Hardware::Gpu { name, memory_mib } => tag(
+                "hardware",
+                ["gpu".to_owned(), name.clone(), memory_mib.to_string()],
+            ),
+            Hardware::Cpu {
+                name,
+                cores,
+                memory_mib,
+            } => tag(
+                "hardware",
+                [
+                    "cpu".to_owned(),
+                    name.clone(),
+                    cores.to_string(),
+                    memory_mib.to_string(),
+                ],
+            ),
+        }
+    }
+}
+
+impl PaymentInfo {
+    /// `payment` tags (unknown methods are ignored, for forward compatibility) and
+    /// `payment_mode`.
+    fn from_tags(t: &Tags) -> Result<Self, ProtocolError> {
+        let mut payment = PaymentInfo::default();
+        for v in tags::all(t, "payment") {
+            match v {
+                [k, val, ..] if k == "ln-node" => payment.ln_node = Some(val.clone()),
+                [k, val, ..] if k == "lud16" => payment.lightning_address = Some(val.clone()),
+                [k, val, ..] if k == "lnurl" => payment.lnurl = Some(val.clone()),
+                _ => {}
+            }
+        }
+        payment.mode = tags::opt_value(t, "payment_mode")?
+            .map(PaymentMode::parse)
+            .transpose()?;
+        Ok(payment)
+    }
+
+    fn push_tags(&self, t: &mut Vec<Tag>) {
+        if let Some(v) = &self.ln_node {
+            t.push(tag("payment", ["ln-node".to_owned(), v.clone()]));
+        }
+        if let Some(v) = &self.lightning_address {
+            t.push(tag("payment", ["lud16".to_owned(), v.clone()]));
+        }
+        if let Some(v) = &self.lnurl {
+            t.push(tag("payment", ["lnurl".to_owned(), v.clone()]));
+        }
+        if let Some(m) = self.mode {
+            t.push(tag("payment_mode", [m.as_str()]));
+        }
     }
 }

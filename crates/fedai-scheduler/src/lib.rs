@@ -556,8 +556,22 @@ pub fn select_into(
             s.expected_ms = assumed;
         }
     }
-    // Pass 2: scale-free parts (log ratios to the best), weighted; keep the best few in order
-    // (ties by candidate order, for determinism) with an insertion into a short sorted list.
+    score_and_shortlist(d, policy, best_ms, best_price);
+    // Pass 3: random among the few best.
+    let best = d.ranked[d.shortlist[0]].score;
+    let pool = d
+        .shortlist
+        .iter()
+        .take(policy.top_n.max(1))
+        .take_while(|k| d.ranked[**k].score <= best + policy.margin)
+        .count();
+    d.chosen = Some(d.shortlist[rng.below(pool.max(1))]);
+}
+
+/// Pass 2 of [`select_into`]: scale-free parts (log ratios to the best), weighted; the best few
+/// kept in order (ties by candidate order, for determinism) by insertion into a short sorted
+/// list.
+fn score_and_shortlist(d: &mut Decision, policy: &Policy, best_ms: f64, best_price: u64) {
     let w = &policy.weights;
     let (ln_best_ms, ln_best_price) = (ln(best_ms.max(1.0)), ln(best_price as f64 + 1.0));
     let keep = SHORTLIST.max(policy.top_n);
@@ -585,15 +599,6 @@ pub fn select_into(
         }
         d.shortlist.insert(at, i);
     }
-    // Pass 3: random among the few best.
-    let best = d.ranked[d.shortlist[0]].score;
-    let pool = d
-        .shortlist
-        .iter()
-        .take(policy.top_n.max(1))
-        .take_while(|k| d.ranked[**k].score <= best + policy.margin)
-        .count();
-    d.chosen = Some(d.shortlist[rng.below(pool.max(1))]);
 }
 
 #[cfg(test)]

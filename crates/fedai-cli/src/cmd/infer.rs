@@ -142,38 +142,23 @@ pub(crate) async fn infer(
         let ads = client.workers().await?;
         print_explanation(&client.explain(&ads, &req, opts));
     }
-    let tty = std::io::stderr().is_terminal() && !json;
-    let mut spinner = tty.then(|| {
-        tokio::spawn(async {
-            let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
-            for i in 0.. {
-                eprint!("\r{} waiting for the worker…", frames[i % frames.len()]);
-                tokio::time::sleep(Duration::from_millis(80)).await;
-            }
-        })
-    });
-    let stop_spinner = |spinner: &mut Option<tokio::task::JoinHandle<()>>| {
-        if let Some(s) = spinner.take() {
-            s.abort();
-            eprint!("\r\x1b[2K");
-        }
-    };
+    let mut spinner = Spinner::start(std::io::stderr().is_terminal() && !json);
     let mut streamed = false;
     let model = req.params.model.clone();
     let outcome = client
         .run(req, opts, |u| match u {
             JobUpdate::Partial(text) => {
-                stop_spinner(&mut spinner);
+                spinner.stop();
                 streamed = true;
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
             JobUpdate::Paying(msat) => {
-                stop_spinner(&mut spinner);
+                spinner.stop();
                 eprintln!("⚡ paying {msat} msat (hold invoice checked against the quote)");
             }
             JobUpdate::Failover { worker, error } => {
-                stop_spinner(&mut spinner);
+                spinner.stop();
                 if streamed {
                     println!();
                     streamed = false;
@@ -187,7 +172,7 @@ pub(crate) async fn infer(
             _ => {}
         })
         .await;
-    stop_spinner(&mut spinner);
+    spinner.stop();
     let done = match outcome {
         Err(fedai_client::ClientError::NoWorker) => bail!(
             "no live worker fits this job (model {}, try `fedai workers` or `--explain`)",
@@ -196,55 +181,90 @@ pub(crate) async fn infer(
         o => o?,
     };
     if json {
-        let m = done.metering.as_ref();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "request": done.request.id.to_hex(), "result": done.result.id.to_hex(),
-                "worker": done.result.worker.to_bech32().unwrap_or_default(), "model": done.result.result.model,
-                "output": done.output,
-                "usage": {"input_tokens": done.result.result.usage.input_tokens, "output_tokens": done.result.result.usage.output_tokens},
-                "price_msat": m.map(|(m, _)| m.record.price_msat),
-                "payment": done.payment.as_ref().map(|p| serde_json::json!({"amount_msat": p.amount_msat, "payment_hash": p.payment_hash, "preimage": p.preimage, "receipt": p.receipt.map(|r| r.to_hex())})),
-                "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
-            }))?
-        );
+        print_json(&done)?;
     } else {
-        if !streamed {
-            print!("{}", done.output);
-        } else if !done.stream_matched {
-            // What was shown is not what the worker signed: never call it verified.
-            println!();
-            eprintln!("— the streamed text differs from the signed result (a restarted or misbehaving worker); the verified output is:");
-            print!("{}", done.output);
-        }
-        println!();
-        let u = done.result.result.usage;
-        if let Some(p) = &done.payment {
-            eprintln!(
-                "⚡ paid {} msat · preimage verified · receipt {}",
-                p.amount_msat,
-                p.receipt
-                    .map(|r| r.to_hex())
-                    .unwrap_or_else(|| "not published".into())
-            );
-        }
-        match &done.metering {
-            Some((m, _)) => eprintln!(
-                "— {} · {} in / {} out tokens · {} ms · {} msat · result and metering verified",
-                done.result.result.model,
-                u.input_tokens,
-                u.output_tokens,
-                m.record.wall_ms,
-                m.record.price_msat
-            ),
-            None => eprintln!(
-                "— {} · {} in / {} out tokens · result verified; no metering record arrived",
-                done.result.result.model, u.input_tokens, u.output_tokens
-            ),
-        }
+        print_text(&done, streamed);
     }
     Ok(done)
+}
+
+/// "waiting for the worker…" on a terminal until the first token (or anything else) arrives.
+struct Spinner(Option<tokio::task::JoinHandle<()>>);
+
+impl Spinner {
+    fn start(on: bool) -> Self {
+        Self(on.then(|| {
+            tokio::spawn(async {
+                let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+                for i in 0.. {
+                    eprint!("\r{} waiting for the worker…", frames[i % frames.len()]);
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                }
+            })
+        }))
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.abort();
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// `--json`: the outcome as one object.
+fn print_json(done: &JobOutcome) -> anyhow::Result<()> {
+    let m = done.metering.as_ref();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "request": done.request.id.to_hex(), "result": done.result.id.to_hex(),
+            "worker": done.result.worker.to_bech32().unwrap_or_default(), "model": done.result.result.model,
+            "output": done.output,
+            "usage": {"input_tokens": done.result.result.usage.input_tokens, "output_tokens": done.result.result.usage.output_tokens},
+            "price_msat": m.map(|(m, _)| m.record.price_msat),
+            "payment": done.payment.as_ref().map(|p| serde_json::json!({"amount_msat": p.amount_msat, "payment_hash": p.payment_hash, "preimage": p.preimage, "receipt": p.receipt.map(|r| r.to_hex())})),
+            "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
+        }))?
+    );
+    Ok(())
+}
+
+/// For a person: the output (unless it streamed and matched), then payment and verification.
+fn print_text(done: &JobOutcome, streamed: bool) {
+    if !streamed {
+        print!("{}", done.output);
+    } else if !done.stream_matched {
+        // What was shown is not what the worker signed: never call it verified.
+        println!();
+        eprintln!("— the streamed text differs from the signed result (a restarted or misbehaving worker); the verified output is:");
+        print!("{}", done.output);
+    }
+    println!();
+    let u = done.result.result.usage;
+    if let Some(p) = &done.payment {
+        eprintln!(
+            "⚡ paid {} msat · preimage verified · receipt {}",
+            p.amount_msat,
+            p.receipt
+                .map(|r| r.to_hex())
+                .unwrap_or_else(|| "not published".into())
+        );
+    }
+    match &done.metering {
+        Some((m, _)) => eprintln!(
+            "— {} · {} in / {} out tokens · {} ms · {} msat · result and metering verified",
+            done.result.result.model,
+            u.input_tokens,
+            u.output_tokens,
+            m.record.wall_ms,
+            m.record.price_msat
+        ),
+        None => eprintln!(
+            "— {} · {} in / {} out tokens · result verified; no metering record arrived",
+            done.result.result.model, u.input_tokens, u.output_tokens
+        ),
+    }
 }
 
 fn print_explanation(rows: &[fedai_client::market::Explained]) {
