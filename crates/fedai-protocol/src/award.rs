@@ -9,9 +9,7 @@
 //! ["p", "<worker>"]  ["amount", "<msat>"]  ["expiration", "<unix>"]?
 //! ```
 
-use nostr::prelude::{
-    Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Timestamp,
-};
+use nostr::prelude::{Event, EventId, Keys, PublicKey, Tag, Timestamp};
 
 use crate::tags::{self, tag};
 use crate::{kinds, ProtocolError};
@@ -54,10 +52,7 @@ impl Award {
         if let Some(e) = self.expiration {
             t.push(Tag::expiration(e));
         }
-        EventBuilder::new(kinds::kind(kinds::AWARD), "")
-            .tags(t)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::AWARD, "", t, keys)
     }
 
     /// Verify and parse.

@@ -16,7 +16,7 @@
 //! ["expiration", "<unix>"]                                              (required: dead ads vanish)
 //! ```
 
-use nostr::prelude::{Event, EventBuilder, FinalizeEvent, Keys, PublicKey, Tag, Tags, Timestamp};
+use nostr::prelude::{Event, Keys, PublicKey, Tag, Tags, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::tags::{self, tag};
@@ -278,10 +278,7 @@ impl CapabilityAd {
         t.push(tag("version", [self.version.clone()]));
         t.push(tag("protocol", [crate::PROTOCOL_VERSION]));
         t.push(Tag::expiration(self.expiration));
-        EventBuilder::new(kinds::kind(kinds::CAPABILITY_AD), self.content_json())
-            .tags(t)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::CAPABILITY_AD, self.content_json(), t, keys)
     }
 
     /// Verify and parse. Requires the fed_AI topic tag and an expiration.

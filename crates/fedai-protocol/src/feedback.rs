@@ -18,7 +18,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use nostr::prelude::{Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag};
+use nostr::prelude::{Event, EventId, Keys, PublicKey, Tag};
 
 use crate::crypto::{self, Encryption};
 use crate::error::ErrorCode;
@@ -200,10 +200,7 @@ impl JobFeedback {
             t.push(tag("encrypted", Vec::<String>::new()));
         }
         t.push(kinds::fedai_marker());
-        EventBuilder::new(kinds::kind(kinds::JOB_FEEDBACK), content)
-            .tags(t)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::JOB_FEEDBACK, content, t, keys)
     }
 
     /// Verify and parse. Encrypted content and info are decrypted when `keys` (the customer's or

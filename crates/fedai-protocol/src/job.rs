@@ -378,10 +378,7 @@ impl JobRequest {
                 crypto::encrypt(keys, &to, &json, scheme)?
             }
         };
-        EventBuilder::new(kinds::kind(kinds::JOB_REQUEST), content)
-            .tags(tags)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::JOB_REQUEST, content, tags, keys)
     }
 
     /// Verify and parse a job request. Encrypted requests need the worker's `keys` (the `p`

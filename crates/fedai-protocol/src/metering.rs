@@ -11,9 +11,7 @@
 //! ["wall_ms", "<ms>"]  ["bytes", "<in>", "<out>"]  ["price", "<msat>"]  ["payment_hash", "<hex>"]?
 //! ```
 
-use nostr::prelude::{
-    Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Timestamp,
-};
+use nostr::prelude::{Event, EventId, Keys, PublicKey, Tag, Timestamp};
 
 use crate::result::ParsedJobResult;
 use crate::tags::{self, tag};
@@ -107,10 +105,7 @@ impl MeteringRecord {
                 "not a lowercase hex sha256",
             ));
         }
-        EventBuilder::new(kinds::kind(kinds::METERING), "")
-            .tags(t)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::METERING, "", t, keys)
     }
 
     /// Verify and parse.

@@ -9,7 +9,7 @@
 //! ["description", "<zap request JSON>"]?   (paid by a zap: what the invoice's hash commits to)
 //! ```
 
-use nostr::prelude::{Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag};
+use nostr::prelude::{Event, EventId, Keys, PublicKey, Tag};
 
 use crate::tags::{self, tag};
 use crate::{kinds, sha256_hex, ProtocolError};
@@ -76,10 +76,7 @@ impl PaymentReceipt {
         if let Some(z) = &self.zap_request {
             t.push(tag("description", [z.clone()]));
         }
-        EventBuilder::new(kinds::kind(kinds::PAYMENT_RECEIPT), "")
-            .tags(t)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::PAYMENT_RECEIPT, "", t, keys)
     }
 
     /// Verify and parse, including SHA-256(preimage) == payment hash.

@@ -11,9 +11,7 @@
 //! NIP-04-encrypted request). `usage` and `model` are fed_AI's: required when the result carries
 //! fed_AI's marker, optional (zero / empty) in other DVMs' results.
 
-use nostr::prelude::{
-    Event, EventBuilder, EventId, FinalizeEvent, Keys, PublicKey, Tag, Timestamp,
-};
+use nostr::prelude::{Event, EventId, Keys, PublicKey, Tag, Timestamp};
 
 use crate::crypto::{self, Encryption};
 use crate::tags::{self, tag};
@@ -122,10 +120,7 @@ impl JobResult {
             t.push(tag("encrypted", Vec::<String>::new()));
         }
         t.push(kinds::fedai_marker());
-        EventBuilder::new(kinds::kind(kinds::JOB_RESULT), content)
-            .tags(t)
-            .finalize(keys)
-            .map_err(|e| ProtocolError::Signing(e.to_string()))
+        tags::sign(kinds::JOB_RESULT, content, t, keys)
     }
 
     /// Verify and parse. The embedded request must itself verify and match the `e` and `p` tags.

@@ -5,6 +5,20 @@ use nostr::prelude::{Event, EventId, PublicKey, Tag, Tags};
 use crate::ProtocolError;
 
 /// Verify id and signature, then check the kind. Every public parser starts here.
+/// Build and sign an event of `kind`: the one way every message type here becomes an event.
+pub(crate) fn sign(
+    kind: u16,
+    content: impl Into<String>,
+    tags: Vec<nostr::prelude::Tag>,
+    keys: &nostr::prelude::Keys,
+) -> Result<Event, ProtocolError> {
+    use nostr::prelude::{EventBuilder, FinalizeEvent};
+    EventBuilder::new(crate::kinds::kind(kind), content)
+        .tags(tags)
+        .finalize(keys)
+        .map_err(|e| ProtocolError::Signing(e.to_string()))
+}
+
 pub(crate) fn verified(event: &Event, kind: u16) -> Result<(), ProtocolError> {
     check(true, event, kind)
 }

@@ -34,6 +34,16 @@ impl GenericHttp {
     }
 }
 
+/// The generic contract's names (no seed).
+const CAMEL_CASE: crate::http_util::SamplingNames = crate::http_util::SamplingNames {
+    temperature: "temperature",
+    top_k: "topK",
+    top_p: "topP",
+    frequency_penalty: "frequencyPenalty",
+    stop: "stop",
+    seed: None,
+};
+
 fn body(req: &InferRequest) -> Value {
     let p = &req.params;
     let mut b = json!({ "model": req.model, "maxTokens": req.max_tokens });
@@ -43,21 +53,7 @@ fn body(req: &InferRequest) -> Value {
             b["messages"] = serde_json::to_value(as_messages(&req.input)).unwrap_or(Value::Null)
         }
     }
-    if let Some(t) = p.temperature {
-        b["temperature"] = t.into();
-    }
-    if let Some(k) = p.top_k {
-        b["topK"] = k.into();
-    }
-    if let Some(t) = p.top_p {
-        b["topP"] = t.into();
-    }
-    if let Some(f) = p.frequency_penalty {
-        b["frequencyPenalty"] = f.into();
-    }
-    if !p.stop.is_empty() {
-        b["stop"] = p.stop.clone().into();
-    }
+    crate::http_util::sampling_as(&mut b, p, &CAMEL_CASE);
     b
 }
 

@@ -289,25 +289,52 @@ pub(crate) fn ndjson(
     })
 }
 
-/// Common sampling fields for JSON bodies.
+/// The JSON names of the sampling fields in one runner API.
+pub(crate) struct SamplingNames {
+    pub temperature: &'static str,
+    pub top_k: &'static str,
+    pub top_p: &'static str,
+    pub frequency_penalty: &'static str,
+    pub stop: &'static str,
+    /// `None`: the API takes no seed.
+    pub seed: Option<&'static str>,
+}
+
+/// OpenAI's names, which llama.cpp and Ollama's `options` share (seed included).
+pub(crate) const SNAKE_CASE: SamplingNames = SamplingNames {
+    temperature: "temperature",
+    top_k: "top_k",
+    top_p: "top_p",
+    frequency_penalty: "frequency_penalty",
+    stop: "stop",
+    seed: Some("seed"),
+};
+
+/// The sampling fields a job sets, under OpenAI's names.
 pub(crate) fn sampling(body: &mut Value, p: &fedai_protocol::JobParams) {
+    sampling_as(body, p, &SNAKE_CASE)
+}
+
+/// The sampling fields a job sets, under `names`: one place decides which parameters reach a
+/// runner, whatever the API calls them.
+pub(crate) fn sampling_as(body: &mut Value, p: &fedai_protocol::JobParams, names: &SamplingNames) {
     if let Some(t) = p.temperature {
-        body["temperature"] = t.into();
+        body[names.temperature] = t.into();
     }
     if let Some(k) = p.top_k {
-        body["top_k"] = k.into();
+        body[names.top_k] = k.into();
     }
     if let Some(t) = p.top_p {
-        body["top_p"] = t.into();
+        body[names.top_p] = t.into();
     }
     if let Some(f) = p.frequency_penalty {
-        body["frequency_penalty"] = f.into();
+        body[names.frequency_penalty] = f.into();
     }
     if !p.stop.is_empty() {
-        body["stop"] = p.stop.clone().into();
+        body[names.stop] = p.stop.clone().into();
     }
-    if let Some(s) = p.seed {
-        body["seed"] = s.into();
+    if let (Some(s), Some(name)) = (p.seed, names.seed) {
+        body[name] = s.into();
     }
 }
 
