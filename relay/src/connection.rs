@@ -29,6 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::Nip42;
 use crate::hub::{Delivery, Hub, Registration, SLOW_READER};
 use crate::ingest::{self, Admit, SaveFuture};
+use crate::limit::Bucket;
 use crate::metrics::Metrics;
 use crate::policy::FedaiWritePolicy;
 use crate::query::{self, NegSession};
@@ -100,46 +101,6 @@ impl ConnCtx {
             .read_buffer_size(4096)
             // A threshold, not an allocation: flush batches of small frames at once.
             .write_buffer_size(16 * 1024)
-    }
-}
-
-/// Token bucket refilled continuously.
-pub struct Bucket {
-    capacity: f64,
-    per_sec: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    /// A full bucket of `per_minute` tokens refilled at `per_minute / 60` per second.
-    pub fn new(per_minute: u32) -> Self {
-        let per_minute = per_minute.max(1) as f64;
-        Self::with(per_minute, per_minute / 60.0)
-    }
-
-    /// A full bucket of `capacity` tokens refilled at `per_sec` per second.
-    pub fn with(capacity: f64, per_sec: f64) -> Self {
-        Self {
-            capacity,
-            per_sec,
-            tokens: capacity,
-            at: Instant::now(),
-        }
-    }
-
-    /// Take one token, if there is one.
-    pub fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
-            .min(self.capacity);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 

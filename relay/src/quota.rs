@@ -19,14 +19,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use fedai_protocol::kinds::FEDAI_KINDS;
 use nostr_database::prelude::NostrDatabase;
 use nostr_sdk::prelude::{Event, Filter, Kind, MachineReadablePrefix};
 
+use crate::limit::KeyedLimiter;
 use crate::metrics::Metrics;
-use crate::policy::KeyedLimiter;
 
 /// Share of the global quota open to every kind; the rest is kept for the market's kinds.
 const OPEN_SHARE: f64 = 0.9;
@@ -186,7 +185,7 @@ impl Quota {
             }
         }
         if let Some(l) = &self.per_key {
-            if !l.allow_n(&event.pubkey, Instant::now(), size as f64) {
+            if !l.allow_n(&event.pubkey, size) {
                 return Err(Refusal {
                     prefix: MachineReadablePrefix::RateLimited,
                     message: format!(
