@@ -49,7 +49,7 @@ fn node_pubkey() -> String {
 fn invoice(request: &EventId, msat: u64) -> String {
     let secp = Secp256k1::new();
     let sk = SecretKey::from_slice(&NODE_KEY).unwrap();
-    InvoiceBuilder::new(Currency::Simnet)
+    InvoiceBuilder::new(lightning_invoice::Currency::Simnet)
         .payment_hash(sha256::Hash::hash(&request.to_bytes()))
         .payment_secret(PaymentSecret([3; 32]))
         .duration_since_epoch(SystemTime::now().duration_since(UNIX_EPOCH).unwrap())

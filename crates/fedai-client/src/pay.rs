@@ -194,7 +194,7 @@ impl Payments {
             &fedai_lightning::invoice::Expected {
                 amount_msat,
                 payee: plan.payee.as_deref(),
-                currency: plan.ctx.currency.clone(),
+                currency: plan.ctx.currency,
                 commits_to: fedai_lightning::invoice::Commitment::Job(&request_id.to_hex()),
                 now_unix: Timestamp::now().as_secs(),
             },
@@ -287,7 +287,7 @@ impl Payments {
                     amount_msat,
                     // The LNURL service's node, which the worker's ad does not name.
                     payee: None,
-                    currency: ctx.currency.clone(),
+                    currency: ctx.currency,
                     commits_to: invoice::Commitment::DescriptionHash(zap::description_hash(
                         &request,
                     )),

@@ -1,11 +1,9 @@
 //! A BOLT11 invoice checked against what was agreed, before any money moves.
 
-use std::str::FromStr;
-
-use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescriptionRef};
 use sha2::{Digest, Sha256};
 
-pub use lightning_invoice::Currency;
+pub use crate::bolt11::Currency;
+use crate::bolt11::{Bolt11, Description};
 
 use crate::{job_memo, LnError, PaymentHash};
 
@@ -69,20 +67,19 @@ pub fn check(bolt11: &str, e: &Expected<'_>) -> Result<Checked, LnError> {
 }
 
 /// Parse a BOLT11 invoice; the parse verifies its signature.
-fn parse(bolt11: &str) -> Result<Bolt11Invoice, LnError> {
-    Bolt11Invoice::from_str(bolt11.trim())
+fn parse(bolt11: &str) -> Result<Bolt11, LnError> {
+    crate::bolt11::decode(bolt11)
         .map_err(|err| refuse(format!("not a valid signed BOLT11 invoice: {err}")))
 }
 
-fn check_parsed(inv: &Bolt11Invoice, e: &Expected<'_>) -> Result<Checked, LnError> {
-    if inv.currency() != e.currency {
+fn check_parsed(inv: &Bolt11, e: &Expected<'_>) -> Result<Checked, LnError> {
+    if inv.currency != e.currency {
         return Err(refuse(format!(
             "invoice is for {:?}, expected {:?}",
-            inv.currency(),
-            e.currency
+            inv.currency, e.currency
         )));
     }
-    match inv.amount_milli_satoshis() {
+    match inv.amount_msat {
         Some(a) if a == e.amount_msat => {}
         Some(a) => {
             return Err(refuse(format!(
@@ -92,14 +89,11 @@ fn check_parsed(inv: &Bolt11Invoice, e: &Expected<'_>) -> Result<Checked, LnErro
         }
         None => return Err(refuse("invoice has no amount")),
     }
-    let expires_at = inv
-        .duration_since_epoch()
-        .as_secs()
-        .saturating_add(inv.expiry_time().as_secs());
+    let expires_at = inv.timestamp.saturating_add(inv.expiry_secs);
     if expires_at <= e.now_unix {
         return Err(refuse("invoice has expired"));
     }
-    let payee = inv.get_payee_pub_key().to_string();
+    let payee = inv.payee.to_string();
     if let Some(want) = e.payee {
         if !payee.eq_ignore_ascii_case(want) {
             return Err(refuse(format!(
@@ -107,27 +101,21 @@ fn check_parsed(inv: &Bolt11Invoice, e: &Expected<'_>) -> Result<Checked, LnErro
             )));
         }
     }
-    let commits = match (e.commits_to, inv.description()) {
-        (Commitment::Job(id), Bolt11InvoiceDescriptionRef::Direct(d)) => {
-            d.as_inner().0 == job_memo(id)
+    let commits = match (e.commits_to, &inv.description) {
+        (Commitment::Job(id), Description::Direct(d)) => *d == job_memo(id),
+        (Commitment::Job(id), Description::Hash(h)) => {
+            *h == <[u8; 32]>::from(Sha256::digest(job_memo(id).as_bytes()))
         }
-        (Commitment::Job(id), Bolt11InvoiceDescriptionRef::Hash(h)) => {
-            let want: [u8; 32] = Sha256::digest(job_memo(id).as_bytes()).into();
-            AsRef::<[u8]>::as_ref(&h.0) == want.as_slice()
-        }
-        (Commitment::DescriptionHash(want), Bolt11InvoiceDescriptionRef::Hash(h)) => {
-            AsRef::<[u8]>::as_ref(&h.0) == want.as_slice()
-        }
-        (Commitment::DescriptionHash(_), Bolt11InvoiceDescriptionRef::Direct(_)) => false,
+        (Commitment::DescriptionHash(want), Description::Hash(h)) => *h == want,
+        (Commitment::DescriptionHash(_), Description::Direct(_)) => false,
     };
     if !commits {
         return Err(refuse(
             "invoice description does not commit to this job request",
         ));
     }
-    let payment_hash: [u8; 32] = *inv.payment_hash().as_ref();
     Ok(Checked {
-        payment_hash,
+        payment_hash: inv.payment_hash,
         payee,
         expires_at,
     })
@@ -188,7 +176,7 @@ pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
     let e = Expected {
         amount_msat: r.amount_msat,
         payee: r.payee,
-        currency: inv.currency(),
+        currency: inv.currency,
         commits_to,
         now_unix: 0,
     };
@@ -197,7 +185,7 @@ pub fn check_receipt(r: &ReceiptClaim<'_>) -> Result<ReceiptCheck, LnError> {
         return Err(refuse("the invoice's payment hash is not the receipt's"));
     }
     Ok(ReceiptCheck {
-        currency: inv.currency(),
+        currency: inv.currency,
         by_zap: r.zap_request.is_some(),
     })
 }

@@ -6,6 +6,7 @@
 //! - [`InvoiceBackend`]: the worker side — plain and hold invoices, their state, settle, cancel;
 //! - [`Payer`]: the customer side — pay a BOLT11 invoice, get the preimage;
 //! - [`lnd::Lnd`]: both, over LND's REST API (TLS certificate pinned, macaroon);
+//! - [`bolt11`]: BOLT11 decoding and signature checks on the `secp256k1` nostr uses;
 //! - [`invoice::check`]: a BOLT11 invoice checked against the quote before paying (signature,
 //!   amount, expiry, network, payee, and a description that commits to the job request);
 //! - [`lnurl`]: LNURL-pay and lightning addresses (LUD-06, LUD-16), where zaps are paid;
@@ -15,6 +16,7 @@
 //! - [`preimage_for`]: a hold invoice's preimage derived from the worker's secret and the request
 //!   id, so a stateless worker can settle after a restart.
 
+pub mod bolt11;
 pub mod invoice;
 #[cfg(feature = "lnd")]
 pub mod lnd;

@@ -19,9 +19,6 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use lnurl::lightning_address::LightningAddress;
-use lnurl::lnurl::LnUrl;
-use lnurl::pay::PayResponse;
 use nostr::prelude::PublicKey;
 use url::Url;
 
@@ -38,16 +35,13 @@ fn refuse(m: impl Into<String>) -> LnError {
 pub fn endpoint(target: &str) -> Result<Url, LnError> {
     let target = target.trim();
     let url = if target.contains('@') {
-        let address = LightningAddress::new(target)
-            .map_err(|_| refuse(format!("`{target}` is not a lightning address")))?;
-        address.lnurlp_url()
+        address_url(target)
+            .ok_or_else(|| refuse(format!("`{target}` is not a lightning address")))?
     } else if target
         .get(..6)
         .is_some_and(|p| p.eq_ignore_ascii_case("lnurl1"))
     {
-        LnUrl::decode(target.to_ascii_lowercase())
-            .map_err(|_| refuse("not a valid bech32 LNURL"))?
-            .url
+        decode_lnurl(target).ok_or_else(|| refuse("not a valid bech32 LNURL"))?
     } else {
         target.to_owned()
     };
@@ -58,7 +52,58 @@ pub fn endpoint(target: &str) -> Result<Url, LnError> {
 
 /// The bech32 LNURL of an endpoint (the `lnurl` tag of a zap request).
 pub fn encode(endpoint: &Url) -> String {
-    LnUrl::from_url(endpoint.to_string()).encode()
+    let hrp = bech32::Hrp::parse_unchecked("lnurl");
+    bech32::encode::<bech32::Bech32>(hrp, endpoint.as_str().as_bytes()).unwrap_or_default()
+}
+
+/// The URL in a bech32 LNURL (LUD-01).
+fn decode_lnurl(target: &str) -> Option<String> {
+    let (hrp, bytes) = bech32::decode(target).ok()?;
+    (hrp.to_lowercase() == "lnurl")
+        .then(|| String::from_utf8(bytes).ok())
+        .flatten()
+}
+
+/// A lightning address's pay endpoint (LUD-16): `name@domain` is
+/// `https://domain/.well-known/lnurlp/name` (`http` for an onion service).
+fn address_url(address: &str) -> Option<String> {
+    let (name, domain) = address.rsplit_once('@')?;
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !(name_ok && domain_ok) {
+        return None;
+    }
+    let scheme = if domain.ends_with(".onion") {
+        "http"
+    } else {
+        "https"
+    };
+    Some(format!(
+        "{scheme}://{}/.well-known/lnurlp/{}",
+        domain.to_ascii_lowercase(),
+        name.to_ascii_lowercase()
+    ))
+}
+
+/// A pay endpoint's answer (LUD-06), with NIP-57's zap fields. `metadata` is not read.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PayResponse {
+    callback: String,
+    min_sendable: u64,
+    max_sendable: u64,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    allows_nostr: Option<bool>,
+    #[serde(default)]
+    nostr_pubkey: Option<String>,
 }
 
 fn check_transport(url: &Url) -> Result<(), LnError> {
@@ -191,6 +236,9 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<serde_json::Value, LnErr
 pub fn parse_pay_params(endpoint: Url, answer: serde_json::Value) -> Result<PayParams, LnError> {
     let pay: PayResponse = serde_json::from_value(answer)
         .map_err(|e| refuse(format!("not an LNURL-pay answer: {e}")))?;
+    if pay.tag.as_deref().is_some_and(|t| t != "payRequest") {
+        return Err(refuse("not an LNURL-pay answer (tag is not payRequest)"));
+    }
     let callback =
         Url::parse(&pay.callback).map_err(|e| refuse(format!("bad callback URL: {e}")))?;
     check_transport(&callback)?;
@@ -198,10 +246,9 @@ pub fn parse_pay_params(endpoint: Url, answer: serde_json::Value) -> Result<PayP
         return Err(refuse("minSendable is above maxSendable"));
     }
     let nostr_pubkey = match (pay.allows_nostr, pay.nostr_pubkey) {
-        (Some(true), Some(k)) => Some(
-            PublicKey::from_slice(&k.serialize())
-                .map_err(|_| refuse("nostrPubkey is not a valid key"))?,
-        ),
+        (Some(true), Some(k)) => {
+            Some(PublicKey::from_hex(&k).map_err(|_| refuse("nostrPubkey is not a valid key"))?)
+        }
         _ => None,
     };
     Ok(PayParams {

@@ -13,12 +13,11 @@
 //! final: unlike a hold invoice there is no escrow, so a customer is refunded of a failed zapped
 //! job only by the worker's good will.
 
-use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescriptionRef};
+use crate::bolt11::Description;
 use nostr::prelude::{
     Event, EventBuilder, EventId, FinalizeEvent, Keys, Kind, PublicKey, Tag, Timestamp,
 };
 use sha2::{Digest, Sha256};
-use std::str::FromStr;
 
 use crate::invoice::Currency;
 use crate::{LnError, PaymentHash, Preimage};
@@ -221,23 +220,22 @@ pub fn verify_receipt(ev: &Event, e: &Expect) -> Result<Zap, LnError> {
         ));
     }
     let bolt11 = first(ev, "bolt11").ok_or_else(|| refuse("the receipt has no invoice"))?;
-    let inv = Bolt11Invoice::from_str(bolt11.trim())
+    let inv = crate::bolt11::decode(bolt11)
         .map_err(|err| refuse(format!("the receipt's invoice is not valid: {err}")))?;
-    if inv.currency() != e.currency {
+    if inv.currency != e.currency {
         return Err(refuse(format!(
             "the invoice is for {:?}, expected {:?}",
-            inv.currency(),
-            e.currency
+            inv.currency, e.currency
         )));
     }
     let amount_msat = inv
-        .amount_milli_satoshis()
+        .amount_msat
         .ok_or_else(|| refuse("the invoice has no amount"))?;
     let description =
         first(ev, "description").ok_or_else(|| refuse("the receipt has no zap request"))?;
     let want = description_hash(description);
-    match inv.description() {
-        Bolt11InvoiceDescriptionRef::Hash(h) if AsRef::<[u8]>::as_ref(&h.0) == want => {}
+    match inv.description {
+        Description::Hash(h) if h == want => {}
         _ => {
             return Err(refuse(
                 "the invoice's description hash does not commit to the zap request",
@@ -262,7 +260,7 @@ pub fn verify_receipt(ev: &Event, e: &Expect) -> Result<Zap, LnError> {
             e.min_amount_msat
         )));
     }
-    let payment_hash: PaymentHash = *inv.payment_hash().as_ref();
+    let payment_hash: PaymentHash = inv.payment_hash;
     if let Some(p) = first(ev, "preimage") {
         let ok = hex::decode(p).is_ok_and(|b| <[u8; 32]>::from(Sha256::digest(&b)) == payment_hash);
         if !ok {
@@ -274,7 +272,7 @@ pub fn verify_receipt(ev: &Event, e: &Expect) -> Result<Zap, LnError> {
         amount_msat,
         bolt11: bolt11.to_owned(),
         payment_hash,
-        payee_node: inv.get_payee_pub_key().to_string(),
+        payee_node: inv.payee.to_string(),
         zap_request: description.to_owned(),
     })
 }

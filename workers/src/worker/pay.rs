@@ -281,7 +281,7 @@ impl Worker {
             request_id: parsed.id,
             quote_id,
             min_amount_msat: price,
-            currency: i.cfg.ln_network.clone(),
+            currency: i.cfg.ln_network,
         };
         let zap = match fedai_lightning::zap::verify_receipt(receipt, &expect) {
             Ok(zap) => zap,

@@ -54,11 +54,22 @@ pub fn payee(key: [u8; 32]) -> String {
         .to_string()
 }
 
+/// The reference implementation's name for a chain.
+pub fn reference_currency(c: Currency) -> lightning_invoice::Currency {
+    match c {
+        Currency::Bitcoin => lightning_invoice::Currency::Bitcoin,
+        Currency::BitcoinTestnet => lightning_invoice::Currency::BitcoinTestnet,
+        Currency::Signet => lightning_invoice::Currency::Signet,
+        Currency::Regtest => lightning_invoice::Currency::Regtest,
+        Currency::Simnet => lightning_invoice::Currency::Simnet,
+    }
+}
+
 pub fn make(i: Inv) -> String {
     let secp = Secp256k1::new();
     let sk = SecretKey::from_slice(&i.key).unwrap();
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() - i.age;
-    let b = InvoiceBuilder::new(i.currency)
+    let b = InvoiceBuilder::new(reference_currency(i.currency))
         .payment_hash(sha256::Hash::hash(&i.preimage))
         .payment_secret(PaymentSecret([3; 32]))
         .duration_since_epoch(ts)
