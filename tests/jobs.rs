@@ -143,7 +143,14 @@ async fn refusals_carry_the_right_error_code() {
         &sk,
         &relay.url,
         &llama.url,
-        &["--max-prompt-bytes", "64", "--max-tokens", "100"],
+        &[
+            "--max-prompt-bytes",
+            "64",
+            "--max-tokens",
+            "100",
+            "--requests-per-minute-per-customer",
+            "2",
+        ],
     );
     let c = client(&relay).await;
     wait_for_workers(&c, 1).await;
@@ -182,6 +189,27 @@ async fn refusals_carry_the_right_error_code() {
         .submit(expired, false, Duration::from_secs(3), |_| {})
         .await
         .is_err());
+    // Refused requests cost nothing of the customer's rate (2 a minute here); past it, a
+    // request is refused as `capacity` before any work, and other customers are still served.
+    for _ in 0..2 {
+        let mut ok = tiny_job("hi", 4);
+        ok.provider = Some(pk);
+        c.submit(ok, false, T, |_| {}).await.unwrap();
+    }
+    let mut third = tiny_job("hi", 4);
+    third.provider = Some(pk);
+    match c.submit(third, false, T, |_| {}).await {
+        Err(ClientError::Job { code, reason }) => {
+            assert_eq!(code, ErrorCode::Capacity);
+            assert!(reason.contains("too many requests"), "{reason}");
+        }
+        other => panic!("expected a rate refusal, got {:?}", other.map(|o| o.output)),
+    }
+    let other = client(&relay).await;
+    let mut theirs = tiny_job("hi", 4);
+    theirs.provider = Some(pk);
+    other.submit(theirs, false, T, |_| {}).await.unwrap();
+    other.shutdown().await;
     c.shutdown().await;
 }
 

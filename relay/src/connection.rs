@@ -29,11 +29,11 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::Nip42;
 use crate::hub::{Delivery, Hub, Registration, SLOW_READER};
 use crate::ingest::{self, Admit, SaveFuture};
-use crate::limit::Bucket;
 use crate::metrics::Metrics;
 use crate::policy::FedaiWritePolicy;
 use crate::query::{self, NegSession};
 use crate::quota::Quota;
+use fedai_limit::Bucket;
 
 /// Saves in flight per connection before the relay stops reading from it.
 pub const MAX_PIPELINE: usize = 256;

@@ -19,7 +19,6 @@ pub mod connection;
 pub mod http;
 pub mod hub;
 pub mod ingest;
-pub mod limit;
 pub mod metrics;
 pub mod nip11;
 pub mod policy;

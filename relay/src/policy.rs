@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use fedai_protocol::{kinds, validate};
-use nostr_sdk::prelude::{Event, MachineReadablePrefix};
+use nostr_sdk::prelude::{Event, MachineReadablePrefix, PublicKey};
 
-use crate::limit::KeyedLimiter;
 use crate::metrics::Metrics;
+use fedai_limit::KeyedLimiter;
 
 /// What the write policy says about one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl Verdict {
 #[derive(Debug)]
 pub struct FedaiWritePolicy {
     metrics: Arc<Metrics>,
-    limiter: KeyedLimiter,
+    limiter: KeyedLimiter<PublicKey>,
     min_pow_jobs: u8,
 }
 

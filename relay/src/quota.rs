@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use fedai_protocol::kinds::FEDAI_KINDS;
 use nostr_database::prelude::NostrDatabase;
-use nostr_sdk::prelude::{Event, Filter, Kind, MachineReadablePrefix};
+use nostr_sdk::prelude::{Event, Filter, Kind, MachineReadablePrefix, PublicKey};
 
-use crate::limit::KeyedLimiter;
 use crate::metrics::Metrics;
+use fedai_limit::KeyedLimiter;
 
 /// Share of the global quota open to every kind; the rest is kept for the market's kinds.
 const OPEN_SHARE: f64 = 0.9;
@@ -58,7 +58,7 @@ pub struct Quota {
     base: AtomicU64,
     added: AtomicU64,
     avg: AtomicU64,
-    per_key: Option<KeyedLimiter>,
+    per_key: Option<KeyedLimiter<PublicKey>>,
     per_key_bytes: u64,
     map: Option<Map>,
     metrics: Arc<Metrics>,

@@ -130,6 +130,11 @@ pub struct Cli {
     /// At most this many extra relays (from requests' `relays` tags) are kept for replies.
     #[arg(long, env = "FEDAI_MAX_REPLY_RELAYS")]
     pub max_reply_relays: Option<usize>,
+    /// Requests one customer (pubkey) may make of this worker per minute, in a burst of as
+    /// many (default 600; 0: no limit). Past it a directed request is refused with `capacity`
+    /// before any input is fetched or price counted; an open one is ignored.
+    #[arg(long, env = "FEDAI_REQUESTS_PER_MINUTE_PER_CUSTOMER")]
+    pub requests_per_minute_per_customer: Option<u32>,
 }
 
 /// Resolved configuration.
@@ -189,6 +194,8 @@ pub struct WorkerConfig {
     pub allow_private_addresses: bool,
     /// Bound on extra reply relays kept from requests' `relays` tags.
     pub max_reply_relays: usize,
+    /// Requests per customer per minute (0: no limit).
+    pub requests_per_minute_per_customer: u32,
     /// Display name.
     pub name: String,
     /// Log filter.
@@ -367,6 +374,7 @@ impl Cli {
             ln_network,
             allow_private_addresses: c.allow_private_addresses,
             max_reply_relays: c.max_reply_relays.unwrap_or(16),
+            requests_per_minute_per_customer: c.requests_per_minute_per_customer.unwrap_or(600),
         })
     }
 }

@@ -62,6 +62,12 @@ impl Worker {
             }
             Screened::Pass { model, max_tokens } => (model, max_tokens),
         };
+        if !self.within_customer_rate(&parsed.customer) {
+            let reason = "too many requests from this customer: slow down".to_owned();
+            return self
+                .decline(&parsed, directed, ErrorCode::Capacity, reason)
+                .await;
+        }
         let Some(input) = self.resolve_inputs(&parsed, directed).await else {
             return;
         };
@@ -93,6 +99,14 @@ impl Worker {
                 self.take(job, req, pay).await
             }
         }
+    }
+
+    /// Whether `customer` is within its request rate (always, without a limit).
+    fn within_customer_rate(&self, customer: &PublicKey) -> bool {
+        self.inner
+            .per_customer
+            .as_ref()
+            .is_none_or(|l| l.allow(customer))
     }
 
     /// Parse and decrypt a request; a malformed one that names us is answered with the reason.

@@ -76,6 +76,9 @@ struct Inner {
     /// Directed jobs waiting in the queue for a slot, per customer (one customer may hold
     /// half the queue).
     queued_by: Mutex<HashMap<PublicKey, u32>>,
+    /// Requests per customer (`None`: no limit): checked before inputs are fetched or a price
+    /// counted, the expensive part of intake.
+    per_customer: Option<fedai_limit::KeyedLimiter<PublicKey>>,
     /// Runner time per job, a moving average (ms): the queue's wait estimate.
     avg_job_ms: std::sync::atomic::AtomicU64,
     /// Unpaid quotes per customer.
@@ -405,6 +408,8 @@ impl Worker {
             in_flight: AtomicU32::new(0),
             jobs: AtomicU32::new(0),
             queued_by: Mutex::new(HashMap::new()),
+            per_customer: (cfg.requests_per_minute_per_customer > 0)
+                .then(|| fedai_limit::KeyedLimiter::new(cfg.requests_per_minute_per_customer)),
             avg_job_ms: std::sync::atomic::AtomicU64::new(0),
             quotes: Mutex::new(HashMap::new()),
             fetches: Arc::new(Semaphore::new(4)),

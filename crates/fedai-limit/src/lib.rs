@@ -1,4 +1,7 @@
-//! Rate limits on `governor` (GCRA): one per-connection limiter type ([`Bucket`]) and one
+//! # fedai-limit
+//!
+//! Rate limits on `governor` (GCRA) for every fed_AI intake — the relay's connections and
+//! publishers, a worker's customers: one per-connection limiter type ([`Bucket`]) and one
 //! per-key limiter ([`KeyedLimiter`]) whose state store is bounded.
 //!
 //! governor's own keyed stores grow with every key until `retain_recent` finds keys whose
@@ -8,7 +11,7 @@
 //! memory and the time per event are bounded whatever a flood of fresh keys does.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +21,6 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use nostr_sdk::prelude::PublicKey;
 
 const SHARDS: usize = 16;
 /// Keys remembered in all.
@@ -57,21 +59,30 @@ impl Bucket {
 }
 
 /// One shard: the states, and their keys in insertion order (for eviction).
-#[derive(Debug, Default)]
-struct Shard {
-    states: HashMap<PublicKey, InMemoryState>,
-    order: VecDeque<PublicKey>,
+#[derive(Debug)]
+struct Shard<K> {
+    states: HashMap<K, InMemoryState>,
+    order: VecDeque<K>,
+}
+
+impl<K> Default for Shard<K> {
+    fn default() -> Self {
+        Self {
+            states: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
 }
 
 /// A governor state store of at most [`MAX_KEYS`] keys, sharded so that publishers on
 /// different keys rarely share a lock.
 #[derive(Debug)]
-pub struct BoundedStore {
+pub struct BoundedStore<K> {
     hasher: RandomState,
-    shards: Vec<Mutex<Shard>>,
+    shards: Vec<Mutex<Shard<K>>>,
 }
 
-impl Default for BoundedStore {
+impl<K> Default for BoundedStore<K> {
     fn default() -> Self {
         Self {
             hasher: RandomState::new(),
@@ -80,7 +91,7 @@ impl Default for BoundedStore {
     }
 }
 
-impl BoundedStore {
+impl<K> BoundedStore<K> {
     fn len(&self) -> usize {
         self.shards
             .iter()
@@ -90,13 +101,25 @@ impl BoundedStore {
 }
 
 /// The store, shared between the limiter and whoever counts its keys.
-#[derive(Debug, Clone, Default)]
-pub struct SharedStore(Arc<BoundedStore>);
+#[derive(Debug)]
+pub struct SharedStore<K>(Arc<BoundedStore<K>>);
 
-impl StateStore for SharedStore {
-    type Key = PublicKey;
+impl<K> Clone for SharedStore<K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
-    fn measure_and_replace<T, F, E>(&self, key: &PublicKey, f: F) -> Result<T, E>
+impl<K> Default for SharedStore<K> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone> StateStore for SharedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -109,10 +132,10 @@ impl StateStore for SharedStore {
                     states.remove(&old);
                 }
             }
-            order.push_back(*key);
+            order.push_back(key.clone());
         }
         states
-            .entry(*key)
+            .entry(key.clone())
             .or_default()
             .measure_and_replace(&NotKeyed::NonKey, f)
     }
@@ -120,12 +143,12 @@ impl StateStore for SharedStore {
 
 /// A per-key limiter: GCRA from governor over a [`BoundedStore`].
 #[derive(Debug)]
-pub struct KeyedLimiter<C: Clock = DefaultClock> {
-    limiter: RateLimiter<PublicKey, SharedStore, C, NoOpMiddleware<C::Instant>>,
-    store: SharedStore,
+pub struct KeyedLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    limiter: RateLimiter<K, SharedStore<K>, C, NoOpMiddleware<C::Instant>>,
+    store: SharedStore<K>,
 }
 
-impl KeyedLimiter {
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// `per_minute` per key, with a burst of the same size.
     pub fn new(per_minute: u32) -> Self {
         let per_minute = per_minute.max(1) as f64;
@@ -138,7 +161,7 @@ impl KeyedLimiter {
     }
 }
 
-impl<C: Clock> KeyedLimiter<C> {
+impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     /// As [`KeyedLimiter::with_rate`], on `clock` (tests move a fake one).
     pub fn with_clock(capacity: f64, per_sec: f64, clock: C) -> Self {
         let store = SharedStore::default();
@@ -159,13 +182,13 @@ impl<C: Clock> KeyedLimiter<C> {
     }
 
     /// Take one unit for `key`; false when the key is over its rate.
-    pub fn allow(&self, key: &PublicKey) -> bool {
+    pub fn allow(&self, key: &K) -> bool {
         self.limiter.check_key(key).is_ok()
     }
 
     /// Take `cost` units for `key`; false (and nothing taken) when it has fewer, or when
     /// `cost` is more than its whole allowance.
-    pub fn allow_n(&self, key: &PublicKey, cost: u64) -> bool {
+    pub fn allow_n(&self, key: &K, cost: u64) -> bool {
         let Some(n) = u32::try_from(cost).ok().and_then(NonZeroU32::new) else {
             return cost == 0;
         };
@@ -177,7 +200,7 @@ impl<C: Clock> KeyedLimiter<C> {
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
-    use nostr_sdk::prelude::Keys;
+    use nostr_sdk::prelude::{Keys, PublicKey};
 
     #[test]
     fn limiter_refills_and_isolates_keys() {
@@ -212,7 +235,7 @@ mod tests {
     /// it): memory stays at the cap, and a key within it is still limited.
     #[test]
     fn a_fresh_key_flood_keeps_the_limiter_bounded() {
-        let l = KeyedLimiter::new(1);
+        let l = KeyedLimiter::<PublicKey>::new(1);
         // Many distinct valid keys, cheaply: about half of all x coordinates are on the curve.
         let mut keys = (0u64..).filter_map(|i| {
             let mut b = [0x5au8; 32];
