@@ -213,6 +213,33 @@ async fn an_endless_request_head_is_cut_at_the_limit() {
     );
 }
 
+/// Plain TCP connections that never send a request (or never upgrade) count under the
+/// per-address bound too: past it the relay closes a new one at once instead of holding its
+/// socket for the head timeout; once they go, the address connects again.
+#[tokio::test]
+async fn idle_sockets_count_under_the_address_bound() {
+    use tokio::io::AsyncReadExt;
+    let relay = RelayProc::start(&["--memory", "--max-connections-per-ip", "3"]);
+    let addr = relay.url.trim_start_matches("ws://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Let the relay take them (accepted sockets are served in whatever order tasks run).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {closed:?}"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws = Ws::connect(&relay.url).await;
+    assert!(ws.publish(&job_request(&Keys::generate(), "back")).await.0);
+}
+
 #[tokio::test]
 async fn restart_keeps_every_acknowledged_event() {
     let dir = temp_dir("relay-lmdb");

@@ -3,7 +3,9 @@
 //! connection limits; plain HTTP serves NIP-11, `/health` and `/metrics`.
 //!
 //! Head size (16 KiB), header count and the 10 s to send a head are hyper's settings; one
-//! request at a time per connection (keep-alive). Every socket gets `TCP_NODELAY` (without it, small relay
+//! request at a time per connection (keep-alive, idle for 10 s at most); a plain HTTP
+//! connection lives 30 s at most, and each holds a place under a per-address and a global
+//! bound until it is upgraded or closed. Every socket gets `TCP_NODELAY` (without it, small relay
 //! answers wait on Nagle + delayed ACK: ~40 ms floors).
 
 use std::convert::Infallible;
@@ -27,6 +29,11 @@ use crate::metrics::Metrics;
 const MAX_HEAD: usize = 16 * 1024;
 /// Time to send a request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest life of a plain HTTP connection (a WebSocket is handed off before it): a client
+/// that pipelines requests and then reads nothing cannot hold a socket.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Plain HTTP connections (not yet upgraded) at once, in all.
+pub const MAX_HTTP_CONNECTIONS: usize = 4096;
 
 /// What a connection handler needs.
 pub struct Ctx {
@@ -40,6 +47,12 @@ pub struct Ctx {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Open connections per IP address (`--max-connections-per-ip`).
     pub per_ip: Arc<PerIp>,
+    /// Plain HTTP connections per address (as many as WebSockets) and in all
+    /// ([`MAX_HTTP_CONNECTIONS`]): every TCP connection holds one until it is upgraded or
+    /// closed, so sockets that never upgrade are bounded too.
+    pub http_per_ip: Arc<PerIp>,
+    /// See `http_per_ip`.
+    pub http_connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Open WebSocket connections per IP address.
@@ -63,8 +76,10 @@ impl PerIp {
         })
     }
 
-    /// A slot for `ip`, unless it holds its limit.
+    /// A slot for `ip`'s group (the address for IPv4, its /64 for IPv6: one host holds a
+    /// whole /64), unless the group holds its limit.
     pub fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let ip = group(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_default();
         if *n >= self.max {
@@ -87,6 +102,22 @@ impl Drop for IpSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// The address an IP counts under: IPv4 itself (also when mapped into IPv6), IPv6 by /64.
+pub fn group(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(Ipv6Addr::from(s))
+            }
+        },
     }
 }
 
@@ -260,6 +291,15 @@ async fn route(req: Request, peer: SocketAddr, ctx: Arc<Ctx>, router: Router) ->
 
 /// Serve one accepted TCP connection.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, router: Router) {
+    // Over either bound the socket is closed at once: answering would cost what is refused.
+    let Some(_http_slot) = ctx.http_per_ip.take(peer.ip()) else {
+        ctx.metrics.connection_refused();
+        return;
+    };
+    let Ok(_http_permit) = ctx.http_connections.clone().try_acquire_owned() else {
+        ctx.metrics.connection_refused();
+        return;
+    };
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
@@ -267,15 +307,42 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, router: 
         let (ctx, router) = (ctx.clone(), router.clone());
         async move { Ok::<_, Infallible>(route(req.map(Body::new), peer, ctx, router).await) }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .max_headers(64)
         .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await;
-    if let Err(e) = served {
-        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        .with_upgrades();
+    // Resolves when the client closes, or when a WebSocket is handed off (its session then
+    // runs on its own task, under its own limits).
+    match tokio::time::timeout(HTTP_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "http connection ended with an error"),
+        Err(_) => tracing::debug!(%peer, "http connection timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_ipv4_as_itself() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            group(ip("2001:db8:1:2:ffff:1:2:3")),
+            group(ip("2001:db8:1:2::9")),
+            "one /64, one limit"
+        );
+        assert_ne!(group(ip("2001:db8:1:3::1")), group(ip("2001:db8:1:2::1")));
+        assert_eq!(group(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(group(ip("192.0.2.7")), ip("192.0.2.7"));
+        let per = PerIp::new(1);
+        let _a = per.take(ip("2001:db8::1")).unwrap();
+        assert!(per.take(ip("2001:db8::2")).is_none(), "same /64");
+        assert!(per.take(ip("2001:db8:0:1::1")).is_some(), "another /64");
     }
 }

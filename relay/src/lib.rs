@@ -192,6 +192,8 @@ impl RelayServer {
             nip11: nip11::document(&config).to_string(),
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             per_ip: http::PerIp::new(config.max_connections_per_ip),
+            http_per_ip: http::PerIp::new(config.max_connections_per_ip),
+            http_connections: Arc::new(tokio::sync::Semaphore::new(http::MAX_HTTP_CONNECTIONS)),
         });
         let router = http::router(ctx.clone());
         let mut tasks = Vec::new();

@@ -27,6 +27,14 @@ const MAX_EARLY_CHUNKS: u64 = 1024;
 /// bound (its own record comes right after its result).
 const MAX_METERINGS: usize = 64;
 
+/// Bytes of chunks held for reordering, at most: past it early chunks are dropped (the result
+/// still arrives whole; the stream then does not match it).
+const MAX_EARLY_BYTES: usize = 4 << 20;
+
+/// Bytes one job may stream: past it the chosen worker has failed (a runner's answer is
+/// bounded by `max_tokens`; this is far above any), and on an open job the stream stops.
+pub const MAX_STREAM_BYTES: usize = 16 << 20;
+
 /// How long a result waits for its metering record (published right after it).
 const METERING_GRACE: Duration = Duration::from_secs(2);
 
@@ -75,6 +83,12 @@ pub struct Answer {
     pub stream_matched: bool,
 }
 
+/// Whether `m` is the metering record of `r`: it names it and its worker signed it (anyone can
+/// publish a record naming a result; only the worker's counts).
+fn meters(m: &ParsedMetering, r: &ParsedJobResult) -> bool {
+    m.record.result_id == r.id && m.worker == r.worker
+}
+
 /// The state of one published request.
 #[derive(Debug)]
 pub struct JobTracker {
@@ -91,6 +105,7 @@ pub struct JobTracker {
     /// The reorder buffer of streamed chunks.
     next_seq: u64,
     early: BTreeMap<u64, String>,
+    early_bytes: usize,
     /// On an open job the first worker to stream is the only one whose chunks are shown.
     streamer: Option<PublicKey>,
     streamed: String,
@@ -104,6 +119,9 @@ pub struct JobTracker {
     /// A payment that failed: reported unless the worker's own error comes within a grace
     /// period (a failed job cancels its hold invoice, and the worker's reason is the news).
     payment_failed: Option<ClientError>,
+    /// On an open job, the first error feedback: anyone can send one, so it ends nothing — it
+    /// is the answer at the deadline if no result came.
+    open_error: Option<ClientError>,
     /// When the chosen worker was last heard from (at first: when it was asked).
     heard: Instant,
     acked: bool,
@@ -130,6 +148,7 @@ impl JobTracker {
             timeout,
             next_seq: 0,
             early: BTreeMap::new(),
+            early_bytes: 0,
             streamer: worker,
             streamed: String::new(),
             first_token: None,
@@ -139,6 +158,7 @@ impl JobTracker {
             meterings: Vec::new(),
             paying: false,
             payment_failed: None,
+            open_error: None,
             heard: now,
             acked: false,
             done: false,
@@ -227,6 +247,9 @@ impl JobTracker {
             };
             return self.fail(ClientError::Silent(why));
         }
+        if let Some(e) = self.open_error.take() {
+            return self.fail(e);
+        }
         self.fail(ClientError::Timeout(self.timeout))
     }
 
@@ -290,12 +313,28 @@ impl JobTracker {
                 self.first_token.get_or_insert_with(|| now - sent_at);
                 // A bounded reorder buffer: a worker cannot grow it without limit.
                 let next = self.next_seq;
+                let fits = self.early_bytes + fb.content.len() <= MAX_EARLY_BYTES;
                 if let Some(seq) = fb
                     .seq
-                    .filter(|s| *s >= next && *s < next + MAX_EARLY_CHUNKS)
+                    .filter(|s| *s >= next && *s < next + MAX_EARLY_CHUNKS && fits)
                 {
-                    self.early.insert(seq, fb.content);
+                    self.early_bytes += fb.content.len();
+                    if let Some(old) = self.early.insert(seq, fb.content) {
+                        self.early_bytes -= old.len();
+                    }
                     while let Some(chunk) = self.early.remove(&self.next_seq) {
+                        self.early_bytes -= chunk.len();
+                        if self.streamed.len() + chunk.len() > MAX_STREAM_BYTES {
+                            if chosen {
+                                return self.fail(ClientError::InvalidResult(format!(
+                                    "the worker streamed more than {MAX_STREAM_BYTES} bytes"
+                                )));
+                            }
+                            // An open job's stream stops; its result may still come.
+                            self.early.clear();
+                            self.early_bytes = 0;
+                            break;
+                        }
                         self.streamed.push_str(&chunk);
                         out.push(Action::Update(JobUpdate::Partial(chunk)));
                         self.next_seq += 1;
@@ -324,10 +363,14 @@ impl JobTracker {
                 out.push(Action::Update(JobUpdate::Paying(amount.msat)));
             }
             FeedbackStatus::Error if self.result.is_none() => {
-                return self.fail(ClientError::Job {
+                let e = ClientError::Job {
                     code: fb.code.unwrap_or(ErrorCode::Other("unknown".into())),
                     reason: fb.info.unwrap_or_default(),
-                });
+                };
+                if chosen {
+                    return self.fail(e);
+                }
+                self.open_error.get_or_insert(e);
             }
             _ => {}
         }
@@ -361,7 +404,7 @@ impl JobTracker {
         }
         let sent_at = self.sent_at;
         self.first_token.get_or_insert_with(|| now - sent_at);
-        if self.meterings.iter().any(|m| m.record.result_id == r.id) {
+        if self.meterings.iter().any(|m| meters(m, &r)) {
             return self.finish(r, now);
         }
         // Give the metering record a moment to arrive (it is published right after).
@@ -374,10 +417,7 @@ impl JobTracker {
         let Ok(m) = MeteringRecord::from_event(ev) else {
             return Vec::new();
         };
-        let completes = self
-            .result
-            .as_ref()
-            .is_some_and(|r| r.id == m.record.result_id);
+        let completes = self.result.as_ref().is_some_and(|r| meters(&m, r));
         if self.meterings.len() < MAX_METERINGS || completes {
             self.meterings.push(m);
         }
@@ -406,7 +446,7 @@ impl JobTracker {
         let stream_matched = !from_other && result.result.output.starts_with(&self.streamed);
         let metering = match std::mem::take(&mut self.meterings)
             .into_iter()
-            .find(|m| m.record.result_id == result.id)
+            .find(|m| meters(m, &result))
         {
             Some(m) => {
                 let check = m
@@ -774,6 +814,90 @@ mod tests {
             done(j.feed(&bare, 0.1)),
             Err(ClientError::InvalidResult(_))
         ));
+    }
+
+    /// An open job (no chosen worker) with an honest worker and a stranger on the relay.
+    fn open_job() -> Job {
+        let mut j = job();
+        j.tracker = JobTracker::new(j.parsed.clone(), j.customer.clone(), None, TIMEOUT, j.t0);
+        j
+    }
+
+    #[test]
+    fn on_an_open_job_a_strangers_error_or_metering_ends_nothing() {
+        let mut j = open_job();
+        let stranger = Keys::generate();
+        let err = JobFeedback::error(
+            j.request.id,
+            j.customer.public_key(),
+            ErrorCode::RunnerFailed,
+            "go away",
+        )
+        .to_event(&stranger)
+        .unwrap();
+        assert!(j.feed(&err, 0.1).is_empty(), "anyone may send an error");
+        let result = j.result("Blue.");
+        assert!(j.feed(&result, 0.2).is_empty());
+        // A record naming the result, signed by someone else, is not its metering.
+        let forged = MeteringRecord {
+            request_id: j.request.id,
+            result_id: result.id,
+            customer: j.customer.public_key(),
+            model: "smollm2".into(),
+            prompt_sha256: j.parsed.prompt_sha256(),
+            usage: Usage::default(),
+            wall_ms: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+            price_msat: 0,
+            payment_hash: None,
+        }
+        .to_event(&stranger)
+        .unwrap();
+        assert!(j.feed(&forged, 0.3).is_empty());
+        let metering = j.metering(&result, "Blue.");
+        let answer = done(j.feed(&metering, 0.4)).unwrap();
+        assert_eq!(answer.metering.unwrap().0.worker, j.worker.public_key());
+
+        // With no result by the deadline, the error heard is the answer.
+        let mut j = open_job();
+        let err = JobFeedback::error(
+            j.request.id,
+            j.customer.public_key(),
+            ErrorCode::RunnerFailed,
+            "go away",
+        )
+        .to_event(&stranger)
+        .unwrap();
+        assert!(j.feed(&err, 0.1).is_empty());
+        assert!(matches!(
+            done(j.tracker.on_wake(j.at(60.0))),
+            Err(ClientError::Job { reason, .. }) if reason == "go away"
+        ));
+    }
+
+    #[test]
+    fn a_worker_cannot_stream_without_bound() {
+        let mut j = job();
+        let chunk = "x".repeat(1 << 20);
+        let mut ended = None;
+        for seq in 0..40u64 {
+            let ev = j.partial(seq, &chunk);
+            if let Some(Action::Done(r)) = j.feed(&ev, 0.1 + seq as f64 / 1000.0).pop() {
+                ended = Some((seq, r));
+                break;
+            }
+        }
+        let (seq, r) = ended.expect("the stream was cut");
+        assert_eq!(seq as usize, MAX_STREAM_BYTES / chunk.len());
+        assert!(matches!(r, Err(ClientError::InvalidResult(_))));
+        // Early chunks are bounded in bytes too.
+        let mut j = job();
+        for seq in 1..7u64 {
+            let ev = j.partial(seq, &chunk);
+            j.feed(&ev, 0.1);
+        }
+        assert!(j.tracker.early_bytes <= MAX_EARLY_BYTES);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use nostr_sdk::prelude::ClientNotification;
 
 use crate::job::{JobTracker, TEMPLATE_TOKENS};
-use crate::pay::Payments;
+use crate::pay::{Budget, Payments};
 use crate::{ClientError, FedaiClient, JobOutcome, JobUpdate};
 
 pub use fedai_transport::KEEPALIVE;
@@ -240,6 +240,8 @@ impl FedaiClient {
         }
         let mut rng = Rng::from_entropy();
         let mut tries = Tries::default();
+        // One spending cap for the whole job, whatever its attempts (see `Budget`).
+        let budget = Budget::default();
         // When every worker turned the job away as busy, try them again after a backoff with
         // jitter (load comes in bursts), within the attempt's deadline.
         let busy_until = tokio::time::Instant::now() + opts.timeout.min(BUSY_RETRY_BUDGET);
@@ -270,7 +272,7 @@ impl FedaiClient {
             }
             tracing::debug!(%worker, attempt, "attempt");
             let mut sub = self.publish_request(&req, opts.private).await?;
-            let mut pay = Payments::for_worker(opts, &ads[i], &request);
+            let mut pay = Payments::for_worker(opts, &ads[i], &request, &budget);
             let mut job = JobTracker::new(
                 sub.parsed.clone(),
                 self.keys().clone(),
@@ -347,6 +349,8 @@ impl FedaiClient {
         );
         let mut rng = Rng::from_entropy();
         let mut tries = Tries::default();
+        // One spending cap for the whole job, whatever its attempts (see `Budget`).
+        let budget = Budget::default();
         while tries.more(opts) {
             let d = self.decide(ads, &req, opts, &tries.tried, Some(&quotes), &mut rng);
             let Some(i) = d.chosen_index() else { break };
@@ -364,7 +368,7 @@ impl FedaiClient {
             }
             .to_event(self.keys())?;
             self.send(&award).await?;
-            let mut pay = Payments::for_worker(opts, &ads[i], &request);
+            let mut pay = Payments::for_worker(opts, &ads[i], &request, &budget);
             job.reassign(worker, std::time::Instant::now());
             let r = self.follow(&mut sub, &mut job, &mut pay, on_update).await;
             match r {

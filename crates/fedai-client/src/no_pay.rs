@@ -18,12 +18,21 @@ fn unpaid(amount_msat: u64) -> ClientError {
 /// No payer: every payment is refused.
 pub(crate) struct Payments;
 
+/// Nothing is ever spent.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Budget;
+
 impl Payments {
     pub(crate) fn none() -> Self {
         Self
     }
 
-    pub(crate) fn for_worker(_: &RunOptions, _: &ParsedCapabilityAd, _: &JobRequest) -> Self {
+    pub(crate) fn for_worker(
+        _: &RunOptions,
+        _: &ParsedCapabilityAd,
+        _: &JobRequest,
+        _: &Budget,
+    ) -> Self {
         Self
     }
 

@@ -113,11 +113,48 @@ struct Paid {
     zap_request: Option<String>,
 }
 
+/// What one job may still spend, across all its attempts: a payment in flight, settled, or
+/// abandoned when its attempt failed (a held HTLC the worker may still settle) counts as spent
+/// until it fails back. A worker that takes the money and stalls cannot make the job pay the
+/// next worker beyond the cap.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Budget(Arc<std::sync::Mutex<BudgetState>>);
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    cap_msat: Option<u64>,
+    committed_msat: u64,
+}
+
+impl Budget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cap left for this job (the whole cap, the first time it is set).
+    fn remaining(&self, cap_msat: u64) -> u64 {
+        let mut b = self.lock();
+        let cap = *b.cap_msat.get_or_insert(cap_msat);
+        cap.saturating_sub(b.committed_msat)
+    }
+
+    fn commit(&self, amount_msat: u64) {
+        let mut b = self.lock();
+        b.committed_msat = b.committed_msat.saturating_add(amount_msat);
+    }
+
+    fn release(&self, amount_msat: u64) {
+        let mut b = self.lock();
+        b.committed_msat = b.committed_msat.saturating_sub(amount_msat);
+    }
+}
+
 /// One job's payment to one worker (none when the customer has no payer).
 #[derive(Default)]
 pub(crate) struct Payments {
     plan: Option<Plan>,
     pending: Option<Pending>,
+    budget: Budget,
 }
 
 fn refused(r: Refusal) -> ClientError {
@@ -132,31 +169,53 @@ impl Payments {
 
     /// The payer for a job at `ad`'s worker: the cap defaults to the run's price cap, the payee
     /// to the node the worker advertises, and the quote is bounded by the ad's own price.
+    /// `budget` is the job's, shared by all its attempts: the cap is what is left of it.
     pub(crate) fn for_worker(
         opts: &RunOptions,
         ad: &ParsedCapabilityAd,
         request: &JobRequest,
+        budget: &Budget,
     ) -> Self {
-        let plan = opts.pay.clone().map(|mut ctx| {
+        let ctx = opts.pay.clone().map(|mut ctx| {
             ctx.max_msat = ctx.max_msat.or(opts.max_price_msat);
+            ctx
+        });
+        let ad_price = crate::market::ad_price(ad, request).cloned();
+        let ad_bound = crate::market::ad_bound_msat(ad, request);
+        let payee = ad.ad.payment.ln_node.clone();
+        Self::with(ctx, ad_bound, payee, ad_price, ad.worker, budget)
+    }
+
+    /// Pay `worker` with `ctx` (none: refuse), within what is left of `budget` and the ad's
+    /// bound for the job.
+    fn with(
+        ctx: Option<PayContext>,
+        ad_bound_msat: Option<u64>,
+        payee: Option<String>,
+        ad_price: Option<fedai_protocol::Price>,
+        worker: PublicKey,
+        budget: &Budget,
+    ) -> Self {
+        let plan = ctx.map(|ctx| {
             let spend = Spend::new(Limits {
-                cap_msat: ctx.max_msat.unwrap_or(DEFAULT_MAX_PAY_MSAT),
+                cap_msat: budget.remaining(ctx.max_msat.unwrap_or(DEFAULT_MAX_PAY_MSAT)),
                 // The most the worker's ad prices this job at: a quote above it is a
                 // bait-and-switch.
-                ad_bound_msat: crate::market::ad_bound_msat(ad, request),
+                ad_bound_msat,
                 confirm_above_msat: ctx.confirm.as_ref().map(|_| ctx.confirm_above_msat),
             });
             Plan {
                 ctx,
                 spend,
-                payee: ad.ad.payment.ln_node.clone(),
-                ad_price: crate::market::ad_price(ad, request).cloned(),
-                worker: ad.worker,
+                payee,
+                ad_price,
+                worker,
             }
         });
         Self {
             plan,
             pending: None,
+            budget: budget.clone(),
         }
     }
 
@@ -228,6 +287,7 @@ impl Payments {
         amount_msat: u64,
         pay: impl std::future::Future<Output = Result<Paid, String>> + Send + 'static,
     ) {
+        self.budget.commit(amount_msat);
         self.pending = Some(Pending {
             amount_msat,
             task: Some(tokio::spawn(pay)),
@@ -341,12 +401,17 @@ impl Payments {
         if let Some(p) = self.pending.as_mut() {
             p.task = None;
             p.done = Some(r);
+            // A payment that failed moved no money: the job may spend it elsewhere.
+            if failed.is_some() {
+                self.budget.release(p.amount_msat);
+            }
         }
         failed.map_or(Ok(()), Err)
     }
 
     /// The job failed: a payment in flight is left to fail back (the worker's node cancels its
-    /// hold invoice), nothing to wait for.
+    /// hold invoice), nothing to wait for. Its amount stays spent in the job's budget: the
+    /// worker may still settle it.
     pub(crate) fn abandon(&mut self) {
         self.pending = None;
     }
@@ -399,6 +464,7 @@ async fn finish_payment(
     let mut slot = Payments {
         plan: None,
         pending: Some(p),
+        budget: Budget::default(),
     };
     if slot.pending.as_ref().is_some_and(|p| p.done.is_none())
         && tokio::time::timeout(Duration::from_secs(60), slot.ended())
@@ -444,4 +510,75 @@ async fn finish_payment(
         preimage: receipt.preimage,
         receipt: receipt_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A payer whose payments never complete: a worker that holds the HTLC and stalls.
+    struct Stalls;
+
+    impl fedai_lightning::Payer for Stalls {
+        fn pay(
+            &self,
+            _: &str,
+            _: u64,
+            _: u32,
+        ) -> futures_util::future::BoxFuture<
+            '_,
+            Result<fedai_lightning::Preimage, fedai_lightning::LnError>,
+        > {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn attempt(budget: &Budget) -> Payments {
+        let ctx = PayContext {
+            max_msat: Some(10_000),
+            ..PayContext::new(Arc::new(Stalls), fedai_lightning::invoice::Currency::Simnet)
+        };
+        Payments::with(
+            Some(ctx),
+            None,
+            None,
+            None,
+            Keys::generate().public_key(),
+            budget,
+        )
+    }
+
+    /// Attempt 1's payment is in flight (or held by a worker that then failed): the next
+    /// attempt may pay only what is left of the job's cap; once it fails back, all of it.
+    #[tokio::test]
+    async fn a_job_pays_at_most_its_cap_over_all_its_attempts() {
+        let budget = Budget::default();
+        let mut first = attempt(&budget);
+        first.approve(6_000).unwrap();
+        first.start(6_000, async { Err::<Paid, _>("stalled".to_owned()) });
+        let mut second = attempt(&budget);
+        assert!(
+            second.approve(5_000).is_err(),
+            "6000 of 10000 are spent or held: 5000 more would pass the job's cap"
+        );
+        assert!(
+            attempt(&budget).approve(4_000).is_ok(),
+            "what is left may be paid"
+        );
+        // The first payment fails back: its amount is the job's again.
+        assert!(first.ended().await.is_err());
+        assert!(attempt(&budget).approve(9_000).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_payment_stays_spent() {
+        let budget = Budget::default();
+        let mut first = attempt(&budget);
+        first.start(10_000, std::future::pending());
+        first.abandon();
+        assert!(
+            attempt(&budget).approve(1).is_err(),
+            "the worker may still settle the abandoned payment"
+        );
+    }
 }

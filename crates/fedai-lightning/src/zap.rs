@@ -94,7 +94,13 @@ pub fn parse_request(json: &str) -> Result<Event, LnError> {
 
 /// Whether a zap event (request or receipt) names this worker (`p`) and this job (`e`).
 pub(crate) fn names(ev: &Event, worker: PublicKey, request_id: EventId) -> bool {
-    ev.tags.public_keys().any(|p| p == worker) && ev.tags.event_ids().any(|id| id == request_id)
+    // Exactly one of each (NIP-57): a zap that names several jobs (or several recipients)
+    // would otherwise pay for each of them once.
+    let only = |name: &str, want: &str| {
+        let mut v = values(ev, name);
+        matches!((v.next(), v.next()), (Some([_, got, ..]), None) if got.eq_ignore_ascii_case(want))
+    };
+    only("p", &worker.to_hex()) && only("e", &request_id.to_hex())
 }
 
 /// The relays a zap request asks its receipt to be published to.

@@ -275,3 +275,35 @@ fn write_fuzz_seeds() {
     });
     std::fs::write(root.join("bolt11/no-amount.txt"), no_amount).unwrap();
 }
+
+/// A zap request naming two jobs (or two recipients) pays for none: each would otherwise take
+/// the same receipt as its payment.
+#[test]
+fn one_zap_pays_for_one_job_only() {
+    let f = Fixture::new();
+    let other_job = EventId::from_slice(&[0xcd; 32]).unwrap();
+    let zr = nostr::prelude::EventBuilder::new(nostr::prelude::Kind::ZapRequest, "")
+        .tags([
+            Tag::public_key(f.worker.public_key()),
+            Tag::event(f.request_id),
+            Tag::event(other_job),
+            Tag::parse(["relays", "ws://127.0.0.1:7777"]).unwrap(),
+            Tag::parse(["amount", "21000"]).unwrap(),
+        ])
+        .finalize(&f.customer)
+        .unwrap();
+    let inv = make(Inv {
+        amount_msat: Some(21_000),
+        memo: None,
+        memo_hash: Some(zr.as_json()),
+        ..Inv::default()
+    });
+    let r = zap::receipt(&f.server, &zr, &inv, None, Timestamp::now()).unwrap();
+    refused(
+        zap::verify_receipt(&r, &f.expect(21_000)),
+        "not for this worker and job",
+    );
+    let mut e = f.expect(21_000);
+    e.request_id = other_job;
+    refused(zap::verify_receipt(&r, &e), "not for this worker and job");
+}

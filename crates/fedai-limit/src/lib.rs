@@ -26,7 +26,8 @@ const SHARDS: usize = 16;
 /// Keys remembered in all.
 pub const MAX_KEYS: usize = 100_000;
 
-/// `capacity` at once, refilled at `per_sec`.
+/// `capacity` at once (at most `u32::MAX` units: a daily byte quota above 4 GiB is 4 GiB),
+/// refilled at `per_sec`.
 fn quota(capacity: f64, per_sec: f64) -> Quota {
     let burst =
         NonZeroU32::new(capacity.clamp(1.0, u32::MAX as f64) as u32).unwrap_or(NonZeroU32::MIN);
@@ -146,6 +147,8 @@ impl<K: Hash + Eq + Clone> StateStore for SharedStore<K> {
 pub struct KeyedLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
     limiter: RateLimiter<K, SharedStore<K>, C, NoOpMiddleware<C::Instant>>,
     store: SharedStore<K>,
+    /// The whole allowance: a cost above it is refused before governor computes with it.
+    burst: u32,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
@@ -165,9 +168,11 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     /// As [`KeyedLimiter::with_rate`], on `clock` (tests move a fake one).
     pub fn with_clock(capacity: f64, per_sec: f64, clock: C) -> Self {
         let store = SharedStore::default();
+        let q = quota(capacity, per_sec);
         Self {
-            limiter: RateLimiter::new(quota(capacity, per_sec), store.clone(), clock),
+            limiter: RateLimiter::new(q, store.clone(), clock),
             store,
+            burst: q.burst_size().get(),
         }
     }
 
@@ -192,6 +197,9 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
         let Some(n) = u32::try_from(cost).ok().and_then(NonZeroU32::new) else {
             return cost == 0;
         };
+        if n.get() > self.burst {
+            return false;
+        }
         matches!(self.limiter.check_key_n(key, n), Ok(Ok(())))
     }
 }
