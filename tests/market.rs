@@ -8,9 +8,7 @@ use std::time::Duration;
 use fedai_client::{ClientError, JobUpdate, RunOptions};
 use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
-use fedai_protocol::{
-    kinds, CapabilityAd, Hardware, JobRequest, JobResult, MeteringRecord, ModelInfo, Price, Usage,
-};
+use fedai_protocol::{kinds, JobRequest, JobResult, MeteringRecord, Price, Usage};
 use fedai_runners::local::LocalModel;
 use fedai_scheduler::{Policy, Strategy};
 use fedai_tests::{client, nsec, tiny_job, wait_for_workers, RelayProc, WorkerProc};
@@ -100,38 +98,13 @@ async fn a_worker_killed_mid_job_fails_over_to_the_next_and_the_customer_gets_on
 /// A worker that advertises the lowest price and answers every job directed to it with a
 /// well-formed, validly signed result whose metering record lies about the prompt.
 async fn forger(relay: &str, keys: Keys) -> tokio::task::JoinHandle<()> {
-    let ad = CapabilityAd {
-        instance: "forger".into(),
-        name: "forger".into(),
-        about: "a test forger".into(),
-        job_kinds: vec![kinds::JOB_REQUEST],
-        models: vec![ModelInfo {
-            id: "tiny".into(),
-            context_length: 2048,
-            quantisation: "f32".into(),
-        }],
-        prices: vec![Price {
-            model: "tiny".into(),
-            base_msat: 0,
-            per_1k_input_msat: 0,
-            per_1k_output_msat: 0,
-        }],
-        max_concurrent: 4,
-        in_flight: 0,
-        queue_depth: 0,
-        hardware: Hardware::Cpu {
-            name: "test".into(),
-            cores: 1,
-            memory_mib: 1,
-        },
-        runner: "mock".into(),
-        healthy: true,
-        payment: PaymentInfo::default(),
-        relays: vec![relay.to_owned()],
-        version: "0".into(),
-        encryption_supported: true,
-        expiration: Timestamp::now() + 120,
+    let free = Price {
+        model: "tiny".into(),
+        base_msat: 0,
+        per_1k_input_msat: 0,
+        per_1k_output_msat: 0,
     };
+    let ad = fedai_tests::scripted_ad("forger", relay, free, PaymentInfo::default());
     fedai_tests::scripted_worker(relay, keys, ad, |event, p, keys| {
         let usage = Usage {
             input_tokens: 3,

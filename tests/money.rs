@@ -17,9 +17,7 @@ use fedai_lightning::invoice::Currency;
 use fedai_lightning::{LnError, Payer, Preimage};
 use fedai_protocol::capability::PaymentInfo;
 use fedai_protocol::nostr::prelude::*;
-use fedai_protocol::{
-    kinds, Amount, CapabilityAd, Hardware, JobFeedback, ModelInfo, PaymentMode, Price,
-};
+use fedai_protocol::{kinds, Amount, JobFeedback, PaymentMode, Price};
 use fedai_tests::{client, tiny_job, wait_for_workers, RelayProc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -70,38 +68,13 @@ async fn dishonest(
     price: Price,
     quote: u64,
 ) -> tokio::task::JoinHandle<()> {
-    let ad = CapabilityAd {
-        instance: "dishonest".into(),
-        name: "dishonest".into(),
-        about: "a test actor".into(),
-        job_kinds: vec![kinds::JOB_REQUEST],
-        models: vec![ModelInfo {
-            id: "tiny".into(),
-            context_length: 2048,
-            quantisation: "f32".into(),
-        }],
-        prices: vec![price],
-        max_concurrent: 4,
-        in_flight: 0,
-        queue_depth: 0,
-        hardware: Hardware::Cpu {
-            name: "test".into(),
-            cores: 1,
-            memory_mib: 1,
-        },
-        runner: "mock".into(),
-        healthy: true,
-        payment: PaymentInfo {
-            mode: Some(PaymentMode::Before),
-            ln_node: Some(node_pubkey()),
-            lightning_address: None,
-            lnurl: None,
-        },
-        relays: vec![relay.to_owned()],
-        version: "0".into(),
-        encryption_supported: true,
-        expiration: Timestamp::now() + 120,
+    let payment = PaymentInfo {
+        mode: Some(PaymentMode::Before),
+        ln_node: Some(node_pubkey()),
+        lightning_address: None,
+        lnurl: None,
     };
+    let ad = fedai_tests::scripted_ad("dishonest", relay, price, payment);
     fedai_tests::scripted_worker(relay, keys, ad, move |_, p, keys| {
         let fb = JobFeedback::payment_required(
             p.id,

@@ -208,7 +208,12 @@ async fn save(
     _permit: Option<OwnedSemaphorePermit>,
 ) -> String {
     use MachineReadablePrefix::{Blocked, Duplicate, Error};
-    match ctx.db.save_event(&event).await {
+    let saved = ctx.db.save_event(&event).await;
+    if !matches!(saved, Ok(SaveEventStatus::Success)) {
+        // Nothing new stored: its reserved bytes go back to the quota.
+        ctx.quota.released(json_len);
+    }
+    match saved {
         Ok(SaveEventStatus::Success) => {
             ctx.quota.stored(json_len);
             ctx.hub.publish(&event);

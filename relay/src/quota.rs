@@ -57,6 +57,9 @@ pub struct Quota {
     max_store: u64,
     base: AtomicU64,
     added: AtomicU64,
+    /// Bytes of writes admitted and not yet committed: a client that pipelines writes cannot
+    /// get a whole pipeline past a quota that only its committed writes would count against.
+    pending: AtomicU64,
     avg: AtomicU64,
     per_key: Option<KeyedLimiter<PublicKey>>,
     per_key_bytes: u64,
@@ -108,6 +111,7 @@ impl Quota {
             max_store,
             base: AtomicU64::new(0),
             added: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             avg: AtomicU64::new(DEFAULT_AVG),
             per_key,
             per_key_bytes: per_key_per_day,
@@ -122,9 +126,11 @@ impl Quota {
         }
     }
 
-    /// Map bytes the store would take with `extra` more JSON bytes.
+    /// Map bytes the store would take with `extra` more JSON bytes (writes in flight counted).
     fn map_use(&self, map: &Map, extra: u64) -> f64 {
-        (self.used() + extra) as f64 * map.ratio.load(Ordering::Relaxed) as f64 / 1000.0
+        (self.used() + self.pending.load(Ordering::Relaxed) + extra) as f64
+            * map.ratio.load(Ordering::Relaxed) as f64
+            / 1000.0
     }
 
     /// Learn the file-to-JSON ratio from the file, when it has grown: LMDB grows its file only
@@ -150,11 +156,28 @@ impl Quota {
     }
 
     /// Whether an event of `size` bytes (its JSON) may be stored now. Charges its author's
-    /// daily quota when it may.
+    /// daily quota and reserves its bytes when it may: the caller then says how the write
+    /// ended ([`stored`](Self::stored) or [`released`](Self::released)).
     pub fn check(&self, event: &Event, size: usize) -> Result<(), Refusal> {
+        self.fits(event, size)?;
+        self.pending.fetch_add(size as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A write reserved by [`check`](Self::check) was not stored (a duplicate, a deleted event,
+    /// a failed commit).
+    pub fn released(&self, size: usize) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(size as u64))
+            });
+    }
+
+    fn fits(&self, event: &Event, size: usize) -> Result<(), Refusal> {
         let size = size as u64;
         if self.max_store > 0 && event.kind != Kind::EventDeletion {
-            let used = self.used() + size;
+            let used = self.used() + self.pending.load(Ordering::Relaxed) + size;
             let open = (self.max_store as f64 * OPEN_SHARE) as u64;
             if used > self.max_store || (used > open && !is_market(event.kind)) {
                 let message = if used > self.max_store {
@@ -201,6 +224,7 @@ impl Quota {
 
     /// An event of `size` bytes (its JSON) was stored.
     pub fn stored(&self, size: usize) {
+        self.released(size);
         let size = size as u64;
         self.added.fetch_add(size, Ordering::Relaxed);
         // Moving average over the last ~100 events.
@@ -275,6 +299,24 @@ mod tests {
         // A sweep deleted most events: writes are open again.
         q.recount(10);
         assert!(q.check(&ev(1, &k), 500).is_ok());
+    }
+
+    /// Writes admitted but not yet committed count: a client pipelining a burst of writes
+    /// cannot get the whole burst past the quota (the store overshot by a pipeline before).
+    #[test]
+    fn writes_in_flight_count_against_the_quota() {
+        let q = Quota::new(10_000, 0, Arc::new(Metrics::default()));
+        let k = Keys::generate();
+        q.recount(0);
+        let admitted = (0..20).filter(|_| q.check(&ev(1, &k), 1_000).is_ok()).count();
+        assert_eq!(admitted, 9, "90% of 10,000 bytes, none committed yet");
+        // A duplicate (or a failed commit) gives its bytes back; a stored event keeps them.
+        q.released(1_000);
+        assert!(q.check(&ev(1, &k), 1_000).is_ok());
+        for _ in 0..9 {
+            q.stored(1_000);
+        }
+        assert!(q.check(&ev(1, &k), 1_000).is_err());
     }
 
     /// The map guard learns how much file each JSON byte takes and keeps the last 20% of the

@@ -61,12 +61,7 @@ impl WorkerProc {
     /// Start `fedai-worker` with `nsec` on `relay` in front of `runner_url`, plus `args`; waits
     /// for its ready line.
     pub fn start(nsec: &str, relay: &str, runner_url: &str, args: &[&str]) -> Self {
-        let stderr_path = std::env::temp_dir().join(format!(
-            "fedai-worker-{}-{}.log",
-            std::process::id(),
-            unique()
-        ));
-        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let (stderr_path, stderr) = log_file("fedai-worker");
         let mut child = Command::new(binary("fedai-worker"))
             .env("FEDAI_NSEC", nsec)
             // Fast heartbeats by default (a test's own `--heartbeat-secs` overrides the env).
@@ -125,16 +120,7 @@ impl WorkerProc {
 
     /// Send SIGTERM; returns whether the process exited successfully within `secs`.
     pub fn terminate(&mut self, secs: u64) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..secs * 20 {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        sigterm_and_wait(&mut self.child, secs)
     }
 
     /// SIGKILL now.
@@ -165,12 +151,7 @@ pub struct RelayProc {
 impl RelayProc {
     /// Start `fedai-relay --bind 127.0.0.1:0 <args>` and wait for its listening line.
     pub fn start(args: &[&str]) -> Self {
-        let stderr_path = std::env::temp_dir().join(format!(
-            "fedai-relay-{}-{}.log",
-            std::process::id(),
-            unique()
-        ));
-        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let (stderr_path, stderr) = log_file("fedai-relay");
         let mut child = Command::new(binary("fedai-relay"))
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
@@ -201,15 +182,7 @@ impl RelayProc {
 
     /// Send SIGTERM and wait for exit; returns whether it exited successfully in time.
     pub fn terminate(&mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..100 {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        sigterm_and_wait(&mut self.child, 5)
     }
 
     /// The relay's log output so far.
@@ -258,6 +231,27 @@ pub async fn http_get(addr: &str, path: &str, accept: &str) -> (String, String) 
         head.lines().next().unwrap_or("").to_owned(),
         body.to_owned(),
     )
+}
+
+/// A fresh log file for a child process's stderr.
+fn log_file(name: &str) -> (PathBuf, std::fs::File) {
+    let path = std::env::temp_dir().join(format!("{name}-{}-{}.log", std::process::id(), unique()));
+    let file = std::fs::File::create(&path).expect("log file");
+    (path, file)
+}
+
+/// SIGTERM `child`; whether it then exited successfully within `secs`.
+fn sigterm_and_wait(child: &mut Child, secs: u64) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..secs * 20 {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn unique() -> u64 {
@@ -453,6 +447,43 @@ pub mod closing;
 pub mod generic;
 pub mod lightning;
 pub mod peers;
+
+/// The ad of a scripted test worker named `name` on `relay`: model `tiny` at `price`, paid as
+/// `payment` says.
+pub fn scripted_ad(
+    name: &str,
+    relay: &str,
+    price: fedai_protocol::Price,
+    payment: fedai_protocol::capability::PaymentInfo,
+) -> fedai_protocol::CapabilityAd {
+    fedai_protocol::CapabilityAd {
+        instance: name.into(),
+        name: name.into(),
+        about: "a test actor".into(),
+        job_kinds: vec![fedai_protocol::kinds::JOB_REQUEST],
+        models: vec![fedai_protocol::ModelInfo {
+            id: "tiny".into(),
+            context_length: 2048,
+            quantisation: "f32".into(),
+        }],
+        prices: vec![price],
+        max_concurrent: 4,
+        in_flight: 0,
+        queue_depth: 0,
+        hardware: fedai_protocol::Hardware::Cpu {
+            name: "test".into(),
+            cores: 1,
+            memory_mib: 1,
+        },
+        runner: "mock".into(),
+        healthy: true,
+        payment,
+        relays: vec![relay.to_owned()],
+        version: "0".into(),
+        encryption_supported: true,
+        expiration: Timestamp::now() + 120,
+    }
+}
 
 /// A test actor that plays a worker (honest or not): it publishes `ad` for `keys` on `relay`
 /// and answers every job request naming it with the events `answer` builds from the request.
