@@ -584,3 +584,28 @@ async fn no_binary_logs_a_prompt_or_an_output_even_at_trace_level() {
         }
     }
 }
+
+/// A job posted while no ad is visible yet (a worker starting, a relay slow to answer under
+/// load) looks again for a few seconds instead of failing at once with "no worker".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_posted_as_the_worker_comes_up_waits_for_its_ad() {
+    let llama = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let c = client(&relay).await;
+    let opts = RunOptions {
+        timeout: T,
+        ..RunOptions::default()
+    };
+    let job = c.start(tiny_job("hello", 4), opts);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sk, pk) = nsec();
+    let _w = tokio::task::spawn_blocking({
+        let (relay, llama) = (relay.url.clone(), llama.url.clone());
+        move || WorkerProc::start(&sk, &relay, &llama, &[])
+    })
+    .await
+    .unwrap();
+    let done = job.outcome().await.unwrap();
+    assert_eq!(done.result.worker, pk);
+    c.shutdown().await;
+}

@@ -308,7 +308,9 @@ mod tests {
         let q = Quota::new(10_000, 0, Arc::new(Metrics::default()));
         let k = Keys::generate();
         q.recount(0);
-        let admitted = (0..20).filter(|_| q.check(&ev(1, &k), 1_000).is_ok()).count();
+        let admitted = (0..20)
+            .filter(|_| q.check(&ev(1, &k), 1_000).is_ok())
+            .count();
         assert_eq!(admitted, 9, "90% of 10,000 bytes, none committed yet");
         // A duplicate (or a failed commit) gives its bytes back; a stored event keeps them.
         q.released(1_000);

@@ -241,20 +241,26 @@ impl FedaiClient {
         let mut rng = Rng::from_entropy();
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
-        let budget = Budget::default();
+        let budget = Budget::new();
         // When every worker turned the job away as busy, try them again after a backoff with
         // jitter (load comes in bursts), within the attempt's deadline.
-        let busy_until = tokio::time::Instant::now() + opts.timeout.min(BUSY_RETRY_BUDGET);
+        let start = tokio::time::Instant::now();
+        let busy_until = start + opts.timeout.min(BUSY_RETRY_BUDGET);
+        // No ad at all (a relay slow to answer under load, a worker between heartbeats): look
+        // again for a few seconds before saying no worker serves the job.
+        let unseen_until = start + opts.timeout.min(UNSEEN_RETRY_BUDGET);
         let mut busy_rounds = 0u32;
         while tries.more(opts) {
             let attempt = tries.tried.len();
             let d = self.decide(&ads, &request, opts, &tries.tried, None, &mut rng);
             let Some(i) = d.chosen_index() else {
-                if !tries.only_busy() || opts.worker.is_some() {
-                    break;
-                }
+                let until = match (tries.only_busy(), ads.is_empty() && tries.tried.is_empty()) {
+                    (true, _) if opts.worker.is_none() => busy_until,
+                    (_, true) => unseen_until,
+                    _ => break,
+                };
                 let wait = busy_backoff(busy_rounds, &mut rng);
-                if tokio::time::Instant::now() + wait > busy_until {
+                if tokio::time::Instant::now() + wait > until {
                     break;
                 }
                 tracing::debug!(?wait, "every worker is busy; trying again");
@@ -350,7 +356,7 @@ impl FedaiClient {
         let mut rng = Rng::from_entropy();
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
-        let budget = Budget::default();
+        let budget = Budget::new();
         while tries.more(opts) {
             let d = self.decide(ads, &req, opts, &tries.tried, Some(&quotes), &mut rng);
             let Some(i) = d.chosen_index() else { break };
@@ -393,6 +399,9 @@ impl FedaiClient {
 /// How long [`FedaiClient::run`] keeps retrying when every worker is busy (at most the
 /// attempt's timeout).
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// How long [`FedaiClient::run`] keeps looking when it sees no ad at all.
+const UNSEEN_RETRY_BUDGET: Duration = Duration::from_secs(4);
 
 /// The wait before the `round`-th retry of busy workers: 250 ms doubling to 4 s, ±50 % jitter
 /// (customers retrying in step would arrive as the same burst again).

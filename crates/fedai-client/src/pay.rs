@@ -127,6 +127,11 @@ struct BudgetState {
 }
 
 impl Budget {
+    /// A job's budget, its cap set by its first payment plan.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
