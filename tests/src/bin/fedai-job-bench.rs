@@ -3,9 +3,10 @@
 //! For each model (tiny random llama, SmolLM2-135M) it runs the same prompts alternately
 //! **directly** against the llama.cpp server (the worker's own runner adapter, so the HTTP path is
 //! identical) and **through fed_AI** (customer SDK → relay → worker → runner → result + metering
-//! verified by the customer), and reports the per-job overhead — the customer's total time minus
-//! the runner time the worker measured for that job (its metering `wall_ms`) — as median and p99,
-//! and the ratio of the median times of the two paths. Then it measures jobs/s through one relay with 1, 2 and 4 workers on the tiny model.
+//! verified by the customer). Everything is measured on the customer's clock only (nothing the
+//! worker reports): for each pair, the time through fed_AI minus the time direct, as p50, p99
+//! and max — for the whole job, and for the first token of a streamed job. Then it measures
+//! jobs/s through one relay with 1, 2 and 4 workers on the tiny model.
 //!
 //! Usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--relay-args "--memory"]
 //! Real processes: the release `fedai-relay` and `fedai-worker` binaries and a llama.cpp server.
@@ -37,7 +38,8 @@ fn prompts(n: usize) -> Vec<String> {
         .collect()
 }
 
-async fn direct(url: &str, model: &str, prompt: &str, max_tokens: u32) -> Duration {
+/// The job straight to the runner: (whole time, time to the first token).
+async fn direct(url: &str, model: &str, prompt: &str, max_tokens: u32) -> (Duration, Duration) {
     let r = build(
         "llama-cpp",
         url,
@@ -58,13 +60,51 @@ async fn direct(url: &str, model: &str, prompt: &str, max_tokens: u32) -> Durati
         max_tokens,
     };
     let t0 = Instant::now();
+    let mut first = None;
     let mut s = r.infer(req).await.unwrap();
     while let Some(p) = s.next().await {
-        if matches!(p.unwrap(), Piece::Done { .. }) {
-            break;
+        match p.unwrap() {
+            Piece::Done { .. } => break,
+            _ => {
+                first.get_or_insert_with(|| t0.elapsed());
+            }
         }
     }
-    t0.elapsed()
+    let total = t0.elapsed();
+    (total, first.unwrap_or(total))
+}
+
+/// Paired times (direct, through fed_AI), ms, on the customer's clock.
+#[derive(Default)]
+struct Pairs {
+    direct: Vec<f64>,
+    fedai: Vec<f64>,
+    added: Vec<f64>,
+}
+
+impl Pairs {
+    fn push(&mut self, direct: Duration, fedai: Duration) {
+        let (d, f) = (direct.as_secs_f64() * 1e3, fedai.as_secs_f64() * 1e3);
+        self.direct.push(d);
+        self.fedai.push(f);
+        self.added.push(f - d);
+    }
+
+    fn len(&self) -> usize {
+        self.added.len()
+    }
+
+    /// `direct p50 | fed_AI p50 | added p50 | added p99 | added max | ratio of p50s`.
+    fn row(&mut self) -> String {
+        let (d, f) = (pct(&mut self.direct, 0.5), pct(&mut self.fedai, 0.5));
+        format!(
+            "{d:.1} | {f:.1} | {:.1} | {:.1} | {:.1} | {:.2}",
+            pct(&mut self.added, 0.5),
+            pct(&mut self.added, 0.99),
+            pct(&mut self.added, 1.0),
+            f / d
+        )
+    }
 }
 
 fn job(model: &str, prompt: &str, max_tokens: u32, worker: PublicKey) -> JobRequest {
@@ -108,54 +148,53 @@ async fn overhead(
     )
     .await
     .unwrap();
-    let (mut d, mut f, mut over) = (Vec::new(), Vec::new(), Vec::new());
+    let mut whole = Pairs::default();
+    let mut first = Pairs::default();
     for (i, p) in ps.iter().enumerate() {
         // Each path gets its own variant of the prompt (same length), so neither profits from
-        // llama.cpp's prompt cache filled by the other; the order alternates as well.
+        // llama.cpp's prompt cache filled by the other; the order alternates as well. Even
+        // pairs run whole jobs, odd pairs stream and time the first token.
         let (pd, pf) = (format!("{p} (a)"), format!("{p} (b)"));
+        let stream = i % 2 == 1;
         let via_fedai = || async {
+            let mut req = job(alias, &pf, max_tokens, k.public_key());
+            req.params.stream = stream;
             let t0 = Instant::now();
+            let mut first_token = None;
             let out = c
-                .submit(
-                    job(alias, &pf, max_tokens, k.public_key()),
-                    false,
-                    Duration::from_secs(60),
-                    |_| {},
-                )
+                .submit(req, false, Duration::from_secs(60), |u| {
+                    if matches!(u, fedai_client::JobUpdate::Partial(_)) {
+                        first_token.get_or_insert_with(|| t0.elapsed());
+                    }
+                })
                 .await
                 .unwrap();
-            let total = t0.elapsed().as_secs_f64() * 1e3;
-            let (m, _) = out.metering.expect("metering verified");
-            // The worker's own measure of the runner's time for this very job.
-            (total, m.record.wall_ms as f64)
+            assert!(out.metering.is_some(), "metering verified");
+            (t0.elapsed(), first_token.unwrap_or(out.total))
         };
-        let (td, (tf, runner_ms)) = if i % 2 == 0 {
-            let td = direct(&llama.url, alias, &pd, max_tokens)
-                .await
-                .as_secs_f64()
-                * 1e3;
-            (td, via_fedai().await)
+        let run_direct = || direct(&llama.url, alias, &pd, max_tokens);
+        let ((dt, dfirst), (ft, ffirst)) = if (i / 2) % 2 == 0 {
+            let d = run_direct().await;
+            (d, via_fedai().await)
         } else {
-            let tf = via_fedai().await;
-            (
-                direct(&llama.url, alias, &pd, max_tokens)
-                    .await
-                    .as_secs_f64()
-                    * 1e3,
-                tf,
-            )
+            let f = via_fedai().await;
+            (run_direct().await, f)
         };
-        d.push(td);
-        f.push(tf);
-        // Overhead of fed_AI for this job: what the customer waited minus the runner's time.
-        over.push(tf - runner_ms);
+        if stream {
+            first.push(dfirst, ffirst);
+        } else {
+            whole.push(dt, ft);
+        }
     }
-    let (dm, fm) = (pct(&mut d, 0.5), pct(&mut f, 0.5));
     println!(
-        "| {alias} | {jobs} | {max_tokens} | {dm:.1} | {fm:.1} | {:.1} | {:.1} | {:.2} |",
-        pct(&mut over, 0.5),
-        pct(&mut over, 0.99),
-        fm / dm
+        "| {alias} | {} | {max_tokens} | whole job | {} |",
+        whole.len(),
+        whole.row()
+    );
+    println!(
+        "| {alias} | {} | {max_tokens} | first token (streamed) | {} |",
+        first.len(),
+        first.row()
     );
     c.shutdown().await;
 }
@@ -240,12 +279,13 @@ async fn main() {
     }
     let ra: Vec<&str> = relay_args.iter().map(String::as_str).collect();
     println!(
-        "relay args: {ra:?}; load average {}",
+        "relay args: {ra:?}; {} cores; load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
-    println!("\n| model | jobs | max tokens | direct p50 ms | via fed_AI p50 ms | overhead p50 ms | overhead p99 ms | ratio of p50s |\n|---|---|---|---|---|---|---|---|");
+    println!("\n| model | pairs | max tokens | measure | direct p50 ms | via fed_AI p50 ms | added p50 ms | added p99 ms | added max ms | ratio of p50s |\n|---|---|---|---|---|---|---|---|---|---|");
     overhead(LocalModel::Tiny, "tiny", jobs, 32, &ra).await;
     overhead(LocalModel::SmolLm2, "smollm2", jobs, 32, &ra).await;
     println!("\n| workers | jobs | ok | jobs/s |\n|---|---|---|---|");
