@@ -15,12 +15,15 @@ impl Worker {
     ) -> Outcome {
         let i = &self.inner;
         let _running = InFlight::new(self);
-        // Awaited: `processing` goes out before the first `partial`.
-        if let Some(ev) = self.processing(parsed, None) {
-            self.publish_job(parsed, &ev).await;
-        }
+        // `processing` goes out while the runner starts: its round trip to the relays (a
+        // commit on a durable relay) no longer delays the first token. The first `partial`
+        // and the end of the run wait for it, so the customer still sees it first.
+        let announced = self.processing(parsed, None).map(|ev| {
+            let (w, relays) = (self.clone(), parsed.request.relays.clone());
+            tokio::spawn(async move { w.publish_replying(&relays, &ev).await })
+        });
         let limit = i.cfg.job_timeout;
-        let infer = tokio::time::timeout(limit, self.infer(parsed, req));
+        let infer = tokio::time::timeout(limit, self.infer(parsed, req, announced));
         tokio::pin!(infer);
         // `processing` again every KEEPALIVE while the runner works: the customer's sign that
         // this worker is alive (it fails over on silence, fedai-01).
@@ -55,7 +58,14 @@ impl Worker {
         fb.to_event(&self.inner.cfg.keys).ok()
     }
 
-    pub(super) async fn infer(&self, parsed: &ParsedJobRequest, req: InferRequest) -> Outcome {
+    /// Run `req` on the runner, streaming partials when asked; `announced` is the `processing`
+    /// publication to wait for before anything else about the job goes out.
+    pub(super) async fn infer(
+        &self,
+        parsed: &ParsedJobRequest,
+        req: InferRequest,
+        mut announced: Option<tokio::task::JoinHandle<()>>,
+    ) -> Outcome {
         let i = &self.inner;
         let t0 = Instant::now();
         // No token is this long: a runner that ignores `max_tokens` cannot grow our memory.
@@ -85,6 +95,9 @@ impl Worker {
                         if last_flush.elapsed() >= PARTIAL_FLUSH
                             || pending.len() >= PARTIAL_MAX_BYTES
                         {
+                            if let Some(h) = announced.take() {
+                                let _ = h.await;
+                            }
                             self.partial(parsed, seq, std::mem::take(&mut pending))
                                 .await;
                             seq += 1;
@@ -104,6 +117,9 @@ impl Worker {
                 }
                 Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
             }
+        }
+        if let Some(h) = announced.take() {
+            let _ = h.await;
         }
         if stream_partials && !pending.is_empty() {
             self.partial(parsed, seq, pending).await;
