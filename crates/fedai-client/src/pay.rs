@@ -448,6 +448,24 @@ impl Payments {
                 }
             }
         }
+        // A payment still running (a hold invoice completes once the worker settles, which it
+        // does before publishing the result) is waited for here, on this job's payments, so a
+        // failure gives its amount back to the job's budget.
+        if let Some(amount_msat) = self
+            .pending
+            .as_ref()
+            .filter(|p| p.done.is_none())
+            .map(|p| p.amount_msat)
+        {
+            if tokio::time::timeout(Duration::from_secs(60), self.ended())
+                .await
+                .is_err()
+            {
+                return Err(ClientError::Payment(format!(
+                    "the payment of {amount_msat} msat did not complete"
+                )));
+            }
+        }
         match (self.pending.take(), self.plan.as_mut()) {
             (Some(p), Some(plan)) => Ok(Some(
                 finish_payment(client, p, &mut plan.spend, result).await?,
@@ -457,8 +475,7 @@ impl Payments {
     }
 }
 
-/// Wait for a started payment (a hold invoice completes once the worker settles, which it does
-/// before publishing the result), check the preimage, publish the receipt.
+/// A payment that ended: check its preimage, publish the receipt.
 async fn finish_payment(
     client: &FedaiClient,
     p: Pending,
@@ -466,23 +483,8 @@ async fn finish_payment(
     result: &ParsedJobResult,
 ) -> Result<PaymentProof, ClientError> {
     let amount_msat = p.amount_msat;
-    let mut slot = Payments {
-        plan: None,
-        pending: Some(p),
-        budget: Budget::default(),
-    };
-    if slot.pending.as_ref().is_some_and(|p| p.done.is_none())
-        && tokio::time::timeout(Duration::from_secs(60), slot.ended())
-            .await
-            .is_err()
-    {
-        return Err(ClientError::Payment(format!(
-            "the payment of {amount_msat} msat did not complete"
-        )));
-    }
-    let paid = slot
-        .pending
-        .and_then(|p| p.done)
+    let paid = p
+        .done
         .unwrap_or_else(|| Err("the payment did not complete".into()))
         .map_err(ClientError::Payment)?;
     // The preimage must open the invoice: only then is it proof of payment. A zap's invoice
