@@ -579,6 +579,17 @@ mod tests {
             .to_event(&self.worker)
             .unwrap()
         }
+        /// `error` feedback on the job, signed by `keys`.
+        fn error_by(&self, keys: &Keys, reason: &str) -> Event {
+            JobFeedback::error(
+                self.request.id,
+                self.customer.public_key(),
+                ErrorCode::RunnerFailed,
+                reason,
+            )
+            .to_event(keys)
+            .unwrap()
+        }
         fn feed(&mut self, ev: &Event, secs: f64) -> Vec<Action> {
             let now = self.at(secs);
             self.tracker.on_event(ev, now)
@@ -827,14 +838,7 @@ mod tests {
     fn on_an_open_job_a_strangers_error_or_metering_ends_nothing() {
         let mut j = open_job();
         let stranger = Keys::generate();
-        let err = JobFeedback::error(
-            j.request.id,
-            j.customer.public_key(),
-            ErrorCode::RunnerFailed,
-            "go away",
-        )
-        .to_event(&stranger)
-        .unwrap();
+        let err = j.error_by(&stranger, "go away");
         assert!(j.feed(&err, 0.1).is_empty(), "anyone may send an error");
         let result = j.result("Blue.");
         assert!(j.feed(&result, 0.2).is_empty());
@@ -861,14 +865,7 @@ mod tests {
 
         // With no result by the deadline, the error heard is the answer.
         let mut j = open_job();
-        let err = JobFeedback::error(
-            j.request.id,
-            j.customer.public_key(),
-            ErrorCode::RunnerFailed,
-            "go away",
-        )
-        .to_event(&stranger)
-        .unwrap();
+        let err = j.error_by(&stranger, "go away");
         assert!(j.feed(&err, 0.1).is_empty());
         assert!(matches!(
             done(j.tracker.on_wake(j.at(60.0))),

@@ -145,7 +145,6 @@ impl FedaiClient {
 
     /// The request `id` and every answer to it, with the job's state.
     pub async fn job_report(&self, id: EventId) -> Result<JobReport, ClientError> {
-        let mut events = self.fetch(Filter::new().id(id), FETCH).await?;
         let answers = [
             kinds::JOB_FEEDBACK,
             kinds::JOB_RESULT,
@@ -154,13 +153,13 @@ impl FedaiClient {
             kinds::PAYMENT_RECEIPT,
             kinds::DELETION,
         ];
-        events.extend(
-            self.fetch(
-                Filter::new().event(id).kinds(answers.map(Kind::from_u16)),
-                FETCH,
-            )
-            .await?,
+        let answers = Filter::new().event(id).kinds(answers.map(Kind::from_u16));
+        let (request, answers) = tokio::join!(
+            self.fetch(Filter::new().id(id), FETCH),
+            self.fetch(answers, FETCH)
         );
+        let mut events = request?;
+        events.extend(answers?);
         Ok(job_report(events))
     }
 
@@ -171,14 +170,12 @@ impl FedaiClient {
         let bad = |e: fedai_protocol::ProtocolError| ClientError::Unverified(e.to_string());
         let m = MeteringRecord::from_event(ev).map_err(bad)?;
         let missing = |what: &str| ClientError::Unverified(format!("{what} not found"));
-        let result_ev = self
-            .event(m.record.result_id)
-            .await?
-            .ok_or_else(|| missing("result"))?;
-        let request_ev = self
-            .event(m.record.request_id)
-            .await?
-            .ok_or_else(|| missing("request"))?;
+        let (result_ev, request_ev) = tokio::join!(
+            self.event(m.record.result_id),
+            self.event(m.record.request_id)
+        );
+        let result_ev = result_ev?.ok_or_else(|| missing("result"))?;
+        let request_ev = request_ev?.ok_or_else(|| missing("request"))?;
         let result = JobResult::from_event(&result_ev, Some(self.keys()))
             .or_else(|_| JobResult::from_event(&result_ev, None))
             .map_err(bad)?;
@@ -222,23 +219,19 @@ mod receipt {
             let r = fedai_protocol::PaymentReceipt::from_event(ev)
                 .map_err(|e| no(format!("not a valid receipt: {e}")))?;
             let rc = &r.receipt;
-            let meterings = self
-                .fetch(
-                    Filter::new()
-                        .kind(Kind::from_u16(kinds::METERING))
-                        .event(rc.request_id),
-                    FETCH,
-                )
-                .await?;
-            // The node the worker advertises: a receipt's invoice must be payable to it.
-            let ads = self
-                .fetch(
-                    Filter::new()
-                        .kind(Kind::from_u16(kinds::CAPABILITY_AD))
-                        .author(rc.worker),
-                    FETCH,
-                )
-                .await?;
+            // The job's metering records, and the node the worker advertises (a receipt's
+            // invoice must be payable to it): fetched together.
+            let metering_filter = Filter::new()
+                .kind(Kind::from_u16(kinds::METERING))
+                .event(rc.request_id);
+            let ad_filter = Filter::new()
+                .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+                .author(rc.worker);
+            let (meterings, ads) = tokio::join!(
+                self.fetch(metering_filter, FETCH),
+                self.fetch(ad_filter, FETCH)
+            );
+            let (meterings, ads) = (meterings?, ads?);
             let node = ads
                 .iter()
                 .filter_map(|e| fedai_protocol::CapabilityAd::from_event(e).ok())
