@@ -446,6 +446,7 @@ pub fn workspace_root() -> PathBuf {
 pub mod closing;
 pub mod generic;
 pub mod lightning;
+pub mod openai;
 pub mod peers;
 
 /// The ad of a scripted test worker named `name` on `relay`: model `tiny` at `price`, paid as
@@ -481,6 +482,7 @@ pub fn scripted_ad(
         relays: vec![relay.to_owned()],
         version: "0".into(),
         encryption_supported: true,
+        features: vec!["chat".into()],
         expiration: Timestamp::now() + 120,
     }
 }

@@ -37,6 +37,9 @@ pub struct Request<'a> {
     pub bid_msat: Option<u64>,
     /// Sent by fed_AI software (marked): a bid there opens an auction.
     pub fedai: bool,
+    /// An optional feature the request needs (`json_schema`, …) that this worker's runner
+    /// lacks: refused, never run without it.
+    pub missing_feature: Option<&'static str>,
 }
 
 /// The request's age and expiration.
@@ -183,6 +186,12 @@ pub fn screen(r: &Request<'_>, w: &View<'_>) -> Screened {
         }
         None => w.models[0].id.clone(),
     };
+    if let Some(f) = r.missing_feature {
+        return decline(
+            ErrorCode::InvalidRequest,
+            format!("this worker does not serve `{f}` (see its ad's feature tags)"),
+        );
+    }
     if r.prompt_bytes > w.max_prompt_bytes {
         return decline(
             ErrorCode::PromptTooLarge,
@@ -311,6 +320,7 @@ mod tests {
             max_tokens: None,
             bid_msat: None,
             fedai: true,
+            missing_feature: None,
         }
     }
 
@@ -403,6 +413,14 @@ mod tests {
                 },
                 w,
                 ErrorCode::PromptTooLarge,
+            ),
+            (
+                Request {
+                    missing_feature: Some("json_schema"),
+                    ..r
+                },
+                w,
+                ErrorCode::InvalidRequest,
             ),
             (
                 Request {

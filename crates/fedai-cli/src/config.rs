@@ -52,6 +52,11 @@ pub struct Settings {
     pub max_fee_msat: Option<u64>,
     pub no_zaps: Option<bool>,
     pub log: Option<String>,
+    /// `fedai gateway`: where it listens, its budget and its API keys.
+    pub listen: Option<std::net::SocketAddr>,
+    pub budget_msat: Option<u64>,
+    pub budget_file: Option<PathBuf>,
+    pub api_key_file: Option<PathBuf>,
 }
 
 impl Settings {

@@ -21,7 +21,7 @@ use config::{init_logs, Ctx, Settings};
 struct Cli {
     /// TOML configuration file (keys as the long flags with `_`: relays, nsec_file, lnd_url,
     /// lnd_cert, lnd_macaroon, nwc, ln_network, max_price, max_fee_msat, auto_pay, no_zaps,
-    /// log); flags and environment win over it.
+    /// log; for the gateway listen, budget_msat, budget_file, api_key_file); flags and environment win over it.
     #[arg(long, global = true, env = "FEDAI_CONFIG")]
     config: Option<PathBuf>,
     /// Relay URL (repeatable; default ws://127.0.0.1:7777).
@@ -65,6 +65,8 @@ enum Cmd {
     /// matches the payment hash, the invoice matches both, and the job's metering record carries
     /// the same hash.
     Receipt(cmd::receipt::Receipt),
+    /// Serve the OpenAI API from the market: point any OpenAI app's base URL here.
+    Gateway(cmd::gateway::GatewayCmd),
     /// Simulate a market scenario with the real scheduler (no network).
     Sim(cmd::sim::Sim),
     /// Start a relay, a worker and a real llama.cpp model in this process, and run one job.
@@ -76,6 +78,7 @@ impl Cmd {
     fn settings(&self) -> Settings {
         match self {
             Cmd::Infer(c) => c.settings(),
+            Cmd::Gateway(c) => c.settings(),
             _ => Settings::default(),
         }
     }
@@ -120,6 +123,7 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Job(c) => c.run(&ctx).await,
         Cmd::Metering(c) => c.run(&ctx).await,
         Cmd::Receipt(c) => c.run(&ctx).await,
+        Cmd::Gateway(c) => c.run(&ctx).await,
         Cmd::Sim(c) => c.run(),
         Cmd::Demo(c) => c.run().await,
     }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::EventId;
 use fedai_protocol::JobRequest;
 use futures_util::{Stream, StreamExt};
@@ -52,14 +53,36 @@ impl FedaiClient {
     /// Run `request` like [`run`](Self::run), in the background: the handle streams its
     /// updates and then gives its outcome.
     pub fn start(&self, request: JobRequest, opts: RunOptions) -> JobHandle {
+        self.spawn_run(None, request, opts)
+    }
+
+    /// [`start`](Self::start) over ads the caller has just fetched (see
+    /// [`run_on`](Self::run_on)).
+    pub fn start_on(
+        &self,
+        ads: Vec<ParsedCapabilityAd>,
+        request: JobRequest,
+        opts: RunOptions,
+    ) -> JobHandle {
+        self.spawn_run(Some(ads), request, opts)
+    }
+
+    fn spawn_run(
+        &self,
+        ads: Option<Vec<ParsedCapabilityAd>>,
+        request: JobRequest,
+        opts: RunOptions,
+    ) -> JobHandle {
         let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
         let client = self.clone();
         let task = tokio::spawn(async move {
-            client
-                .run(request, &opts, |u| {
-                    let _ = tx.send(u);
-                })
-                .await
+            let on_update = |u| {
+                let _ = tx.send(u);
+            };
+            match ads {
+                Some(ads) => client.run_on(ads, request, &opts, on_update).await,
+                None => client.run(request, &opts, on_update).await,
+            }
         });
         JobHandle { updates, task }
     }

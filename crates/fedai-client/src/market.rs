@@ -43,6 +43,10 @@ pub struct RunOptions {
     pub max_attempts: u32,
     /// Only this worker (no failover to others).
     pub worker: Option<PublicKey>,
+    /// Only these workers (empty: any).
+    pub only: Vec<PublicKey>,
+    /// Never these workers.
+    pub ignore: Vec<PublicKey>,
     /// Run an auction: publish an open request with a `bid`, collect quotes this long, award.
     pub auction: Option<Duration>,
     /// Pay workers that ask (pay-before hold invoices, pay-after invoices); without it a job
@@ -67,6 +71,8 @@ impl Default for RunOptions {
             timeout: Duration::from_secs(120),
             max_attempts: 3,
             worker: None,
+            only: Vec::new(),
+            ignore: Vec::new(),
             auction: None,
             #[cfg(feature = "lightning")]
             pay: None,
@@ -132,6 +138,8 @@ impl FedaiClient {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let spec = job_spec(request, opts, 256);
         let model = request.params.model.as_deref();
+        // Optional features the request needs (`json_schema`, …): only workers that list them.
+        let features = request.params.features();
         let candidates: Vec<Candidate> = ads
             .iter()
             .map(|a| {
@@ -149,6 +157,9 @@ impl FedaiClient {
                     encryption: a.ad.encryption_supported,
                     excluded: tried.contains(&a.worker)
                         || opts.worker.is_some_and(|w| w != a.worker)
+                        || !(opts.only.is_empty() || opts.only.contains(&a.worker))
+                        || opts.ignore.contains(&a.worker)
+                        || !a.ad.supports(&features)
                         || quote.is_some_and(|q| q.is_none()),
                     stats: stats.get(&a.worker),
                     speed_hint_tps: None,
@@ -232,9 +243,22 @@ impl FedaiClient {
         &self,
         request: JobRequest,
         opts: &RunOptions,
+        on_update: impl FnMut(JobUpdate),
+    ) -> Result<JobOutcome, ClientError> {
+        let ads = self.workers().await?;
+        self.run_on(ads, request, opts, on_update).await
+    }
+
+    /// [`run`](Self::run) over ads the caller has just fetched ([`workers`](Self::workers)):
+    /// a caller that looked at them first (which models are live, whether any worker fits)
+    /// saves a round trip to the relays.
+    pub async fn run_on(
+        &self,
+        mut ads: Vec<ParsedCapabilityAd>,
+        request: JobRequest,
+        opts: &RunOptions,
         mut on_update: impl FnMut(JobUpdate),
     ) -> Result<JobOutcome, ClientError> {
-        let mut ads = self.workers().await?;
         if opts.auction.is_some() {
             return self.run_auction(&ads, request, opts, &mut on_update).await;
         }

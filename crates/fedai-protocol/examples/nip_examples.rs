@@ -38,6 +38,8 @@ fn main() {
         stop: vec!["\n\n".into()],
         stream: true,
         seed: Some(42),
+        presence_penalty: None,
+        json_schema: None,
     };
     req.bid_msat = Some(50_000);
     req.relays = vec!["wss://relay.example.com".into()];
@@ -307,6 +309,7 @@ fn main() {
         relays: vec!["wss://relay.example.com".into()],
         version: "fedai-worker/0.1.0".into(),
         encryption_supported: true,
+        features: vec!["chat".into(), "json_schema".into()],
         expiration: far,
     };
     ex.insert("capability-ad", ad.to_event(&worker).unwrap());

@@ -12,6 +12,7 @@
 //! ["runner", "<llama-cpp|openai|ollama|http|mock>"]  ["health", "ok|degraded|down"]
 //! ["payment", "ln-node", "<pubkey>"]  ["payment", "lud16", "<addr>"]  ["payment", "lnurl", "<url>"]
 //! ["payment_mode", "before|after|free"]
+//! ["feature", "<chat|json_schema|…>"]                                 (one per optional feature)
 //! ["relays", "<url>", …]  ["version", "<software version>"]  ["protocol", "fedai/1"]
 //! ["expiration", "<unix>"]                                              (required: dead ads vanish)
 //! ```
@@ -21,6 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::tags::{self, tag};
 use crate::{kinds, ProtocolError};
+
+/// Feature: chat inputs (`["i", json, "chat"]`) run through the model's chat template.
+pub const FEATURE_CHAT: &str = "chat";
+/// Feature: output constrained to a JSON Schema (`["param", "json_schema", …]`).
+pub const FEATURE_JSON_SCHEMA: &str = "json_schema";
+/// The most `feature` tags read from an ad.
+const MAX_FEATURES: usize = 32;
 
 /// A model a worker serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +175,9 @@ pub struct CapabilityAd {
     pub version: String,
     /// Whether encrypted requests are accepted.
     pub encryption_supported: bool,
+    /// Optional features the worker serves ([`FEATURE_CHAT`], [`FEATURE_JSON_SCHEMA`], …):
+    /// a request that needs one goes only to workers that list it.
+    pub features: Vec<String>,
     /// When the ad lapses (a heartbeat re-publishes it before).
     pub expiration: Timestamp,
 }
@@ -204,6 +215,13 @@ impl CapabilityAd {
         self.prices.iter().find(|p| p.model == model)
     }
 
+    /// Whether the ad lists every one of `features`.
+    pub fn supports(&self, features: &[&str]) -> bool {
+        features
+            .iter()
+            .all(|f| self.features.iter().any(|x| x == f))
+    }
+
     /// Whether the ad lists `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|m| m.id == model)
@@ -211,20 +229,26 @@ impl CapabilityAd {
 
     fn content_json(&self) -> String {
         let models: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
+        let mut nip90_params = serde_json::json!({
+            "model": {"required": false, "values": models},
+            "max_tokens": {"required": false, "values": []},
+            "temperature": {"required": false, "values": []},
+            "top_k": {"required": false, "values": []},
+            "top_p": {"required": false, "values": []},
+            "frequency_penalty": {"required": false, "values": []},
+            "presence_penalty": {"required": false, "values": []},
+            "seed": {"required": false, "values": []},
+            "stream": {"required": false, "values": ["true", "false"]},
+        });
+        if self.supports(&[FEATURE_JSON_SCHEMA]) {
+            nip90_params["json_schema"] = serde_json::json!({"required": false, "values": []});
+        }
         let c = AdContent {
             name: self.name.clone(),
             about: self.about.clone(),
             encryption_supported: self.encryption_supported,
             lud16: self.payment.lightning_address.clone(),
-            nip90_params: serde_json::json!({
-                "model": {"required": false, "values": models},
-                "max_tokens": {"required": false, "values": []},
-                "temperature": {"required": false, "values": []},
-                "top_k": {"required": false, "values": []},
-                "top_p": {"required": false, "values": []},
-                "frequency_penalty": {"required": false, "values": []},
-                "stream": {"required": false, "values": ["true", "false"]},
-            }),
+            nip90_params,
         };
         serde_json::to_string(&c).expect("ad content serializes")
     }
@@ -272,6 +296,9 @@ impl CapabilityAd {
         t.push(tag("runner", [self.runner.clone()]));
         t.push(tag("health", [if self.healthy { "ok" } else { "down" }]));
         self.payment.push_tags(&mut t);
+        for f in &self.features {
+            t.push(tag("feature", [f.clone()]));
+        }
         if !self.relays.is_empty() {
             t.push(tag("relays", self.relays.clone()));
         }
@@ -336,6 +363,7 @@ impl CapabilityAd {
                     .unwrap_or_default(),
                 version: tags::value(t, "version")?.to_owned(),
                 encryption_supported: content.encryption_supported,
+                features: features(t),
                 expiration,
             },
         })
@@ -355,6 +383,20 @@ fn job_kinds(t: &Tags) -> Result<Vec<u16>, ProtocolError> {
         return Err(ProtocolError::MissingTag("k"));
     }
     Ok(kinds)
+}
+
+/// `feature` tags (unknown names kept: a newer worker's features pass through; at most
+/// [`MAX_FEATURES`], a hostile ad cannot make a reader allocate more).
+fn features(t: &Tags) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in tags::all(t, "feature") {
+        if let Some(f) = v.first().filter(|f| !f.is_empty() && f.len() <= 64) {
+            if out.len() < MAX_FEATURES && !out.contains(f) {
+                out.push(f.clone());
+            }
+        }
+    }
+    out
 }
 
 /// `model` tags: id, context length, quantisation.

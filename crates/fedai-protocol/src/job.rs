@@ -6,7 +6,8 @@
 //! ["param", "model", "<id>"]  ["param", "max_tokens", "<n>"]  ["param", "temperature", "<f>"]
 //! ["param", "top_k", "<n>"]   ["param", "top_p", "<f>"]       ["param", "frequency_penalty", "<f>"]
 //! ["param", "stop", "<s>"] (repeatable)          ["param", "stream", "true|false"]
-//! ["param", "seed", "<n>"]
+//! ["param", "seed", "<n>"]    ["param", "presence_penalty", "<f>"]
+//! ["param", "json_schema", "<JSON Schema>"]      (the output must be JSON matching it)
 //! ["output", "text/plain"]  ["bid", "<msat>"]  ["relays", "wss://…", …]  ["p", "<worker>"]
 //! ["expiration", "<unix>"]  ["t", "fedai"]
 //! ```
@@ -144,6 +145,26 @@ pub struct JobParams {
     pub stream: bool,
     /// Sampling seed, for reproducible outputs where the runner supports it.
     pub seed: Option<u64>,
+    /// Presence penalty, -2..=2.
+    pub presence_penalty: Option<f32>,
+    /// A JSON Schema (as compact JSON text) the output must match: constrained decoding. Only
+    /// workers whose ad lists the `json_schema` feature run it; others refuse it rather than
+    /// answer unconstrained.
+    pub json_schema: Option<String>,
+}
+
+/// The most bytes of a `json_schema` parameter.
+pub const MAX_JSON_SCHEMA_BYTES: usize = 16 * 1024;
+
+impl JobParams {
+    /// The optional features (capability ad `feature` tags) this request needs from a worker.
+    pub fn features(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.json_schema.is_some() {
+            out.push(crate::capability::FEATURE_JSON_SCHEMA);
+        }
+        out
+    }
 }
 
 /// A text-generation job as the customer states it.
@@ -309,6 +330,12 @@ impl JobRequest {
         if let Some(v) = p.seed {
             param("seed", v.to_string());
         }
+        if let Some(v) = p.presence_penalty {
+            param("presence_penalty", fmt_f32(v));
+        }
+        if let Some(v) = &p.json_schema {
+            param("json_schema", v.clone());
+        }
         out
     }
 
@@ -349,6 +376,10 @@ impl JobRequest {
         check_range("temperature", p.temperature, 0.0, 2.0)?;
         check_range("top_p", p.top_p, f32::MIN_POSITIVE, 1.0)?;
         check_range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
+        check_range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
+        if let Some(s) = &p.json_schema {
+            parse_schema(s)?;
+        }
         if p.model.as_deref() == Some("") {
             return Err(ProtocolError::tag("param", "model is empty"));
         }
@@ -568,6 +599,23 @@ fn parse_f32(name: &str, v: &str) -> Result<f32, ProtocolError> {
         .ok_or_else(|| ProtocolError::tag("param", format!("{name} `{v}` is not a number")))
 }
 
+/// A `json_schema` value: a JSON object within [`MAX_JSON_SCHEMA_BYTES`], kept as sent.
+fn parse_schema(v: &str) -> Result<String, ProtocolError> {
+    if v.len() > MAX_JSON_SCHEMA_BYTES {
+        return Err(ProtocolError::tag(
+            "param",
+            format!("json_schema is over {MAX_JSON_SCHEMA_BYTES} bytes"),
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(v) {
+        Ok(serde_json::Value::Object(_)) => Ok(v.to_owned()),
+        _ => Err(ProtocolError::tag(
+            "param",
+            "json_schema must be a JSON object",
+        )),
+    }
+}
+
 fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
     let mut p = JobParams::default();
     let mut seen = std::collections::HashSet::new();
@@ -581,6 +629,7 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
             "top-p" => "top_p",
             "max-tokens" => "max_tokens",
             "frequency-penalty" => "frequency_penalty",
+            "presence-penalty" => "presence_penalty",
             n => n,
         };
         if name != "stop" && !seen.insert(name.to_owned()) {
@@ -595,6 +644,8 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
             "frequency_penalty" => p.frequency_penalty = Some(parse_f32(name, value)?),
             "stop" => p.stop.push(value.clone()),
             "seed" => p.seed = Some(tags::parse_u64("param", value)?),
+            "presence_penalty" => p.presence_penalty = Some(parse_f32(name, value)?),
+            "json_schema" => p.json_schema = Some(parse_schema(value)?),
             "stream" => {
                 p.stream = match value.as_str() {
                     "true" | "1" => true,

@@ -33,8 +33,10 @@ prop_compose! {
         stop in proptest::collection::vec(arb_text(), 0..3),
         stream in any::<bool>(),
         seed in proptest::option::of(any::<u64>()),
+        presence_penalty in arb_f(-2.0, 2.0),
+        json_schema in proptest::option::of(Just(r#"{"type":"object"}"#.to_owned())),
     ) -> JobParams {
-        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed }
+        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed, presence_penalty, json_schema }
     }
 }
 
@@ -214,6 +216,7 @@ fn sample_ad() -> CapabilityAd {
         relays: vec!["wss://relay.example.com".into()],
         version: "fedai-worker/0.1.0".into(),
         encryption_supported: true,
+        features: vec!["chat".into()],
         expiration: Timestamp::from_secs(4_000_000_000),
     }
 }

@@ -42,6 +42,7 @@ const CAMEL_CASE: crate::http_util::SamplingNames = crate::http_util::SamplingNa
     frequency_penalty: "frequencyPenalty",
     stop: "stop",
     seed: None,
+    presence_penalty: None,
 };
 
 fn body(req: &InferRequest) -> Value {

@@ -298,6 +298,8 @@ pub(crate) struct SamplingNames {
     pub stop: &'static str,
     /// `None`: the API takes no seed.
     pub seed: Option<&'static str>,
+    /// `None`: the API takes no presence penalty.
+    pub presence_penalty: Option<&'static str>,
 }
 
 /// OpenAI's names, which llama.cpp and Ollama's `options` share (seed included).
@@ -308,6 +310,7 @@ pub(crate) const SNAKE_CASE: SamplingNames = SamplingNames {
     frequency_penalty: "frequency_penalty",
     stop: "stop",
     seed: Some("seed"),
+    presence_penalty: Some("presence_penalty"),
 };
 
 /// The sampling fields a job sets, under OpenAI's names.
@@ -336,6 +339,16 @@ pub(crate) fn sampling_as(body: &mut Value, p: &fedai_protocol::JobParams, names
     if let (Some(s), Some(name)) = (p.seed, names.seed) {
         body[name] = s.into();
     }
+    if let (Some(v), Some(name)) = (p.presence_penalty, names.presence_penalty) {
+        body[name] = v.into();
+    }
+}
+
+/// The request's JSON Schema as a value (the protocol checked it is a JSON object).
+pub(crate) fn json_schema(p: &fedai_protocol::JobParams) -> Option<Value> {
+    p.json_schema
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
 }
 
 /// The models a server reported last, refreshed on a miss (models can be swapped under a

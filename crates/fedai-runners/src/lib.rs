@@ -30,6 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedai_protocol::capability::{FEATURE_CHAT, FEATURE_JSON_SCHEMA};
 use fedai_protocol::{JobInput, JobParams, ModelInfo};
 use futures_util::Stream;
 
@@ -109,6 +110,12 @@ pub enum RunnerError {
 pub trait Runner: Send + Sync {
     /// Runner kind (`llama-cpp`, `openai`, …) as advertised.
     fn kind(&self) -> &'static str;
+    /// The optional features it serves, as the capability ad lists them
+    /// ([`fedai_protocol::capability::FEATURE_CHAT`], …). A request needing one it lacks is
+    /// refused, never run without it.
+    fn features(&self) -> &'static [&'static str] {
+        &[FEATURE_CHAT]
+    }
     /// Models the server serves.
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>>;
     /// Start an inference; the stream yields text pieces then `Done`.
@@ -160,6 +167,17 @@ pub fn build(
             )))
         }
     })
+}
+
+/// Chat and JSON Schema constrained output: what the HTTP adapters that pass a schema serve.
+pub(crate) const CHAT_AND_SCHEMA: &[&str] = &[FEATURE_CHAT, FEATURE_JSON_SCHEMA];
+
+/// The first feature `req` needs that `runner` lacks.
+pub fn missing_feature(runner: &dyn Runner, req: &InferRequest) -> Option<&'static str> {
+    req.params
+        .features()
+        .into_iter()
+        .find(|f| !runner.features().contains(f))
 }
 
 /// A tokenizer-free estimate (about 4 bytes per token), for servers without a tokenize endpoint.

@@ -72,6 +72,10 @@ impl Runner for LlamaCpp {
         "llama-cpp"
     }
 
+    fn features(&self) -> &'static [&'static str] {
+        crate::CHAT_AND_SCHEMA
+    }
+
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {
         Box::pin(self.fetch_models())
     }
@@ -87,6 +91,9 @@ impl Runner for LlamaCpp {
                 "cache_prompt": true,
             });
             sampling(&mut body, &req.params);
+            if let Some(schema) = crate::http_util::json_schema(&req.params) {
+                body["json_schema"] = schema;
+            }
             let resp = self.http.post_stream("/completion", &body).await?;
             let stream = sse_data(resp, self.http.opts.idle_timeout).flat_map(|item| {
                 let out: Vec<Result<Piece, RunnerError>> = match item {

@@ -30,6 +30,10 @@ impl Runner for Ollama {
         "ollama"
     }
 
+    fn features(&self) -> &'static [&'static str] {
+        crate::CHAT_AND_SCHEMA
+    }
+
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {
         Box::pin(async move {
             let v = self.http.get_json("/api/tags").await?;
@@ -65,6 +69,9 @@ impl Runner for Ollama {
                     serde_json::to_value(as_messages(&req.input)).unwrap_or(Value::Null);
             } else if let JobInput::Text(t) = &req.input {
                 body["prompt"] = t.clone().into();
+            }
+            if let Some(schema) = crate::http_util::json_schema(p) {
+                body["format"] = schema;
             }
             let path = if chat { "/api/chat" } else { "/api/generate" };
             let resp = match self.http.post_stream(path, &body).await {

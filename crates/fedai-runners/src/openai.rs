@@ -66,6 +66,12 @@ impl OpenAi {
             body["prompt"] = t.clone().into();
         }
         sampling(&mut body, &req.params);
+        if let Some(schema) = crate::http_util::json_schema(&req.params) {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema, "strict": true},
+            });
+        }
         let path = if chat {
             "/v1/chat/completions"
         } else {
@@ -117,6 +123,10 @@ impl OpenAi {
 impl Runner for OpenAi {
     fn kind(&self) -> &'static str {
         "openai"
+    }
+
+    fn features(&self) -> &'static [&'static str] {
+        crate::CHAT_AND_SCHEMA
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {

@@ -74,6 +74,7 @@ impl Worker {
             relays: i.cfg.relays.clone(),
             version: VERSION.into(),
             encryption_supported: true,
+            features: i.runner.features().iter().map(|f| f.to_string()).collect(),
             expiration: Timestamp::from_secs(
                 Timestamp::now().as_secs() + lifetime.as_secs().max(1),
             ),

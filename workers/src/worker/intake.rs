@@ -178,6 +178,12 @@ impl Worker {
             max_tokens: parsed.request.params.max_tokens,
             bid_msat: parsed.request.bid_msat,
             fedai: parsed.fedai,
+            missing_feature: parsed
+                .request
+                .params
+                .features()
+                .into_iter()
+                .find(|f| !i.runner.features().contains(f)),
         }
     }
 

@@ -117,6 +117,7 @@ impl Infer {
             pay: self.pay.context(&ctx.settings).await?,
             ack_timeout: Duration::from_secs((self.ack_timeout).max(1)),
             stall_timeout: Duration::from_secs((self.stall_timeout).max(1)),
+            ..RunOptions::default()
         };
         let r = infer(&client, req, &opts, self.json, self.explain).await;
         client.shutdown().await;

@@ -1,0 +1,294 @@
+//! OpenAI's answers, written from verified fed_AI outcomes (pure functions).
+//!
+//! Besides OpenAI's fields every answer carries a `fedai` object (and, when not streamed,
+//! `x-fedai-*` headers): the job request, the worker, the result and metering events, what the
+//! metering says the job cost and what was paid — so anyone can check it on the relays.
+
+use std::collections::BTreeMap;
+
+use fedai_protocol::capability::ParsedCapabilityAd;
+use fedai_protocol::nostr::prelude::{EventId, PublicKey, ToBech32};
+use serde_json::{json, Value};
+
+use crate::openai::Endpoint;
+
+/// A finished, verified choice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// The signed output.
+    pub output: String,
+    /// Prompt tokens, from the worker's signed metering.
+    pub input_tokens: u64,
+    /// Generated tokens, from the worker's signed metering.
+    pub output_tokens: u64,
+    /// The price the metering record states, msat.
+    pub cost_msat: u64,
+    /// Paid for this choice, msat.
+    pub paid_msat: u64,
+    /// The job request (its last attempt).
+    pub request_id: EventId,
+    /// The worker.
+    pub worker: PublicKey,
+    /// The result event.
+    pub result_id: EventId,
+    /// The metering event.
+    pub metering_id: EventId,
+    /// `stop` or `length`.
+    pub finish_reason: &'static str,
+}
+
+impl Finished {
+    /// The `fedai` object: where to check this answer.
+    pub fn fedai(&self) -> Value {
+        json!({
+            "request": self.request_id.to_hex(),
+            "worker": self.worker.to_bech32().unwrap_or_default(),
+            "result": self.result_id.to_hex(),
+            "metering": self.metering_id.to_hex(),
+            "cost_msat": self.cost_msat,
+            "paid_msat": self.paid_msat,
+        })
+    }
+}
+
+/// What every answer of one call shares.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// `chatcmpl-…` / `cmpl-…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model as the app named it.
+    pub model: String,
+    /// Chat or completions.
+    pub endpoint: Endpoint,
+}
+
+impl Meta {
+    /// A new call's id and time.
+    pub fn new(endpoint: Endpoint, model: &str) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let prefix = match endpoint {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completions => "cmpl",
+        };
+        Self {
+            id: format!(
+                "{prefix}-{:x}{:04x}",
+                now.as_nanos(),
+                NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff
+            ),
+            created: now.as_secs(),
+            model: model.to_owned(),
+            endpoint,
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+}
+
+/// OpenAI's `usage`, summed over choices, with the metered cost.
+pub fn usage(done: &[Finished]) -> Value {
+    let (i, o, c): (u64, u64, u64) = done.iter().fold((0, 0, 0), |(i, o, c), f| {
+        (i + f.input_tokens, o + f.output_tokens, c + f.cost_msat)
+    });
+    json!({"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o, "cost_msat": c})
+}
+
+/// A whole (non-streamed) answer.
+pub fn completion(meta: &Meta, done: &[Finished]) -> Value {
+    let choices: Vec<Value> = done
+        .iter()
+        .enumerate()
+        .map(|(index, f)| match meta.endpoint {
+            Endpoint::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": f.output, "refusal": null},
+                "logprobs": null,
+                "finish_reason": f.finish_reason,
+            }),
+            Endpoint::Completions => json!({
+                "index": index,
+                "text": f.output,
+                "logprobs": null,
+                "finish_reason": f.finish_reason,
+            }),
+        })
+        .collect();
+    let fedai: Vec<Value> = done.iter().map(Finished::fedai).collect();
+    json!({
+        "id": meta.id,
+        "object": meta.object(false),
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+        "usage": usage(done),
+        "system_fingerprint": null,
+        "fedai": if fedai.len() == 1 { fedai[0].clone() } else { Value::Array(fedai) },
+    })
+}
+
+/// One streamed chunk: text (`delta`), the opening role, or the end (`finish`, with the
+/// `fedai` object).
+pub fn chunk(meta: &Meta, text: &str, first: bool, finish: Option<&Finished>) -> Value {
+    let finish_reason = finish.map(|f| f.finish_reason);
+    let choice = match meta.endpoint {
+        Endpoint::Chat => {
+            let mut delta = json!({});
+            if first {
+                delta["role"] = "assistant".into();
+            }
+            if !text.is_empty() || first {
+                delta["content"] = text.into();
+            }
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason})
+        }
+        Endpoint::Completions => {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason})
+        }
+    };
+    let mut v = json!({
+        "id": meta.id,
+        "object": meta.object(true),
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [choice],
+        "system_fingerprint": null,
+    });
+    if let Some(f) = finish {
+        v["fedai"] = f.fedai();
+    }
+    v
+}
+
+/// The usage chunk that ends a stream with `stream_options.include_usage` (no choices).
+pub fn usage_chunk(meta: &Meta, f: &Finished) -> Value {
+    json!({
+        "id": meta.id,
+        "object": meta.object(true),
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [],
+        "usage": usage(std::slice::from_ref(f)),
+    })
+}
+
+/// `GET /v1/models`: one entry per model live on the network, with its workers, price range,
+/// largest context and the features some worker serves it with.
+pub fn models(ads: &[ParsedCapabilityAd]) -> Value {
+    #[derive(Default)]
+    struct M {
+        created: u64,
+        workers: Vec<PublicKey>,
+        context: u32,
+        features: Vec<String>,
+        prices: Vec<[u64; 3]>,
+    }
+    let mut by_model: BTreeMap<&str, M> = BTreeMap::new();
+    for a in ads {
+        for info in &a.ad.models {
+            let m = by_model.entry(info.id.as_str()).or_default();
+            let t = a.created_at.as_secs();
+            m.created = if m.created == 0 { t } else { m.created.min(t) };
+            if !m.workers.contains(&a.worker) {
+                m.workers.push(a.worker);
+            }
+            m.context = m.context.max(info.context_length);
+            for f in &a.ad.features {
+                if !m.features.contains(f) {
+                    m.features.push(f.clone());
+                }
+            }
+            let p = a.ad.price_for(&info.id);
+            m.prices.push(p.map_or([0; 3], |p| {
+                [p.base_msat, p.per_1k_input_msat, p.per_1k_output_msat]
+            }));
+        }
+    }
+    let data: Vec<Value> = by_model
+        .into_iter()
+        .map(|(id, mut m)| {
+            m.features.sort();
+            let range = |i: usize| {
+                let it = m.prices.iter().map(|p| p[i]);
+                json!([it.clone().min().unwrap_or(0), it.max().unwrap_or(0)])
+            };
+            json!({
+                "id": id,
+                "object": "model",
+                "created": m.created,
+                "owned_by": "fedai",
+                "fedai": {
+                    "workers": m.workers.len(),
+                    "context_length": m.context,
+                    "features": m.features,
+                    "price_msat": {
+                        "base": range(0),
+                        "per_1k_input": range(1),
+                        "per_1k_output": range(2),
+                    },
+                },
+            })
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedai_protocol::Keys;
+
+    fn finished(out: &str) -> Finished {
+        Finished {
+            output: out.into(),
+            input_tokens: 10,
+            output_tokens: 4,
+            cost_msat: 7,
+            paid_msat: 7,
+            request_id: EventId::from_byte_array([0; 32]),
+            worker: Keys::generate().public_key(),
+            result_id: EventId::from_byte_array([0; 32]),
+            metering_id: EventId::from_byte_array([0; 32]),
+            finish_reason: "stop",
+        }
+    }
+
+    #[test]
+    fn a_chat_completion_has_openai_fields_and_metered_usage() {
+        let meta = Meta::new(Endpoint::Chat, "m");
+        let v = completion(&meta, &[finished("Hi"), finished("Yo")]);
+        assert_eq!(v["object"], "chat.completion");
+        assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(v["choices"][1]["index"], 1);
+        assert_eq!(v["choices"][0]["message"]["content"], "Hi");
+        assert_eq!(v["usage"]["total_tokens"], 28);
+        assert_eq!(v["usage"]["cost_msat"], 14);
+        assert_eq!(v["fedai"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn stream_chunks_open_with_the_role_and_end_with_the_reason() {
+        let meta = Meta::new(Endpoint::Chat, "m");
+        let first = chunk(&meta, "", true, None);
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        let mid = chunk(&meta, "x", false, None);
+        assert_eq!(mid["choices"][0]["delta"], json!({"content": "x"}));
+        assert!(mid["choices"][0]["finish_reason"].is_null());
+        let f = finished("x");
+        let end = chunk(&meta, "", false, Some(&f));
+        assert_eq!(end["choices"][0]["finish_reason"], "stop");
+        assert_eq!(end["choices"][0]["delta"], json!({}));
+        assert_eq!(usage_chunk(&meta, &f)["choices"], json!([]));
+    }
+}

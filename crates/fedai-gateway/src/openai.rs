@@ -1,0 +1,583 @@
+//! OpenAI's request bodies read into fed_AI jobs (pure functions, no I/O).
+//!
+//! Every parameter an app sends either reaches the job, is checked to be a no-op (`n: 1`,
+//! `logprobs: false`, `tool_choice: "none"`, …), or is refused with a 400 that names it: a
+//! parameter is never dropped silently. Fields that only label the call (`user`, `metadata`,
+//! `store`, `service_tier`) change nothing a worker computes and are accepted.
+
+use fedai_protocol::nostr::prelude::{FromBech32, PublicKey};
+use fedai_protocol::{ChatMessage, JobInput, JobRequest};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Limits on what one request may ask.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages in one conversation.
+    pub max_messages: usize,
+    /// Completions fanned out for `n`.
+    pub max_n: u32,
+    /// Stop sequences (OpenAI takes at most 4).
+    pub max_stop: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_messages: 256,
+            max_n: 8,
+            max_stop: 4,
+        }
+    }
+}
+
+/// How the app wants its worker chosen (OpenRouter's `provider` object, in msat and keys).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routing {
+    /// The most this request may cost, msat (under the gateway's own cap).
+    pub max_price_msat: Option<u64>,
+    /// `price`, `latency` or `throughput`.
+    pub sort: Option<Sort>,
+    /// Only these workers.
+    pub only: Vec<PublicKey>,
+    /// Never these workers.
+    pub ignore: Vec<PublicKey>,
+    /// Move to another worker when one fails (default true).
+    pub allow_fallbacks: bool,
+}
+
+/// OpenRouter's `provider.sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Cheapest first.
+    Price,
+    /// Lowest time to first token first.
+    Latency,
+    /// Fastest generation first.
+    Throughput,
+}
+
+/// Which endpoint a call came in on (the answer's shape follows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+}
+
+/// One OpenAI call, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The model asked for, as the app named it.
+    pub model: String,
+    /// The job (one per choice when `n > 1`).
+    pub job: JobRequest,
+    /// Choices asked for.
+    pub n: u32,
+    /// Server-sent events.
+    pub stream: bool,
+    /// A usage chunk at the end of a stream.
+    pub include_usage: bool,
+    /// Worker choice.
+    pub routing: Routing,
+}
+
+/// Keys that only label a call for the app's own records; they change nothing a worker does.
+const LABELS: &[&str] = &[
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "parallel_tool_calls",
+];
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(Some(param), message)
+}
+
+/// Read a `/v1/chat/completions` body.
+pub fn chat(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
+    let obj = object(body)?;
+    let messages = obj
+        .get("messages")
+        .ok_or_else(|| bad("messages", "`messages` is required"))?;
+    let input = JobInput::Chat(messages_of(messages, limits)?);
+    call(obj, Endpoint::Chat, input, limits, &["messages"])
+}
+
+/// Read a `/v1/completions` body.
+pub fn completion(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
+    let obj = object(body)?;
+    let prompt = match obj.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_owned()
+        }
+        Some(Value::Array(_)) => {
+            return Err(bad(
+                "prompt",
+                "only one prompt per request (send one request per prompt)",
+            ))
+        }
+        _ => return Err(bad("prompt", "`prompt` must be a string")),
+    };
+    for (key, neutral) in [("echo", Value::Bool(false)), ("best_of", Value::from(1))] {
+        if obj.get(key).is_some_and(|v| !v.is_null() && *v != neutral) {
+            return Err(bad(key, format!("`{key}` is not supported")));
+        }
+    }
+    if obj.get("suffix").is_some_and(|v| !v.is_null()) {
+        return Err(bad(
+            "suffix",
+            "`suffix` (fill in the middle) is not supported",
+        ));
+    }
+    call(
+        obj,
+        Endpoint::Completions,
+        JobInput::Text(prompt),
+        limits,
+        &["prompt", "echo", "best_of", "suffix"],
+    )
+}
+
+fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object()
+        .ok_or_else(|| ApiError::invalid(None, "the request body must be a JSON object"))
+}
+
+/// The parameters both endpoints share.
+fn call(
+    obj: &Map<String, Value>,
+    endpoint: Endpoint,
+    input: JobInput,
+    limits: &Limits,
+    read: &[&str],
+) -> Result<Call, ApiError> {
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(bad("model", "`model` is required (see GET /v1/models)")),
+    };
+    let mut job = JobRequest::text("");
+    job.input = input;
+    job.params.model = Some(model.clone());
+    let mut n = 1;
+    let mut stream = false;
+    let mut include_usage = false;
+    let mut routing = Routing {
+        allow_fallbacks: true,
+        ..Routing::default()
+    };
+    for (key, v) in obj {
+        if v.is_null() || read.contains(&key.as_str()) || LABELS.contains(&key.as_str()) {
+            continue;
+        }
+        let p = &mut job.params;
+        match key.as_str() {
+            "model" => {}
+            "max_tokens" | "max_completion_tokens" => {
+                let t = uint(key, v)?;
+                let t = u32::try_from(t).map_err(|_| bad(key, "too large"))?;
+                // Both given: the smaller binds.
+                p.max_tokens = Some(p.max_tokens.map_or(t, |o| o.min(t)));
+            }
+            "temperature" => p.temperature = Some(float(key, v)?),
+            "top_p" => p.top_p = Some(float(key, v)?),
+            "top_k" => p.top_k = Some(u32::try_from(uint(key, v)?).unwrap_or(u32::MAX)),
+            "frequency_penalty" => p.frequency_penalty = Some(float(key, v)?),
+            "presence_penalty" => p.presence_penalty = Some(float(key, v)?),
+            "seed" => {
+                p.seed = Some(match v.as_i64() {
+                    Some(s) => s as u64,
+                    None => uint(key, v)?,
+                })
+            }
+            "stop" => p.stop = stops(v, limits)?,
+            "stream" => stream = v.as_bool().ok_or_else(|| bad(key, "must be a boolean"))?,
+            "stream_options" => {
+                include_usage = v
+                    .get("include_usage")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            }
+            "n" => {
+                let k = uint(key, v)?;
+                if k == 0 || k > u64::from(limits.max_n) {
+                    return Err(bad(key, format!("`n` must be 1..={}", limits.max_n)));
+                }
+                n = k as u32;
+            }
+            "response_format" => p.json_schema = response_format(v)?,
+            "provider" => routing = provider(v)?,
+            "logprobs" | "top_logprobs" if matches!(v, Value::Bool(false)) => {}
+            "logit_bias" if v.as_object().is_some_and(Map::is_empty) => {}
+            "tools" | "functions" if v.as_array().is_some_and(Vec::is_empty) => {}
+            "tool_choice" | "function_call" if v == "none" || v == "auto" => {}
+            "logprobs" | "top_logprobs" | "logit_bias" | "tools" | "functions" | "tool_choice"
+            | "function_call" | "audio" | "modalities" | "prediction" | "web_search_options"
+            | "reasoning_effort" => {
+                return Err(ApiError::unsupported(key));
+            }
+            _ => return Err(bad(key, format!("unrecognized request argument `{key}`"))),
+        }
+    }
+    if n > 1 && stream {
+        return Err(bad(
+            "n",
+            "`n` > 1 with `stream` is not supported; send n requests",
+        ));
+    }
+    job.params.stream = stream;
+    job.validate()
+        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+    Ok(Call {
+        endpoint,
+        model,
+        job,
+        n,
+        stream,
+        include_usage,
+        routing,
+    })
+}
+
+fn uint(key: &str, v: &Value) -> Result<u64, ApiError> {
+    v.as_u64()
+        .ok_or_else(|| bad(key, format!("`{key}` must be a non-negative integer")))
+}
+
+fn float(key: &str, v: &Value) -> Result<f32, ApiError> {
+    v.as_f64()
+        .map(|f| f as f32)
+        .filter(|f| f.is_finite())
+        .ok_or_else(|| bad(key, format!("`{key}` must be a number")))
+}
+
+fn stops(v: &Value, limits: &Limits) -> Result<Vec<String>, ApiError> {
+    let out: Vec<String> = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("stop", "`stop` must be a string or an array of strings"))?,
+        _ => {
+            return Err(bad(
+                "stop",
+                "`stop` must be a string or an array of strings",
+            ))
+        }
+    };
+    if out.len() > limits.max_stop {
+        return Err(bad(
+            "stop",
+            format!("at most {} stop sequences", limits.max_stop),
+        ));
+    }
+    Ok(out)
+}
+
+/// `response_format`: `text`, `json_object` (any JSON object), or `json_schema`.
+fn response_format(v: &Value) -> Result<Option<String>, ApiError> {
+    let param = "response_format";
+    match v["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(r#"{"type":"object"}"#.into())),
+        Some("json_schema") => {
+            let schema = &v["json_schema"]["schema"];
+            if !schema.is_object() {
+                return Err(bad(param, "`json_schema.schema` must be a JSON object"));
+            }
+            let s = schema.to_string();
+            if s.len() > fedai_protocol::job::MAX_JSON_SCHEMA_BYTES {
+                return Err(bad(param, "the JSON schema is too large"));
+            }
+            Ok(Some(s))
+        }
+        _ => Err(bad(
+            param,
+            "`response_format.type` must be text, json_object or json_schema",
+        )),
+    }
+}
+
+/// OpenRouter's `provider` object: `only`, `ignore` (npub or hex keys), `sort`,
+/// `allow_fallbacks`, and `max_price` — here a number of msat for the whole request (or
+/// `{"request": msat}`), since fed_AI prices in msat.
+fn provider(v: &Value) -> Result<Routing, ApiError> {
+    let param = "provider";
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad(param, "`provider` must be an object"))?;
+    let mut r = Routing {
+        allow_fallbacks: true,
+        ..Routing::default()
+    };
+    for (key, v) in obj {
+        match key.as_str() {
+            "only" | "order" => r.only = keys(v)?,
+            "ignore" => r.ignore = keys(v)?,
+            "allow_fallbacks" => {
+                r.allow_fallbacks = v
+                    .as_bool()
+                    .ok_or_else(|| bad(param, "`allow_fallbacks` must be a boolean"))?
+            }
+            "require_parameters" | "data_collection" => {}
+            "sort" => {
+                r.sort = Some(match v.as_str() {
+                    Some("price") => Sort::Price,
+                    Some("latency") => Sort::Latency,
+                    Some("throughput") => Sort::Throughput,
+                    _ => return Err(bad(param, "`sort` is price, latency or throughput")),
+                })
+            }
+            "max_price" | "max_price_msat" => {
+                let msat = v
+                    .as_u64()
+                    .or_else(|| v["request"].as_u64())
+                    .ok_or_else(|| bad(param, "`max_price` is msat for the request (a number)"))?;
+                r.max_price_msat = Some(msat);
+            }
+            other => {
+                return Err(bad(
+                    param,
+                    format!("unrecognized provider preference `{other}`"),
+                ))
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn keys(v: &Value) -> Result<Vec<PublicKey>, ApiError> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("provider", "worker lists are arrays of npub or hex keys"))?;
+    if list.len() > 64 {
+        return Err(bad("provider", "at most 64 workers in a list"));
+    }
+    list.iter()
+        .map(|k| {
+            let s = k.as_str().unwrap_or_default();
+            PublicKey::from_bech32(s)
+                .or_else(|_| PublicKey::from_hex(s))
+                .map_err(|_| bad("provider", format!("`{s}` is not a worker key")))
+        })
+        .collect()
+}
+
+/// Messages: `system`/`developer`, `user`, `assistant`; text content as a string or as
+/// `text` parts. Tool messages and non-text parts are refused by name.
+fn messages_of(v: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("messages", "`messages` must be an array"))?;
+    if list.is_empty() {
+        return Err(bad("messages", "`messages` is empty"));
+    }
+    if list.len() > limits.max_messages {
+        return Err(bad(
+            "messages",
+            format!("at most {} messages", limits.max_messages),
+        ));
+    }
+    list.iter().map(message).collect()
+}
+
+fn message(m: &Value) -> Result<ChatMessage, ApiError> {
+    let role = match m["role"].as_str() {
+        Some("system" | "developer") => "system",
+        Some("user") => "user",
+        Some("assistant") => "assistant",
+        Some("tool" | "function") => return Err(ApiError::unsupported("tools")),
+        _ => {
+            return Err(bad(
+                "messages",
+                "each message's `role` is system, developer, user or assistant",
+            ))
+        }
+    };
+    if m.get("tool_calls").is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::unsupported("tools"));
+    }
+    let content = match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Null if role == "assistant" => String::new(),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part["type"].as_str(), part["text"].as_str()) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some(other), _) => {
+                        return Err(bad(
+                            "messages",
+                            format!(
+                                "content parts of type `{other}` are not supported (text only)"
+                            ),
+                        ))
+                    }
+                    _ => return Err(bad("messages", "a content part has no type")),
+                }
+            }
+            text
+        }
+        _ => return Err(bad("messages", "a message's `content` must be text")),
+    };
+    Ok(ChatMessage {
+        role: role.into(),
+        content,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(v: Value) -> Result<Call, ApiError> {
+        chat(&v, &Limits::default())
+    }
+
+    #[test]
+    fn a_chat_body_becomes_a_job_with_every_parameter() {
+        let c = read(json!({
+            "model": "smol",
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Again"}
+            ],
+            "max_completion_tokens": 20, "max_tokens": 30, "temperature": 0.5, "top_p": 0.9,
+            "stop": ["\n"], "seed": 7, "stream": true, "stream_options": {"include_usage": true},
+            "presence_penalty": 0.1, "user": "someone", "logprobs": false, "tool_choice": "none",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+        }))
+        .unwrap();
+        assert_eq!(c.model, "smol");
+        assert!(c.stream && c.include_usage);
+        let p = &c.job.params;
+        assert_eq!(p.max_tokens, Some(20));
+        assert_eq!(p.temperature, Some(0.5));
+        assert_eq!(p.stop, vec!["\n".to_string()]);
+        assert_eq!(p.seed, Some(7));
+        assert!(p.stream);
+        assert_eq!(p.json_schema.as_deref(), Some(r#"{"type":"object"}"#));
+        let JobInput::Chat(m) = &c.job.input else {
+            panic!("chat input")
+        };
+        let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(m[1].content, "Hi");
+    }
+
+    #[test]
+    fn parameters_that_would_be_dropped_are_refused_by_name() {
+        for (key, v) in [
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
+            ("logprobs", json!(true)),
+            ("logit_bias", json!({"1": 2})),
+            ("audio", json!({})),
+            ("frobnicate", json!(1)),
+        ] {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            body[key] = v;
+            let e = read(body).unwrap_err();
+            assert_eq!(e.status, 400, "{key}");
+            assert_eq!(e.param.as_deref(), Some(key), "{key}");
+        }
+        let e = read(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
+    }
+
+    #[test]
+    fn bad_values_are_400_with_the_parameter() {
+        for (body, param) in [
+            (
+                json!({"messages": [{"role": "user", "content": "x"}]}),
+                Some("model"),
+            ),
+            (json!({"model": "m"}), Some("messages")),
+            (json!({"model": "m", "messages": []}), Some("messages")),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 0}),
+                Some("n"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2, "stream": true}),
+                Some("n"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}),
+                Some("stop"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 5}),
+                None,
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                Some("messages"),
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "provider": {"only": ["nope"]}}),
+                Some("provider"),
+            ),
+            (json!([1, 2]), None),
+        ] {
+            let e = read(body.clone()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}");
+        }
+        let many: Vec<Value> = (0..257)
+            .map(|_| json!({"role": "user", "content": "x"}))
+            .collect();
+        assert_eq!(
+            read(json!({"model": "m", "messages": many}))
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn provider_preferences_map_to_routing() {
+        let k = fedai_protocol::Keys::generate().public_key();
+        let c = read(json!({
+            "model": "m", "messages": [{"role": "user", "content": "x"}],
+            "provider": {"only": [k.to_hex()], "sort": "price", "allow_fallbacks": false, "max_price": 5000}
+        }))
+        .unwrap();
+        assert_eq!(c.routing.only, vec![k]);
+        assert_eq!(c.routing.max_price_msat, Some(5000));
+        assert!(!c.routing.allow_fallbacks);
+        assert_eq!(c.routing.sort, Some(Sort::Price));
+    }
+
+    #[test]
+    fn a_completion_body_is_a_text_job() {
+        let c = completion(
+            &json!({"model": "m", "prompt": ["Once"], "max_tokens": 5}),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(c.job.input, JobInput::Text("Once".into()));
+        assert_eq!(c.endpoint, Endpoint::Completions);
+        let e = completion(
+            &json!({"model": "m", "prompt": "x", "echo": true}),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("echo"));
+    }
+}

@@ -1,0 +1,417 @@
+//! Running a call: the plan (is the model live, which workers may serve it, what it may cost,
+//! the budget reserved), one job per choice followed to its verified end, and the answer —
+//! whole, or streamed as server-sent events.
+//!
+//! Each job runs in a task of its own, so the budget is settled and an abandoned job is
+//! cancelled even when the app has gone: when the app disconnects, the channel the job writes
+//! to closes, the job stops being followed and its request is cancelled on Nostr (a NIP-09
+//! deletion, on which the worker stops generating).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use fedai_client::{ClientError, JobOutcome, JobUpdate, PayContext, RunOptions};
+use fedai_protocol::capability::ParsedCapabilityAd;
+use fedai_protocol::nostr::prelude::{EventId, ToBech32};
+use fedai_protocol::JobRequest;
+use fedai_scheduler::{Policy, Rejection, Strategy};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::answer::{self, Finished, Meta};
+use crate::ledger::Reservation;
+use crate::openai::{Call, Sort};
+use crate::{ApiError, Inner};
+
+/// What a job tells the answer.
+enum Msg {
+    /// The job request was published (its first attempt).
+    Submitted(EventId),
+    /// Streamed text.
+    Delta(String),
+    /// The end: the verified choice and the part of its output not streamed yet, or why not.
+    Done(Result<(Finished, String), ApiError>),
+}
+
+/// A call's plan: how its jobs run and the budget they may use.
+struct Plan {
+    opts: RunOptions,
+    /// Reserved for each job (none without a wallet, or with its budget spent).
+    shares: Vec<Option<Reservation>>,
+}
+
+/// Run `call` and answer it.
+pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
+    let permits: Option<Vec<OwnedSemaphorePermit>> = (0..call.n)
+        .map(|_| g.jobs.clone().try_acquire_owned().ok())
+        .collect();
+    let Some(mut permits) = permits else {
+        return ApiError::no_worker("the gateway runs as many jobs as it may now; try again")
+            .into_response();
+    };
+    let ads = match g.client.workers().await {
+        Ok(ads) => ads,
+        Err(e) => return ApiError::from_client(&e).into_response(),
+    };
+    let plan = match plan(&g, &call, &ads) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let meta = Meta::new(call.endpoint, &call.model);
+    let receivers: Vec<mpsc::Receiver<Msg>> = plan
+        .shares
+        .into_iter()
+        .map(|share| {
+            let (tx, rx) = mpsc::channel(64);
+            let permit = permits.pop();
+            let job = Job {
+                g: g.clone(),
+                request: call.job.clone(),
+                ads: ads.clone(),
+                opts: plan.opts.clone(),
+                share,
+                _permit: permit,
+            };
+            tokio::spawn(job.drive(tx));
+            rx
+        })
+        .collect();
+    if call.stream {
+        stream(meta, call.include_usage, receivers.into_iter().next()).await
+    } else {
+        whole(meta, receivers).await
+    }
+}
+
+/// The scheduler strategy for OpenRouter's `sort`.
+fn policy(sort: Option<Sort>) -> Policy {
+    Policy::new(match sort {
+        Some(Sort::Price) => Strategy::Cheapest,
+        Some(Sort::Latency | Sort::Throughput) => Strategy::Fastest,
+        None => Strategy::Balanced,
+    })
+}
+
+fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiError> {
+    let serving: Vec<&ParsedCapabilityAd> =
+        ads.iter().filter(|a| a.ad.serves(&call.model)).collect();
+    if serving.is_empty() {
+        return Err(ApiError::unknown_model(&call.model));
+    }
+    let features = call.job.params.features();
+    if !serving.iter().any(|a| a.ad.supports(&features)) {
+        // The only optional feature today is the JSON schema of `response_format`.
+        return Err(ApiError::unsupported("response_format"));
+    }
+    let r = &call.routing;
+    let attempts = if r.allow_fallbacks {
+        g.cfg.max_attempts.max(1)
+    } else {
+        1
+    };
+    let n = u64::from(call.n);
+    let per_job = r
+        .max_price_msat
+        .unwrap_or(u64::MAX)
+        .min(g.cfg.max_price_msat)
+        / n;
+    let (shares, cap, pay) = reserve(g, call.n, per_job, attempts)?;
+    let opts = RunOptions {
+        policy: policy(r.sort),
+        max_price_msat: Some(cap),
+        timeout: g.cfg.timeout,
+        max_attempts: attempts,
+        only: r.only.clone(),
+        ignore: r.ignore.clone(),
+        pay,
+        ..RunOptions::default()
+    };
+    if let Err(e) = affordable(g, call, ads, &opts, cap) {
+        if let Some(w) = &g.wallet {
+            for s in shares.into_iter().flatten() {
+                let _ = w.ledger.settle(s, 0);
+            }
+        }
+        return Err(e);
+    }
+    Ok(Plan { opts, shares })
+}
+
+type Reserved = (Vec<Option<Reservation>>, u64, Option<PayContext>);
+
+/// Reserve each job's cap and fees from the budget; the cap a job may pay (0: free workers).
+fn reserve(g: &Inner, n: u32, per_job: u64, attempts: u32) -> Result<Reserved, ApiError> {
+    let Some(w) = &g.wallet else {
+        return Ok(((0..n).map(|_| None).collect(), 0, None));
+    };
+    // Routing fees are counted at their cap: a payer does not say what it paid.
+    let fees = w.pay.max_fee_msat.saturating_mul(u64::from(attempts));
+    let mut shares = Vec::new();
+    let mut cap = per_job;
+    for _ in 0..n {
+        let r = w
+            .ledger
+            .reserve(per_job.saturating_add(fees), fees.saturating_add(1))
+            .map_err(|e| ApiError::upstream(e.to_string()))?;
+        cap = cap.min(r.as_ref().map_or(0, |r| r.msat - fees));
+        shares.push(r);
+    }
+    let pay = (cap > 0).then(|| PayContext {
+        max_msat: Some(cap),
+        confirm: None,
+        ..w.pay.clone()
+    });
+    Ok((shares, cap, pay))
+}
+
+/// 402 up front when every worker serving the model asks more than this call may pay.
+fn affordable(
+    g: &Inner,
+    call: &Call,
+    ads: &[ParsedCapabilityAd],
+    opts: &RunOptions,
+    cap: u64,
+) -> Result<(), ApiError> {
+    let explained = g.client.explain(ads, &call.job, opts);
+    if explained.iter().any(|e| e.chosen) {
+        return Ok(());
+    }
+    let price = |e: &fedai_client::market::Explained| match e.rejected {
+        Some(Rejection::OverPrice { price_msat, .. }) => Some(price_msat),
+        _ => None,
+    };
+    let busy = explained.iter().any(|e| {
+        matches!(
+            e.rejected,
+            Some(Rejection::NoCapacity { .. } | Rejection::Busy { .. })
+        )
+    });
+    let Some(cheapest) = explained.iter().filter_map(price).min() else {
+        return Ok(());
+    };
+    if busy {
+        return Ok(());
+    }
+    Err(ApiError::payment(match &g.wallet {
+        None => format!(
+            "workers for `{}` ask for payment (from {cheapest} msat) and this gateway has no wallet",
+            call.model
+        ),
+        Some(w) if cap == 0 => format!(
+            "the gateway's budget is spent ({} msat committed)",
+            w.ledger.committed_msat()
+        ),
+        Some(_) => format!(
+            "every worker for `{}` asks more ({cheapest} msat or more) than this request may pay ({cap} msat)",
+            call.model
+        ),
+    }))
+}
+
+/// One job of a call, run in its own task.
+struct Job {
+    g: Arc<Inner>,
+    request: JobRequest,
+    ads: Vec<ParsedCapabilityAd>,
+    opts: RunOptions,
+    share: Option<Reservation>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    /// Follow the job, forwarding its text to `tx`; settle its budget share at the end.
+    async fn drive(self, tx: mpsc::Sender<Msg>) {
+        let fee = self.opts.pay.as_ref().map_or(0, |p| p.max_fee_msat);
+        let max_tokens = self.request.params.max_tokens;
+        let client = self.g.client.clone();
+        let mut handle = client.start_on(self.ads, self.request, self.opts);
+        let (mut last, mut spent, mut streamed) = (None, 0u64, String::new());
+        let abandoned = loop {
+            tokio::select! {
+                u = handle.update() => match u {
+                    None => break None,
+                    Some(JobUpdate::Submitted(id)) => {
+                        if last.replace(id).is_none() && tx.send(Msg::Submitted(id)).await.is_err() {
+                            break Some(None);
+                        }
+                    }
+                    Some(JobUpdate::Paying(msat)) => {
+                        spent = spent.saturating_add(msat).saturating_add(fee)
+                    }
+                    Some(JobUpdate::Partial(t)) => {
+                        streamed.push_str(&t);
+                        if tx.send(Msg::Delta(t)).await.is_err() {
+                            break Some(None);
+                        }
+                    }
+                    Some(JobUpdate::Failover { .. }) if !streamed.is_empty() => {
+                        break Some(Some(ApiError::upstream(
+                            "the worker failed mid-stream (the text streamed so far is void)",
+                        )))
+                    }
+                    Some(_) => {}
+                },
+                _ = tx.closed() => break Some(None),
+            }
+        };
+        let end = match abandoned {
+            // The app went away, or the stream cannot go on: stop the job on Nostr.
+            Some(why) => {
+                handle.abort();
+                if let Some(id) = last {
+                    if let Err(e) = client.cancel(id).await {
+                        tracing::warn!(error = %e, "cannot cancel an abandoned job");
+                    }
+                }
+                why.map(Err)
+            }
+            None => Some(done(handle.outcome().await, max_tokens, &streamed)),
+        };
+        if let (Some(w), Some(share)) = (&self.g.wallet, self.share) {
+            if let Err(e) = w.ledger.settle(share, spent) {
+                tracing::error!(error = %e, "cannot settle the budget ledger");
+            }
+        }
+        if let Some(end) = end {
+            let _ = tx.send(Msg::Done(end)).await;
+        }
+    }
+}
+
+/// A job's outcome as a verified choice (usage from the signed metering) and the output not
+/// yet streamed; or the error an app should see.
+fn done(
+    r: Result<JobOutcome, ClientError>,
+    max_tokens: Option<u32>,
+    streamed: &str,
+) -> Result<(Finished, String), ApiError> {
+    let o = r.map_err(|e| ApiError::from_client(&e))?;
+    let Some((m, _)) = &o.metering else {
+        return Err(ApiError::upstream(
+            "the worker sent no signed metering for its result; not returned as final",
+        ));
+    };
+    let Some(tail) = o.output.strip_prefix(streamed) else {
+        return Err(ApiError::upstream(
+            "the streamed text is not the start of the worker's signed output",
+        ));
+    };
+    let usage = &m.record.usage;
+    let length = max_tokens.is_some_and(|t| usage.output_tokens >= u64::from(t));
+    let f = Finished {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_msat: m.record.price_msat,
+        paid_msat: o.payment.as_ref().map_or(0, |p| p.amount_msat),
+        request_id: o.request.id,
+        worker: o.result.worker,
+        result_id: o.result.id,
+        metering_id: m.id,
+        finish_reason: if length { "length" } else { "stop" },
+        output: o.output.clone(),
+    };
+    Ok((f, tail.to_owned()))
+}
+
+/// Wait for every choice and answer with them all, or with the first error.
+async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>) -> Response {
+    let mut done = Vec::new();
+    for mut rx in receivers {
+        let end = loop {
+            match rx.recv().await {
+                Some(Msg::Delta(_) | Msg::Submitted(_)) => continue,
+                Some(Msg::Done(r)) => break r,
+                None => break Err(ApiError::upstream("the job ended without an answer")),
+            }
+        };
+        match end {
+            Ok((f, _)) => done.push(f),
+            Err(e) => return e.into_response(),
+        }
+    }
+    let mut r = crate::json_response(StatusCode::OK, &answer::completion(&meta, &done));
+    if let [f] = done.as_slice() {
+        let h = r.headers_mut();
+        let mut put = |name: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("x-fedai-request", f.request_id.to_hex());
+        put("x-fedai-worker", f.worker.to_bech32().unwrap_or_default());
+        put("x-fedai-metering", f.metering_id.to_hex());
+        put("x-fedai-cost-msat", f.cost_msat.to_string());
+        put("x-fedai-paid-msat", f.paid_msat.to_string());
+    }
+    r
+}
+
+/// Server-sent events: the role, the text as it comes, then the end (or an error event). The
+/// answer starts once the job request is out, so that a job that cannot start (no worker, over
+/// the budget) is an HTTP error with its status, and the headers name the request.
+async fn stream(meta: Meta, include_usage: bool, rx: Option<mpsc::Receiver<Msg>>) -> Response {
+    let data = |v: serde_json::Value| Ok::<_, Infallible>(SseEvent::default().data(v.to_string()));
+    let Some(mut rx) = rx else {
+        return ApiError::upstream("no job to stream").into_response();
+    };
+    let mut pending = None;
+    let request = match rx.recv().await {
+        Some(Msg::Submitted(id)) => Some(id),
+        Some(Msg::Done(Err(e))) => return e.into_response(),
+        None => return ApiError::upstream("the job ended without an answer").into_response(),
+        Some(other) => {
+            pending = Some(other);
+            None
+        }
+    };
+    let rx = Some(rx);
+    let first = vec![data(answer::chunk(&meta, "", true, None))];
+    let rest = futures_util::stream::unfold((rx, pending), move |(rx, pending)| {
+        let meta = meta.clone();
+        async move {
+            let mut rx = rx?;
+            let next = match pending {
+                Some(m) => Some(m),
+                None => rx.recv().await,
+            };
+            let events = match next {
+                Some(Msg::Submitted(_)) => return Some((Vec::new(), (Some(rx), None))),
+                Some(Msg::Delta(t)) => {
+                    let event = data(answer::chunk(&meta, &t, false, None));
+                    return Some((vec![event], (Some(rx), None)));
+                }
+                Some(Msg::Done(Ok((f, tail)))) => {
+                    let mut out = Vec::new();
+                    if !tail.is_empty() {
+                        out.push(data(answer::chunk(&meta, &tail, false, None)));
+                    }
+                    out.push(data(answer::chunk(&meta, "", false, Some(&f))));
+                    if include_usage {
+                        out.push(data(answer::usage_chunk(&meta, &f)));
+                    }
+                    out.push(Ok(SseEvent::default().data("[DONE]")));
+                    out
+                }
+                Some(Msg::Done(Err(e))) => vec![data(e.body())],
+                None => vec![data(
+                    ApiError::upstream("the job ended without an answer").body(),
+                )],
+            };
+            Some((events, (None, None)))
+        }
+    });
+    let events = futures_util::stream::iter([first])
+        .chain(rest)
+        .flat_map(futures_util::stream::iter);
+    let mut r = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    if let Some(id) = request.and_then(|id| HeaderValue::from_str(&id.to_hex()).ok()) {
+        r.headers_mut()
+            .insert(HeaderName::from_static("x-fedai-request"), id);
+    }
+    r
+}
