@@ -64,6 +64,20 @@ fn main() {
         ..JobRequest::text("")
     };
     chat.params.model = Some("smollm2-135m-instruct-q4_1".into());
+    let mut schema = chat.clone();
+    schema.input = JobInput::Chat(vec![ChatMessage {
+        role: "user".into(),
+        content: "Name a colour, as JSON.".into(),
+    }]);
+    schema.params.json_schema = Some(
+        r#"{"type":"object","properties":{"colour":{"type":"string"}},"required":["colour"]}"#
+            .into(),
+    );
+    schema.params.presence_penalty = Some(0.5);
+    ex.insert(
+        "job-request-json-schema",
+        schema.to_event(&customer, None).unwrap(),
+    );
     ex.insert(
         "job-request-chat-directed",
         chat.to_event(&customer, None).unwrap(),
