@@ -37,7 +37,9 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
         &["--metrics-bind", "127.0.0.1:0", "--max-concurrent", "2"],
     );
     wait_for_workers(&client(&relay).await, 1).await;
-    let gw = GatewayProc::start(&relay.url, &[]);
+    // The gateway's key, so that this test can read what it sent encrypted.
+    let keys = Keys::generate();
+    let gw = GatewayProc::start(&relay.url, &["--nsec", &keys.secret_key().to_secret_hex()]);
     let base = gw.base_url.clone();
     let lines = tokio::task::spawn_blocking(move || {
         check(
@@ -76,13 +78,28 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
         chat["fedai"]["worker"].as_str().unwrap()
     );
 
-    // The streamed text is exactly the worker's signed result.
+    // The streamed text is exactly the worker's signed result — encrypted to the gateway, so
+    // the relay (and everyone reading it) sees neither prompt nor output.
     let stream = scenario(&lines, "stream");
+    let text = stream["text"].as_str().unwrap();
     let result = event(&mut ws, stream["fedai"]["result"].as_str().unwrap()).await;
-    assert_eq!(
-        result["content"], stream["text"],
-        "streamed = signed output"
+    let request = event(&mut ws, stream["fedai"]["request"].as_str().unwrap()).await;
+    assert!(
+        request["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t[0] == "encrypted"),
+        "the job went encrypted: {request}"
     );
+    assert_eq!(
+        request["pubkey"].as_str().unwrap(),
+        keys.public_key().to_hex()
+    );
+    assert!(!result["content"].as_str().unwrap().contains(text));
+    let ev = Event::from_json(result.to_string()).unwrap();
+    let parsed = fedai_protocol::JobResult::from_event(&ev, Some(&keys)).unwrap();
+    assert_eq!(parsed.result.output, text, "streamed = signed output");
     assert!(stream["chunks"].as_u64().unwrap() >= 3, "{stream}");
 
     let concurrent = scenario(&lines, "concurrent");
@@ -238,4 +255,88 @@ async fn the_gateway_pays_within_its_budget_across_restarts() {
         total,
         "nothing more paid"
     );
+}
+
+/// A raw HTTP/1.1 exchange: (status code, body).
+async fn http(addr: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn post(host: &str, path: &str, headers: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Who may use the gateway: on loopback without keys, only requests that name a loopback host
+/// and send JSON (a web page cannot, without a CORS preflight we never answer); with keys, only
+/// a matching Bearer key; beyond loopback, never without keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_admits_only_its_own_apps() {
+    let relay = RelayProc::start(&["--memory"]);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#;
+    let json = "Content-Type: application/json\r\n";
+
+    let open = GatewayProc::start(&relay.url, &[]);
+    let addr = open
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    let path = "/v1/chat/completions";
+    let (code, b) = http(&addr, &post(&addr, path, json, body)).await;
+    assert_eq!(code, 404, "no worker serves `m`: {b}");
+    let (code, _) = http(&addr, &post("evil.example:8088", path, json, body)).await;
+    assert_eq!(code, 401, "a rebound DNS name is refused");
+    let (code, b) = http(
+        &addr,
+        &post(&addr, path, "Content-Type: text/plain\r\n", body),
+    )
+    .await;
+    assert_eq!(code, 415, "{b}");
+    let (code, b) = http(
+        &addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(code, 405);
+    assert!(b.contains("method_not_allowed"), "{b}");
+
+    let keys = fedai_tests::temp_dir("gateway-keys").join("keys");
+    std::fs::write(&keys, "# keys\nsk-test-0123456789abcdef\n").unwrap();
+    let keys = keys.display().to_string();
+    let locked = GatewayProc::start(&relay.url, &["--api-key-file", &keys]);
+    let addr = locked
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    for (auth, want) in [
+        ("", 401),
+        ("Authorization: Bearer wrong-key-0123456789\r\n", 401),
+        ("Authorization: Bearer \r\n", 401),
+        ("Authorization: bearer sk-test-0123456789abcdef\r\n", 404),
+    ] {
+        let (code, b) = http(&addr, &post(&addr, path, &format!("{auth}{json}"), body)).await;
+        assert_eq!(code, want, "{auth:?}: {b}");
+    }
+    let (code, _) = http(
+        &addr,
+        &format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(code, 200, "health needs no key");
+
+    let e = GatewayProc::try_start(&relay.url, &["--listen", "0.0.0.0:0"])
+        .err()
+        .expect("refused");
+    assert!(e.contains("API keys"), "{e}");
 }

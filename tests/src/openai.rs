@@ -24,8 +24,13 @@ impl GatewayProc {
 
     /// As [`start`](Self::start); `Err` with what it printed when it exits instead.
     pub fn try_start(relay: &str, args: &[&str]) -> Result<Self, String> {
+        let listen: &[&str] = match args.contains(&"--listen") {
+            true => &[],
+            false => &["--listen", "127.0.0.1:0"],
+        };
         let mut child = Command::new(binary("fedai"))
-            .args(["--relay", relay, "gateway", "--listen", "127.0.0.1:0"])
+            .args(["--relay", relay, "gateway"])
+            .args(listen)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -125,6 +125,25 @@ pub(crate) struct Sub {
     reopened: u32,
     /// Set when the request is no longer followed: a late resubscription must not outlive it.
     done: Arc<AtomicBool>,
+    /// To close the subscription when the job is dropped without [`FedaiClient::close`].
+    client: Client,
+}
+
+impl Drop for Sub {
+    /// A job dropped mid-way (its task aborted: an app that hung up, a stopped handle) closes
+    /// its subscription on every relay: relays cap subscriptions per connection, and a leaked
+    /// one per abandoned job would soon make them refuse every new job's.
+    fn drop(&mut self) {
+        if self.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (client, id) = (self.client.clone(), self.id.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.unsubscribe(&id).await;
+            });
+        }
+    }
 }
 
 impl FedaiClient {
@@ -233,8 +252,7 @@ impl FedaiClient {
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?
             .value;
-        self.send(&event).await?;
-        Ok(Sub {
+        let sub = Sub {
             notifications,
             event,
             parsed,
@@ -242,7 +260,11 @@ impl FedaiClient {
             filter,
             reopened: 0,
             done: Default::default(),
-        })
+            client: self.client.clone(),
+        };
+        // A request no relay took: dropping `sub` closes its subscription.
+        self.send(&sub.event).await?;
+        Ok(sub)
     }
 
     /// The request as a new event: one identical to a request published lately (same

@@ -124,6 +124,9 @@ pub(crate) struct Budget(Arc<std::sync::Mutex<BudgetState>>);
 struct BudgetState {
     cap_msat: Option<u64>,
     committed_msat: u64,
+    /// Payments approved for this job, whatever became of them: each may cost routing fees
+    /// up to the fee cap, so their number is bounded too.
+    payments: u32,
 }
 
 impl Budget {
@@ -143,6 +146,16 @@ impl Budget {
         cap.saturating_sub(b.committed_msat)
     }
 
+    /// Count one more payment for this job; `false` when it has made `limit` already.
+    fn take_payment(&self, limit: u32) -> bool {
+        let mut b = self.lock();
+        if b.payments >= limit {
+            return false;
+        }
+        b.payments += 1;
+        true
+    }
+
     fn commit(&self, amount_msat: u64) {
         let mut b = self.lock();
         b.committed_msat = b.committed_msat.saturating_add(amount_msat);
@@ -160,6 +173,10 @@ pub(crate) struct Payments {
     plan: Option<Plan>,
     pending: Option<Pending>,
     budget: Budget,
+    /// Payments one job may make across its attempts (its `max_attempts`): a worker that asks
+    /// to be paid and then answers `capacity`, again and again, cannot make the job pay routing
+    /// fees without bound.
+    max_payments: u32,
 }
 
 fn refused(r: Refusal) -> ClientError {
@@ -188,7 +205,9 @@ impl Payments {
         let ad_price = crate::market::ad_price(ad, request).cloned();
         let ad_bound = crate::market::ad_bound_msat(ad, request);
         let payee = ad.ad.payment.ln_node.clone();
-        Self::with(ctx, ad_bound, payee, ad_price, ad.worker, budget)
+        let mut p = Self::with(ctx, ad_bound, payee, ad_price, ad.worker, budget);
+        p.max_payments = opts.max_attempts.max(1);
+        p
     }
 
     /// Pay `worker` with `ctx` (none: refuse), within what is left of `budget` and the ad's
@@ -221,6 +240,7 @@ impl Payments {
             plan,
             pending: None,
             budget: budget.clone(),
+            max_payments: 1,
         }
     }
 
@@ -234,6 +254,12 @@ impl Payments {
                 "the worker asks {amount_msat} msat and no payer is configured"
             )));
         };
+        if !self.budget.take_payment(self.max_payments) {
+            return Err(ClientError::Payment(format!(
+                "this job has made its {} payment(s); no more",
+                self.max_payments
+            )));
+        }
         if let Next::Confirm(amount) = plan.spend.quote(amount_msat).map_err(refused)? {
             let yes = plan
                 .ctx
@@ -545,14 +571,34 @@ mod tests {
             max_msat: Some(10_000),
             ..PayContext::new(Arc::new(Stalls), fedai_lightning::invoice::Currency::Simnet)
         };
-        Payments::with(
+        let mut p = Payments::with(
             Some(ctx),
             None,
             None,
             None,
             Keys::generate().public_key(),
             budget,
-        )
+        );
+        p.max_payments = 8;
+        p
+    }
+
+    /// Each payment may cost routing fees up to the fee cap: a worker that asks for 1 msat and
+    /// then answers `capacity`, again and again, gets at most `max_attempts` payments per job.
+    #[tokio::test]
+    async fn a_job_makes_at_most_its_attempts_in_payments() {
+        let budget = Budget::default();
+        for _ in 0..3 {
+            let mut p = attempt(&budget);
+            p.max_payments = 3;
+            assert!(p.approve(1).is_ok());
+        }
+        let mut p = attempt(&budget);
+        p.max_payments = 3;
+        let Err(e) = p.approve(1) else {
+            panic!("a fourth payment is refused")
+        };
+        assert!(e.to_string().contains("3 payment"), "{e}");
     }
 
     /// Attempt 1's payment is in flight (or held by a worker that then failed): the next

@@ -2,7 +2,7 @@
 //! OpenAI SDK maps to the right exception: 400 bad request, 401 no key, 402 payment, 404 unknown
 //! model, 413 body too large, 502 worker failure, 503 no worker, 504 timeout.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fedai_client::ClientError;
 use fedai_protocol::ErrorCode;
@@ -98,6 +98,11 @@ impl ApiError {
         Self::new(502, "api_error", "worker_failed", message)
     }
 
+    /// 504: no answer in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "timeout", "timeout", message)
+    }
+
     /// The body of the answer.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
@@ -118,9 +123,7 @@ impl ApiError {
         match last {
             ClientError::NoWorker => Self::no_worker(message),
             ClientError::Payment(_) => Self::payment(message),
-            ClientError::Timeout(_) | ClientError::Silent(_) => {
-                Self::new(504, "timeout", "timeout", message)
-            }
+            ClientError::Timeout(_) | ClientError::Silent(_) => Self::timeout(message),
             ClientError::Job { code, .. } => match code {
                 ErrorCode::InvalidRequest | ErrorCode::PromptTooLarge => {
                     Self::invalid(None, message)
@@ -144,7 +147,19 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        crate::json_response(status, &self.body())
+        let mut r = crate::json_response(status, &self.body());
+        let h = r.headers_mut();
+        match self.status {
+            // A job may have been paid for: an SDK's automatic retry would pay again.
+            502 | 504 => {
+                h.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            503 => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
     }
 }
 

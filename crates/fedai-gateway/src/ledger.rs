@@ -95,11 +95,21 @@ impl Ledger {
         Ok(Some(Reservation { msat }))
     }
 
-    /// The job is over, having spent `spent` msat of `r`: give back the rest.
+    /// The job is over, having spent `spent` msat of `r`: give back the rest. Spending more
+    /// than reserved should not happen (the SDK caps every job); if it does, the ledger records
+    /// the truth.
     pub fn settle(&self, r: Reservation, spent: u64) -> Result<(), LedgerError> {
-        let unused = r.msat.saturating_sub(spent);
         let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        let next = c.saturating_sub(unused);
+        let next = if spent > r.msat {
+            tracing::error!(
+                reserved = r.msat,
+                spent,
+                "a job spent more than its reservation"
+            );
+            c.saturating_add(spent - r.msat)
+        } else {
+            c.saturating_sub(r.msat - spent)
+        };
         self.write(next)?;
         *c = next;
         Ok(())
@@ -120,6 +130,12 @@ impl Ledger {
         f.write_all(body.to_string().as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
+        // The rename itself must be durable: a crash must not bring back an older total.
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         Ok(())
     }
 }
@@ -161,11 +177,15 @@ mod tests {
         assert_eq!(l.reserve(1, 1).unwrap(), None, "nothing left");
         l.settle(a, 1_500).unwrap();
         assert_eq!(l.committed_msat(), 5_500);
+        // Spent beyond a reservation: recorded as spent, not lost.
+        let c = Reservation { msat: 0 };
+        l.settle(c, 7).unwrap();
+        assert_eq!(l.committed_msat(), 5_507);
         // A crash with `b` still reserved: on restart it counts as spent.
         drop(l);
         let l = Ledger::open(&p, 10_000).unwrap();
-        assert_eq!(l.committed_msat(), 5_500);
-        assert_eq!(l.remaining_msat(), 4_500);
+        assert_eq!(l.committed_msat(), 5_507);
+        assert_eq!(l.remaining_msat(), 4_493);
         assert_eq!(l.reserve(5_000, 4_600).unwrap(), None, "below the minimum");
     }
 

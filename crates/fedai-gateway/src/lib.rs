@@ -61,6 +61,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// Jobs running at once through this gateway; more are answered 503 at once.
     pub max_jobs: usize,
+    /// Encrypt every job to its worker (NIP-44), so that prompts and outputs are not public on
+    /// the relays. On by default; off reaches workers that cannot decrypt (generic DVMs).
+    pub private: bool,
 }
 
 impl Default for Config {
@@ -72,7 +75,8 @@ impl Default for Config {
             limits: Limits::default(),
             timeout: Duration::from_secs(120),
             max_attempts: 3,
-            max_jobs: 256,
+            max_jobs: 64,
+            private: true,
         }
     }
 }
@@ -128,7 +132,9 @@ impl Gateway {
         let key_hashes = cfg
             .api_keys
             .iter()
-            .map(|k| Sha256::digest(k.trim().as_bytes()).into())
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(|k| Sha256::digest(k.as_bytes()).into())
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -149,6 +155,7 @@ impl Gateway {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
                 self.inner.clone(),
                 authorize,
@@ -164,6 +171,12 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         check_bind(listener.local_addr()?, !self.inner.key_hashes.is_empty())?;
+        use axum::serve::ListenerExt;
+        // Every SSE chunk goes out at once: with Nagle's algorithm a small chunk waits for the
+        // app's delayed ACK (40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -171,18 +184,28 @@ impl Gateway {
     }
 }
 
-/// Bearer keys, when the gateway has any; every key compared, in constant time.
+/// Bearer keys, when the gateway has any; every key compared, in constant time. Without keys
+/// (loopback only) the request must name a loopback host: a web page the user visits cannot
+/// reach the gateway through DNS rebinding.
 async fn authorize(State(g): State<Arc<Inner>>, req: Request, next: Next) -> Response {
     if g.key_hashes.is_empty() {
-        return next.run(req).await;
+        return match loopback_host(&req) {
+            true => next.run(req).await,
+            false => ApiError::unauthorized().into_response(),
+        };
     }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
+        .filter(|k| !k.is_empty());
+    let Some(given) = given else {
+        return ApiError::unauthorized().into_response();
+    };
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     let mut ok = subtle::Choice::from(0);
     for k in &g.key_hashes {
         ok |= k.ct_eq(&given);
@@ -192,6 +215,32 @@ async fn authorize(State(g): State<Arc<Inner>>, req: Request, next: Next) -> Res
     } else {
         ApiError::unauthorized().into_response()
     }
+}
+
+/// Whether the `Host` header names a loopback address (`localhost`, `127.x`, `[::1]`).
+fn loopback_host(req: &Request) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return true; // HTTP/1.0 without Host: not a browser
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn method_not_allowed() -> Response {
+    let mut e = ApiError::invalid(None, "method not allowed on this endpoint");
+    e.status = 405;
+    e.code = "method_not_allowed";
+    e.into_response()
 }
 
 async fn not_found() -> Response {
@@ -223,23 +272,57 @@ async fn model(State(g): State<Arc<Inner>>, Path(id): Path<String>) -> Response 
     }
 }
 
-async fn chat(State(g): State<Arc<Inner>>, body: Body) -> Response {
-    call(g, openai::Endpoint::Chat, body).await
+async fn chat(State(g): State<Arc<Inner>>, req: Request) -> Response {
+    call(g, openai::Endpoint::Chat, req).await
 }
 
-async fn completions(State(g): State<Arc<Inner>>, body: Body) -> Response {
-    call(g, openai::Endpoint::Completions, body).await
+async fn completions(State(g): State<Arc<Inner>>, req: Request) -> Response {
+    call(g, openai::Endpoint::Completions, req).await
 }
 
-async fn call(g: Arc<Inner>, endpoint: openai::Endpoint, body: Body) -> Response {
-    let bytes = match axum::body::to_bytes(body, g.cfg.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn call(g: Arc<Inner>, endpoint: openai::Endpoint, req: Request) -> Response {
+    // JSON only: a web page can send a form or text/plain to loopback without asking first
+    // (no CORS preflight), but not application/json.
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        let mut e = ApiError::invalid(
+            None,
+            "the body must be JSON (Content-Type: application/json)",
+        );
+        e.status = 415;
+        e.code = "unsupported_media_type";
+        return e.into_response();
+    }
+    let body: Body = req.into_body();
+    let bytes = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        axum::body::to_bytes(body, g.cfg.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             let mut e = ApiError::invalid(
                 None,
-                format!("the body is over {} bytes", g.cfg.max_body_bytes),
+                format!("the body is over {} bytes or broken", g.cfg.max_body_bytes),
             );
             e.status = 413;
+            return e.into_response();
+        }
+        Err(_) => {
+            let mut e = ApiError::invalid(None, "the body did not arrive in time");
+            e.status = 408;
             return e.into_response();
         }
     };

@@ -215,7 +215,8 @@ fn call(
             }
             "response_format" => p.json_schema = response_format(v)?,
             "provider" => routing = provider(v)?,
-            "logprobs" | "top_logprobs" if matches!(v, Value::Bool(false)) => {}
+            "logprobs" if v == false => {}
+            "top_logprobs" if v == 0 => {}
             "logit_bias" if v.as_object().is_some_and(Map::is_empty) => {}
             "tools" | "functions" if v.as_array().is_some_and(Vec::is_empty) => {}
             "tool_choice" | "function_call" if v == "none" || v == "auto" => {}

@@ -124,6 +124,7 @@ fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiE
         max_price_msat: Some(cap),
         timeout: g.cfg.timeout,
         max_attempts: attempts,
+        private: g.cfg.private,
         only: r.only.clone(),
         ignore: r.ignore.clone(),
         pay,
@@ -152,12 +153,21 @@ fn reserve(g: &Inner, n: u32, per_job: u64, attempts: u32) -> Result<Reserved, A
     let mut shares = Vec::new();
     let mut cap = per_job;
     for _ in 0..n {
-        let r = w
+        match w
             .ledger
             .reserve(per_job.saturating_add(fees), fees.saturating_add(1))
-            .map_err(|e| ApiError::upstream(e.to_string()))?;
-        cap = cap.min(r.as_ref().map_or(0, |r| r.msat - fees));
-        shares.push(r);
+        {
+            Ok(r) => {
+                cap = cap.min(r.as_ref().map_or(0, |r| r.msat - fees));
+                shares.push(r);
+            }
+            Err(e) => {
+                for s in shares.into_iter().flatten() {
+                    let _ = w.ledger.settle(s, 0);
+                }
+                return Err(ApiError::upstream(e.to_string()));
+            }
+        }
     }
     let pay = (cap > 0).then(|| PayContext {
         max_msat: Some(cap),
@@ -226,57 +236,108 @@ impl Job {
     async fn drive(self, tx: mpsc::Sender<Msg>) {
         let fee = self.opts.pay.as_ref().map_or(0, |p| p.max_fee_msat);
         let max_tokens = self.request.params.max_tokens;
+        // However the job goes (busy retries, stalls, failovers), the call ends by then.
+        let deadline = tokio::time::Instant::now()
+            + self.opts.timeout * self.opts.max_attempts.max(1)
+            + OVERALL_SLACK;
         let client = self.g.client.clone();
         let mut handle = client.start_on(self.ads, self.request, self.opts);
-        let (mut last, mut spent, mut streamed) = (None, 0u64, String::new());
+        let mut f = Followed::default();
         let abandoned = loop {
-            tokio::select! {
-                u = handle.update() => match u {
-                    None => break None,
-                    Some(JobUpdate::Submitted(id)) => {
-                        if last.replace(id).is_none() && tx.send(Msg::Submitted(id)).await.is_err() {
-                            break Some(None);
-                        }
-                    }
-                    Some(JobUpdate::Paying(msat)) => {
-                        spent = spent.saturating_add(msat).saturating_add(fee)
-                    }
-                    Some(JobUpdate::Partial(t)) => {
-                        streamed.push_str(&t);
-                        if tx.send(Msg::Delta(t)).await.is_err() {
-                            break Some(None);
-                        }
-                    }
-                    Some(JobUpdate::Failover { .. }) if !streamed.is_empty() => {
-                        break Some(Some(ApiError::upstream(
-                            "the worker failed mid-stream (the text streamed so far is void)",
-                        )))
-                    }
-                    Some(_) => {}
-                },
+            let u = tokio::select! {
+                u = handle.update() => u,
                 _ = tx.closed() => break Some(None),
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Some(Some(ApiError::timeout("the job did not finish in time")))
+                }
+            };
+            match f.on(u, fee) {
+                Step::Next => {}
+                Step::Send(m) => {
+                    // A reader that stops reading is a reader gone: the job is not held for it.
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send(m)).await {
+                        Ok(Ok(())) => {}
+                        _ => break Some(None),
+                    }
+                }
+                Step::Ended => break None,
+                Step::Abandon(e) => break Some(Some(e)),
             }
         };
         let end = match abandoned {
             // The app went away, or the stream cannot go on: stop the job on Nostr.
             Some(why) => {
                 handle.abort();
-                if let Some(id) = last {
+                // Payments announced before the abort still move: count every one.
+                while let Some(u) = handle.update().await {
+                    f.on(Some(u), fee);
+                }
+                if let Some(id) = f.last {
                     if let Err(e) = client.cancel(id).await {
                         tracing::warn!(error = %e, "cannot cancel an abandoned job");
                     }
                 }
                 why.map(Err)
             }
-            None => Some(done(handle.outcome().await, max_tokens, &streamed)),
+            None => Some(done(handle.outcome().await, max_tokens, &f.streamed)),
         };
         if let (Some(w), Some(share)) = (&self.g.wallet, self.share) {
-            if let Err(e) = w.ledger.settle(share, spent) {
+            if let Err(e) = w.ledger.settle(share, f.spent) {
                 tracing::error!(error = %e, "cannot settle the budget ledger");
             }
         }
         if let Some(end) = end {
             let _ = tx.send(Msg::Done(end)).await;
+        }
+    }
+}
+
+/// How long a slow app may leave a chunk unread.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Beyond `attempts × timeout`: payment and busy retries.
+const OVERALL_SLACK: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// What the gateway has seen of one job.
+#[derive(Default)]
+struct Followed {
+    /// The latest attempt's request.
+    last: Option<EventId>,
+    /// Announced payments and their fee caps, msat: what the ledger is charged.
+    spent: u64,
+    /// Text forwarded so far.
+    streamed: String,
+}
+
+/// What to do after an update.
+enum Step {
+    Next,
+    Send(Msg),
+    Ended,
+    Abandon(ApiError),
+}
+
+impl Followed {
+    fn on(&mut self, u: Option<JobUpdate>, fee: u64) -> Step {
+        match u {
+            None => Step::Ended,
+            Some(JobUpdate::Submitted(id)) => match self.last.replace(id) {
+                None => Step::Send(Msg::Submitted(id)),
+                Some(_) => Step::Next,
+            },
+            Some(JobUpdate::Paying(msat)) => {
+                self.spent = self.spent.saturating_add(msat).saturating_add(fee);
+                Step::Next
+            }
+            Some(JobUpdate::Partial(t)) => {
+                self.streamed.push_str(&t);
+                Step::Send(Msg::Delta(t))
+            }
+            Some(JobUpdate::Failover { .. }) if !self.streamed.is_empty() => {
+                Step::Abandon(ApiError::upstream(
+                    "the worker failed mid-stream (the text streamed so far is void)",
+                ))
+            }
+            Some(_) => Step::Next,
         }
     }
 }

@@ -92,7 +92,10 @@ impl Worker {
                     output.push_str(&t);
                     if stream_partials {
                         pending.push_str(&t);
-                        if last_flush.elapsed() >= PARTIAL_FLUSH
+                        // The first token goes out at once (time to first token is what a
+                        // person waits on); later ones are batched.
+                        if seq == 0
+                            || last_flush.elapsed() >= PARTIAL_FLUSH
                             || pending.len() >= PARTIAL_MAX_BYTES
                         {
                             if let Some(h) = announced.take() {

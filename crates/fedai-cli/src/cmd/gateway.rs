@@ -39,8 +39,12 @@ pub struct GatewayCmd {
     #[arg(long, default_value_t = 3, env = "FEDAI_GATEWAY_ATTEMPTS")]
     attempts: u32,
     /// Jobs running at once; more requests are answered 503 at once.
-    #[arg(long, default_value_t = 256, env = "FEDAI_GATEWAY_MAX_JOBS")]
+    #[arg(long, default_value_t = 64, env = "FEDAI_GATEWAY_MAX_JOBS")]
     max_jobs: usize,
+    /// Send jobs in the clear instead of encrypted to their worker (NIP-44): prompts and
+    /// outputs then become public on the relays. Only for workers that cannot decrypt.
+    #[arg(long, env = "FEDAI_GATEWAY_NO_ENCRYPT")]
+    no_encrypt: bool,
     #[command(flatten)]
     pay: PayArgs,
 }
@@ -75,6 +79,7 @@ impl GatewayCmd {
             timeout: Duration::from_secs(self.timeout.max(1)),
             max_attempts: self.attempts.max(1),
             max_jobs: self.max_jobs.max(1),
+            private: !self.no_encrypt,
             ..Config::default()
         };
         let listener = tokio::net::TcpListener::bind(listen)
