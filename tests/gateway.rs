@@ -102,6 +102,25 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
     assert_eq!(parsed.result.output, text, "streamed = signed output");
     assert!(stream["chunks"].as_u64().unwrap() >= 3, "{stream}");
 
+    // The gateway's own metrics saw the calls and the streamed first tokens.
+    let gw_addr = gw
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    let (_, m) = fedai_tests::http_get(&gw_addr, "/metrics", "text/plain").await;
+    let value = |prefix: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {m}"))
+    };
+    assert!(value(r#"fedai_gateway_calls_total{endpoint="chat",status="200"}"#) >= 19.0);
+    assert!(value(r#"fedai_gateway_calls_total{endpoint="chat",status="404"}"#) >= 1.0);
+    assert!(value("fedai_gateway_first_token_seconds_count") >= 1.0);
+    assert_eq!(value("fedai_gateway_jobs "), 0.0);
+
     let concurrent = scenario(&lines, "concurrent");
     assert_eq!(concurrent["answered"], 16);
     println!("16 parallel requests through the gateway: {concurrent}");

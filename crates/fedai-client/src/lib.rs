@@ -3,6 +3,7 @@
 //! The customer side of fed_AI, used by the `fedai` CLI (and later the gateway):
 //! - [`FedaiClient::builder`] / [`FedaiClient::connect`]: relays and the customer's keys;
 //! - [`FedaiClient::workers`]: live capability ads from every relay, expired ones dropped;
+//!   [`FedaiClient::watch_workers`] keeps them current with one subscription ([`WorkerWatch`]);
 //! - [`FedaiClient::run`]: choose a worker with `fedai-scheduler` (or run an auction), submit,
 //!   stream partial tokens in order, verify result and metering, and fail over to the next
 //!   worker on error, timeout or an invalid result — one answer or one error, never two;
@@ -49,6 +50,7 @@ mod pay;
 #[path = "no_pay.rs"]
 mod pay;
 pub mod verify;
+mod watch;
 
 pub use client::{Builder, FedaiClient};
 #[cfg(feature = "lightning")]
@@ -58,6 +60,7 @@ pub use follow::JobHandle;
 pub use market::{Quote, RunOptions};
 #[cfg(feature = "lightning")]
 pub use pay::{Confirm, PayContext, DEFAULT_MAX_PAY_MSAT};
+pub use watch::{WorkerWatch, MAX_WATCHED_ADS};
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@
 //! | `POST /v1/chat/completions` | chat, streaming (SSE) or not; `n`; `response_format`; routing (`provider`) |
 //! | `POST /v1/completions` | a prompt |
 //! | `GET /health` | the gateway is up |
+//! | `GET /metrics` | Prometheus: calls by endpoint and status, jobs, first token, budget |
 //!
 //! Modules: [`openai`] reads request bodies into jobs (pure); [`answer`] writes OpenAI's
 //! answers; [`run`] runs a call's jobs and follows them (budget, cancellation); [`error`] maps
@@ -22,6 +23,7 @@
 pub mod answer;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod openai;
 pub mod run;
 
@@ -115,6 +117,29 @@ pub(crate) struct Inner {
     pub(crate) jobs: Arc<tokio::sync::Semaphore>,
     /// Keys' SHA-256, compared in constant time.
     key_hashes: Vec<[u8; 32]>,
+    pub(crate) metrics: metrics::Metrics,
+    /// The market's ads, followed live once the first call needs them.
+    watch: tokio::sync::OnceCell<fedai_client::WorkerWatch>,
+}
+
+impl Inner {
+    /// Live workers: from the watch (no round trip), or fetched while it cannot start.
+    pub(crate) async fn workers(
+        &self,
+    ) -> Result<Vec<fedai_protocol::capability::ParsedCapabilityAd>, fedai_client::ClientError>
+    {
+        match self
+            .watch
+            .get_or_try_init(|| self.client.watch_workers())
+            .await
+        {
+            Ok(w) => Ok(w.workers()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the ads live; fetching them");
+                self.client.workers().await
+            }
+        }
+    }
 }
 
 /// Refuse to listen beyond loopback without API keys.
@@ -143,6 +168,8 @@ impl Gateway {
                 jobs: Arc::new(tokio::sync::Semaphore::new(cfg.max_jobs.max(1))),
                 cfg,
                 key_hashes,
+                metrics: metrics::Metrics::default(),
+                watch: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -154,6 +181,7 @@ impl Gateway {
             .route("/v1/models/{*id}", get(model))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/metrics", get(metrics))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
@@ -250,15 +278,28 @@ async fn not_found() -> Response {
     e.into_response()
 }
 
+async fn metrics(State(g): State<Arc<Inner>>) -> Response {
+    let left = g.wallet.as_ref().map_or(0, |w| w.ledger.remaining_msat());
+    g.metrics
+        .budget_left_msat
+        .set(i64::try_from(left).unwrap_or(i64::MAX));
+    let mut r = (StatusCode::OK, g.metrics.render()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
 async fn models(State(g): State<Arc<Inner>>) -> Response {
-    match g.client.workers().await {
+    match g.workers().await {
         Ok(ads) => json_response(StatusCode::OK, &answer::models(&ads)),
         Err(e) => ApiError::from_client(&e).into_response(),
     }
 }
 
 async fn model(State(g): State<Arc<Inner>>, Path(id): Path<String>) -> Response {
-    let ads = match g.client.workers().await {
+    let ads = match g.workers().await {
         Ok(ads) => ads,
         Err(e) => return ApiError::from_client(&e).into_response(),
     };
@@ -336,10 +377,19 @@ async fn call(g: Arc<Inner>, endpoint: openai::Endpoint, req: Request) -> Respon
         openai::Endpoint::Chat => openai::chat(&v, &g.cfg.limits),
         openai::Endpoint::Completions => openai::completion(&v, &g.cfg.limits),
     };
-    match read {
-        Ok(c) => run::respond(g, c).await,
+    let r = match read {
+        Ok(c) => run::respond(g.clone(), c).await,
         Err(e) => e.into_response(),
-    }
+    };
+    let name = match endpoint {
+        openai::Endpoint::Chat => "chat",
+        openai::Endpoint::Completions => "completions",
+    };
+    g.metrics
+        .calls
+        .with_label_values(&[name, r.status().as_str()])
+        .inc();
+    r
 }
 
 /// A JSON answer.

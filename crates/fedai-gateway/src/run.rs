@@ -52,7 +52,7 @@ pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
         return ApiError::no_worker("the gateway runs as many jobs as it may now; try again")
             .into_response();
     };
-    let ads = match g.client.workers().await {
+    let ads = match g.workers().await {
         Ok(ads) => ads,
         Err(e) => return ApiError::from_client(&e).into_response(),
     };
@@ -241,8 +241,12 @@ impl Job {
             + self.opts.timeout * self.opts.max_attempts.max(1)
             + OVERALL_SLACK;
         let client = self.g.client.clone();
+        let started = std::time::Instant::now();
+        let m = &self.g.metrics;
+        m.jobs.inc();
         let mut handle = client.start_on(self.ads, self.request, self.opts);
         let mut f = Followed::default();
+        let mut first_token = true;
         let abandoned = loop {
             let u = tokio::select! {
                 u = handle.update() => u,
@@ -253,9 +257,13 @@ impl Job {
             };
             match f.on(u, fee) {
                 Step::Next => {}
-                Step::Send(m) => {
+                Step::Send(msg) => {
+                    if first_token && matches!(msg, Msg::Delta(_)) {
+                        first_token = false;
+                        m.first_token.observe(started.elapsed().as_secs_f64());
+                    }
                     // A reader that stops reading is a reader gone: the job is not held for it.
-                    match tokio::time::timeout(SEND_TIMEOUT, tx.send(m)).await {
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send(msg)).await {
                         Ok(Ok(())) => {}
                         _ => break Some(None),
                     }
@@ -286,6 +294,8 @@ impl Job {
                 tracing::error!(error = %e, "cannot settle the budget ledger");
             }
         }
+        m.charged_msat.inc_by(f.spent);
+        m.jobs.dec();
         if let Some(end) = end {
             let _ = tx.send(Msg::Done(end)).await;
         }
