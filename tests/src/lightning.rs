@@ -346,6 +346,10 @@ impl LightningNet {
                 "--trickledelay=50",
                 "--bitcoin.defaultchanconfs=1",
                 "--accept-keysend",
+                // lnd batches channel updates for up to 50 ms before signing the next commitment
+                // (throughput over latency); a job's payment is latency: sign at once. Operators
+                // who sell inference set the same.
+                "--channel-commit-interval=1ms",
                 &format!("--alias=fedai-test-{i}"),
             ])
             .stdout(log)

@@ -102,9 +102,12 @@ async fn main() {
             let (c, b) = (customer.clone(), inv.bolt11.clone());
             tokio::spawn(async move { c.pay(&b, 1_000, 60).await })
         };
-        while worker.invoice_state(hash).await.unwrap() != InvoiceState::Accepted {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        // As the worker waits: on LND's invoice subscription (pushed, no polling).
+        let state = worker
+            .wait_past_open(hash, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(state, Some(InvoiceState::Accepted));
         held.push(t0.elapsed().as_secs_f64() * 1000.0);
         worker.settle(preimage).await.unwrap();
         assert_eq!(pay.await.unwrap().unwrap(), preimage);
