@@ -8,7 +8,10 @@
 //! and max — for the whole job, and for the first token of a streamed job. Then it measures
 //! jobs/s through one relay with 1, 2 and 4 workers on the tiny model.
 //!
-//! Usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--relay-args "--memory"]
+//! Then the streaming rate: tokens/s from the first token to the last of a long SmolLM2 answer,
+//! direct and through fed_AI.
+//!
+//! Usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--rate-pairs N] [--relay-args "--memory"]
 //! Real processes: the release `fedai-relay` and `fedai-worker` binaries and a llama.cpp server.
 
 use std::sync::Arc;
@@ -36,6 +39,91 @@ fn prompts(n: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Tokens per second while a long answer streams (from the first token to the last), direct
+/// and through fed_AI, alternating: a raw completion that goes on, so both paths generate many
+/// tokens (their counts may differ: the rate divides by each path's own count).
+async fn rate(pairs: usize, max_tokens: u32, relay_args: &[&str]) {
+    let llama = LocalLlamaServer::start(LocalModel::SmolLm2, "smollm2", 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(relay_args);
+    let k = Keys::generate();
+    let _w = WorkerProc::start(&k.secret_key().to_secret_hex(), &relay.url, &llama.url, &[]);
+    let c = FedaiClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
+        .await
+        .unwrap();
+    fedai_tests::wait_for_workers(&c, 1).await;
+    let runner = build(
+        "llama-cpp",
+        &llama.url,
+        &SandboxPolicy::default(),
+        HttpOptions::default(),
+    )
+    .unwrap();
+    let (mut d_rates, mut f_rates) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        let prompt = |v: &str| {
+            format!("Chapter {i}{v}. Once upon a time, in a lighthouse by the sea, there lived an old keeper who")
+        };
+        let direct = async {
+            let req = InferRequest {
+                model: "smollm2".into(),
+                input: JobInput::Text(prompt("a")),
+                params: JobParams {
+                    temperature: Some(0.0),
+                    ..JobParams::default()
+                },
+                max_tokens,
+            };
+            let mut s = runner.infer(req).await.unwrap();
+            let (mut first, mut last, mut n) = (None, Instant::now(), 0);
+            while let Some(p) = s.next().await {
+                match p.unwrap() {
+                    Piece::Done { output_tokens, .. } => n = output_tokens,
+                    Piece::Text(_) => {
+                        last = Instant::now();
+                        first.get_or_insert(last);
+                    }
+                }
+            }
+            (n.saturating_sub(1)) as f64 / (last - first.unwrap()).as_secs_f64()
+        };
+        let via = async {
+            let mut req = JobRequest::text(prompt("b"));
+            req.params.model = Some("smollm2".into());
+            req.params.max_tokens = Some(max_tokens);
+            req.params.temperature = Some(0.0);
+            req.params.stream = true;
+            req.provider = Some(k.public_key());
+            let (mut first, mut last) = (None, Instant::now());
+            let out = c
+                .submit(req, false, Duration::from_secs(120), |u| {
+                    if matches!(u, fedai_client::JobUpdate::Partial(_)) {
+                        last = Instant::now();
+                        first.get_or_insert(last);
+                    }
+                })
+                .await
+                .unwrap();
+            let n = out.result.result.usage.output_tokens;
+            (n.saturating_sub(1)) as f64 / (last - first.unwrap()).as_secs_f64()
+        };
+        if i % 2 == 0 {
+            d_rates.push(direct.await);
+            f_rates.push(via.await);
+        } else {
+            f_rates.push(via.await);
+            d_rates.push(direct.await);
+        }
+    }
+    let (d, f) = (pct(&mut d_rates, 0.5), pct(&mut f_rates, 0.5));
+    println!(
+        "| smollm2 | {pairs} | {max_tokens} | {d:.1} | {f:.1} | {:.3} |",
+        f / d
+    );
+    c.shutdown().await;
 }
 
 /// The job straight to the runner: (whole time, time to the first token).
@@ -267,14 +355,16 @@ async fn main() {
     }
     let mut jobs = 30;
     let mut tjobs = 200;
+    let mut rate_pairs = 10;
     let mut relay_args = vec!["--memory".to_owned()];
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--jobs" => jobs = it.next().unwrap().parse().unwrap(),
             "--throughput-jobs" => tjobs = it.next().unwrap().parse().unwrap(),
+            "--rate-pairs" => rate_pairs = it.next().unwrap().parse().unwrap(),
             "--relay-args" => relay_args = it.next().unwrap().split_whitespace().map(str::to_owned).collect(),
-            _ => panic!("usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--relay-args \"--memory\"]"),
+            _ => panic!("usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--rate-pairs N] [--relay-args \"--memory\"]"),
         }
     }
     let ra: Vec<&str> = relay_args.iter().map(String::as_str).collect();
@@ -288,6 +378,8 @@ async fn main() {
     println!("\n| model | pairs | max tokens | measure | direct p50 ms | via fed_AI p50 ms | added p50 ms | added p99 ms | added max ms | ratio of p50s |\n|---|---|---|---|---|---|---|---|---|---|");
     overhead(LocalModel::Tiny, "tiny", jobs, 32, &ra).await;
     overhead(LocalModel::SmolLm2, "smollm2", jobs, 32, &ra).await;
+    println!("\n| model | pairs | max tokens | direct tokens/s p50 | via fed_AI tokens/s p50 | ratio |\n|---|---|---|---|---|---|");
+    rate(rate_pairs, 160, &ra).await;
     println!("\n| workers | jobs | ok | jobs/s |\n|---|---|---|---|");
     for w in [1, 2, 4] {
         throughput(w, tjobs, &ra).await;
