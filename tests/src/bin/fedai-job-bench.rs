@@ -291,7 +291,26 @@ async fn throughput(workers: usize, jobs: usize, relay_args: &[&str]) {
     let llama = LocalLlamaServer::start(LocalModel::Tiny, "tiny", 4)
         .await
         .unwrap();
-    let relay = RelayProc::start(relay_args);
+    // A durable relay gets a store of its own per run: ads of earlier runs' workers (gone, not
+    // yet expired) must not be chosen.
+    let mut args: Vec<String> = relay_args.iter().map(|a| a.to_string()).collect();
+    if let Some(i) = args.iter().position(|a| a == "--data-dir") {
+        if let Some(dir) = args.get_mut(i + 1) {
+            *dir = format!("{dir}/throughput-{workers}-{}", std::process::id());
+        }
+    }
+    // The benchmark's one customer sends far more than a person would: limits off.
+    args.extend(
+        [
+            "--events-per-minute",
+            "100000000",
+            "--events-per-minute-per-pubkey",
+            "100000000",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayProc::start(&args);
     let mut procs = Vec::new();
     for _ in 0..workers {
         let k = Keys::generate();
@@ -299,7 +318,14 @@ async fn throughput(workers: usize, jobs: usize, relay_args: &[&str]) {
             &k.secret_key().to_secret_hex(),
             &relay.url,
             &llama.url,
-            &["--log", "warn", "--max-concurrent", "8"],
+            &[
+                "--log",
+                "warn",
+                "--max-concurrent",
+                "8",
+                "--requests-per-minute-per-customer",
+                "1000000",
+            ],
         ));
     }
     let c = Arc::new(
