@@ -19,6 +19,7 @@ pub mod connection;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod memindex;
 pub mod metrics;
 pub mod nip11;
 pub mod policy;

@@ -22,7 +22,7 @@ use nostr_sdk::prelude::{Event, EventId, Filter, Kind, Timestamp};
 use crate::config::{Retention, Storage};
 use crate::metrics::Metrics;
 
-type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, DatabaseError>> + Send + 'a>>;
+pub(crate) type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, DatabaseError>> + Send + 'a>>;
 
 /// Maximum events kept by `--memory` mode before the oldest are dropped.
 pub const MEMORY_MAX_EVENTS: usize = 1_000_000;
@@ -30,9 +30,11 @@ pub const MEMORY_MAX_EVENTS: usize = 1_000_000;
 /// Open the configured store.
 pub async fn open(storage: &Storage) -> Result<Arc<dyn NostrDatabase>, DatabaseError> {
     Ok(match storage {
-        Storage::Memory => Arc::new(nostr_memory::MemoryDatabase::bounded(
-            NonZeroUsize::new(MEMORY_MAX_EVENTS).expect("non-zero"),
-        )),
+        Storage::Memory => Arc::new(crate::memindex::Indexed::new(Arc::new(
+            nostr_memory::MemoryDatabase::bounded(
+                NonZeroUsize::new(MEMORY_MAX_EVENTS).expect("non-zero"),
+            ),
+        ))),
         Storage::Lmdb { dir, map_size } => {
             std::fs::create_dir_all(dir).map_err(DatabaseError::other)?;
             Arc::new(
