@@ -18,8 +18,9 @@ use nostr_sdk::prelude::{Event, EventId, Filter, MatchEventOptions, SingleLetter
 use crate::store::Fut;
 
 /// Index entries kept at most (stale ones — of events evicted or deleted — included); past it
-/// the index is rebuilt from what is stored.
-const MAX_ENTRIES: usize = 4 * crate::store::MEMORY_MAX_EVENTS;
+/// the index is rebuilt from what is stored. An entry is two event ids (64 bytes) plus the map's
+/// overhead: the index stays well under the memory store's own size.
+const MAX_ENTRIES: usize = 2 * crate::store::MEMORY_MAX_EVENTS;
 
 /// Most `#e` values a filter may name and still be answered from the index.
 const MAX_VALUES: usize = 256;
@@ -30,7 +31,8 @@ fn e_tag() -> SingleLetterTag {
 
 #[derive(Default)]
 struct Index {
-    by_e: HashMap<String, Vec<EventId>>,
+    /// `e` value (an event id; other values are not indexed) → the events that carry it.
+    by_e: HashMap<EventId, Vec<EventId>>,
     entries: usize,
 }
 
@@ -39,8 +41,8 @@ impl Index {
         let e = e_tag();
         for tag in event.tags.iter() {
             if tag.single_letter_tag() == Some(e) {
-                if let Some(v) = tag.content() {
-                    self.by_e.entry(v.to_owned()).or_default().push(event.id);
+                if let Some(v) = tag.content().and_then(|v| EventId::from_hex(v).ok()) {
+                    self.by_e.entry(v).or_default().push(event.id);
                     self.entries += 1;
                 }
             }
@@ -67,12 +69,18 @@ impl Indexed {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The `#e` values of a filter the index can answer: `#e` set, no ids and no search.
-    fn indexable(filter: &Filter) -> Option<Vec<String>> {
-        let e = e_tag();
-        let values = filter.generic_tags.get(&e)?;
-        (filter.ids.is_none() && filter.search.is_none() && values.len() <= MAX_VALUES)
-            .then(|| values.iter().cloned().collect())
+    /// The `#e` values of a filter the index can answer: `#e` set with event ids only (an event
+    /// whose `e` tag is not an id was not indexed, so other values go to the scan), no ids and
+    /// no search.
+    fn indexable(filter: &Filter) -> Option<Vec<EventId>> {
+        let values = filter.generic_tags.get(&e_tag())?;
+        if filter.ids.is_some() || filter.search.is_some() || values.len() > MAX_VALUES {
+            return None;
+        }
+        values
+            .iter()
+            .map(|v| EventId::from_hex(v).ok().filter(|id| id.to_hex() == *v))
+            .collect()
     }
 
     /// Every stored event indexed again (the index outgrew its bound with stale entries).
@@ -87,7 +95,7 @@ impl Indexed {
         *self.lock() = fresh;
     }
 
-    async fn query_indexed(&self, filter: Filter, values: Vec<String>) -> BTreeSet<Event> {
+    async fn query_indexed(&self, filter: Filter, values: Vec<EventId>) -> BTreeSet<Event> {
         let ids: Vec<EventId> = {
             let index = self.lock();
             let mut ids: Vec<EventId> = values
@@ -238,6 +246,10 @@ mod tests {
             );
             assert_eq!(indexed.count(filter.clone()).await.unwrap(), want.len());
         }
+        // A value that is not an event id (upper case, a word) goes to the scan.
+        let upper = EventId::from_byte_array([0xab; 32]).to_hex().to_uppercase();
+        let upper = Filter::new().custom_tag(e_tag(), upper);
+        assert!(Indexed::indexable(&upper).is_none());
         // A deleted event is gone from indexed answers too.
         let first = scan.query(Filter::new().event(targets[4])).await.unwrap();
         let victim = first.iter().next().unwrap().id;
