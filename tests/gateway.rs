@@ -358,4 +358,26 @@ async fn the_gateway_admits_only_its_own_apps() {
         .err()
         .expect("refused");
     assert!(e.contains("API keys"), "{e}");
+    // The same from the config file (`fedai --config`): the gateway's keys are read there too.
+    let dir = fedai_tests::temp_dir("gateway-config");
+    let cfg = dir.join("fedai.toml");
+    std::fs::write(&cfg, "listen = \"0.0.0.0:0\"\nbudget_msat = 5000\n").unwrap();
+    let cfg = cfg.display().to_string();
+    let e = GatewayProc::try_start(&relay.url, &["--config", &cfg])
+        .err()
+        .expect("refused");
+    assert!(e.contains("API keys"), "{e}");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:0\"\napi_key_file = \"{keys}\"\n"),
+    )
+    .unwrap();
+    let from_file = GatewayProc::start(&relay.url, &["--config", &cfg]);
+    let addr = from_file
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    let (code, _) = http(&addr, &post(&addr, path, json, body)).await;
+    assert_eq!(code, 401, "the key file named in the config is in force");
 }

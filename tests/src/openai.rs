@@ -24,7 +24,8 @@ impl GatewayProc {
 
     /// As [`start`](Self::start); `Err` with what it printed when it exits instead.
     pub fn try_start(relay: &str, args: &[&str]) -> Result<Self, String> {
-        let listen: &[&str] = match args.contains(&"--listen") {
+        // A test's own `--listen`, or one from its `--config` file, wins.
+        let listen: &[&str] = match args.contains(&"--listen") || args.contains(&"--config") {
             true => &[],
             false => &["--listen", "127.0.0.1:0"],
         };
