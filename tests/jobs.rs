@@ -609,3 +609,53 @@ async fn a_job_posted_as_the_worker_comes_up_waits_for_its_ad() {
     assert_eq!(done.result.worker, pk);
     c.shutdown().await;
 }
+
+/// What a customer learns of a worker outlives the command: two `fedai infer` runs leave two
+/// verified jobs in the reputation file, and `fedai workers` shows them (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_reputation_of_workers_outlives_each_run() {
+    let relay = RelayProc::start(&["--memory"]);
+    let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
+    let (sk, pk) = nsec();
+    let _w = WorkerProc::start(&sk, &relay.url, &tiny.url, &[]);
+    wait_for_workers(&client(&relay).await, 1).await;
+    let rep = fedai_tests::temp_dir("reputation").join("reputation.json");
+    let rep_s = rep.display().to_string();
+    let fedai = |args: &[&str]| {
+        let out = std::process::Command::new(fedai_tests::binary("fedai"))
+            .args(["--relay", &relay.url, "--reputation-file", &rep_s])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for prompt in ["first run", "second run"] {
+        fedai(&[
+            "infer",
+            prompt,
+            "--model",
+            "tiny",
+            "--max-tokens",
+            "4",
+            "--raw",
+            "--json",
+        ]);
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(saved["workers"][pk.to_hex()]["verified"], 2, "{saved}");
+    let listed: serde_json::Value = serde_json::from_str(&fedai(&["workers", "--json"])).unwrap();
+    let me = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker"] == pk.to_bech32().unwrap())
+        .expect("the worker is listed");
+    assert_eq!(me["seen"]["verified"], 2, "{me}");
+    assert!(me["seen"]["trust"].as_f64().unwrap() > 0.5, "{me}");
+}

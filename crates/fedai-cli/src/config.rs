@@ -14,11 +14,28 @@ pub struct Ctx {
     pub nsec: Option<String>,
     /// A file holding it.
     pub nsec_file: Option<PathBuf>,
+    /// What this customer learnt of workers, kept across runs.
+    pub reputation: PathBuf,
     /// Every setting the file may hold, the flags and environment over the file.
     pub settings: Settings,
 }
 
 impl Ctx {
+    /// Start `client` with what earlier runs learnt of workers (a file that cannot be read is
+    /// said, not fatal).
+    pub fn load_reputation(&self, client: &fedai_client::FedaiClient) {
+        if let Err(e) = client.load_reputation(&self.reputation) {
+            eprintln!("warning: {e} (starting without it)");
+        }
+    }
+
+    /// Keep what `client` learnt of workers for the next run.
+    pub fn save_reputation(&self, client: &fedai_client::FedaiClient) {
+        if let Err(e) = client.save_reputation(&self.reputation) {
+            eprintln!("warning: {e}");
+        }
+    }
+
     /// The customer's keys: from `--nsec`, `--nsec-file`, or fresh.
     pub fn keys(&self) -> anyhow::Result<Keys> {
         let secret = match (&self.nsec, &self.nsec_file) {
@@ -52,6 +69,7 @@ pub struct Settings {
     pub max_fee_msat: Option<u64>,
     pub no_zaps: Option<bool>,
     pub log: Option<String>,
+    pub reputation_file: Option<PathBuf>,
     /// `fedai gateway`: where it listens, its budget and its API keys.
     pub listen: Option<std::net::SocketAddr>,
     pub budget_msat: Option<u64>,

@@ -21,7 +21,7 @@ use config::{init_logs, Ctx, Settings};
 struct Cli {
     /// TOML configuration file (keys as the long flags with `_`: relays, nsec_file, lnd_url,
     /// lnd_cert, lnd_macaroon, nwc, ln_network, max_price, max_fee_msat, auto_pay, no_zaps,
-    /// log; for the gateway listen, budget_msat, budget_file, api_key_file); flags and environment win over it.
+    /// log, reputation_file; for the gateway listen, budget_msat, budget_file, api_key_file); flags and environment win over it.
     #[arg(long, global = true, env = "FEDAI_CONFIG")]
     config: Option<PathBuf>,
     /// Relay URL (repeatable; default ws://127.0.0.1:7777).
@@ -41,6 +41,10 @@ struct Cli {
     /// File holding the customer secret key.
     #[arg(long, global = true, env = "FEDAI_NSEC_FILE")]
     nsec_file: Option<PathBuf>,
+    /// What you learnt of workers (verified jobs, failures, speed), kept across runs
+    /// (default: $XDG_DATA_HOME/fedai/reputation.json).
+    #[arg(long, global = true, env = "FEDAI_REPUTATION_FILE")]
+    reputation_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -101,6 +105,7 @@ async fn run() -> anyhow::Result<()> {
     let flags = Settings {
         relays: (!cli.relays.is_empty()).then(|| cli.relays.clone()),
         nsec_file: cli.nsec_file.clone(),
+        reputation_file: cli.reputation_file.clone(),
         ..cli.cmd.settings()
     };
     let settings = Settings::layered(&flags, cli.config.as_deref())?;
@@ -113,6 +118,10 @@ async fn run() -> anyhow::Result<()> {
         // A key given on the command line wins over a key file named anywhere.
         nsec_file: settings.nsec_file.clone().filter(|_| cli.nsec.is_none()),
         nsec: cli.nsec,
+        reputation: settings
+            .reputation_file
+            .clone()
+            .unwrap_or_else(fedai_client::default_reputation_path),
         settings,
     };
     match cli.cmd {

@@ -152,6 +152,18 @@ impl FedaiClient {
         Builder::default()
     }
 
+    /// A client with no relay, for tests of what needs none.
+    #[cfg(test)]
+    pub(crate) fn offline(keys: Keys) -> Self {
+        FedaiClient {
+            client: fedai_transport::nostr_client(),
+            keys,
+            stats: Default::default(),
+            epoch: std::time::Instant::now(),
+            published: Default::default(),
+        }
+    }
+
     /// Connect to `relays` with `keys` (see [`Builder::connect`]).
     pub async fn connect(relays: &[String], keys: Keys) -> Result<Self, ClientError> {
         Self::builder()

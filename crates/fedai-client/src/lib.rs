@@ -11,7 +11,9 @@
 //!   stream of updates;
 //! - [`FedaiClient::quotes`]: collect quotes without running;
 //! - [`FedaiClient::submit`]: one attempt with a request the caller addressed itself;
-//! - [`verify`]: a job's state, a metering record or a payment receipt checked by anyone.
+//! - [`verify`]: a job's state, a metering record or a payment receipt checked by anyone;
+//! - [`FedaiClient::load_reputation`] / [`FedaiClient::save_reputation`]: what this customer
+//!   learnt of workers, kept across runs.
 //!
 //! Modules: [`job`] is one job's life as a sans-IO state machine ([`job::JobTracker`]);
 //! `follow` drives it over the relays; [`market`] chooses workers and fails over; `pay` (the
@@ -49,6 +51,7 @@ mod pay;
 #[cfg(not(feature = "lightning"))]
 #[path = "no_pay.rs"]
 mod pay;
+mod reputation;
 pub mod verify;
 mod watch;
 
@@ -60,6 +63,7 @@ pub use follow::JobHandle;
 pub use market::{Quote, RunOptions};
 #[cfg(feature = "lightning")]
 pub use pay::{Confirm, PayContext, DEFAULT_MAX_PAY_MSAT};
+pub use reputation::{default_reputation_path, MAX_REMEMBERED};
 pub use watch::{WorkerWatch, MAX_WATCHED_ADS};
 
 use std::time::Duration;
@@ -107,6 +111,9 @@ pub enum ClientError {
     /// An event checked after the fact ([`verify`]) does not hold up.
     #[error("verification failed: {0}")]
     Unverified(String),
+    /// The reputation file could not be read or written.
+    #[error("reputation file {0}")]
+    Storage(String),
     /// Every attempt failed; the last error.
     #[error("{attempts} attempt(s) failed; last: {last}")]
     Exhausted {

@@ -66,6 +66,9 @@ pub struct Config {
     /// Encrypt every job to its worker (NIP-44), so that prompts and outputs are not public on
     /// the relays. On by default; off reaches workers that cannot decrypt (generic DVMs).
     pub private: bool,
+    /// What this gateway learnt of workers (verified jobs, failures, speed), loaded at start and
+    /// saved every 30 s and at shutdown, so a restart does not trust a failing worker afresh.
+    pub reputation_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             max_attempts: 3,
             max_jobs: 64,
             private: true,
+            reputation_file: None,
         }
     }
 }
@@ -199,16 +203,47 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         check_bind(listener.local_addr()?, !self.inner.key_hashes.is_empty())?;
+        let saver = self.keep_reputation();
         use axum::serve::ListenerExt;
         // Every SSE chunk goes out at once: with Nagle's algorithm a small chunk waits for the
         // app's delayed ACK (40 ms on Linux).
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, self.router())
+        let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        if let Some(saver) = saver {
+            saver.abort();
+        }
+        self.save_reputation();
+        served?;
         Ok(())
+    }
+
+    /// Load the reputation file and save it every 30 s (the task that saves).
+    fn keep_reputation(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let path = self.inner.cfg.reputation_file.clone()?;
+        if let Err(e) = self.inner.client.load_reputation(&path) {
+            tracing::warn!(error = %e, "starting without the reputation file");
+        }
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                me.save_reputation();
+            }
+        }))
+    }
+
+    fn save_reputation(&self) {
+        if let Some(path) = &self.inner.cfg.reputation_file {
+            if let Err(e) = self.inner.client.save_reputation(path) {
+                tracing::warn!(error = %e, "cannot save the reputation file");
+            }
+        }
     }
 }
 

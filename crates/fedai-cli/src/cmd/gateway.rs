@@ -80,6 +80,7 @@ impl GatewayCmd {
             max_attempts: self.attempts.max(1),
             max_jobs: self.max_jobs.max(1),
             private: !self.no_encrypt,
+            reputation_file: Some(ctx.reputation.clone()),
             ..Config::default()
         };
         let listener = tokio::net::TcpListener::bind(listen)

@@ -81,6 +81,7 @@ impl Infer {
     /// Choose, run, print.
     pub async fn run(&self, ctx: &Ctx) -> anyhow::Result<()> {
         let client = FedaiClient::connect(&ctx.relays, ctx.keys()?).await?;
+        ctx.load_reputation(&client);
         let mut req = if self.raw {
             JobRequest::text(self.prompt.clone())
         } else {
@@ -120,6 +121,7 @@ impl Infer {
             ..RunOptions::default()
         };
         let r = infer(&client, req, &opts, self.json, self.explain).await;
+        ctx.save_reputation(&client);
         client.shutdown().await;
         r.map(drop)
     }
