@@ -17,9 +17,10 @@ use nostr_sdk::prelude::{Event, EventId, Filter, MatchEventOptions, SingleLetter
 
 use crate::store::Fut;
 
-/// Index entries kept at most (stale ones — of events evicted or deleted — included); past it
-/// the index is rebuilt from what is stored. An entry is two event ids (64 bytes) plus the map's
-/// overhead: the index stays well under the memory store's own size.
+/// Index entries kept at most (an entry is two event ids plus the map's overhead, ~120 bytes).
+/// Stale ones (events evicted, deleted or replaced) are dropped when a lookup meets them. Past
+/// the bound — someone publishing events with thousands of `e` tags each — the index stops
+/// answering and every query goes back to the scan: slower, never wrong.
 const MAX_ENTRIES: usize = 2 * crate::store::MEMORY_MAX_EVENTS;
 
 /// Most `#e` values a filter may name and still be answered from the index.
@@ -34,17 +35,48 @@ struct Index {
     /// `e` value (an event id; other values are not indexed) → the events that carry it.
     by_e: HashMap<EventId, Vec<EventId>>,
     entries: usize,
+    /// The bound was reached: the index no longer knows every event, so it answers nothing.
+    overflowed: bool,
 }
 
 impl Index {
     fn add(&mut self, event: &Event) {
+        if self.overflowed {
+            return;
+        }
         let e = e_tag();
-        for tag in event.tags.iter() {
-            if tag.single_letter_tag() == Some(e) {
-                if let Some(v) = tag.content().and_then(|v| EventId::from_hex(v).ok()) {
-                    self.by_e.entry(v).or_default().push(event.id);
-                    self.entries += 1;
-                }
+        let mut values: Vec<EventId> = event
+            .tags
+            .iter()
+            .filter(|t| t.single_letter_tag() == Some(e))
+            .filter_map(|t| t.content().and_then(|v| EventId::from_hex(v).ok()))
+            .collect();
+        // One entry per value, however often the event repeats it.
+        values.sort_unstable();
+        values.dedup();
+        if self.entries + values.len() > MAX_ENTRIES {
+            tracing::warn!(
+                entries = self.entries,
+                "the e-tag index is full; queries fall back to scanning the memory store"
+            );
+            self.overflowed = true;
+            self.by_e = HashMap::new();
+            return;
+        }
+        for v in values {
+            self.by_e.entry(v).or_default().push(event.id);
+            self.entries += 1;
+        }
+    }
+
+    /// Forget `stale` ids (no longer stored) under `key`.
+    fn prune(&mut self, key: &EventId, stale: &[EventId]) {
+        if let Some(ids) = self.by_e.get_mut(key) {
+            let before = ids.len();
+            ids.retain(|id| !stale.contains(id));
+            self.entries -= before - ids.len();
+            if ids.is_empty() {
+                self.by_e.remove(key);
             }
         }
     }
@@ -83,44 +115,43 @@ impl Indexed {
             .collect()
     }
 
-    /// Every stored event indexed again (the index outgrew its bound with stale entries).
-    async fn rebuild(&self) {
-        let Ok(all) = self.inner.query(Filter::new()).await else {
-            return;
-        };
-        let mut fresh = Index::default();
-        for ev in &all {
-            fresh.add(ev);
-        }
-        *self.lock() = fresh;
-    }
-
-    async fn query_indexed(&self, filter: Filter, values: Vec<EventId>) -> BTreeSet<Event> {
-        let ids: Vec<EventId> = {
+    /// Answer from the index; `None` when it cannot (it overflowed).
+    async fn query_indexed(&self, filter: &Filter, values: &[EventId]) -> Option<BTreeSet<Event>> {
+        let candidates: Vec<(EventId, EventId)> = {
             let index = self.lock();
-            let mut ids: Vec<EventId> = values
+            if index.overflowed {
+                return None;
+            }
+            values
                 .iter()
-                .filter_map(|v| index.by_e.get(v))
-                .flatten()
-                .copied()
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
+                .filter_map(|v| index.by_e.get(v).map(|ids| (v, ids)))
+                .flat_map(|(v, ids)| ids.iter().map(move |id| (*v, *id)))
+                .collect()
         };
         let mut out = BTreeSet::new();
-        for id in ids {
-            if let Ok(Some(ev)) = self.inner.event_by_id(&id).await {
-                if filter.match_event(&ev, MatchEventOptions::new()) {
-                    out.insert(ev);
+        let mut stale: Vec<(EventId, EventId)> = Vec::new();
+        for (key, id) in candidates {
+            match self.inner.event_by_id(&id).await {
+                Ok(Some(ev)) => {
+                    if filter.match_event(&ev, MatchEventOptions::new()) {
+                        out.insert(ev);
+                    }
                 }
+                Ok(None) => stale.push((key, id)),
+                Err(_) => {}
+            }
+        }
+        if !stale.is_empty() {
+            let mut index = self.lock();
+            for (key, id) in &stale {
+                index.prune(key, std::slice::from_ref(id));
             }
         }
         // Newest first (Event's order), then the filter's limit, as a scan would give.
-        match filter.limit {
+        Some(match filter.limit {
             Some(n) if out.len() > n => out.into_iter().take(n).collect(),
             _ => out,
-        }
+        })
     }
 }
 
@@ -143,14 +174,7 @@ impl NostrDatabase for Indexed {
         Box::pin(async move {
             let status = self.inner.save_event(event).await?;
             if matches!(status, SaveEventStatus::Success) {
-                let full = {
-                    let mut index = self.lock();
-                    index.add(event);
-                    index.entries > MAX_ENTRIES
-                };
-                if full {
-                    self.rebuild().await;
-                }
+                self.lock().add(event);
             }
             Ok(status)
         })
@@ -166,19 +190,23 @@ impl NostrDatabase for Indexed {
 
     fn count(&self, filter: Filter) -> Fut<'_, usize> {
         Box::pin(async move {
-            match Self::indexable(&filter) {
-                Some(values) => Ok(self.query_indexed(filter, values).await.len()),
-                None => self.inner.count(filter).await,
+            if let Some(values) = Self::indexable(&filter) {
+                if let Some(found) = self.query_indexed(&filter, &values).await {
+                    return Ok(found.len());
+                }
             }
+            self.inner.count(filter).await
         })
     }
 
     fn query(&self, filter: Filter) -> Fut<'_, BTreeSet<Event>> {
         Box::pin(async move {
-            match Self::indexable(&filter) {
-                Some(values) => Ok(self.query_indexed(filter, values).await),
-                None => self.inner.query(filter).await,
+            if let Some(values) = Self::indexable(&filter) {
+                if let Some(found) = self.query_indexed(&filter, &values).await {
+                    return Ok(found);
+                }
             }
+            self.inner.query(filter).await
         })
     }
 
@@ -260,5 +288,35 @@ mod tests {
             .unwrap();
         assert!(!got.iter().any(|e| e.id == victim));
         assert_eq!(got.len(), first.len() - 1);
+        // …and its entry is gone from the index.
+        let entries = indexed.lock().entries;
+        assert_eq!(entries, 199, "one stale entry pruned");
+    }
+
+    /// An event repeating one `e` value a thousand times costs one entry; past the bound the
+    /// index stops answering and queries fall back to the scan, still right.
+    #[tokio::test]
+    async fn the_index_is_bounded_and_falls_back_to_the_scan() {
+        let store = Arc::new(nostr_memory::MemoryDatabase::bounded(
+            std::num::NonZeroUsize::new(100).unwrap(),
+        ));
+        let indexed = Indexed::new(store);
+        let keys = Keys::generate();
+        let target = EventId::from_byte_array([7; 32]);
+        let ev = EventBuilder::new(Kind::from_u16(1), "x")
+            .tags((0..1000).map(|_| Tag::event(target)))
+            .finalize(&keys)
+            .unwrap();
+        indexed.save_event(&ev).await.unwrap();
+        assert_eq!(indexed.lock().entries, 1);
+        indexed.lock().entries = MAX_ENTRIES;
+        let other = EventBuilder::new(Kind::from_u16(1), "y")
+            .tag(Tag::event(target))
+            .finalize(&keys)
+            .unwrap();
+        indexed.save_event(&other).await.unwrap();
+        assert!(indexed.lock().overflowed);
+        let got = indexed.query(Filter::new().event(target)).await.unwrap();
+        assert_eq!(got.len(), 2, "the scan answers once the index gave up");
     }
 }

@@ -146,14 +146,22 @@ impl Budget {
         cap.saturating_sub(b.committed_msat)
     }
 
-    /// Count one more payment for this job; `false` when it has made `limit` already.
-    fn take_payment(&self, limit: u32) -> bool {
+    /// Whether this job may start another payment (it has started fewer than `limit` that
+    /// did not fail).
+    fn payment_left(&self, limit: u32) -> bool {
+        self.lock().payments < limit
+    }
+
+    /// A payment starts.
+    fn take_payment(&self) {
         let mut b = self.lock();
-        if b.payments >= limit {
-            return false;
-        }
-        b.payments += 1;
-        true
+        b.payments = b.payments.saturating_add(1);
+    }
+
+    /// A payment failed: it moved no money and cost no fee.
+    fn give_back_payment(&self) {
+        let mut b = self.lock();
+        b.payments = b.payments.saturating_sub(1);
     }
 
     fn commit(&self, amount_msat: u64) {
@@ -254,7 +262,7 @@ impl Payments {
                 "the worker asks {amount_msat} msat and no payer is configured"
             )));
         };
-        if !self.budget.take_payment(self.max_payments) {
+        if !self.budget.payment_left(self.max_payments) {
             return Err(ClientError::Payment(format!(
                 "this job has made its {} payment(s); no more",
                 self.max_payments
@@ -319,6 +327,7 @@ impl Payments {
         pay: impl std::future::Future<Output = Result<Paid, String>> + Send + 'static,
     ) {
         self.budget.commit(amount_msat);
+        self.budget.take_payment();
         self.pending = Some(Pending {
             amount_msat,
             task: Some(tokio::spawn(pay)),
@@ -435,6 +444,7 @@ impl Payments {
             // A payment that failed moved no money: the job may spend it elsewhere.
             if failed.is_some() {
                 self.budget.release(p.amount_msat);
+                self.budget.give_back_payment();
             }
         }
         failed.map_or(Ok(()), Err)
@@ -585,13 +595,20 @@ mod tests {
 
     /// Each payment may cost routing fees up to the fee cap: a worker that asks for 1 msat and
     /// then answers `capacity`, again and again, gets at most `max_attempts` payments per job.
+    /// A quote refused or a payment that failed (no money, no fee) does not count.
     #[tokio::test]
     async fn a_job_makes_at_most_its_attempts_in_payments() {
         let budget = Budget::default();
+        let mut failed = attempt(&budget);
+        failed.max_payments = 3;
+        failed.approve(1).unwrap();
+        failed.start(1, async { Err::<Paid, _>("no route".to_owned()) });
+        assert!(failed.ended().await.is_err());
         for _ in 0..3 {
             let mut p = attempt(&budget);
             p.max_payments = 3;
             assert!(p.approve(1).is_ok());
+            p.start(1, std::future::pending());
         }
         let mut p = attempt(&budget);
         p.max_payments = 3;

@@ -7,7 +7,8 @@
 //! [`FedaiClient::watch_workers`] fetches once, then follows new ads as workers publish them
 //! (heartbeats, load changes), re-subscribing when a relay closes the subscription.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,23 +16,48 @@ use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{kinds, CapabilityAd};
 use futures_util::StreamExt;
-use nostr_sdk::prelude::{ClientNotification, ReqTarget};
+use nostr_sdk::prelude::{ClientNotification, RelayUrl, ReqTarget};
 
 use crate::{backoff, ClientError, FedaiClient};
 
-/// The most ads a watch keeps: a flood of ads from fresh keys cannot grow it without bound
-/// (expired ones are dropped first; past the bound, new workers wait for room).
+/// The most ads a watch keeps: a flood of ads cannot grow it without bound. Past it, expired
+/// ads go first, then the one published longest ago (a squatter must keep re-signing to stay).
 pub const MAX_WATCHED_ADS: usize = 10_000;
+
+/// Instances one key may hold in the watch.
+const MAX_PER_WORKER: usize = 8;
 
 type Key = (PublicKey, String);
 
-/// A live set of capability ads ([`FedaiClient::watch_workers`]). Dropping it stops following.
+/// A live set of capability ads ([`FedaiClient::watch_workers`]). Dropping it stops following
+/// and closes its subscription.
 pub struct WorkerWatch {
     ads: Arc<RwLock<HashMap<Key, ParsedCapabilityAd>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Held for its `Drop`.
+    _sub: Subscription,
+}
+
+/// The watch's subscription: closed on every relay when the watch goes (or never started).
+struct Subscription {
+    client: nostr_sdk::prelude::Client,
+    id: SubscriptionId,
+    /// Set once closed: a re-subscription scheduled before must not reopen it.
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        let (client, id) = (self.client.clone(), self.id.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { client.unsubscribe(&id).await });
+        }
+    }
 }
 
 impl Drop for WorkerWatch {
+    /// Stop following; the subscription (a field) closes itself next.
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -53,20 +79,33 @@ impl WorkerWatch {
     }
 }
 
-/// Keep `ad` if it is newer than what is known of its (worker, instance), within the bound.
+/// Keep `ad` if it is newer than what is known of its (worker, instance), within the bounds.
 fn keep(ads: &mut HashMap<Key, ParsedCapabilityAd>, ad: ParsedCapabilityAd) {
     let key = (ad.worker, ad.ad.instance.clone());
     match ads.get(&key) {
         Some(old) if old.created_at >= ad.created_at => return,
         Some(_) => {}
-        None if ads.len() >= MAX_WATCHED_ADS => {
-            let now = Timestamp::now();
-            ads.retain(|_, a| a.ad.expiration > now);
-            if ads.len() >= MAX_WATCHED_ADS {
+        None => {
+            if ads.keys().filter(|(w, _)| *w == ad.worker).count() >= MAX_PER_WORKER {
                 return;
             }
+            if ads.len() >= MAX_WATCHED_ADS {
+                let now = Timestamp::now();
+                ads.retain(|_, a| a.ad.expiration > now);
+            }
+            if ads.len() >= MAX_WATCHED_ADS {
+                let oldest = ads
+                    .iter()
+                    .min_by_key(|(_, a)| a.created_at)
+                    .map(|(k, a)| (k.clone(), a.created_at));
+                match oldest {
+                    Some((k, at)) if at < ad.created_at => {
+                        ads.remove(&k);
+                    }
+                    _ => return,
+                }
+            }
         }
-        None => {}
     }
     ads.insert(key, ad);
 }
@@ -93,6 +132,12 @@ impl FedaiClient {
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?
             .value;
+        // From here the subscription closes itself if anything below fails.
+        let sub = Subscription {
+            client: self.client.clone(),
+            id: id.clone(),
+            done: Arc::default(),
+        };
         let ads: Arc<RwLock<HashMap<Key, ParsedCapabilityAd>>> = Arc::default();
         {
             let fetched = self.workers().await?;
@@ -101,54 +146,88 @@ impl FedaiClient {
                 keep(&mut map, ad);
             }
         }
-        let (client, shared) = (self.client.clone(), ads.clone());
-        let task = tokio::spawn(async move {
-            let mut notifications = notifications;
-            let mut reopened = 0u32;
-            while let Some(n) = notifications.next().await {
-                match n {
-                    ClientNotification::Event {
-                        subscription_id,
-                        event,
-                        ..
-                    } if subscription_id == id => {
-                        if let Ok(ad) = CapabilityAd::from_event(&event) {
-                            keep(&mut shared.write().unwrap_or_else(|e| e.into_inner()), ad);
-                        }
-                    }
-                    ClientNotification::Message { relay_url, message } => {
-                        let RelayMessage::Closed {
-                            subscription_id, ..
-                        } = *message
-                        else {
-                            continue;
-                        };
-                        if subscription_id.as_ref() != &id {
-                            continue;
-                        }
-                        // A relay closed it (a restart, a limit): open it there again, from a
-                        // little before now, after a backoff that grows while it keeps closing.
-                        let wait = backoff(
-                            Duration::from_millis(200),
-                            reopened,
-                            Duration::from_secs(30),
-                        );
-                        reopened = reopened.saturating_add(1);
-                        let (client, id) = (client.clone(), id.clone());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(wait).await;
-                            let back = Timestamp::now().as_secs().saturating_sub(60);
-                            let filter = ad_filter().since(Timestamp::from_secs(back));
-                            let target = ReqTarget::single(relay_url, [filter]);
-                            let _ = client.subscribe(target).with_id(id).await;
-                        });
-                    }
-                    ClientNotification::Shutdown => break,
-                    _ => {}
+        let task = tokio::spawn(follow(
+            self.client.clone(),
+            notifications,
+            id,
+            ads.clone(),
+            sub.done.clone(),
+        ));
+        Ok(WorkerWatch {
+            ads,
+            task,
+            _sub: sub,
+        })
+    }
+}
+
+/// Keep the watch's map current from the client's notifications: every valid fed_AI ad the
+/// client sees counts (nostr-sdk announces an event once per client, whichever subscription or
+/// fetch met it first), and a relay that closes the subscription gets it back — one reopen
+/// pending per relay, after a backoff that grows while it keeps closing.
+async fn follow(
+    client: nostr_sdk::prelude::Client,
+    mut notifications: impl futures_util::Stream<Item = ClientNotification> + Unpin,
+    id: SubscriptionId,
+    ads: Arc<RwLock<HashMap<Key, ParsedCapabilityAd>>>,
+    done: Arc<AtomicBool>,
+) {
+    let pending: Arc<std::sync::Mutex<HashSet<RelayUrl>>> = Arc::default();
+    let mut reopened = 0u32;
+    while let Some(n) = notifications.next().await {
+        match n {
+            ClientNotification::Event { event, .. }
+                if event.kind == Kind::from_u16(kinds::CAPABILITY_AD) =>
+            {
+                if let Ok(ad) = CapabilityAd::from_event(&event) {
+                    keep(&mut ads.write().unwrap_or_else(|e| e.into_inner()), ad);
                 }
             }
-        });
-        Ok(WorkerWatch { ads, task })
+            ClientNotification::Message { relay_url, message } => {
+                let RelayMessage::Closed {
+                    subscription_id, ..
+                } = *message
+                else {
+                    continue;
+                };
+                if subscription_id.as_ref() != &id
+                    || !pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(relay_url.clone())
+                {
+                    continue;
+                }
+                let wait = backoff(
+                    Duration::from_millis(200),
+                    reopened,
+                    Duration::from_secs(30),
+                );
+                reopened = reopened.saturating_add(1);
+                let (client, id, done, pending) =
+                    (client.clone(), id.clone(), done.clone(), pending.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&relay_url);
+                    if done.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let back = Timestamp::now().as_secs().saturating_sub(60);
+                    let filter = ad_filter().since(Timestamp::from_secs(back));
+                    let target = ReqTarget::single(relay_url, [filter]);
+                    let _ = client.subscribe(target).with_id(id.clone()).await;
+                    // Closed while it reopened: close it again.
+                    if done.load(Ordering::SeqCst) {
+                        let _ = client.unsubscribe(&id).await;
+                    }
+                });
+            }
+            ClientNotification::Shutdown => break,
+            _ => {}
+        }
     }
 }
 
@@ -208,5 +287,25 @@ mod tests {
             keep(&mut ads, ad(&Keys::generate(), 10, true));
         }
         assert_eq!(ads.len(), MAX_WATCHED_ADS);
+        // Full of ads published at 10: a newer one gets in (the oldest goes), an older one not.
+        let fresh = Keys::generate();
+        keep(&mut ads, ad(&fresh, 12, true));
+        assert!(ads.contains_key(&(fresh.public_key(), "w".to_string())));
+        let stale = Keys::generate();
+        keep(&mut ads, ad(&stale, 5, true));
+        assert!(!ads.contains_key(&(stale.public_key(), "w".to_string())));
+        assert_eq!(ads.len(), MAX_WATCHED_ADS);
+    }
+
+    #[test]
+    fn one_key_holds_a_few_instances_at_most() {
+        let k = Keys::generate();
+        let mut ads = HashMap::new();
+        for i in 0..20 {
+            let mut a = ad(&k, 10, true);
+            a.ad.instance = format!("w{i}");
+            keep(&mut ads, a);
+        }
+        assert_eq!(ads.len(), MAX_PER_WORKER);
     }
 }
