@@ -359,8 +359,12 @@ impl FedaiClient {
                 return;
             }
             let target = ReqTarget::single(relay, [filter]);
-            if let Err(e) = client.subscribe(target).with_id(id).await {
+            if let Err(e) = client.subscribe(target).with_id(id.clone()).await {
                 tracing::warn!(error = %e, "cannot subscribe to the job's answers again");
+            }
+            // The job ended while this reopened it: close it again.
+            if done.load(Ordering::SeqCst) {
+                let _ = client.unsubscribe(&id).await;
             }
         });
     }
