@@ -6,7 +6,7 @@ Accepts the common llama-server flags so a worker can spawn it like the real
 binary:
   serve_xllamacpp.py -m MODEL.gguf [--host 127.0.0.1] [--port 8080]
                      [-c|--ctx-size 2048] [-t|--threads 2] [-np|--parallel 1]
-                     [-a|--alias NAME] [-n|--n-predict N]
+                     [-a|--alias NAME] [-n|--n-predict N] [--poll 0..100]
 (a bare positional MODEL also works). Unknown flags are ignored with a warning.
 Serves /health /completion /v1/completions /v1/chat/completions /v1/models ...
 Exits on SIGTERM/SIGINT.
@@ -30,6 +30,10 @@ def main() -> int:
     ap.add_argument("-np", "--parallel", type=int, default=1)
     ap.add_argument("-a", "--alias", default=None)
     ap.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=-1)
+    # llama.cpp's threads poll for work (busy-wait) at level 50 by default: on a machine that
+    # shares its cores with the relay and the worker (the demo, the tests) that spinning delays
+    # them by milliseconds. 0 sleeps instead; a dedicated inference box may want 50.
+    ap.add_argument("--poll", type=int, default=0)
     a, unknown = ap.parse_known_args()
     if unknown:
         print(f"warning: ignoring flags {unknown}", file=sys.stderr)
@@ -46,6 +50,8 @@ def main() -> int:
     p.n_predict = a.n_predict
     p.cpuparams.n_threads = a.threads
     p.cpuparams_batch.n_threads = a.threads
+    p.cpuparams.poll = a.poll
+    p.cpuparams_batch.poll = a.poll
     p.offline = True          # never touch the network for models
     p.ui = False              # no web UI
     p.endpoint_metrics = True
