@@ -27,6 +27,20 @@ pub const MAX_WATCHED_ADS: usize = 10_000;
 /// Instances one key may hold in the watch.
 const MAX_PER_WORKER: usize = 8;
 
+/// The largest ad kept, bytes of content and tag values: an honest ad is a few KiB; a relay or
+/// a worker cannot make the watch hold (and a gateway clone per call) ads of hundreds of KiB.
+const MAX_AD_BYTES: usize = 64 * 1024;
+
+/// An event's size as the watch counts it: its content and every tag value.
+fn ad_bytes(event: &fedai_protocol::Event) -> usize {
+    event.content.len()
+        + event
+            .tags
+            .iter()
+            .map(|t| t.as_slice().iter().map(String::len).sum::<usize>())
+            .sum::<usize>()
+}
+
 type Key = (PublicKey, String);
 
 /// A live set of capability ads ([`FedaiClient::watch_workers`]). Dropping it stops following
@@ -177,7 +191,8 @@ async fn follow(
     while let Some(n) = notifications.next().await {
         match n {
             ClientNotification::Event { event, .. }
-                if event.kind == Kind::from_u16(kinds::CAPABILITY_AD) =>
+                if event.kind == Kind::from_u16(kinds::CAPABILITY_AD)
+                    && ad_bytes(&event) <= MAX_AD_BYTES =>
             {
                 if let Ok(ad) = CapabilityAd::from_event(&event) {
                     keep(&mut ads.write().unwrap_or_else(|e| e.into_inner()), ad);
@@ -295,6 +310,18 @@ mod tests {
         keep(&mut ads, ad(&stale, 5, true));
         assert!(!ads.contains_key(&(stale.public_key(), "w".to_string())));
         assert_eq!(ads.len(), MAX_WATCHED_ADS);
+    }
+
+    #[test]
+    fn an_oversized_ad_is_measured_as_such() {
+        let k = Keys::generate();
+        let big = EventBuilder::new(
+            Kind::from_u16(kinds::CAPABILITY_AD),
+            "x".repeat(MAX_AD_BYTES + 1),
+        )
+        .finalize(&k)
+        .unwrap();
+        assert!(ad_bytes(&big) > MAX_AD_BYTES);
     }
 
     #[test]
