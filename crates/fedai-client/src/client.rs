@@ -113,6 +113,44 @@ impl Builder {
     }
 }
 
+/// After `wait`, open subscription `id` with `filter` on `relay` again (it closed it), unless
+/// `done` says its owner stopped following; closed again when `done` was set meanwhile. Jobs'
+/// subscriptions and the live ad view both recover this way.
+pub(crate) fn resubscribe_later(
+    client: &Client,
+    relay: RelayUrl,
+    id: nostr_sdk::prelude::SubscriptionId,
+    filter: Filter,
+    wait: Duration,
+    done: Arc<AtomicBool>,
+) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        let target = ReqTarget::single(relay, [filter]);
+        if let Err(e) = client.subscribe(target).with_id(id.clone()).await {
+            tracing::warn!(error = %e, "cannot subscribe again");
+        }
+        // Its owner stopped following while this reopened it: close it again.
+        if done.load(Ordering::SeqCst) {
+            let _ = client.unsubscribe(&id).await;
+        }
+    });
+}
+
+/// fed_AI capability ads: kind 31990 with `#t` = `fedai`.
+pub(crate) fn ad_filter() -> Filter {
+    Filter::new()
+        .kind(Kind::from_u16(kinds::CAPABILITY_AD))
+        .custom_tag(
+            SingleLetterTag::from_char('t').expect("t is a tag letter"),
+            kinds::FEDAI_TOPIC,
+        )
+}
+
 /// A published request's answers as they arrive: its subscription on every relay.
 pub(crate) struct Sub {
     pub(crate) notifications: std::pin::Pin<Box<dyn Stream<Item = ClientNotification> + Send>>,
@@ -209,12 +247,7 @@ impl FedaiClient {
 
     /// Live fed_AI workers: the newest ad per (worker, instance), verified, not expired.
     pub async fn workers(&self) -> Result<Vec<ParsedCapabilityAd>, ClientError> {
-        let filter = Filter::new()
-            .kind(Kind::from_u16(kinds::CAPABILITY_AD))
-            .custom_tag(
-                SingleLetterTag::from_char('t').expect("t is a tag letter"),
-                kinds::FEDAI_TOPIC,
-            );
+        let filter = ad_filter();
         let now = Timestamp::now();
         let mut newest: HashMap<(PublicKey, String), ParsedCapabilityAd> = HashMap::new();
         for ev in self.fetch(filter, Duration::from_secs(3)).await? {
@@ -351,22 +384,15 @@ impl FedaiClient {
             Duration::from_millis(6_400),
         );
         sub.reopened += 1;
-        let (client, id, filter) = (self.client.clone(), sub.id.clone(), sub.filter.clone());
-        let done = sub.done.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            if done.load(Ordering::SeqCst) {
-                return;
-            }
-            let target = ReqTarget::single(relay, [filter]);
-            if let Err(e) = client.subscribe(target).with_id(id.clone()).await {
-                tracing::warn!(error = %e, "cannot subscribe to the job's answers again");
-            }
-            // The job ended while this reopened it: close it again.
-            if done.load(Ordering::SeqCst) {
-                let _ = client.unsubscribe(&id).await;
-            }
-        });
+        let filter = sub.filter.clone();
+        resubscribe_later(
+            &self.client,
+            relay,
+            sub.id.clone(),
+            filter,
+            wait,
+            sub.done.clone(),
+        );
     }
 
     /// Stop following a request.

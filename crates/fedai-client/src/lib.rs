@@ -63,7 +63,7 @@ pub use follow::JobHandle;
 pub use market::{Quote, RunOptions};
 #[cfg(feature = "lightning")]
 pub use pay::{Confirm, PayContext, DEFAULT_MAX_PAY_MSAT};
-pub use reputation::{default_reputation_path, MAX_REMEMBERED};
+pub use reputation::{data_dir, default_reputation_path, MAX_REMEMBERED};
 pub use watch::{WorkerWatch, MAX_WATCHED_ADS};
 
 use std::time::Duration;

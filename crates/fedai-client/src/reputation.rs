@@ -31,14 +31,24 @@ fn storage(path: &Path, e: impl std::fmt::Display) -> ClientError {
     ClientError::Storage(format!("{}: {e}", path.display()))
 }
 
-/// Where a customer's reputation file lives by default: `$XDG_DATA_HOME/fedai` or
-/// `~/.local/share/fedai`.
+/// The customer's data directory: `$XDG_DATA_HOME/fedai`, or `~/.local/share/fedai` (empty
+/// variables count as unset), or `./fedai` without either. The reputation file lives here,
+/// and so does `fedai gateway`'s budget ledger.
+pub fn data_dir() -> PathBuf {
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("XDG_DATA_HOME")
+        .or_else(|| var("HOME").map(|h| h.join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("fedai")
+}
+
+/// Where a customer's reputation file lives by default: `reputation.json` in [`data_dir`].
 pub fn default_reputation_path() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("fedai").join("reputation.json")
+    data_dir().join("reputation.json")
 }
 
 /// A process-independent copy of `s`: its clock-bound fields cleared.

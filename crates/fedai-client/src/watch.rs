@@ -16,8 +16,9 @@ use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{kinds, CapabilityAd};
 use futures_util::StreamExt;
-use nostr_sdk::prelude::{ClientNotification, RelayUrl, ReqTarget};
+use nostr_sdk::prelude::{ClientNotification, RelayUrl};
 
+use crate::client::{ad_filter, resubscribe_later};
 use crate::{backoff, ClientError, FedaiClient};
 
 /// The most ads a watch keeps: a flood of ads cannot grow it without bound. Past it, expired
@@ -124,15 +125,6 @@ fn keep(ads: &mut HashMap<Key, ParsedCapabilityAd>, ad: ParsedCapabilityAd) {
     ads.insert(key, ad);
 }
 
-fn ad_filter() -> Filter {
-    Filter::new()
-        .kind(Kind::from_u16(kinds::CAPABILITY_AD))
-        .custom_tag(
-            SingleLetterTag::from_char('t').expect("t is a tag letter"),
-            kinds::FEDAI_TOPIC,
-        )
-}
-
 impl FedaiClient {
     /// Follow the market's capability ads live (see [`WorkerWatch`]): one fetch now, then every
     /// new ad as it is published.
@@ -219,26 +211,21 @@ async fn follow(
                     Duration::from_secs(30),
                 );
                 reopened = reopened.saturating_add(1);
-                let (client, id, done, pending) =
-                    (client.clone(), id.clone(), done.clone(), pending.clone());
+                // One reopen pending per relay: its slot frees when the wait is over.
+                let (pending, relay) = (pending.clone(), relay_url.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&relay_url);
-                    if done.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let back = Timestamp::now().as_secs().saturating_sub(60);
-                    let filter = ad_filter().since(Timestamp::from_secs(back));
-                    let target = ReqTarget::single(relay_url, [filter]);
-                    let _ = client.subscribe(target).with_id(id.clone()).await;
-                    // Closed while it reopened: close it again.
-                    if done.load(Ordering::SeqCst) {
-                        let _ = client.unsubscribe(&id).await;
-                    }
+                        .remove(&relay);
                 });
+                // From a minute before the reopen (the wait included).
+                let back = Timestamp::now()
+                    .as_secs()
+                    .saturating_sub(60 + wait.as_secs());
+                let filter = ad_filter().since(Timestamp::from_secs(back));
+                resubscribe_later(&client, relay_url, id.clone(), filter, wait, done.clone());
             }
             ClientNotification::Shutdown => break,
             _ => {}

@@ -140,14 +140,10 @@ impl Ledger {
     }
 }
 
-/// Where the ledger lives when no path is given: `$XDG_DATA_HOME/fedai` or
-/// `~/.local/share/fedai`.
+/// Where the ledger lives when no path is given: `gateway-ledger.json` in the customer's data
+/// directory ([`fedai_client::data_dir`]).
 pub fn default_path() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("fedai").join("gateway-ledger.json")
+    fedai_client::data_dir().join("gateway-ledger.json")
 }
 
 #[cfg(test)]

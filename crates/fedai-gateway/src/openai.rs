@@ -7,6 +7,7 @@
 
 use fedai_protocol::nostr::prelude::{FromBech32, PublicKey};
 use fedai_protocol::{ChatMessage, JobInput, JobRequest};
+use fedai_scheduler::Strategy;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -37,25 +38,15 @@ impl Default for Limits {
 pub struct Routing {
     /// The most this request may cost, msat (under the gateway's own cap).
     pub max_price_msat: Option<u64>,
-    /// `price`, `latency` or `throughput`.
-    pub sort: Option<Sort>,
+    /// OpenRouter's `sort` as a scheduler strategy: `price` → cheapest, `latency` and
+    /// `throughput` → fastest (none: balanced).
+    pub sort: Option<Strategy>,
     /// Only these workers.
     pub only: Vec<PublicKey>,
     /// Never these workers.
     pub ignore: Vec<PublicKey>,
     /// Move to another worker when one fails (default true).
     pub allow_fallbacks: bool,
-}
-
-/// OpenRouter's `provider.sort`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sort {
-    /// Cheapest first.
-    Price,
-    /// Lowest time to first token first.
-    Latency,
-    /// Fastest generation first.
-    Throughput,
 }
 
 /// Which endpoint a call came in on (the answer's shape follows it).
@@ -332,9 +323,8 @@ fn provider(v: &Value) -> Result<Routing, ApiError> {
             "require_parameters" | "data_collection" => {}
             "sort" => {
                 r.sort = Some(match v.as_str() {
-                    Some("price") => Sort::Price,
-                    Some("latency") => Sort::Latency,
-                    Some("throughput") => Sort::Throughput,
+                    Some("price") => Strategy::Cheapest,
+                    Some("latency" | "throughput") => Strategy::Fastest,
                     _ => return Err(bad(param, "`sort` is price, latency or throughput")),
                 })
             }
@@ -562,7 +552,7 @@ mod tests {
         assert_eq!(c.routing.only, vec![k]);
         assert_eq!(c.routing.max_price_msat, Some(5000));
         assert!(!c.routing.allow_fallbacks);
-        assert_eq!(c.routing.sort, Some(Sort::Price));
+        assert_eq!(c.routing.sort, Some(Strategy::Cheapest));
     }
 
     #[test]

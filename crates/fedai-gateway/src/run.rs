@@ -17,13 +17,13 @@ use fedai_client::{ClientError, JobOutcome, JobUpdate, PayContext, RunOptions};
 use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::{EventId, ToBech32};
 use fedai_protocol::JobRequest;
-use fedai_scheduler::{Policy, Rejection, Strategy};
+use fedai_scheduler::{Policy, Rejection};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::answer::{self, Finished, Meta};
 use crate::ledger::Reservation;
-use crate::openai::{Call, Sort};
+use crate::openai::Call;
 use crate::{ApiError, Inner};
 
 /// What a job tells the answer.
@@ -86,15 +86,6 @@ pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
     }
 }
 
-/// The scheduler strategy for OpenRouter's `sort`.
-fn policy(sort: Option<Sort>) -> Policy {
-    Policy::new(match sort {
-        Some(Sort::Price) => Strategy::Cheapest,
-        Some(Sort::Latency | Sort::Throughput) => Strategy::Fastest,
-        None => Strategy::Balanced,
-    })
-}
-
 fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiError> {
     let serving: Vec<&ParsedCapabilityAd> =
         ads.iter().filter(|a| a.ad.serves(&call.model)).collect();
@@ -120,7 +111,7 @@ fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiE
         / n;
     let (shares, cap, pay) = reserve(g, call.n, per_job, attempts)?;
     let opts = RunOptions {
-        policy: policy(r.sort),
+        policy: Policy::new(r.sort.unwrap_or_default()),
         max_price_msat: Some(cap),
         timeout: g.cfg.timeout,
         max_attempts: attempts,
@@ -131,11 +122,7 @@ fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiE
         ..RunOptions::default()
     };
     if let Err(e) = affordable(g, call, ads, &opts, cap) {
-        if let Some(w) = &g.wallet {
-            for s in shares.into_iter().flatten() {
-                let _ = w.ledger.settle(s, 0);
-            }
-        }
+        release(g, shares);
         return Err(e);
     }
     Ok(Plan { opts, shares })
@@ -162,9 +149,7 @@ fn reserve(g: &Inner, n: u32, per_job: u64, attempts: u32) -> Result<Reserved, A
                 shares.push(r);
             }
             Err(e) => {
-                for s in shares.into_iter().flatten() {
-                    let _ = w.ledger.settle(s, 0);
-                }
+                release(g, shares);
                 return Err(ApiError::upstream(e.to_string()));
             }
         }
@@ -175,6 +160,15 @@ fn reserve(g: &Inner, n: u32, per_job: u64, attempts: u32) -> Result<Reserved, A
         ..w.pay.clone()
     });
     Ok((shares, cap, pay))
+}
+
+/// Give back reservations of jobs that will not run.
+fn release(g: &Inner, shares: Vec<Option<Reservation>>) {
+    if let Some(w) = &g.wallet {
+        for s in shares.into_iter().flatten() {
+            let _ = w.ledger.settle(s, 0);
+        }
+    }
 }
 
 /// 402 up front when every worker serving the model asks more than this call may pay.
