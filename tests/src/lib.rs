@@ -398,6 +398,12 @@ pub async fn llama(
         .expect("start a llama.cpp server (workers/runner/setup.sh)")
 }
 
+/// The `p` quantile (0..=1, nearest rank) of `v`, sorted in place: the benchmarks' p50/p99/max.
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
 /// A fresh key pair: (secret hex for a worker's `--nsec`, public key).
 pub fn nsec() -> (String, PublicKey) {
     let k = Keys::generate();

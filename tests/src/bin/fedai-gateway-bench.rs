@@ -12,14 +12,9 @@ use std::time::{Duration, Instant};
 use fedai_protocol::nostr::prelude::*;
 use fedai_runners::local::{LocalLlamaServer, LocalModel};
 use fedai_tests::openai::GatewayProc;
-use fedai_tests::{RelayProc, WorkerProc};
+use fedai_tests::{pct, RelayProc, WorkerProc};
 use futures_util::StreamExt;
 use serde_json::json;
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// One streamed chat call: (time to the first content chunk, time to `[DONE]`).
 async fn call(

@@ -22,13 +22,8 @@ use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{ChatMessage, JobInput, JobParams, JobRequest};
 use fedai_runners::local::{LocalLlamaServer, LocalModel};
 use fedai_runners::{build, HttpOptions, InferRequest, Piece, SandboxPolicy};
-use fedai_tests::{RelayProc, WorkerProc};
+use fedai_tests::{pct, RelayProc, WorkerProc};
 use futures_util::StreamExt;
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn prompts(n: usize) -> Vec<String> {
     (0..n)

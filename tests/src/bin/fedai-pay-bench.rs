@@ -17,7 +17,7 @@ use fedai_lightning::{job_memo, payment_hash, preimage_for, InvoiceBackend, Invo
 use fedai_lightning::{lnurl, zap};
 use fedai_protocol::nostr::prelude::*;
 use fedai_tests::lightning::{LightningNet, LndNode, LnurlServer};
-use fedai_tests::RelayProc;
+use fedai_tests::{pct, RelayProc};
 use futures_util::StreamExt;
 use nostr_sdk::prelude::ClientNotification;
 
@@ -27,11 +27,6 @@ fn config(n: &LndNode) -> LndConfig {
         cert: n.cert.clone(),
         macaroon: n.macaroon.clone(),
     }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 #[tokio::main]
