@@ -93,6 +93,9 @@ pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "FEDAI_RELAY_LOG")]
     pub log: Option<String>,
+    /// Do not serve the market dashboard on `/` (browsers then get the plain text line).
+    #[arg(long, env = "FEDAI_RELAY_NO_DASHBOARD")]
+    pub no_dashboard: bool,
 }
 
 /// NIP-42 authentication requirement.
@@ -176,6 +179,8 @@ pub struct RelayConfig {
     pub retention_other: u64,
     /// Log filter.
     pub log: String,
+    /// Serve the dashboard on `/` to browsers.
+    pub dashboard: bool,
 }
 
 /// Job-market defaults: requests and feedback are short-lived, results live a month, metering,
@@ -240,6 +245,7 @@ impl Default for RelayConfig {
             retention: default_retention(),
             retention_other: DEFAULT_RETENTION_OTHER,
             log: "info".into(),
+            dashboard: true,
         }
     }
 }
@@ -343,6 +349,7 @@ impl Cli {
             retention,
             retention_other,
             log: c.log.unwrap_or(d.log),
+            dashboard: !c.no_dashboard,
         })
     }
 }

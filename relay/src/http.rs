@@ -53,6 +53,8 @@ pub struct Ctx {
     pub http_per_ip: Arc<PerIp>,
     /// See `http_per_ip`.
     pub http_connections: Arc<tokio::sync::Semaphore>,
+    /// Serve the market dashboard on `/` to browsers (`--no-dashboard` turns it off).
+    pub dashboard: bool,
 }
 
 /// Open WebSocket connections per IP address.
@@ -127,6 +129,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/", get(index))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/dashboard/{*path}", get(crate::dashboard::asset))
         .fallback(not_found)
         .with_state(ctx)
 }
@@ -147,6 +150,14 @@ async fn index(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response<Body
     if nip11 {
         ctx.metrics.http("nip11");
         return text(StatusCode::OK, "application/nostr+json", ctx.nip11.clone());
+    }
+    let browser = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if browser && ctx.dashboard {
+        ctx.metrics.http("dashboard");
+        return crate::dashboard::index();
     }
     ctx.metrics.http("index");
     text(

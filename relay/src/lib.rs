@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod dashboard;
 pub mod http;
 pub mod hub;
 pub mod ingest;
@@ -195,6 +196,7 @@ impl RelayServer {
             per_ip: http::PerIp::new(config.max_connections_per_ip),
             http_per_ip: http::PerIp::new(config.max_connections_per_ip),
             http_connections: Arc::new(tokio::sync::Semaphore::new(http::MAX_HTTP_CONNECTIONS)),
+            dashboard: config.dashboard,
         });
         let router = http::router(ctx.clone());
         let mut tasks = Vec::new();

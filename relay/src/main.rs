@@ -19,9 +19,13 @@ async fn main() -> anyhow::Result<()> {
     // Install handlers before announcing readiness, so a SIGTERM right after start is graceful.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let dashboard = config.dashboard;
     let server = RelayServer::start(config).await?;
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("fedai-relay listening on {}", server.url());
+    if dashboard {
+        println!("fedai-relay dashboard at http://{}/", server.local_addr());
+    }
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

@@ -19,8 +19,8 @@ flock 9
 if built; then echo "$BIN"; exit 0; fi
 if ! protoc --version >/dev/null 2>&1; then
     echo "nostr-rs-relay.sh: installing protobuf-compiler (nostr-rs-relay's build needs protoc)" >&2
-    if ! { apt-get install -y -qq protobuf-compiler >/dev/null 2>&1 \
-        || { apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }; }; then
+    if ! { apt-get -o DPkg::Lock::Timeout=600 install -y -qq protobuf-compiler >/dev/null 2>&1 \
+        || { apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq protobuf-compiler >/dev/null; }; }; then
         echo "nostr-rs-relay.sh: cannot install protobuf-compiler" >&2
         exit 1
     fi

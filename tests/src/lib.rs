@@ -161,9 +161,11 @@ impl RelayProc {
             .expect("spawn fedai-relay");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line).expect("read listening line");
+        // Keep reading: the relay prints more (the dashboard's URL), and a closed pipe would
+        // fail its next write.
+        std::thread::spawn(move || for _ in reader.lines() {});
         let url = line
             .trim()
             .rsplit(' ')
@@ -449,6 +451,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+pub mod browser;
 pub mod closing;
 pub mod generic;
 pub mod lightning;

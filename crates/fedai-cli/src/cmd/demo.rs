@@ -23,16 +23,20 @@ pub struct Demo {
     /// Tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_tokens: u32,
+    /// After the answer, keep the relay, worker and model running (until Ctrl-C) to watch the
+    /// market in the dashboard and send more jobs (`fedai --relay <url> infer …`).
+    #[arg(long)]
+    keep: bool,
 }
 
 impl Demo {
     /// Bring everything up and run the job.
     pub async fn run(&self) -> anyhow::Result<()> {
-        run(&self.prompt, self.max_tokens).await
+        run(&self.prompt, self.max_tokens, self.keep).await
     }
 }
 
-async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
+async fn run(prompt: &str, max_tokens: u32, keep: bool) -> anyhow::Result<()> {
     eprintln!("• installing/checking llama.cpp server and SmolLM2-135M (cached in .cache/runner)…");
     let mut llama = LocalLlamaServer::start(LocalModel::SmolLm2, DEMO_MODEL, 1).await?;
     eprintln!("• llama.cpp server at {}", llama.url);
@@ -42,6 +46,15 @@ async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("• relay at {}", relay.url());
+    eprintln!(
+        "• market dashboard at http://{}/{}",
+        relay.local_addr(),
+        if keep {
+            ""
+        } else {
+            " (live while the demo runs: add --keep)"
+        }
+    );
     let worker_keys = Keys::generate();
     let cfg = WorkerCli {
         nsec: Some(worker_keys.secret_key().to_secret_hex()),
@@ -82,6 +95,14 @@ async fn run(prompt: &str, max_tokens: u32) -> anyhow::Result<()> {
     };
     let result = super::infer::infer(&client, req, &opts, false, false).await;
     client.shutdown().await;
+    if keep && result.is_ok() {
+        eprintln!(
+            "\n• still running: dashboard http://{}/ · relay {} · Ctrl-C stops",
+            relay.local_addr(),
+            relay.url()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     let _ = stop_tx.send(());
     let _ = worker_task.await;
     relay.shutdown().await;
