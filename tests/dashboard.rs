@@ -57,7 +57,7 @@ async fn the_dashboard_shows_a_live_market_in_a_real_browser() {
         .await;
     assert_eq!(row["npub"], pk.to_bech32().unwrap(), "{row}");
     let text = row["text"].as_str().unwrap();
-    for want in ["tiny", "llama-cpp", "CPU", "0/"] {
+    for want in ["tiny", "llama-cpp", "CPU", "busy"] {
         assert!(text.contains(want), "{want} in {text}");
     }
     assert_eq!(
@@ -70,25 +70,38 @@ async fn the_dashboard_shows_a_live_market_in_a_real_browser() {
         "1"
     );
 
-    // A job through the market appears in the feed with its signed metering.
+    // A job through the market appears in the feed with its signed metering. Streamed: its
+    // partials (output text) reach the page too, which must drop them unread.
+    let mut job = tiny_job("a job the dashboard shows", 8);
+    job.params.stream = true;
+    let mut partials = 0;
     let done = c
-        .submit(tiny_job("a job the dashboard shows", 8), false, T, |_| {})
+        .submit(job, false, T, |u| {
+            if matches!(u, fedai_client::JobUpdate::Partial(_)) {
+                partials += 1;
+            }
+        })
         .await
         .unwrap();
+    assert!(partials > 0, "the job streamed");
     let (m, _) = done.metering.as_ref().expect("metering");
     let short = done.request.id.to_hex()[..10].to_owned();
+    let row_script = format!(
+        "const r = [...document.querySelectorAll('#jobs tbody tr')]
+           .find(r => r.innerText.includes('{short}'));
+         return r && r.innerText.includes('signed metering') ? r.innerText : null"
+    );
     let job = browser
-        .wait_for(
-            "the job in the feed",
-            &format!(
-                "const r = [...document.querySelectorAll('#jobs tbody tr')]
-                   .find(r => r.innerText.includes('{short}'));
-                 return r && r.innerText.includes('signed metering') ? r.innerText : null"
-            ),
-            T,
-        )
+        .wait_for("the job in the feed", &row_script, T)
         .await;
-    let job = job.as_str().unwrap();
+    let job = job.as_str().unwrap().to_owned();
+    // Opened after the fact, the page gets the job's events newest first (metering before
+    // result before request) and must still put the row together.
+    browser.goto(&format!("http://{}/", relay.addr)).await;
+    let again = browser
+        .wait_for("the job after a reload", &row_script, T)
+        .await;
+    assert_eq!(again.as_str().unwrap(), job, "the same row, live or loaded");
     assert!(job.contains("success"), "{job}");
     assert!(job.contains("tiny"), "{job}");
     assert!(job.contains("dash-worker-1"), "{job}");
@@ -121,7 +134,10 @@ async fn the_dashboard_shows_a_live_market_in_a_real_browser() {
         )
         .await;
     assert!(
-        stats["trust"].as_str().unwrap().starts_with("100%"),
+        stats["trust"]
+            .as_str()
+            .unwrap()
+            .starts_with("100%\n1 delivered, 0 failed"),
         "{stats}"
     );
     assert!(
@@ -210,8 +226,19 @@ fn event_frame(ev: &Value) -> String {
 }
 
 fn signed(keys: &Keys, kind: u16, content: &str, tags: Vec<Vec<String>>) -> Value {
+    signed_at(keys, kind, content, tags, Timestamp::now())
+}
+
+fn signed_at(
+    keys: &Keys,
+    kind: u16,
+    content: &str,
+    tags: Vec<Vec<String>>,
+    at: Timestamp,
+) -> Value {
     let ev = EventBuilder::new(Kind::from_u16(kind), content)
         .tags(tags.into_iter().map(|t| Tag::parse(t).unwrap()))
+        .custom_created_at(at)
         .finalize(keys)
         .unwrap();
     serde_json::from_str(&ev.as_json()).unwrap()
@@ -256,11 +283,11 @@ async fn the_dashboard_refuses_forged_events_and_never_runs_what_they_say() {
     // Content changed after signing: the id no longer matches.
     let mut tampered = ad(&other, "c", "x", "tiny");
     tampered["content"] = json!({ "name": "TAMPERED-WORKER" }).to_string().into();
-    // A valid event too big to be worth parsing.
+    // A valid event too big to be worth parsing (no relay of ours stores one this size).
     let huge = signed(
         &customer,
         5050,
-        &"x".repeat(300_000),
+        &"x".repeat(1_100_000),
         tags(&[&["t", "fedai"]]),
     );
 
@@ -303,9 +330,9 @@ async fn the_dashboard_refuses_forged_events_and_never_runs_what_they_say() {
     );
     let preimage = [7u8; 32];
     let hash = fedai_protocol::sha256_hex(&preimage);
-    let receipt = |amount: &str, pre: &str| {
+    let receipt = |signer: &Keys, amount: &str, pre: &str| {
         signed(
-            &customer,
+            signer,
             7062,
             "",
             tags(&[
@@ -317,17 +344,81 @@ async fn the_dashboard_refuses_forged_events_and_never_runs_what_they_say() {
             ]),
         )
     };
-    let paid = receipt("5000", &hex::encode(preimage));
-    let unproven = receipt("7000", &hex::encode([8u8; 32]));
+    let paid = receipt(&customer, "5000", &hex::encode(preimage));
+    let unproven = receipt(&customer, "7000", &hex::encode([8u8; 32]));
+    // Strangers' words about the job: an error, a result without metering, a receipt that is
+    // not the customer's, metering for a request nobody made. None may change the row or money.
+    let p_customer = customer.public_key().to_hex();
+    let stranger_error = signed(
+        &other,
+        7000,
+        "",
+        tags(&[
+            &["status", "error"],
+            &["code", "STRANGER"],
+            &["e", &rid],
+            &["p", &p_customer],
+        ]),
+    );
+    let stranger_result = signed(
+        &other,
+        6050,
+        "not the answer",
+        tags(&[&["e", &rid], &["p", &p_customer]]),
+    );
+    let stranger_receipt = receipt(&other, "9000", &hex::encode(preimage));
+    let made_up = hex::encode([9u8; 32]);
+    let stranger_metering = signed(
+        &other,
+        7060,
+        "",
+        tags(&[
+            &["e", &made_up, "", "request"],
+            &["e", &made_up, "", "result"],
+            &["tokens", "1", "1"],
+            &["price", "123456"],
+        ]),
+    );
+    // Kept out of what the page stores: an ad from the future, an ad with a huge value.
+    let future = signed_at(
+        &other,
+        31990,
+        &json!({ "name": "FUTURE-WORKER" }).to_string(),
+        tags(&[&["d", "f"], &["k", "5050"], &["t", "fedai"]]),
+        Timestamp::now() + 3600,
+    );
+    let long = "y".repeat(2000);
+    let long_ad = signed(
+        &other,
+        31990,
+        &json!({ "name": "LONG-WORKER" }).to_string(),
+        tags(&[&["d", "l"], &["k", "5050"], &["model", &long]]),
+    );
     let mut frames: Vec<String> = [
-        &evil, &forged, &tampered, &huge, &request, &result, &metering, &paid, &unproven,
+        &evil,
+        &forged,
+        &tampered,
+        &huge,
+        &request,
+        &result,
+        &metering,
+        &paid,
+        &unproven,
+        &stranger_error,
+        &stranger_result,
+        &stranger_receipt,
+        &stranger_metering,
+        &future,
+        &long_ad,
     ]
     .iter()
     .map(|e| event_frame(e))
     .collect();
-    // Not JSON at all, and a frame of the wrong shape.
+    // Not JSON at all, frames of the wrong shape.
     frames.push("<script>window.__pwned=3</script>".into());
     frames.push(json!(["EVENT", "{sub}", "not an event"]).to_string());
+    frames.push(json!(["EVENT", "{sub}", null]).to_string());
+    frames.push(json!(["EVENT", "{sub}", {"kind": 7000, "tags": [null]}]).to_string());
     let hostile = hostile_relay(frames).await;
 
     let relay = RelayProc::start(&["--memory"]);
@@ -348,19 +439,24 @@ async fn the_dashboard_refuses_forged_events_and_never_runs_what_they_say() {
             // The page renders a moment after events arrive: wait for what it shows.
             "const s = window.fedaiDashboard();
              return document.getElementById('stat-verify').textContent === `${s.verified} / ${s.rejected}`
-               && s.verified >= 6 && s.rejected >= 5 ? s : null",
+               && s.verified >= 12 && s.rejected >= 7 ? s : null",
             T,
         )
         .await;
     assert_eq!(counts["error"], Value::Null, "{counts}");
-    assert_eq!(counts["verified"], 6, "{counts}");
-    assert_eq!(counts["rejected"], 5, "{counts}");
+    assert_eq!(counts["verified"], 12, "{counts}");
+    assert_eq!(counts["rejected"], 7, "{counts}");
+    assert_eq!(counts["skipped"], 2, "the future and the long ad: {counts}");
     assert_eq!(counts["workers"], 1, "only the genuine ad: {counts}");
     let text = browser_text(&browser).await;
     for absent in [
         "FORGED-WORKER",
         "TAMPERED-WORKER",
+        "FUTURE-WORKER",
+        "LONG-WORKER",
+        "STRANGER",
         "an output the page must not show",
+        "not the answer",
     ] {
         assert!(!text.contains(absent), "{absent} shown:\n{text}");
     }
@@ -383,26 +479,63 @@ async fn the_dashboard_refuses_forged_events_and_never_runs_what_they_say() {
         json!({"pwned": null, "injected": 0, "scripts": 1}),
         "nothing an event says runs"
     );
-    // Money: the metered price, and one receipt proven by its preimage, one not.
-    let money = browser
+    // The job: the worker whose metering names its result answered it, whatever strangers say.
+    let job = browser
         .eval(
-            "return document.querySelector('#money tbody').innerText",
+            "return [...document.querySelectorAll('#jobs tbody tr td')].map(td => td.innerText)",
             json!([]),
         )
         .await;
-    let money = money.as_str().unwrap();
-    assert!(money.contains("evil-worker"), "{money}");
-    assert!(money.contains("5,000"), "{money}");
-    assert!(money.contains("1 without a valid preimage"), "{money}");
-    assert!(
-        !money.contains("12,000"),
-        "the unproven receipt is not counted: {money}"
+    let cells: Vec<&str> = job
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(cells.len(), 8, "one job: {cells:?}");
+    assert_eq!(cells[3], "success", "{cells:?}");
+    assert!(cells[4].starts_with(EVIL_NAME), "{cells:?}");
+    assert_eq!(cells[5], "120 ms", "{cells:?}");
+    assert_eq!(cells[6], "3 / 4", "{cells:?}");
+    assert_eq!(cells[7], "5,000\nsigned metering", "{cells:?}");
+    // Money, cell by cell: one row (the stranger's made-up metering and receipt count for
+    // nobody); metered 5,000; two receipts from the customer, one whose preimage does not open
+    // its hash; 5,000 paid.
+    let money = browser
+        .eval(
+            "return [...document.querySelectorAll('#money tbody tr')]
+               .map(tr => [...tr.cells].map(td => td.innerText))",
+            json!([]),
+        )
+        .await;
+    let rows = money.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{money}");
+    let row: Vec<&str> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(row[0].starts_with(EVIL_NAME), "{row:?}");
+    assert_eq!(row[1], "5,000\n1 jobs", "{row:?}");
+    assert_eq!(row[2], "2\n1 without a valid preimage", "{row:?}");
+    assert_eq!(row[3], "5,000", "{row:?}");
+    let trust = browser
+        .eval(
+            "return document.querySelector('#workers tbody tr .trust').innerText",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        trust, "100%\n1 delivered, 0 failed",
+        "a stranger's error is not the worker's"
     );
     // An alert() from an event would have failed every WebDriver command above; close cleanly.
     browser.close().await;
 }
 
-/// Without a browser: who gets the page, who does not, and what it is served with.
+/// Without a browser: who gets the page, who does not, what it is served with, and that
+/// WebSockets and NIP-11 on `/` are as before.
 #[tokio::test]
 async fn the_relay_serves_the_dashboard_to_browsers_only_and_can_turn_it_off() {
     let relay = RelayProc::start(&["--memory"]);
@@ -427,6 +560,38 @@ async fn the_relay_serves_the_dashboard_to_browsers_only_and_can_turn_it_off() {
         let (status, _) = relay.http_get(path, "*/*").await;
         assert!(status.contains("404"), "{path}: {status}");
     }
+    let (head, _) = fedai_tests::http_get_head(&relay.addr, "/", "text/html").await;
+    let head = head.to_ascii_lowercase();
+    for want in [
+        "content-type: text/html",
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "x-content-type-options: nosniff",
+        "vary: accept",
+    ] {
+        assert!(head.contains(want), "{want} in {head}");
+    }
+    let (head, _) = fedai_tests::http_get_head(&relay.addr, "/dashboard/app.js", "*/*").await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/javascript"),
+        "{head}"
+    );
+    // A browser's WebSocket to `/` (it may send Accept: text/html) still upgrades.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = relay.url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("accept", "text/html,*/*".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(json!(["REQ", "x", {"limit": 1}]).to_string().into())
+        .await
+        .unwrap();
+    let eose = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(eose.to_text().unwrap().contains("EOSE"), "{eose}");
+
     let off = RelayProc::start(&["--memory", "--no-dashboard"]);
     let (_, body) = off.http_get("/", "text/html").await;
     assert!(body.starts_with("fedai-relay:"), "{body}");

@@ -16,23 +16,31 @@ import { sha256 } from './vendor/noble-hashes/sha2.js';
 hashes.sha256 = sha256;
 
 const K = { REQUEST: 5050, RESULT: 6050, FEEDBACK: 7000, METERING: 7060, RECEIPT: 7062, AD: 31990 };
-const MAX_MESSAGE = 256 * 1024; // bigger frames are dropped unparsed
+const MAX_MESSAGE = 1024 * 1024; // bigger frames are dropped unparsed (relays cap events lower)
 const MAX_WORKERS = 500;
 const MAX_JOBS = 500;
 const MAX_RECORDS = 5000; // metering records and receipts, each
 const SHOWN_JOBS = 100;
 const HOUR = 3600;
 
-// ---- state -------------------------------------------------------------------------------
+// ---- state ----------------------------------------------------------------------------
+//
+// Events are stored as they come (the relay sends a query's events newest first, so a job's
+// metering arrives before its request) and joined only when the page renders: a job's row is
+// worked out from whatever of its request, results, feedback and metering is known by then.
 
 const state = {
   workers: new Map(), // `${pubkey}:${d}` -> ad
-  jobs: new Map(), // request id -> job
+  requests: new Map(), // request id -> request
+  results: new Map(), // request id -> Map(result id -> result)
+  feedback: new Map(), // request id -> Map(signer -> latest status)
   metering: new Map(), // metering event id -> record
   receipts: new Map(), // receipt event id -> receipt
   verified: 0,
   rejected: 0,
-  seen: new Set(), // event ids already handled (bounded below)
+  skipped: 0,
+  seen: new Set(), // event ids handled, good or bad (cleared when large)
+  newest: 0, // newest created_at seen: where a re-opened subscription starts
 };
 
 // ---- small helpers -----------------------------------------------------------------------
@@ -148,17 +156,33 @@ function eTag(ev, marker) {
 
 // ---- event handling ----------------------------------------------------------------------
 
+const MAX_TAG_VALUE = 1024; // longer values in the events the page keeps: skipped, unkept
+const MAX_FUTURE = 600; // seconds ahead of this clock an event may be dated
+
 function onEvent(ev) {
+  if (!ev || typeof ev !== 'object' || !Array.isArray(ev.tags) || !ev.tags.every(Array.isArray)) {
+    state.rejected++;
+    return;
+  }
   if (state.seen.has(ev.id)) return;
   // Streamed partials carry output text and nothing the page shows: skip them unverified.
-  if (ev.kind === K.FEEDBACK && tag(ev, 'status')?.[1] === 'partial') return;
+  if (ev.kind === K.FEEDBACK && ev.tags.find((t) => t[0] === 'status')?.[1] === 'partial') return;
+  if (state.seen.size > 4 * (MAX_JOBS + MAX_RECORDS)) state.seen.clear();
+  // Remember failures too: the same bad event sent again costs nothing more.
+  state.seen.add(ev.id);
   if (!verifyEvent(ev)) {
     state.rejected++;
     return;
   }
   state.verified++;
-  state.seen.add(ev.id);
-  if (state.seen.size > 4 * (MAX_JOBS + MAX_RECORDS)) state.seen.clear();
+  // What the page keeps stays small: no long values, no events from the future (they would
+  // sort first and push real ones out).
+  const big = ev.kind === K.AD ? ev.content.length > 65536 : false;
+  if (big || ev.created_at > now() + MAX_FUTURE || ev.tags.some((t) => t.some((v) => v.length > MAX_TAG_VALUE))) {
+    state.skipped++;
+    return;
+  }
+  if (ev.created_at > state.newest) state.newest = ev.created_at;
   switch (ev.kind) {
     case K.AD: return onAd(ev);
     case K.REQUEST: return onRequest(ev);
@@ -176,19 +200,19 @@ function onAd(ev) {
   if (old && old.created_at >= ev.created_at) return;
   let name = '';
   try {
-    const c = ev.content.length <= 65536 ? JSON.parse(ev.content) : null;
-    if (c && typeof c.name === 'string') name = c.name;
+    const c = JSON.parse(ev.content);
+    if (c && typeof c.name === 'string') name = c.name.slice(0, 64);
   } catch { /* content is optional */ }
-  const prices = new Map(tagsOf(ev, 'price').map((t) => [t[1], t.slice(2, 5).map(num)]));
+  const prices = new Map(tagsOf(ev, 'price').slice(0, 16).map((t) => [t[1], t.slice(2, 5).map(num)]));
   const cap = tag(ev, 'capacity');
   const hw = tag(ev, 'hardware');
-  const exp = num(tag(ev, 'expiration')?.[1]);
   state.workers.set(key, {
     pubkey: ev.pubkey,
     d,
     name,
     created_at: ev.created_at,
-    expires: exp,
+    expires: num(tag(ev, 'expiration')?.[1]),
+    fedai: tagsOf(ev, 't').some((t) => t[1] === 'fedai'),
     models: tagsOf(ev, 'model').slice(0, 16).map((t) => ({ id: t[1] ?? '', ctx: num(t[2]), quant: t[3] ?? '' })),
     prices,
     capacity: cap ? { max: num(cap[1]), busy: num(cap[2]), queue: num(cap[3]) } : null,
@@ -205,132 +229,205 @@ function onAd(ev) {
   if (state.workers.size > MAX_WORKERS) evictOldest(state.workers);
 }
 
-function evictOldest(map) {
+/** An ad says the worker is up: until its NIP-40 expiration, or for an hour (other DVMs). */
+function online(w, t) {
+  return w.expires != null ? w.expires > t : w.created_at > t - HOUR;
+}
+
+function evictOldest(map, created = (v) => v.created_at) {
   let oldest = null;
-  for (const [k, v] of map) if (!oldest || v.created_at < oldest[1].created_at) oldest = [k, v];
+  for (const [k, v] of map) if (!oldest || created(v) < created(oldest[1])) oldest = [k, v];
   map.delete(oldest[0]);
 }
 
-function job(id, created_at) {
-  let j = state.jobs.get(id);
-  if (!j) {
-    j = { id, created_at: created_at ?? null, model: '', state: 'sent', worker: null, error: '', latency: null, tokens: null, price: null, metered: false };
-    state.jobs.set(id, j);
-    if (state.jobs.size > MAX_JOBS) {
-      // Drop the oldest; placeholders (no request seen) count as oldest.
-      let oldest = null;
-      for (const [k, v] of state.jobs) if (!oldest || (v.created_at ?? 0) < (oldest[1].created_at ?? 0)) oldest = [k, v];
-      state.jobs.delete(oldest[0]);
-    }
+/** Per request id: a map kept to MAX_JOBS request ids (the oldest first out). */
+function perJob(map, rid, at) {
+  let m = map.get(rid);
+  if (!m) {
+    m = new Map();
+    m.at = at;
+    map.set(rid, m);
+    if (map.size > MAX_JOBS) evictOldest(map, (v) => v.at);
   }
-  return j;
+  return m;
 }
 
 function onRequest(ev) {
-  const j = job(ev.id, ev.created_at);
-  j.created_at = ev.created_at;
-  j.customer = ev.pubkey;
-  j.encrypted = !!tag(ev, 'encrypted');
   const model = ev.tags.find((t) => t[0] === 'param' && t[1] === 'model');
-  j.model = j.encrypted ? '(encrypted)' : model?.[2] ?? '';
+  const encrypted = !!tag(ev, 'encrypted');
+  state.requests.set(ev.id, {
+    id: ev.id,
+    created_at: ev.created_at,
+    customer: ev.pubkey,
+    kind: ev.kind,
+    encrypted,
+    model: encrypted ? '(encrypted)' : model?.[2] ?? '',
+    provider: tagsOf(ev, 'p').map((t) => t[1]),
+  });
+  if (state.requests.size > MAX_JOBS) evictOldest(state.requests);
 }
 
-const RANK = { sent: 0, 'payment-required': 1, processing: 2, error: 3, success: 4 };
-
-function setState(j, s, at) {
-  // Feedback can arrive out of order: a later state never goes back to an earlier one.
-  if ((RANK[s] ?? 0) >= (RANK[j.state] ?? 0)) j.state = s;
-  if ((s === 'success' || s === 'error') && j.created_at && j.latency == null) j.latency = (at - j.created_at) * 1000;
-}
+const RANK = { 'payment-required': 1, processing: 2, error: 3, success: 4 };
 
 function onFeedback(ev) {
   const rid = eTag(ev, 'request');
-  if (!rid) return;
-  const st = tag(ev, 'status');
-  const s = st?.[1];
-  if (!(s in RANK)) return;
-  const j = job(rid);
-  j.worker = j.worker ?? ev.pubkey;
-  if (s === 'error') j.error = clip(tag(ev, 'code')?.[1] ?? st[2] ?? 'error', 40);
-  setState(j, s, ev.created_at);
+  const s = tag(ev, 'status')?.[1];
+  if (!rid || !Object.hasOwn(RANK, s)) return;
+  const bySigner = perJob(state.feedback, rid, ev.created_at);
+  const old = bySigner.get(ev.pubkey);
+  // Each signer's latest word counts for that signer only: a stranger's `error` is not the
+  // worker's failure.
+  if (old && old.created_at > ev.created_at) return;
+  bySigner.set(ev.pubkey, { status: s, code: clip(tag(ev, 'code')?.[1] ?? '', 40), created_at: ev.created_at });
+  if (bySigner.size > 16) evictOldest(bySigner);
 }
 
 function onResult(ev) {
   const rid = eTag(ev, 'request');
   if (!rid) return;
-  const j = job(rid);
-  j.worker = ev.pubkey;
-  j.result = ev.id;
-  setState(j, 'success', ev.created_at);
+  const results = perJob(state.results, rid, ev.created_at);
+  results.set(ev.id, { id: ev.id, pubkey: ev.pubkey, created_at: ev.created_at, customer: tag(ev, 'p')?.[1] });
+  if (results.size > 16) evictOldest(results);
 }
 
 function onMetering(ev) {
   const rid = eTag(ev, 'request');
-  if (!rid) return;
+  const res = eTag(ev, 'result');
+  if (!rid || !res) return;
   const tokens = tag(ev, 'tokens');
-  const rec = {
+  state.metering.set(ev.id, {
     id: ev.id,
     worker: ev.pubkey,
     request: rid,
-    result: eTag(ev, 'result'),
+    result: res,
     created_at: ev.created_at,
-    model: tag(ev, 'model')?.[1] ?? '',
+    model: clip(tag(ev, 'model')?.[1] ?? '', 64),
     tokens: tokens ? [num(tokens[1]), num(tokens[2])] : null,
     wall: num(tag(ev, 'wall_ms')?.[1]),
     price: num(tag(ev, 'price')?.[1]),
-  };
-  state.metering.set(ev.id, rec);
+  });
   if (state.metering.size > MAX_RECORDS) evictOldest(state.metering);
-  const j = state.jobs.get(rid);
-  if (j) {
-    // Metering counts for a job only from the worker whose result it names.
-    if (j.worker && j.worker !== ev.pubkey) return;
-    j.worker = ev.pubkey;
-    j.tokens = rec.tokens;
-    j.price = rec.price;
-    if (rec.wall != null) j.latency = rec.wall;
-    if (!j.model || j.model === '(encrypted)') j.model = clip(rec.model, 40);
-    j.metered = true;
-  }
 }
 
 function onReceipt(ev) {
   const worker = tag(ev, 'p')?.[1];
-  if (!isHex(worker, 64)) return;
+  const rid = eTag(ev, 'request');
+  if (!isHex(worker, 64) || !rid) return;
   const hash = tag(ev, 'payment_hash')?.[1];
   const pre = tag(ev, 'preimage')?.[1];
-  // The preimage is the proof of payment: SHA-256(preimage) must be the invoice's hash.
-  const proven = isHex(hash, 64) && isHex(pre, 64) && bytesToHex(sha256(hexToBytes(pre))) === hash;
-  state.receipts.set(ev.id, { worker, created_at: ev.created_at, amount: num(tag(ev, 'amount')?.[1]), proven });
+  // SHA-256(preimage) = payment hash: the customer holds the preimage the invoice committed to.
+  const opens = isHex(hash, 64) && isHex(pre, 64) && bytesToHex(sha256(hexToBytes(pre))) === hash;
+  state.receipts.set(ev.id, { worker, request: rid, signer: ev.pubkey, created_at: ev.created_at, amount: num(tag(ev, 'amount')?.[1]), opens });
   if (state.receipts.size > MAX_RECORDS) evictOldest(state.receipts);
+}
+
+/**
+ * A job's row, joined from what is known. A result counts as *the* answer when the worker that
+ * signed it also signed a metering record naming it and the request, and the result names the
+ * request's customer: a stranger's result or metering changes nothing. Without a metered answer
+ * the state is the best any signer reported, blamed (for errors) on that signer only.
+ */
+function jobRow(rid) {
+  const req = state.requests.get(rid);
+  const results = [...(state.results.get(rid)?.values() ?? [])].filter((r) => !req || !r.customer || r.customer === req.customer);
+  let answer = null;
+  let meter = null;
+  for (const r of results) {
+    for (const m of meteringByResult.get(r.id) ?? []) {
+      if (m.worker === r.pubkey && m.request === rid) {
+        answer = r;
+        meter = m;
+      }
+    }
+  }
+  const fb = [...(state.feedback.get(rid)?.entries() ?? [])];
+  let st = 'sent';
+  let worker = null;
+  let code = '';
+  if (answer) {
+    st = 'success';
+    worker = answer.pubkey;
+  } else if (results.length) {
+    st = 'success';
+    worker = results[0].pubkey;
+  } else {
+    for (const [signer, f] of fb) {
+      if ((RANK[f.status] ?? 0) > (RANK[st] ?? 0)) {
+        st = f.status;
+        worker = signer;
+        code = f.code;
+      }
+    }
+  }
+  const end = answer ?? results[0];
+  return {
+    id: rid,
+    req,
+    created_at: req?.created_at ?? null,
+    model: req?.model || meter?.model || '',
+    state: st,
+    code,
+    worker,
+    metered: !!meter,
+    tokens: meter?.tokens ?? null,
+    price: meter?.price ?? null,
+    // The worker's own inference time, else request → result by the two signers' clocks.
+    latency: meter?.wall != null ? `${fmt(meter.wall)} ms` : end && req && end.created_at >= req.created_at ? `≈${end.created_at - req.created_at} s` : null,
+  };
+}
+
+/** Metering records by the result they name (rebuilt each render). */
+let meteringByResult = new Map();
+function indexMetering() {
+  meteringByResult = new Map();
+  for (const m of state.metering.values()) {
+    if (!meteringByResult.has(m.result)) meteringByResult.set(m.result, []);
+    meteringByResult.get(m.result).push(m);
+  }
 }
 
 // ---- rendering ---------------------------------------------------------------------------
 
-function workerLabel(pubkey) {
-  for (const w of state.workers.values()) if (w.pubkey === pubkey && w.name) return clip(w.name, 48);
-  return shortNpub(pubkey);
+/** A worker as the tables name it: its ad's name (anyone can pick any name) and its key. */
+function workerCell(pubkey) {
+  let name = '';
+  for (const w of state.workers.values()) if (w.pubkey === pubkey && w.name) name = w.name;
+  return el('td', 'who', clip(name || 'unnamed', 48), el('small', 'mono', shortNpub(pubkey)));
 }
 
-/** Per worker: metering records seen, failures reported, msat metered / proven paid (24 h). */
-function perWorker() {
+/**
+ * Per worker, over the jobs in view: answers linked by their own metering (`delivered`), errors
+ * the worker itself reported (`failed`), msat those metering records claim in the last 24 h
+ * (`metered`), and receipts signed by the job's own customer whose preimage opens the hash.
+ * All of these are signed claims, checked for consistency, not proofs of quality: a worker
+ * paying itself from a second key can still make them up (docs/relay.md).
+ */
+function perWorker(rows) {
   const out = new Map();
   const get = (pk) => {
-    if (!out.has(pk)) out.set(pk, { ok: 0, failed: 0, metered: 0, proven: 0, receipts: 0, unproven: 0 });
+    if (!out.has(pk)) out.set(pk, { delivered: 0, failed: 0, metered: 0, jobs24: 0, receipts: 0, paid: 0, unproven: 0 });
     return out.get(pk);
   };
   const since = now() - 24 * HOUR;
-  for (const m of state.metering.values()) {
-    const w = get(m.worker);
-    w.ok++;
-    if (m.created_at >= since) w.metered += m.price ?? 0;
+  for (const j of rows) {
+    if (!j.worker) continue;
+    if (j.metered) {
+      const w = get(j.worker);
+      w.delivered++;
+      if ((j.created_at ?? 0) >= since) {
+        w.metered += j.price ?? 0;
+        w.jobs24++;
+      }
+    } else if (j.state === 'error') {
+      get(j.worker).failed++;
+    }
   }
-  for (const j of state.jobs.values()) if (j.state === 'error' && j.worker) get(j.worker).failed++;
   for (const r of state.receipts.values()) {
-    if (r.created_at < since) continue;
+    const req = state.requests.get(r.request);
+    if (r.created_at < since || !req || req.customer !== r.signer) continue;
     const w = get(r.worker);
     w.receipts++;
-    if (r.proven) w.proven += r.amount ?? 0;
+    if (r.opens) w.paid += r.amount ?? 0;
     else w.unproven++;
   }
   return out;
@@ -342,54 +439,54 @@ function renderWorkers(stats) {
   const t = now();
   body.replaceChildren(
     ...rows.map((w) => {
-      const online = w.expires == null || w.expires > t;
+      const up = online(w, t);
       const s = stats.get(w.pubkey);
-      const trust = s && s.ok + s.failed > 0 ? `${Math.round((100 * s.ok) / (s.ok + s.failed))}%` : '–';
+      const seen = s ? s.delivered + s.failed : 0;
+      const trust = seen ? `${Math.round((100 * s.delivered) / seen)}%` : '–';
       const tr = el(
         'tr',
-        online ? 'worker' : 'worker offline',
-        el('td', null, el('span', 'name', clip(w.name || 'unnamed', 48)), el('small', 'mono', shortNpub(w.pubkey))),
+        up ? 'worker' : 'worker offline',
+        el('td', null, el('span', 'name', clip(w.name || 'unnamed', 48)), el('small', 'mono', shortNpub(w.pubkey)), w.fedai ? null : el('small', null, 'NIP-90 DVM')),
         el('td', null, ...w.models.map((m) => el('div', 'model', clip(m.id, 40), el('small', null, [m.ctx ? `${fmt(m.ctx)} ctx` : '', clip(m.quant, 12)].filter(Boolean).join(' · '))))),
         el('td', 'mono', ...w.models.map((m) => {
           const p = w.prices.get(m.id);
-          return el('div', null, p ? `${fmt(p[0])} + ${fmt(p[1])}/${fmt(p[2])}` : 'free?');
+          return el('div', null, p ? `${fmt(p[0])} + ${fmt(p[1])}/${fmt(p[2])}` : '–');
         })),
         el('td', null, w.capacity ? `${fmt(w.capacity.busy)}/${fmt(w.capacity.max)} busy` : '–', w.capacity ? el('small', null, `queue ${fmt(w.capacity.queue)}`) : null),
         el('td', null, w.hardware || '–'),
         el('td', null, clip(w.runner, 16) || '–', w.health ? el('small', w.health === 'ok' ? 'ok' : 'warn', clip(w.health, 12)) : null),
         el('td', null, clip(w.mode, 12) || '–', el('small', null, w.payment.map((p) => clip(p, 12)).join(', '))),
-        el('td', 'trust', trust, s ? el('small', null, `${s.ok} metered, ${s.failed} failed`) : null),
-        el('td', null, ago(w.created_at), online ? null : el('small', 'bad', 'ad expired')),
+        el('td', 'trust', trust, s ? el('small', null, `${s.delivered} delivered, ${s.failed} failed`) : null),
+        el('td', null, ago(w.created_at), up ? null : el('small', 'bad', 'ad expired')),
       );
       tr.title = npub(w.pubkey);
       return tr;
     }),
   );
   $('workers-empty').hidden = rows.length > 0;
-  $('stat-workers').textContent = rows.filter((w) => w.expires == null || w.expires > t).length;
+  $('stat-workers').textContent = rows.filter((w) => online(w, t)).length;
 }
 
-function renderJobs() {
+function renderJobs(rows) {
   const body = $('jobs').tBodies[0];
-  const rows = [...state.jobs.values()].sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0)).slice(0, SHOWN_JOBS);
   body.replaceChildren(
-    ...rows.map((j) =>
+    ...rows.slice(0, SHOWN_JOBS).map((j) =>
       el(
         'tr',
         'job',
         el('td', null, j.created_at ? clock(j.created_at) : '–'),
-        el('td', 'mono', j.id.slice(0, 10) + '…'),
+        el('td', 'mono', j.id.slice(0, 10) + '…', el('small', null, j.req ? `kind ${j.req.kind}` : 'request not seen')),
         el('td', null, clip(j.model, 40) || '–'),
-        el('td', `state state-${j.state}`, j.state, j.error ? el('small', null, j.error) : null),
-        el('td', 'mono', j.worker ? workerLabel(j.worker) : '–'),
-        el('td', null, j.latency == null ? '–' : `${fmt(j.latency)} ms`),
+        el('td', `state state-${j.state}`, j.state, j.code ? el('small', null, j.code) : null),
+        j.worker ? workerCell(j.worker) : el('td', null, '–'),
+        el('td', null, j.latency ?? '–'),
         el('td', null, j.tokens ? `${fmt(j.tokens[0])} / ${fmt(j.tokens[1])}` : '–'),
         el('td', null, j.price == null ? '–' : fmt(j.price), j.metered ? el('small', 'ok', 'signed metering') : null),
       ),
     ),
   );
   const t = now();
-  const recent = [...state.jobs.values()].filter((j) => j.created_at && j.created_at > t - HOUR);
+  const recent = rows.filter((j) => j.created_at && j.created_at > t - HOUR);
   $('stat-jobs').textContent = recent.length;
   $('stat-outcome').textContent = `${recent.filter((j) => j.state === 'success').length} / ${recent.filter((j) => j.state === 'error').length}`;
   $('stat-rate').textContent = (recent.filter((j) => j.created_at > t - 600).length / 10).toFixed(1);
@@ -424,37 +521,36 @@ function bars(svg, series, labels) {
   svg.replaceChildren(...nodes);
 }
 
-function renderCharts() {
+function renderCharts(rows) {
   const t = now();
   const minutes = Array.from({ length: 30 }, () => [0, 0]);
-  for (const j of state.jobs.values()) {
+  const hours = Array.from({ length: 24 }, () => [0, 0]);
+  for (const j of rows) {
     if (!j.created_at) continue;
     const i = 29 - Math.floor((t - j.created_at) / 60);
-    if (i < 0 || i > 29) continue;
-    minutes[i][0]++;
-    if (j.state === 'error') minutes[i][1]++;
+    if (i >= 0 && i <= 29) {
+      minutes[i][0]++;
+      if (j.state === 'error') minutes[i][1]++;
+    }
+    const h = 23 - Math.floor((t - j.created_at) / HOUR);
+    if (j.metered && h >= 0 && h <= 23) hours[h][0] += (j.price ?? 0) / 1000;
   }
   bars($('chart-jobs'), minutes, ['30 min ago', 'now']);
-  const hours = Array.from({ length: 24 }, () => [0, 0]);
-  for (const m of state.metering.values()) {
-    const i = 23 - Math.floor((t - m.created_at) / HOUR);
-    if (i >= 0 && i <= 23) hours[i][0] += (m.price ?? 0) / 1000;
-  }
   bars($('chart-money'), hours, ['24 h ago', 'now']);
 }
 
 function renderMoney(stats) {
   const body = $('money').tBodies[0];
-  const rows = [...stats.entries()].filter(([, s]) => s.ok || s.receipts).sort((a, b) => b[1].metered - a[1].metered);
+  const rows = [...stats.entries()].filter(([, s]) => s.delivered || s.receipts).sort((a, b) => b[1].metered - a[1].metered);
   body.replaceChildren(
     ...rows.map(([pk, s]) =>
       el(
         'tr',
         'earner',
-        el('td', 'mono', workerLabel(pk)),
-        el('td', null, fmt(s.metered), el('small', null, `${s.ok} jobs metered`)),
-        el('td', null, `${s.receipts}`, s.receipts ? el('small', s.unproven ? 'bad' : 'ok', s.unproven ? `${s.unproven} without a valid preimage` : 'all proven by preimage') : null),
-        el('td', null, fmt(s.proven)),
+        workerCell(pk),
+        el('td', 'metered', fmt(s.metered), el('small', null, `${s.jobs24} jobs`)),
+        el('td', 'receipts', `${s.receipts}`, s.receipts ? el('small', s.unproven ? 'bad' : 'ok', s.unproven ? `${s.unproven} without a valid preimage` : 'preimages open their hashes') : null),
+        el('td', 'paid', fmt(s.paid)),
       ),
     ),
   );
@@ -477,11 +573,14 @@ function render() {
 }
 
 function renderAll() {
-  const stats = perWorker();
+  indexMetering();
+  const ids = new Set([...state.requests.keys(), ...state.results.keys(), ...state.feedback.keys()]);
+  const rows = [...ids].map(jobRow).sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
+  const stats = perWorker(rows);
   renderWorkers(stats);
-  renderJobs();
+  renderJobs(rows);
   renderMoney(stats);
-  renderCharts();
+  renderCharts(rows);
   $('stat-rejected').textContent = state.rejected;
   $('stat-verify').firstChild.textContent = `${state.verified} / `;
 }
@@ -501,41 +600,57 @@ function scheduleRender() {
 function relayUrl() {
   const q = new URLSearchParams(location.search).get('relay');
   if (q && /^wss?:\/\//.test(q)) return q;
-  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/';
+  // This relay, under whatever path a reverse proxy serves it.
+  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname;
 }
 
 const RELAY = relayUrl();
+let relayHost = null;
+try {
+  relayHost = new URL(RELAY).host;
+} catch { /* reported by connect() */ }
 /** Whether the relay is the one serving this page (its /metrics is then ours to read). */
-const SAME_ORIGIN = new URL(RELAY).host === location.host;
+const SAME_ORIGIN = relayHost === location.host;
 
-function filters() {
+function filters(since) {
   const t = now();
+  const from = (s) => Math.max(s, since ?? 0);
   return [
     { kinds: [K.AD], '#k': [String(K.REQUEST)], limit: MAX_WORKERS },
-    { kinds: [K.REQUEST], since: t - HOUR, limit: MAX_JOBS },
-    { kinds: [K.RESULT, K.FEEDBACK], since: t - HOUR, limit: 2000 },
-    { kinds: [K.METERING, K.RECEIPT], since: t - 24 * HOUR, limit: 2000 },
+    { kinds: [K.REQUEST], since: from(t - 24 * HOUR), limit: MAX_JOBS },
+    // Each kind its own limit: streamed partials (kind 7000) must not crowd out results.
+    { kinds: [K.RESULT], since: from(t - 24 * HOUR), limit: 1000 },
+    { kinds: [K.FEEDBACK], since: from(t - HOUR), limit: 2000 },
+    { kinds: [K.METERING], since: from(t - 24 * HOUR), limit: 2000 },
+    { kinds: [K.RECEIPT], since: from(t - 24 * HOUR), limit: 1000 },
   ];
 }
 
 let backoff = 1000;
-function connect() {
+let socket = null;
+function setConn(text, cls) {
   const conn = $('conn-state');
-  conn.textContent = 'connecting';
-  conn.className = 'pill';
+  conn.textContent = text;
+  conn.className = `pill ${cls}`;
+}
+
+function connect() {
+  setConn('connecting', '');
   let ws;
   try {
     ws = new WebSocket(RELAY);
   } catch {
-    conn.textContent = 'bad relay URL';
-    conn.className = 'pill closed';
+    setConn(location.protocol === 'https:' && RELAY.startsWith('ws:') ? 'ws:// refused from an https page' : 'bad relay URL', 'closed');
     return;
   }
+  socket = ws;
+  // After a reconnect or a CLOSED, ask only for what is newer than what we have (a minute of
+  // overlap for clocks; duplicates are dropped by id).
+  const subscribe = () => ws.send(JSON.stringify(['REQ', 'dash', ...filters(state.newest ? state.newest - 60 : 0)]));
   ws.onopen = () => {
     backoff = 1000;
-    conn.textContent = 'live';
-    conn.className = 'pill open';
-    ws.send(JSON.stringify(['REQ', 'dash', ...filters()]));
+    setConn('live', 'open');
+    subscribe();
   };
   ws.onmessage = (m) => {
     if (typeof m.data !== 'string' || m.data.length > MAX_MESSAGE) {
@@ -548,6 +663,7 @@ function connect() {
       msg = JSON.parse(m.data);
     } catch {
       state.rejected++;
+      scheduleRender();
       return;
     }
     if (!Array.isArray(msg)) return;
@@ -555,13 +671,20 @@ function connect() {
       onEvent(msg[2]);
       scheduleRender();
     } else if (msg[0] === 'CLOSED' && msg[1] === 'dash') {
-      conn.textContent = `refused: ${clip(msg[2], 60)}`;
-      conn.className = 'pill closed';
+      // A relay cuts a slow reader's subscription ("resubscribe with since"): do, after a pause.
+      setConn(`resubscribing: ${clip(msg[2], 60)}`, 'closed');
+      setTimeout(() => {
+        if (socket === ws && ws.readyState === WebSocket.OPEN) {
+          setConn('live', 'open');
+          subscribe();
+        }
+      }, backoff);
+      backoff = Math.min(backoff * 2, 30000);
     }
   };
   ws.onclose = () => {
-    conn.textContent = `reconnecting in ${backoff / 1000} s`;
-    conn.className = 'pill closed';
+    if (socket !== ws) return;
+    setConn(`reconnecting in ${backoff / 1000} s`, 'closed');
     setTimeout(connect, backoff);
     backoff = Math.min(backoff * 2, 30000);
   };
@@ -588,14 +711,16 @@ async function pollMetrics() {
     };
     const accepted = sum('fedai_relay_events_accepted_total');
     const at = performance.now();
-    if (accepted != null && lastAccepted) {
+    if (accepted != null && lastAccepted && accepted >= lastAccepted[0]) {
       $('stat-eps').textContent = ((accepted - lastAccepted[0]) / ((at - lastAccepted[1]) / 1000)).toFixed(1);
     }
     lastAccepted = accepted == null ? null : [accepted, at];
     $('stat-conns').textContent = fmt(sum('fedai_relay_connections'));
     const stored = sum('fedai_relay_stored_events');
     const bytes = sum('fedai_relay_store_bytes');
-    $('stat-stored').textContent = stored == null ? '–' : `${fmt(stored)} ev · ${fmt((bytes ?? 0) / 1048576)} MiB`;
+    const size = (bytes ?? 0) < 1048576 ? `${fmt((bytes ?? 0) / 1024)} KiB` : `${fmt(bytes / 1048576)} MiB`;
+    // The relay recounts its events every 10 s; its bytes move with every store.
+    $('stat-stored').textContent = stored == null ? '–' : `${fmt(stored)} ev · ${size}`;
   } catch {
     /* metrics are optional */
   }
@@ -604,19 +729,29 @@ async function pollMetrics() {
 // ---- start -------------------------------------------------------------------------------
 
 function theme() {
-  const saved = localStorage.getItem('fedai-theme');
-  if (saved) document.documentElement.dataset.theme = saved;
+  let saved = null;
+  try {
+    saved = localStorage.getItem('fedai-theme');
+  } catch { /* site data blocked: follow the system */ }
+  if (saved === 'light' || saved === 'dark') document.documentElement.dataset.theme = saved;
   $('theme').onclick = () => {
     const dark = getComputedStyle(document.documentElement).getPropertyValue('--bg').trim() === '#15161a';
     const next = dark ? 'light' : 'dark';
     document.documentElement.dataset.theme = next;
-    localStorage.setItem('fedai-theme', next);
+    try {
+      localStorage.setItem('fedai-theme', next);
+    } catch { /* not kept */ }
   };
 }
 
 theme();
 $('relay-url').value = RELAY;
 $('relay-info').textContent = `Relay: ${RELAY}`;
+if (!SAME_ORIGIN) {
+  // Another relay's market under this server's name: say whose it is, prominently.
+  $('foreign').hidden = false;
+  $('foreign-url').textContent = RELAY;
+}
 connect();
 render();
 pollMetrics();
@@ -628,7 +763,8 @@ window.fedaiDashboard = () => ({
   relay: RELAY,
   verified: state.verified,
   rejected: state.rejected,
+  skipped: state.skipped,
   workers: state.workers.size,
-  jobs: state.jobs.size,
+  jobs: state.requests.size,
   error: renderError,
 });

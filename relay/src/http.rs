@@ -143,28 +143,30 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Body>) -> Respo
 }
 
 async fn index(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response<Body> {
-    let nip11 = headers
+    let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/nostr+json"));
-    if nip11 {
+        .unwrap_or("");
+    let nip11 = accept.contains("application/nostr+json");
+    let browser = accept.contains("text/html");
+    let mut r = if nip11 {
         ctx.metrics.http("nip11");
-        return text(StatusCode::OK, "application/nostr+json", ctx.nip11.clone());
-    }
-    let browser = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/html"));
-    if browser && ctx.dashboard {
+        text(StatusCode::OK, "application/nostr+json", ctx.nip11.clone())
+    } else if browser && ctx.dashboard {
         ctx.metrics.http("dashboard");
-        return crate::dashboard::index();
-    }
-    ctx.metrics.http("index");
-    text(
-        StatusCode::OK,
-        "text/plain",
-        "fedai-relay: connect with a Nostr client over WebSocket; NIP-11 with Accept: application/nostr+json\n",
-    )
+        crate::dashboard::index()
+    } else {
+        ctx.metrics.http("index");
+        text(
+            StatusCode::OK,
+            "text/plain",
+            "fedai-relay: connect with a Nostr client over WebSocket; NIP-11 with Accept: application/nostr+json\n",
+        )
+    };
+    // One URL, three answers by `Accept`: a cache in front must keep them apart.
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
 }
 
 async fn health(State(ctx): State<Arc<Ctx>>) -> Response<Body> {

@@ -24,7 +24,12 @@ async fn main() -> anyhow::Result<()> {
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("fedai-relay listening on {}", server.url());
     if dashboard {
-        println!("fedai-relay dashboard at http://{}/", server.local_addr());
+        // Bound to every address: the loopback one works from this machine.
+        let mut addr = server.local_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        println!("fedai-relay dashboard at http://{addr}/");
     }
     tokio::select! {
         _ = term.recv() => {}

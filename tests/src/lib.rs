@@ -194,20 +194,7 @@ impl RelayProc {
 
     /// Plain HTTP GET on the relay's port; returns (status line, body).
     pub async fn http_get(&self, path: &str, accept: &str) -> (String, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(&self.addr).await.expect("connect");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        (
-            head.lines().next().unwrap_or("").to_owned(),
-            body.to_owned(),
-        )
+        http_get(&self.addr, path, accept).await
     }
 }
 
@@ -220,6 +207,12 @@ impl Drop for RelayProc {
 
 /// Plain HTTP/1.1 GET to `addr` (`host:port`); returns (status line, body).
 pub async fn http_get(addr: &str, path: &str, accept: &str) -> (String, String) {
+    let (head, body) = http_get_head(addr, path, accept).await;
+    (head.lines().next().unwrap_or("").to_owned(), body)
+}
+
+/// Plain HTTP/1.1 GET to `addr`; returns (the whole head: status line and headers, body).
+pub async fn http_get_head(addr: &str, path: &str, accept: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let req = format!(
@@ -229,10 +222,7 @@ pub async fn http_get(addr: &str, path: &str, accept: &str) -> (String, String) 
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
+    (head.to_owned(), body.to_owned())
 }
 
 /// A fresh log file for a child process's stderr.
