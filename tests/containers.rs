@@ -56,7 +56,7 @@ fn port() -> u16 {
 /// A directory or file the containers' user (uid 10001) owns, mode `mode`.
 fn owned(path: &Path, mode: u32) {
     let st = Command::new("chown")
-        .args(["-R", "10001", &path.display().to_string()])
+        .args(["-R", "10001:10001", &path.display().to_string()])
         .status()
         .unwrap();
     assert!(st.success(), "chown {}", path.display());
@@ -86,7 +86,8 @@ async fn runner(port: u16) -> ContainerAsync<GenericImage> {
     GenericImage::new("fedai-llamacpp", "latest")
         .with_wait_for(WaitFor::message_on_stdout("listening on"))
         .with_network("host")
-        .with_cmd(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .with_env_var("HOST", "127.0.0.1")
+        .with_env_var("PORT", port.to_string())
         .with_startup_timeout(T)
         .start()
         .await
@@ -130,7 +131,7 @@ async fn a_market_in_containers_serves_jobs_keeps_events_across_restarts_and_sur
         "container-a",
     )
     .await;
-    let _wb = worker(
+    let wb = worker(
         &key_file(&kb.secret_key().to_secret_hex()),
         rp,
         lp,
@@ -153,65 +154,93 @@ async fn a_market_in_containers_serves_jobs_keeps_events_across_restarts_and_sur
     let (m, check) = done.metering.as_ref().expect("metering");
     assert!(check.prompt_checked && check.output_checked);
 
-    // Kill worker A mid-job: the customer gets a clear error, never an answer from nowhere,
-    // and nobody else answers a job directed to A.
-    let mut long = job("Write a long story about a lighthouse keeper.", 400);
-    long.provider = Some(ka.public_key());
-    long.params.stream = true;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<EventId>>(4);
+    // Kill the worker that is streaming a job: the market run cancels that attempt (NIP-09),
+    // fails over to the other worker, and the job gets exactly one answer. The killed worker,
+    // started again, finds the cancellation and answers nothing late.
+    let containers = [
+        (ka.public_key(), wa.id().to_owned()),
+        (kb.public_key(), wb.id().to_owned()),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<fedai_client::JobUpdate>();
     let c2 = c.clone();
+    let opts = fedai_client::RunOptions {
+        timeout: Duration::from_secs(60),
+        stall_timeout: Duration::from_secs(3),
+        max_attempts: 2,
+        ..Default::default()
+    };
     let task = tokio::spawn(async move {
-        c2.submit(long, false, Duration::from_secs(20), move |u| match u {
-            fedai_client::JobUpdate::Submitted(id) => {
-                let _ = tx.try_send(Some(id));
-            }
-            fedai_client::JobUpdate::Partial(_) => {
-                let _ = tx.try_send(None);
-            }
-            _ => {}
+        let mut long = job("Write a long story about a lighthouse keeper.", 300);
+        long.params.stream = true;
+        c2.run(long, &opts, move |u| {
+            let _ = tx.send(u);
         })
         .await
     });
-    let rid = rx.recv().await.flatten().expect("submitted");
-    // The first streamed text: the job is running on A. Kill the container (SIGKILL).
-    if rx.recv().await != Some(None) {
-        panic!(
-            "A did not stream: {:?}",
-            task.await.unwrap().map(|o| o.output)
-        );
+    let mut attempts = Vec::new();
+    let mut streaming = None;
+    let mut killed = None;
+    let mut failed_over = false;
+    while let Some(u) = rx.recv().await {
+        match u {
+            fedai_client::JobUpdate::Submitted(id) => attempts.push(id),
+            fedai_client::JobUpdate::Processing(pk) => streaming = Some(pk),
+            fedai_client::JobUpdate::Partial(_) if killed.is_none() => {
+                // The first streamed text: kill that worker's container (SIGKILL).
+                let pk = streaming.expect("processing before partial");
+                let id = &containers.iter().find(|(k, _)| *k == pk).expect("ours").1;
+                let st = Command::new("docker").args(["kill", id]).output().unwrap();
+                assert!(st.status.success(), "{st:?}");
+                killed = Some((pk, id.clone()));
+            }
+            fedai_client::JobUpdate::Failover { .. } => failed_over = true,
+            _ => {}
+        }
     }
+    let outcome = task.await.unwrap();
+    let (dead, dead_container) = killed.expect("a worker streamed and was killed");
+    let done2 = outcome.unwrap_or_else(|e| panic!("failover to the live worker: {e}"));
+    assert!(failed_over, "the run said it failed over");
+    let survivor = done2.result.worker;
+    assert_ne!(survivor, dead, "the answer came from the live worker");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    // The dead worker comes back (as compose's restart policy would bring it).
     let st = Command::new("docker")
-        .args(["kill", wa.id()])
+        .args(["start", &dead_container])
         .output()
         .unwrap();
     assert!(st.status.success(), "{st:?}");
-    let outcome = task.await.unwrap();
-    assert!(
-        outcome.is_err(),
-        "no answer from a dead worker: {outcome:?}"
-    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let mut ws = Ws::connect(&url).await;
+    let ids: Vec<String> = attempts.iter().map(|i| i.to_hex()).collect();
     let results = ws
         .query(
             "r",
-            json!({"kinds": [fedai_protocol::kinds::JOB_RESULT], "#e": [rid.to_hex()]}),
+            json!({"kinds": [fedai_protocol::kinds::JOB_RESULT], "#e": ids}),
         )
         .await;
-    assert!(
-        results.is_empty(),
-        "no result for the killed job: {results:?}"
+    assert_eq!(
+        results.len(),
+        1,
+        "one answer for the job, none late: {results:?}"
     );
+    assert_eq!(results[0]["pubkey"], survivor.to_hex());
 
     // The other worker still serves.
     c.submit(job("Say hi.", 4), false, T, |_| {}).await.unwrap();
 
     // Restart the relay container on the same volume: every accepted event is still there.
-    let before = count_all(&mut ws).await;
-    assert!(before >= 6, "ads, requests, results, metering: {before}");
+    let before = stored_ids(&mut ws).await;
+    assert!(
+        before.len() >= 6,
+        "requests, results, metering: {}",
+        before.len()
+    );
     drop(ws);
     c.shutdown().await;
     relay_c.stop().await.unwrap();
     relay_c.start().await.unwrap();
+    let deadline = std::time::Instant::now() + T;
     let mut ws = loop {
         if let Ok(Ok((s, _))) = tokio::time::timeout(
             Duration::from_secs(1),
@@ -222,6 +251,13 @@ async fn a_market_in_containers_serves_jobs_keeps_events_across_restarts_and_sur
             drop(s);
             break Ws::connect(&url).await;
         }
+        if std::time::Instant::now() > deadline {
+            let logs = relay_c.stderr_to_vec().await.unwrap_or_default();
+            panic!(
+                "the relay did not come back: {}",
+                String::from_utf8_lossy(&logs)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let ids = ws
@@ -231,15 +267,19 @@ async fn a_market_in_containers_serves_jobs_keeps_events_across_restarts_and_sur
         )
         .await;
     assert_eq!(ids.len(), 3, "request, result and metering kept: {ids:?}");
-    let after = count_all(&mut ws).await;
-    assert!(
-        after >= before,
-        "{after} events after the restart, {before} before"
-    );
+    let after = stored_ids(&mut ws).await;
+    let lost: Vec<_> = before.difference(&after).collect();
+    assert!(lost.is_empty(), "events lost in the restart: {lost:?}");
 }
 
-async fn count_all(ws: &mut Ws) -> usize {
-    ws.query("all", json!({"limit": 5000})).await.len()
+/// Ids of every stored event except the workers' ads (replaceable: a newer ad replaces one).
+async fn stored_ids(ws: &mut Ws) -> std::collections::BTreeSet<String> {
+    ws.query("all", json!({"limit": 5000}))
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] != fedai_protocol::kinds::CAPABILITY_AD)
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -263,11 +303,92 @@ async fn a_worker_container_with_a_bad_key_file_exits_saying_why() {
     assert!(matches!(code, Some(n) if n != 0), "exit code {code:?}");
     let err = String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap()).to_string();
     assert!(
-        err.contains("nsec") || err.contains("key"),
+        err.contains("not a valid nsec or hex key"),
         "says what is wrong: {err}"
     );
     assert!(
         !err.contains("this is not a key"),
         "never echoes the secret: {err}"
     );
+}
+
+/// The compose file as an operator starts it (with this run's images and a free port), and
+/// `fedai infer` from the host through it.
+#[tokio::test]
+async fn the_compose_market_answers_fedai_infer_from_the_host() {
+    images();
+    let compose = workspace_root().join("deploy/compose");
+    let secrets = temp_dir("compose-secrets");
+    let port = port();
+    let project = format!("fedai-test-{}", std::process::id());
+    let env = |c: &mut Command| {
+        c.env("FEDAI_TAG", "test")
+            .env("FEDAI_RELAY_PORT", port.to_string())
+            .env("FEDAI_SECRETS_DIR", &secrets)
+            .env("FEDAI", binary("fedai"));
+    };
+    let mut keys = Command::new("bash");
+    keys.arg(compose.join("keys.sh"));
+    env(&mut keys);
+    assert!(keys.status().unwrap().success(), "keys.sh");
+    let up = |args: &[&str]| {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p")
+            .arg(&project)
+            .arg("-f")
+            .arg(compose.join("docker-compose.yml"))
+            .args(args);
+        env(&mut c);
+        c.output().expect("run docker-compose")
+    };
+    struct Down<F: Fn(&[&str]) -> std::process::Output>(F);
+    impl<F: Fn(&[&str]) -> std::process::Output> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)(&["down", "-v"]);
+        }
+    }
+    let out = up(&["up", "-d"]);
+    let _down = Down(up);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Until both workers advertise (the runner loads its model first), then one job.
+    let relay = format!("ws://127.0.0.1:{port}");
+    let fedai = binary("fedai");
+    let reputation = temp_dir("compose-cli").join("reputation.json");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let w = Command::new(&fedai)
+            .env("FEDAI_REPUTATION_FILE", &reputation)
+            .args(["--relay", &relay, "workers", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap_or_default();
+        if v.as_array().is_some_and(|a| a.len() == 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers did not appear: {v}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let out = Command::new(&fedai)
+        .env("FEDAI_REPUTATION_FILE", &reputation)
+        .args([
+            "--relay",
+            &relay,
+            "infer",
+            "Name a colour.",
+            "--max-tokens",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("result and metering verified"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
 }

@@ -1,34 +1,49 @@
 #!/usr/bin/env bash
-# Makes a Docker engine available, idempotently: installs Debian's `docker.io` when `dockerd` is
-# absent, and starts `dockerd` when no engine answers. An engine this script started is recorded
-# in .cache/docker/dockerd.pid; `engine.sh stop` stops it again (and only it).
+# Makes a Docker engine available, idempotently: installs Debian's `docker.io` (and
+# `docker-compose`) when absent, and starts `dockerd` when no engine answers. An engine this
+# script started is recorded in .cache/docker/dockerd.pid; `engine.sh stop` stops it again — only
+# it, and only while that pid is still a dockerd — after removing the test containers it ran.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 STATE=$ROOT/.cache/docker
+PIDFILE=$STATE/dockerd.pid
 mkdir -p "$STATE"
-exec 8>"$STATE/.engine.lock"
-flock 8
+ours() { [[ -s "$PIDFILE" ]] && [[ "$(cat "/proc/$(cat "$PIDFILE")/comm" 2>/dev/null)" == dockerd ]]; }
 if [[ "${1:-}" == stop ]]; then
-  if [[ -s "$STATE/dockerd.pid" ]]; then
-    kill "$(cat "$STATE/dockerd.pid")" 2>/dev/null || true
-    rm -f "$STATE/dockerd.pid"
+  if ours; then
+    docker ps -aq --filter label=org.testcontainers.managed-by=testcontainers | xargs -r docker rm -f >/dev/null 2>&1 || true
+    pid=$(cat "$PIDFILE")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do [[ -d /proc/$pid ]] || break; sleep 0.5; done
   fi
+  rm -f "$PIDFILE"
   exit 0
+fi
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
+  "${apt[@]}" install "$@" >&2 \
+    || { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 && "${apt[@]}" install "$@" >&2; }
+}
+# The lock is taken with fd 8 closed in every child we leave running: dockerd must not inherit
+# it (a flock lives as long as any copy of its descriptor).
+exec 8>"$STATE/.engine.lock"
+flock -w 900 8
+if ! command -v docker-compose >/dev/null; then
+  echo "engine.sh: installing docker-compose from Debian" >&2
+  apt_install docker-compose || echo "engine.sh: docker-compose not installed" >&2
 fi
 if docker info >/dev/null 2>&1; then
   exit 0
 fi
 if ! command -v dockerd >/dev/null; then
   echo "engine.sh: installing docker.io from Debian" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
-  "${apt[@]}" install docker.io >&2 \
-    || { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 && "${apt[@]}" install docker.io >&2; }
+  apt_install docker.io
 fi
 echo "engine.sh: starting dockerd" >&2
-nohup dockerd >"$STATE/dockerd.log" 2>&1 &
-echo $! >"$STATE/dockerd.pid"
+setsid nohup dockerd </dev/null >"$STATE/dockerd.log" 2>&1 8>&- 9>&- &
+echo $! >"$PIDFILE"
 for _ in $(seq 1 60); do
   docker info >/dev/null 2>&1 && exit 0
   sleep 0.5
