@@ -712,3 +712,44 @@ async fn alert_rules_name_only_exported_metrics() {
     }
     assert!(named >= 5, "{named} metrics named");
 }
+
+/// Behind a TLS proxy (`--trusted-proxy`), the per-address limit counts the clients the proxy
+/// names in `X-Forwarded-For`; anyone else's header is ignored.
+#[tokio::test]
+async fn per_address_limits_see_through_trusted_proxies_only() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let relay = RelayProc::start(&[
+        "--memory",
+        "--max-connections-per-ip",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.1",
+    ]);
+    let addr: std::net::SocketAddr = relay.addr.parse().unwrap();
+    // A WebSocket from `from` (a loopback address) saying it forwards for `xff`.
+    let connect = |from: &'static str, xff: &'static str| {
+        let url = relay.url.clone();
+        async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let stream = sock.connect(addr).await.unwrap();
+            let mut req = url.as_str().into_client_request().unwrap();
+            req.headers_mut()
+                .insert("x-forwarded-for", xff.parse().unwrap());
+            tokio_tungstenite::client_async(req, stream).await
+        }
+    };
+    // Through the proxy: two clients, one connection each.
+    let _a = connect("127.0.0.1", "198.51.100.1")
+        .await
+        .expect("client a");
+    let _b = connect("127.0.0.1", "198.51.100.2")
+        .await
+        .expect("client b");
+    let err = connect("127.0.0.1", "198.51.100.1").await.unwrap_err();
+    assert!(err.to_string().contains("429"), "client a's second: {err}");
+    // Not from the proxy: the header means nothing, the address counts.
+    let _c = connect("127.0.0.2", "198.51.100.3").await.expect("direct");
+    let err = connect("127.0.0.2", "198.51.100.4").await.unwrap_err();
+    assert!(err.to_string().contains("429"), "a forged header: {err}");
+}

@@ -93,6 +93,15 @@ pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "FEDAI_RELAY_LOG")]
     pub log: Option<String>,
+    /// Addresses of reverse proxies (TLS terminators) in front of the relay, comma-separated:
+    /// for connections from them, the client's address is read from `X-Forwarded-For`, so the
+    /// per-address limits apply to clients, not to the proxy. Anyone else's header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "FEDAI_RELAY_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
     /// Do not serve the market dashboard on `/` (browsers then get the plain text line).
     #[arg(long, env = "FEDAI_RELAY_NO_DASHBOARD")]
     pub no_dashboard: bool,
@@ -181,6 +190,8 @@ pub struct RelayConfig {
     pub log: String,
     /// Serve the dashboard on `/` to browsers.
     pub dashboard: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Job-market defaults: requests and feedback are short-lived, results live a month, metering,
@@ -246,6 +257,7 @@ impl Default for RelayConfig {
             retention_other: DEFAULT_RETENTION_OTHER,
             log: "info".into(),
             dashboard: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -350,6 +362,7 @@ impl Cli {
             retention_other,
             log: c.log.unwrap_or(d.log),
             dashboard: !c.no_dashboard,
+            trusted_proxies: c.trusted_proxy,
         })
     }
 }

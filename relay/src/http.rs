@@ -55,6 +55,38 @@ pub struct Ctx {
     pub http_connections: Arc<tokio::sync::Semaphore>,
     /// Serve the market dashboard on `/` to browsers (`--no-dashboard` turns it off).
     pub dashboard: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// The address a WebSocket counts under: the TCP peer, or — when the peer is one of our
+/// trusted proxies — the client it forwarded for. `X-Forwarded-For` lists the client first and
+/// each proxy appends who connected to it, so the list is read from the right, past our own
+/// proxies: entries further left were written by the client and could be anything.
+pub fn client_addr(
+    peer: SocketAddr,
+    trusted: &[std::net::IpAddr],
+    forwarded_for: &[&str],
+) -> SocketAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.contains(&ip.to_canonical());
+    if trusted.is_empty() || !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<&str> = forwarded_for
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            // Unparseable (or `unknown`): nothing left of it can be trusted.
+            return peer;
+        };
+        if !is_trusted(ip) {
+            return SocketAddr::new(ip.to_canonical(), peer.port());
+        }
+    }
+    peer
 }
 
 /// Open WebSocket connections per IP address.
@@ -209,6 +241,13 @@ fn upgrade(ctx: &Arc<Ctx>, peer: SocketAddr, mut req: Request) -> Response<Body>
         );
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let peer = client_addr(peer, &ctx.trusted_proxies, &forwarded);
     let Some(slot) = ctx.per_ip.take(peer.ip()) else {
         ctx.metrics.connection_refused();
         return text(
@@ -338,6 +377,59 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, router: 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_client_address_is_believed_only_from_trusted_proxies() {
+        use super::client_addr;
+        let proxy: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let peer = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 5000);
+        let client = |a: std::net::SocketAddr| a.ip().to_string();
+        // No trusted proxies, or a peer that is not one: the header is ignored.
+        assert_eq!(
+            client(client_addr(peer("10.0.0.1"), &[], &["1.2.3.4"])),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            client(client_addr(peer("9.9.9.9"), &[proxy], &["1.2.3.4"])),
+            "9.9.9.9"
+        );
+        // From our proxy: the rightmost address that is not one of ours.
+        assert_eq!(
+            client(client_addr(
+                peer("10.0.0.1"),
+                &[proxy],
+                &["6.6.6.6, 1.2.3.4"]
+            )),
+            "1.2.3.4",
+            "what the client wrote itself (left) is not believed"
+        );
+        assert_eq!(
+            client(client_addr(
+                peer("10.0.0.1"),
+                &[proxy],
+                &["1.2.3.4", "10.0.0.1"]
+            )),
+            "1.2.3.4",
+            "several headers are one list; our proxies are skipped"
+        );
+        assert_eq!(
+            client(client_addr(
+                peer("::ffff:10.0.0.1"),
+                &[proxy],
+                &["::ffff:1.2.3.4"]
+            )),
+            "1.2.3.4"
+        );
+        // Garbage or nothing: the proxy's own address (limits still apply, to it).
+        assert_eq!(
+            client(client_addr(peer("10.0.0.1"), &[proxy], &["unknown"])),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            client(client_addr(peer("10.0.0.1"), &[proxy], &[])),
+            "10.0.0.1"
+        );
+    }
+
     use super::*;
     use std::net::IpAddr;
 

@@ -197,6 +197,7 @@ impl RelayServer {
             http_per_ip: http::PerIp::new(config.max_connections_per_ip),
             http_connections: Arc::new(tokio::sync::Semaphore::new(http::MAX_HTTP_CONNECTIONS)),
             dashboard: config.dashboard,
+            trusted_proxies: config.trusted_proxies.clone(),
         });
         let router = http::router(ctx.clone());
         let mut tasks = Vec::new();
