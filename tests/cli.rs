@@ -79,3 +79,63 @@ fn config_file_supplies_relays_and_flags_win() {
         "names the file and the key: {err}"
     );
 }
+
+/// `fedai relays`: the relays given, those live workers' ads name, and each one's latency — or
+/// why it cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_lists_yours_and_the_workers_with_latency() {
+    use fedai_tests::{RelayProc, WorkerProc};
+    let llama = fedai_tests::llama(fedai_runners::local::LocalModel::Tiny, "tiny", 1).await;
+    let (a, b) = (
+        RelayProc::start(&["--memory"]),
+        RelayProc::start(&["--memory"]),
+    );
+    let (sk, _) = fedai_tests::nsec();
+    // The worker reads jobs on both relays; the customer knows only `a` (and a dead one).
+    let _w = WorkerProc::start(&sk, &a.url, &llama.url, &["--relay", &b.url]);
+    let c = fedai_tests::client(&a).await;
+    fedai_tests::wait_for_workers(&c, 1).await;
+    c.shutdown().await;
+    let dead = format!("ws://127.0.0.1:{}", closed_port());
+    let args = vec![
+        "--relay".to_owned(),
+        a.url.clone(),
+        "--relay".to_owned(),
+        dead.clone(),
+        "relays".to_owned(),
+        "--json".to_owned(),
+    ];
+    let (ok, out, err, _) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fedai(&args)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v.as_array().unwrap();
+    let row = |url: &str| {
+        rows.iter()
+            .find(|r| r["url"].as_str().unwrap().trim_end_matches('/') == url)
+            .unwrap_or_else(|| panic!("{url} in {out}"))
+            .clone()
+    };
+    let (ra, rb, rd) = (row(&a.url), row(&b.url), row(&dead));
+    assert_eq!(ra["configured"], true, "{ra}");
+    assert_eq!(ra["workers"], 1, "the worker reads on a too: {ra}");
+    assert!(ra["connect_ms"].as_f64().unwrap() > 0.0, "{ra}");
+    assert!(ra["query_ms"].as_f64().unwrap() > 0.0, "{ra}");
+    assert_eq!(rb["configured"], false, "learnt from the ad: {rb}");
+    assert_eq!(rb["workers"], 1, "{rb}");
+    assert!(rb["query_ms"].is_number(), "{rb}");
+    assert_eq!(rd["configured"], true, "{rd}");
+    assert!(rd["connect_ms"].is_null(), "{rd}");
+    assert!(
+        rd["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("refused"),
+        "says why: {rd}"
+    );
+}

@@ -57,6 +57,8 @@ enum Cmd {
     Keygen(cmd::keygen::Keygen),
     /// List live workers (models, prices, load, age).
     Workers(cmd::workers::Workers),
+    /// List the relays you use and those live workers read, with each one's latency.
+    Relays(cmd::relays::Relays),
     /// Run a prompt through a worker, streaming the answer.
     Infer(cmd::infer::Infer),
     /// Collect quotes for a prompt from live workers without running it.
@@ -127,6 +129,7 @@ async fn run() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Keygen(c) => c.run(),
         Cmd::Workers(c) => c.run(&ctx).await,
+        Cmd::Relays(c) => c.run(&ctx).await,
         Cmd::Infer(c) => c.run(&ctx).await,
         Cmd::Quote(c) => c.run(&ctx).await,
         Cmd::Job(c) => c.run(&ctx).await,

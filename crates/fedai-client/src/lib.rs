@@ -58,7 +58,7 @@ mod watch;
 pub use client::{Builder, FedaiClient};
 #[cfg(feature = "lightning")]
 pub use fedai_lightning;
-pub use fedai_transport::{backoff, nostr_client};
+pub use fedai_transport::{backoff, nostr_client, unreachable_reason};
 pub use follow::JobHandle;
 pub use market::{Quote, RunOptions};
 #[cfg(feature = "lightning")]

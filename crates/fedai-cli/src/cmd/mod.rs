@@ -13,6 +13,7 @@ pub mod keygen;
 pub mod metering;
 pub mod quote;
 pub mod receipt;
+pub mod relays;
 pub mod sim;
 pub mod workers;
 
