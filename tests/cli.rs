@@ -97,7 +97,7 @@ async fn relays_lists_yours_and_the_workers_with_latency() {
     fedai_tests::wait_for_workers(&c, 1).await;
     c.shutdown().await;
     let dead = format!("ws://127.0.0.1:{}", closed_port());
-    let args = vec![
+    let args = [
         "--relay".to_owned(),
         a.url.clone(),
         "--relay".to_owned(),
