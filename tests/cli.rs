@@ -4,14 +4,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn closed_port() -> u16 {
-    // Bound then dropped: nothing listens there now.
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Bound then dropped: nothing listens there now.
+use fedai_tests::free_port as closed_port;
 
 fn fedai(args: &[&str]) -> (bool, String, String, Duration) {
     let bin = fedai_tests::binary("fedai");

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fedai_protocol::nostr::prelude::*;
-use fedai_tests::{binary, temp_dir, wait_for_workers, workspace_root, Ws};
+use fedai_tests::{binary, free_port as port, temp_dir, wait_for_workers, workspace_root, Ws};
 use serde_json::json;
 use testcontainers::core::wait::ExitWaitStrategy;
 use testcontainers::core::{Mount, WaitFor};
@@ -43,14 +43,6 @@ fn images() {
             .expect("run deploy/docker/build.sh");
         assert!(st.success(), "deploy/docker/build.sh failed");
     });
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A directory or file the containers' user (uid 10001) owns, mode `mode`.

@@ -304,11 +304,7 @@ async fn a_worker_killed_mid_job_answers_after_restart() {
 
 #[tokio::test]
 async fn runner_down_gives_error_feedback_fast_and_an_unhealthy_ad() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = fedai_tests::free_port();
     let dead = format!("http://127.0.0.1:{port}");
     let relay = RelayProc::start(&["--memory"]);
     let (sk, pk) = nsec();

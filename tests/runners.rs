@@ -107,11 +107,7 @@ async fn llama_cpp_and_openai_adapters_on_a_real_server() {
 
 #[tokio::test]
 async fn runner_down_fails_fast_with_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = fedai_tests::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let opts = HttpOptions {
         connect_attempts: 3,
@@ -142,11 +138,7 @@ async fn runner_down_fails_fast_with_a_clear_error() {
 async fn ollama_adapter_through_the_format_shim() {
     let server = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
     let inst = install().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = fedai_tests::free_port();
     let mut shim = Command::new(&inst.python)
         .arg(runner_dir().join("ollama_shim.py"))
         .args(["--upstream", &server.url, "--port", &port.to_string()])

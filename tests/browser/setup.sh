@@ -15,11 +15,7 @@ flock 9
 works() { "$CHROMIUM" --version >/dev/null 2>&1 && "$CHROMEDRIVER" --version >/dev/null 2>&1; }
 if ! works; then
   echo "tests/browser/setup.sh: installing chromium and chromium-driver from Debian" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # Another setup script may hold dpkg's lock (protobuf-compiler): wait for it.
-  apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
-  "${apt[@]}" install chromium chromium-driver >&2 \
-    || { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 && "${apt[@]}" install chromium chromium-driver >&2; }
+  bash "$ROOT/deploy/apt-install.sh" chromium chromium-driver
   works || { echo "tests/browser/setup.sh: chromium or chromedriver does not run" >&2; exit 1; }
 fi
 echo "CHROMIUM=$CHROMIUM"

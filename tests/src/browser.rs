@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::{temp_dir, workspace_root};
+use crate::temp_dir;
 
 /// One Chromium under its own chromedriver; both are killed on drop.
 pub struct Browser {
@@ -28,13 +28,7 @@ fn install() -> (PathBuf, PathBuf) {
     static PATHS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     PATHS
         .get_or_init(|| {
-            let out = Command::new("bash")
-                .arg(workspace_root().join("tests/browser/setup.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run tests/browser/setup.sh");
-            assert!(out.status.success(), "tests/browser/setup.sh failed");
-            let text = String::from_utf8_lossy(&out.stdout);
+            let text = crate::run_setup("browser/setup.sh");
             let get = |k: &str| {
                 text.lines()
                     .find_map(|l| l.strip_prefix(k))
@@ -50,11 +44,7 @@ impl Browser {
     /// Start chromedriver on a free loopback port and open a headless Chromium session.
     pub async fn start() -> Self {
         let (chromium, chromedriver) = install();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let log = std::fs::File::create(temp_dir("chromedriver").join("log")).unwrap();
         // Its own process group, so that Drop can end Chromium with it.
         let driver = Command::new(chromedriver)

@@ -15,11 +15,7 @@ pub fn install() -> std::path::PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let root = workspace_root();
     ONCE.call_once(|| {
-        let st = Command::new("bash")
-            .arg(root.join("tests/generic-client/setup.sh"))
-            .status()
-            .expect("run tests/generic-client/setup.sh");
-        assert!(st.success(), "tests/generic-client/setup.sh failed");
+        crate::run_setup("generic-client/setup.sh");
     });
     root.join(".cache/generic-client/client.mjs")
 }

@@ -252,6 +252,29 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Run one of the project's idempotent install scripts (`tests/<script>`, flock'd, so the tests
+/// and `.ci/run` may both call it) and return what it printed on stdout; its progress goes to
+/// the test's stderr. Panics when it fails.
+pub fn run_setup(script: &str) -> String {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("tests").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run tests/{script}: {e}"));
+    assert!(out.status.success(), "tests/{script} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loopback port free at the moment of the call (bound, then released): for a process that
+/// must be told its port, or an address where nothing listens.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fresh temporary directory.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fedai-{tag}-{}-{}", std::process::id(), unique()));

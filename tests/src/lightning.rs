@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{temp_dir, workspace_root};
+use crate::{free_port as port, temp_dir, workspace_root};
 
 /// A running simnet: btcd and lnd nodes, killed on drop.
 pub struct LightningNet {
@@ -46,24 +46,12 @@ pub struct LndNode {
     pub pubkey: String,
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Build (once) and return the directory of btcd/lnd binaries.
 pub fn install() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let root = workspace_root();
     ONCE.call_once(|| {
-        let st = Command::new("bash")
-            .arg(root.join("tests/lightning/setup.sh"))
-            .status()
-            .expect("run tests/lightning/setup.sh");
-        assert!(st.success(), "tests/lightning/setup.sh failed");
+        crate::run_setup("lightning/setup.sh");
     });
     root.join(".cache/lightning/bin")
 }

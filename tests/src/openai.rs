@@ -66,16 +66,7 @@ impl Drop for GatewayProc {
 pub fn python() -> String {
     static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PY.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(workspace_root().join("tests/openai/setup.sh"))
-            .output()
-            .expect("run tests/openai/setup.sh");
-        assert!(
-            out.status.success(),
-            "tests/openai/setup.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        crate::run_setup("openai/setup.sh")
             .lines()
             .find_map(|l| l.strip_prefix("OPENAI_PYTHON="))
             .expect("OPENAI_PYTHON= line")

@@ -5,21 +5,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{temp_dir, workspace_root};
+use crate::temp_dir;
 
 /// Build (once) and return the nostr-rs-relay binary.
 pub fn nostr_rs_relay_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(workspace_root().join("tests/peers/nostr-rs-relay.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run tests/peers/nostr-rs-relay.sh");
-        assert!(out.status.success(), "tests/peers/nostr-rs-relay.sh failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
+    BIN.get_or_init(|| PathBuf::from(crate::run_setup("peers/nostr-rs-relay.sh").trim()))
+        .clone()
 }
 
 /// A running nostr-rs-relay on 127.0.0.1 (SQLite in a temp dir), killed on drop.
@@ -34,11 +26,7 @@ impl NostrRsRelay {
     pub fn start() -> Self {
         let bin = nostr_rs_relay_bin();
         let dir = temp_dir("nostr-rs-relay");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         std::fs::write(
             dir.join("config.toml"),
             format!(
