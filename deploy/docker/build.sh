@@ -41,12 +41,7 @@ base() {
   local tar=$STATE/$name-$tag.tar
   if ! docker image inspect "$name:$tag" >/dev/null 2>&1; then
     if [[ ! -s "$tar" ]]; then
-      command -v debootstrap >/dev/null || {
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=600 -y -q install debootstrap >&2 \
-          || { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 \
-               && apt-get -o DPkg::Lock::Timeout=600 -y -q install debootstrap >&2; }
-      }
+      command -v debootstrap >/dev/null || bash "$ROOT/deploy/apt-install.sh" debootstrap
       local root
       root=$(mktemp -d "$STATE/rootfs.XXXX")
       trap 'umount -R "$root" 2>/dev/null; rm -rf "$root" "$tar.part"' ERR

@@ -20,12 +20,7 @@ if [[ "${1:-}" == stop ]]; then
   rm -f "$PIDFILE"
   exit 0
 fi
-apt_install() {
-  export DEBIAN_FRONTEND=noninteractive
-  local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
-  "${apt[@]}" install "$@" >&2 \
-    || { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 && "${apt[@]}" install "$@" >&2; }
-}
+apt_install() { bash "$ROOT/deploy/apt-install.sh" "$@"; }
 # The lock is taken with fd 8 closed in every child we leave running: dockerd must not inherit
 # it (a flock lives as long as any copy of its descriptor).
 exec 8>"$STATE/.engine.lock"
