@@ -33,8 +33,15 @@ pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     BUILD.call_once(|| {
         let profile_release = bin_dir().ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
+        let cargo = PathBuf::from(env!("CARGO"));
+        let mut cmd = Command::new(&cargo);
         cmd.args(["build", "--bins", "--workspace"]);
+        // The toolchain's own rustc, not rustup's proxy: run outside cargo (a bench binary),
+        // the proxy would read a `rust-toolchain` file shipped in a dependency's directory.
+        let rustc = cargo.with_file_name("rustc");
+        if std::env::var_os("RUSTC").is_none() && rustc.exists() {
+            cmd.env("RUSTC", rustc);
+        }
         if profile_release {
             cmd.arg("--release");
         }

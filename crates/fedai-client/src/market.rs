@@ -13,7 +13,7 @@ use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::*;
 use fedai_protocol::{Award, ErrorCode, FeedbackStatus, JobFeedback, JobRequest};
 use fedai_scheduler::{
-    select, Candidate, Decision, Failure, JobSpec, Policy, Rejection, Rng, WorkerStats,
+    select_into, Candidate, Decision, Failure, JobSpec, Policy, Rejection, Rng, WorkerStats,
 };
 use futures_util::StreamExt;
 use nostr_sdk::prelude::ClientNotification;
@@ -125,7 +125,9 @@ impl FedaiClient {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The scheduler's view of `ads` for `request`, and its decision.
+    /// The scheduler's view of `ads` for `request`, and its decision (`explain`: with every
+    /// rejection and its reason, which a large market pays for in memory).
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         ads: &[ParsedCapabilityAd],
@@ -134,6 +136,7 @@ impl FedaiClient {
         tried: &[PublicKey],
         quotes: Option<&[Quote]>,
         rng: &mut Rng,
+        explain: bool,
     ) -> Decision {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let spec = job_spec(request, opts, 256);
@@ -166,7 +169,12 @@ impl FedaiClient {
                 }
             })
             .collect();
-        select(&candidates, &spec, &opts.policy, self.now_ms(), rng)
+        let mut d = Decision {
+            explain,
+            ..Decision::default()
+        };
+        select_into(&mut d, &candidates, &spec, &opts.policy, self.now_ms(), rng);
+        d
     }
 
     /// The worker the scheduler picks for `request` among `ads` (no job is sent).
@@ -176,7 +184,15 @@ impl FedaiClient {
         request: &JobRequest,
         opts: &RunOptions,
     ) -> Option<&'a ParsedCapabilityAd> {
-        let d = self.decide(ads, request, opts, &[], None, &mut Rng::from_entropy());
+        let d = self.decide(
+            ads,
+            request,
+            opts,
+            &[],
+            None,
+            &mut Rng::from_entropy(),
+            false,
+        );
         d.chosen_index().map(|i| &ads[i])
     }
 
@@ -187,7 +203,15 @@ impl FedaiClient {
         request: &JobRequest,
         opts: &RunOptions,
     ) -> Vec<Explained> {
-        let d = self.decide(ads, request, opts, &[], None, &mut Rng::from_entropy());
+        let d = self.decide(
+            ads,
+            request,
+            opts,
+            &[],
+            None,
+            &mut Rng::from_entropy(),
+            true,
+        );
         let mut out: Vec<Explained> = ads
             .iter()
             .map(|a| Explained {
@@ -276,7 +300,7 @@ impl FedaiClient {
         let mut busy_rounds = 0u32;
         while tries.more(opts) {
             let attempt = tries.tried.len();
-            let d = self.decide(&ads, &request, opts, &tries.tried, None, &mut rng);
+            let d = self.decide(&ads, &request, opts, &tries.tried, None, &mut rng, false);
             let Some(i) = d.chosen_index() else {
                 let until = match (tries.only_busy(), ads.is_empty() && tries.tried.is_empty()) {
                     (true, _) if opts.worker.is_none() => busy_until,
@@ -382,7 +406,15 @@ impl FedaiClient {
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
         let budget = Budget::new();
         while tries.more(opts) {
-            let d = self.decide(ads, &req, opts, &tries.tried, Some(&quotes), &mut rng);
+            let d = self.decide(
+                ads,
+                &req,
+                opts,
+                &tries.tried,
+                Some(&quotes),
+                &mut rng,
+                false,
+            );
             let Some(i) = d.chosen_index() else { break };
             let worker = ads[i].worker;
             let q = quotes

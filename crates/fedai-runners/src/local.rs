@@ -100,6 +100,11 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl LocalLlamaServer {
+    /// The server's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Install if needed, start the server for `model` under the id `alias`, and wait until it
     /// answers `/health` (at most 60 s). Compute threads come from `FEDAI_LLAMA_THREADS`
     /// (default 2).

@@ -313,8 +313,16 @@ pub struct Decision {
     pub shortlist: Vec<usize>,
     /// Index into `ranked` of the pick.
     pub chosen: Option<usize>,
-    /// Filtered-out candidates and why, in candidate order.
+    /// Filtered-out candidates and why, in candidate order — when [`Self::explain`] is set
+    /// ([`select`] sets it); empty otherwise.
     pub rejected: Vec<(usize, Rejection)>,
+    /// How many candidates the filters ruled out (listed in `rejected` or not).
+    pub rejected_count: usize,
+    /// List every rejection with its reason in `rejected`. Off, a selection writes nothing per
+    /// losing candidate: over 10k ads that is 250 KB a selection, and most of an allocating
+    /// selection's time (page faults on the fresh list).
+    #[serde(skip)]
+    pub explain: bool,
 }
 
 impl Decision {
@@ -368,7 +376,11 @@ fn filter(
     if c.excluded {
         return Err(Rejection::Excluded);
     }
-    let price = job_price(c, job).ok_or(Rejection::ModelNotServed)?;
+    // The model check without pricing: rejections before the price check (unhealthy, full)
+    // then cost no arithmetic.
+    if c.quote_msat.is_none() && c.price.is_none() {
+        return Err(Rejection::ModelNotServed);
+    }
     if !c.healthy {
         return Err(Rejection::Unhealthy);
     }
@@ -388,6 +400,7 @@ fn filter(
             max_concurrent: c.max_concurrent,
         });
     }
+    let price = job_price(c, job).ok_or(Rejection::ModelNotServed)?;
     if let Some(max) = job.max_price_msat.filter(|m| price > *m) {
         return Err(Rejection::OverPrice {
             price_msat: price,
@@ -481,7 +494,10 @@ pub fn select(
     now_ms: u64,
     rng: &mut Rng,
 ) -> Decision {
-    let mut d = Decision::default();
+    let mut d = Decision {
+        explain: true,
+        ..Decision::default()
+    };
     select_into(&mut d, candidates, job, policy, now_ms, rng);
     d
 }
@@ -492,6 +508,8 @@ struct Axes {
     best_price: u64,
     known_sum: f64,
     known: u32,
+    /// A candidate was ruled out only for being full (or recently busy).
+    saw_full: bool,
 }
 
 /// Pass 1 of [`select_into`] over every candidate: the filters (`full_ok`: fullness is not a
@@ -507,7 +525,13 @@ fn scan(
 ) {
     for (index, c) in candidates.iter().enumerate() {
         match filter(c, job, policy, now_ms, full_ok) {
-            Err(r) => d.rejected.push((index, r)),
+            Err(r) => {
+                d.rejected_count += 1;
+                a.saw_full |= matches!(r, Rejection::NoCapacity { .. } | Rejection::Busy { .. });
+                if d.explain {
+                    d.rejected.push((index, r));
+                }
+            }
             Ok((price_msat, trust)) => {
                 // Unmeasured: NaN for now, filled in below.
                 let expected_ms = expected_ms(c, job, policy).unwrap_or(f64::NAN);
@@ -542,6 +566,7 @@ pub fn select_into(
 ) {
     d.ranked.clear();
     d.rejected.clear();
+    d.rejected_count = 0;
     d.shortlist.clear();
     d.chosen = None;
     // Pass 1: filters, raw measures and the best of each axis. When every worker that could
@@ -553,14 +578,13 @@ pub fn select_into(
         best_price: u64::MAX,
         known_sum: 0.0,
         known: 0,
+        saw_full: false,
     };
     scan(d, candidates, job, policy, now_ms, false, &mut a);
-    let only_full = d.ranked.is_empty()
-        && d.rejected
-            .iter()
-            .any(|(_, r)| matches!(r, Rejection::NoCapacity { .. } | Rejection::Busy { .. }));
+    let only_full = d.ranked.is_empty() && a.saw_full;
     if only_full {
         d.rejected.clear();
+        d.rejected_count = 0;
         scan(d, candidates, job, policy, now_ms, true, &mut a);
     }
     let Axes {
@@ -568,6 +592,7 @@ pub fn select_into(
         best_price,
         known_sum,
         known,
+        ..
     } = a;
     if d.ranked.is_empty() {
         return;

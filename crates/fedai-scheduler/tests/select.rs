@@ -115,6 +115,13 @@ proptest! {
         let d = select(&cands, &spec, &policy, now, &mut Rng::new(seed));
         let d2 = select(&cands, &spec, &policy, now, &mut Rng::new(seed));
         prop_assert_eq!(&d, &d2);
+        // Without the explanation list (the hot path), the same decision and the same count.
+        let mut quiet = fedai_scheduler::Decision::default();
+        fedai_scheduler::select_into(&mut quiet, &cands, &spec, &policy, now, &mut Rng::new(seed));
+        prop_assert!(quiet.rejected.is_empty());
+        prop_assert_eq!(quiet.rejected_count, d.rejected.len());
+        prop_assert_eq!(d.rejected_count, d.rejected.len());
+        prop_assert_eq!((&quiet.ranked, &quiet.shortlist, quiet.chosen), (&d.ranked, &d.shortlist, d.chosen));
         let mut seen = vec![0u8; cands.len()];
         for s in &d.ranked { seen[s.index] += 1; }
         for (i, _) in &d.rejected { seen[*i] += 1; }

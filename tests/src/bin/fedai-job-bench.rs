@@ -6,12 +6,15 @@
 //! verified by the customer). Everything is measured on the customer's clock only (nothing the
 //! worker reports): for each pair, the time through fed_AI minus the time direct, as p50, p99
 //! and max — for the whole job, and for the first token of a streamed job. Then it measures
-//! jobs/s through one relay with 1, 2 and 4 workers on the tiny model.
+//! jobs/s through one relay with 1, 2 and 4 workers on the tiny model, with each part's CPU
+//! time per job (relay, runner, workers, customers) from `/proc/<pid>/stat`: the jobs/s one
+//! core would carry for each part names the bottleneck.
 //!
 //! Then the streaming rate: tokens/s from the first token to the last of a long SmolLM2 answer,
 //! direct and through fed_AI.
 //!
-//! Usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--rate-pairs N] [--relay-args "--memory"]
+//! Usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--rate-pairs N] [--only-throughput]
+//! [--relay-args "--memory"]
 //! Real processes: the release `fedai-relay` and `fedai-worker` binaries and a llama.cpp server.
 
 use std::sync::Arc;
@@ -329,6 +332,13 @@ async fn throughput(workers: usize, jobs: usize, relay_args: &[&str]) {
             .unwrap(),
     );
     let ads = Arc::new(fedai_tests::wait_for_workers(&c, workers).await);
+    // CPU time of each part over the run: who would run out of cores first.
+    let parts: Vec<(&str, u32)> = [("relay", relay.child.id()), ("runner", llama.pid())]
+        .into_iter()
+        .chain(procs.iter().map(|w| ("worker", w.child.id())))
+        .chain([("customers", std::process::id())])
+        .collect();
+    let cpu0: Vec<f64> = parts.iter().map(|(_, pid)| cpu_ms(*pid)).collect();
     let t0 = Instant::now();
     let concurrency = 8;
     let mut tasks = Vec::new();
@@ -363,7 +373,35 @@ async fn throughput(workers: usize, jobs: usize, relay_args: &[&str]) {
         ok += t.await.unwrap();
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!("| {workers} | {jobs} | {ok} | {:.1} |", ok as f64 / secs);
+    // CPU ms per job of each part (workers summed) and the jobs/s one core would give it.
+    let mut per_job: Vec<(&str, f64)> = Vec::new();
+    for ((name, pid), before) in parts.iter().zip(&cpu0) {
+        let ms = (cpu_ms(*pid) - before) / ok.max(1) as f64;
+        match per_job.iter_mut().find(|(n, _)| n == name) {
+            Some((_, sum)) => *sum += ms,
+            None => per_job.push((name, ms)),
+        }
+    }
+    let cpu: Vec<String> = per_job
+        .iter()
+        .map(|(n, ms)| format!("{n} {ms:.2} ({:.0}/s)", 1000.0 / ms.max(1e-9)))
+        .collect();
+    println!(
+        "| {workers} | {jobs} | {ok} | {:.1} | {} |",
+        ok as f64 / secs,
+        cpu.join(", ")
+    );
+}
+
+/// User + system CPU time of process `pid` so far (all its threads), ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 here; USER_HZ is 100.
+    (ticks(11) + ticks(12)) * 10.0
 }
 
 #[tokio::main]
@@ -377,6 +415,7 @@ async fn main() {
     let mut jobs = 30;
     let mut tjobs = 200;
     let mut rate_pairs = 10;
+    let mut only_throughput = false;
     let mut relay_args = vec!["--memory".to_owned()];
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -384,8 +423,9 @@ async fn main() {
             "--jobs" => jobs = it.next().unwrap().parse().unwrap(),
             "--throughput-jobs" => tjobs = it.next().unwrap().parse().unwrap(),
             "--rate-pairs" => rate_pairs = it.next().unwrap().parse().unwrap(),
+            "--only-throughput" => only_throughput = true,
             "--relay-args" => relay_args = it.next().unwrap().split_whitespace().map(str::to_owned).collect(),
-            _ => panic!("usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--rate-pairs N] [--relay-args \"--memory\"]"),
+            _ => panic!("usage: fedai-job-bench [--jobs N] [--throughput-jobs N] [--rate-pairs N] [--only-throughput] [--relay-args \"--memory\"]"),
         }
     }
     let ra: Vec<&str> = relay_args.iter().map(String::as_str).collect();
@@ -396,12 +436,14 @@ async fn main() {
             .unwrap_or_default()
             .trim()
     );
-    println!("\n| model | pairs | max tokens | measure | direct p50 ms | via fed_AI p50 ms | added p50 ms | added p99 ms | added max ms | ratio of p50s |\n|---|---|---|---|---|---|---|---|---|---|");
-    overhead(LocalModel::Tiny, "tiny", jobs, 32, &ra).await;
-    overhead(LocalModel::SmolLm2, "smollm2", jobs, 32, &ra).await;
-    println!("\n| model | pairs | max tokens | direct tokens/s p50 | via fed_AI tokens/s p50 | ratio |\n|---|---|---|---|---|---|");
-    rate(rate_pairs, 160, &ra).await;
-    println!("\n| workers | jobs | ok | jobs/s |\n|---|---|---|---|");
+    if !only_throughput {
+        println!("\n| model | pairs | max tokens | measure | direct p50 ms | via fed_AI p50 ms | added p50 ms | added p99 ms | added max ms | ratio of p50s |\n|---|---|---|---|---|---|---|---|---|---|");
+        overhead(LocalModel::Tiny, "tiny", jobs, 32, &ra).await;
+        overhead(LocalModel::SmolLm2, "smollm2", jobs, 32, &ra).await;
+        println!("\n| model | pairs | max tokens | direct tokens/s p50 | via fed_AI tokens/s p50 | ratio |\n|---|---|---|---|---|---|");
+        rate(rate_pairs, 160, &ra).await;
+    }
+    println!("\n| workers | jobs | ok | jobs/s | CPU ms per job (jobs/s one core would carry) |\n|---|---|---|---|---|");
     for w in [1, 2, 4] {
         throughput(w, tjobs, &ra).await;
     }
