@@ -105,6 +105,35 @@ pub struct Cli {
     /// Do not serve the market dashboard on `/` (browsers then get the plain text line).
     #[arg(long, env = "FEDAI_RELAY_NO_DASHBOARD")]
     pub no_dashboard: bool,
+    /// Peer relay(s) to converge with (NIP-77 negentropy, then a live tail), comma-separated
+    /// or repeated: `wss://relay.example`.
+    #[arg(
+        long = "sync-peer",
+        env = "FEDAI_RELAY_SYNC_PEER",
+        value_delimiter = ','
+    )]
+    pub sync_peer: Vec<String>,
+    /// Kinds synced with peers, comma-separated (default: the fed_AI kinds, job feedback,
+    /// deletions and NIP-65 relay lists).
+    #[arg(
+        long = "sync-kinds",
+        env = "FEDAI_RELAY_SYNC_KINDS",
+        value_delimiter = ','
+    )]
+    pub sync_kinds: Vec<u16>,
+    /// Only events this recent are reconciled, seconds (default 86400).
+    #[arg(long, env = "FEDAI_RELAY_SYNC_WINDOW_SECS")]
+    pub sync_window_secs: Option<u64>,
+    /// Seconds between reconciliation rounds with each peer; a live subscription to the peer
+    /// runs in between (default 60).
+    #[arg(long, env = "FEDAI_RELAY_SYNC_EVERY_SECS")]
+    pub sync_every_secs: Option<u64>,
+    /// Events fetched (and pushed) per round at most (default 20000).
+    #[arg(long, env = "FEDAI_RELAY_SYNC_MAX_PER_ROUND")]
+    pub sync_max_per_round: Option<usize>,
+    /// Only fetch from peers; never push our events to them.
+    #[arg(long, env = "FEDAI_RELAY_SYNC_NO_PUSH")]
+    pub sync_no_push: bool,
 }
 
 /// NIP-42 authentication requirement.
@@ -192,6 +221,8 @@ pub struct RelayConfig {
     pub dashboard: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Relay-to-relay sync ([`crate::sync`]); no peers: off.
+    pub sync: crate::sync::SyncConfig,
 }
 
 /// Job-market defaults: requests and feedback are short-lived, results live a month, metering,
@@ -258,6 +289,7 @@ impl Default for RelayConfig {
             log: "info".into(),
             dashboard: true,
             trusted_proxies: Vec::new(),
+            sync: crate::sync::SyncConfig::default(),
         }
     }
 }
@@ -363,6 +395,21 @@ impl Cli {
             log: c.log.unwrap_or(d.log),
             dashboard: !c.no_dashboard,
             trusted_proxies: c.trusted_proxy,
+            sync: {
+                let d = crate::sync::SyncConfig::default();
+                crate::sync::SyncConfig {
+                    peers: c.sync_peer,
+                    kinds: if c.sync_kinds.is_empty() {
+                        d.kinds
+                    } else {
+                        c.sync_kinds
+                    },
+                    window_secs: c.sync_window_secs.unwrap_or(d.window_secs),
+                    every_secs: c.sync_every_secs.unwrap_or(d.every_secs),
+                    max_per_round: c.sync_max_per_round.unwrap_or(d.max_per_round),
+                    push: !c.sync_no_push,
+                }
+            },
         })
     }
 }

@@ -133,6 +133,67 @@ fn cheap_checks(
     }
 }
 
+/// What became of an event a sync brought from a peer relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Synced {
+    /// Stored (and broadcast to live subscribers).
+    Stored,
+    /// Already here.
+    Duplicate,
+    /// Refused: the reason, as an `OK false` would give it.
+    Refused(String),
+}
+
+/// Admit an event a sync brought from a peer relay ([`crate::sync`]): every check a client's
+/// `EVENT` gets — what the event says of itself, the schema and PoW, the quotas — but for the
+/// per-connection and per-pubkey rates (the peer's relay applied its own to the publisher; the
+/// sync bounds its own volume per round), and protected events (NIP-70) are never taken from a
+/// peer: only their author may publish them. Waits for a place under the bound on writes in
+/// flight instead of refusing.
+pub async fn admit_synced(ctx: &Arc<ConnCtx>, event: Event) -> Synced {
+    let refuse = |no: No| {
+        ctx.metrics.rejected(no.reason);
+        Synced::Refused(format!("{}: {}", no.prefix, no.message))
+    };
+    let json_len = event.as_json().len();
+    if json_len > ctx.limits.max_event_bytes {
+        let m = format!("event is larger than {} bytes", ctx.limits.max_event_bytes);
+        return refuse(no(MachineReadablePrefix::Invalid, m, "too-large"));
+    }
+    if let Err(no) = event_checks(&event) {
+        return refuse(no);
+    }
+    if event.is_protected() || event.kind.is_ephemeral() {
+        return refuse(no(
+            MachineReadablePrefix::Blocked,
+            "protected and ephemeral events are not synced",
+            "blocked",
+        ));
+    }
+    if let Verdict::Reject { prefix, message } = ctx.policy.decide_unlimited(&event) {
+        return Synced::Refused(format!("{prefix}: {message}"));
+    }
+    if let Err(r) = ctx.quota.check(&event, json_len) {
+        return refuse(no(r.prefix, r.message, r.reason));
+    }
+    let permit = match &ctx.writes {
+        Some(w) => match w.clone().acquire_owned().await {
+            Ok(p) => Some(p),
+            Err(_) => {
+                ctx.quota.released(json_len);
+                return Synced::Refused("error: shutting down".into());
+            }
+        },
+        None => None,
+    };
+    match store(ctx, &event, json_len, permit).await {
+        Saved::New => Synced::Stored,
+        Saved::Duplicate => Synced::Duplicate,
+        Saved::Refused(why) => Synced::Refused(format!("blocked: {why}")),
+        Saved::Failed => Synced::Refused("error: database error".into()),
+    }
+}
+
 /// What the event says of itself: tag count, kind, id, expiry, signature, and no repost of a
 /// protected event.
 fn event_checks(event: &Event) -> Result<(), No> {
@@ -195,20 +256,47 @@ fn auth_checks(ctx: &ConnCtx, s: &mut Session, event: &Event) -> Option<Admit> {
     None
 }
 
+/// What a save did.
+enum Saved {
+    /// Stored now (and broadcast).
+    New,
+    /// Already stored.
+    Duplicate,
+    /// Refused by the store: deleted, or another reason (lowercase).
+    Refused(String),
+    /// The store failed.
+    Failed,
+}
+
 /// Store an admitted event; its `OK` frame.
+async fn save(
+    ctx: Arc<ConnCtx>,
+    event: Event,
+    json_len: usize,
+    permit: Option<OwnedSemaphorePermit>,
+) -> String {
+    use MachineReadablePrefix::{Blocked, Duplicate, Error};
+    match store(&ctx, &event, json_len, permit).await {
+        Saved::New => ok_msg(&event, true, None, ""),
+        Saved::Duplicate => ok_msg(&event, true, Some(Duplicate), "already have this event"),
+        Saved::Refused(why) => ok_msg(&event, false, Some(Blocked), &why),
+        Saved::Failed => ok_msg(&event, false, Some(Error), "database error"),
+    }
+}
+
+/// Store an admitted event.
 ///
 /// Live subscribers hear an event only once it is stored (after its commit): a subscription
 /// opened at any moment then sees every event, either in its query (stored before) or live
 /// (stored after) — a subscriber that resubscribes after a `CLOSED` loses nothing — and no
 /// subscriber ever acts on an event that a failed commit then loses.
-async fn save(
-    ctx: Arc<ConnCtx>,
-    event: Event,
+async fn store(
+    ctx: &ConnCtx,
+    event: &Event,
     json_len: usize,
     _permit: Option<OwnedSemaphorePermit>,
-) -> String {
-    use MachineReadablePrefix::{Blocked, Duplicate, Error};
-    let saved = ctx.db.save_event(&event).await;
+) -> Saved {
+    let saved = ctx.db.save_event(event).await;
     if !matches!(saved, Ok(SaveEventStatus::Success)) {
         // Nothing new stored: its reserved bytes go back to the quota.
         ctx.quota.released(json_len);
@@ -216,24 +304,17 @@ async fn save(
     match saved {
         Ok(SaveEventStatus::Success) => {
             ctx.quota.stored(json_len);
-            ctx.hub.publish(&event);
-            ok_msg(&event, true, None, "")
+            ctx.hub.publish(event);
+            Saved::New
         }
-        Ok(SaveEventStatus::Rejected(RejectedReason::Duplicate)) => {
-            ok_msg(&event, true, Some(Duplicate), "already have this event")
-        }
+        Ok(SaveEventStatus::Rejected(RejectedReason::Duplicate)) => Saved::Duplicate,
         Ok(SaveEventStatus::Rejected(RejectedReason::Deleted)) => {
-            ok_msg(&event, false, Some(Blocked), "this event is deleted")
+            Saved::Refused("this event is deleted".into())
         }
-        Ok(SaveEventStatus::Rejected(r)) => ok_msg(
-            &event,
-            false,
-            Some(Blocked),
-            &format!("{r:?}").to_lowercase(),
-        ),
+        Ok(SaveEventStatus::Rejected(r)) => Saved::Refused(format!("{r:?}").to_lowercase()),
         Err(e) => {
             tracing::error!(error = %e, "cannot save event");
-            ok_msg(&event, false, Some(Error), "database error")
+            Saved::Failed
         }
     }
 }

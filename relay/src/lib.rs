@@ -9,6 +9,7 @@
 //! - validation of every fed_AI kind with the protocol crate ([`policy`]), per-pubkey rate
 //!   limits, optional PoW for job requests, optional NIP-42 auth;
 //! - retention per kind ([`store::retention_loop`]);
+//! - sync with peer relays by NIP-77 negentropy and a live tail ([`sync`], `--sync-peer`);
 //! - one port for WebSocket, NIP-11, `/health` and `/metrics` ([`http`]), with `TCP_NODELAY`.
 //!
 //! Start one in-process with [`RelayServer::start`]; the `fedai-relay` binary is a thin wrapper.
@@ -27,6 +28,7 @@ pub mod policy;
 pub mod query;
 pub mod quota;
 pub mod store;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -188,6 +190,7 @@ impl RelayServer {
             public_urls: config.public_urls.clone(),
             shutdown: rx.clone(),
         });
+        let sync_tasks = sync::spawn(conn.clone(), config.sync.clone(), rx.clone());
         let ctx = Arc::new(http::Ctx {
             conn,
             metrics: metrics.clone(),
@@ -200,7 +203,7 @@ impl RelayServer {
             trusted_proxies: config.trusted_proxies.clone(),
         });
         let router = http::router(ctx.clone());
-        let mut tasks = Vec::new();
+        let mut tasks = sync_tasks;
         let mut accept_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             loop {

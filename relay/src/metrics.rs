@@ -32,6 +32,9 @@ pub struct Metrics {
     stored_events: IntGauge,
     pending_writes: IntGauge,
     store_disk_bytes: IntGauge,
+    sync_rounds: IntCounterVec,
+    sync_events: IntCounterVec,
+    sync_neg_bytes: IntCounterVec,
 }
 
 /// Register a metric; names are fixed here, so a clash is a bug.
@@ -71,6 +74,24 @@ impl Default for Metrics {
                 "fedai_relay_events_accepted_total",
                 "Events stored or broadcast, by kind.",
                 "kind",
+            ),
+            sync_rounds: by(
+                &r,
+                "fedai_relay_sync_rounds_total",
+                "Reconciliation rounds with peer relays, by result (ok, error).",
+                "result",
+            ),
+            sync_events: by(
+                &r,
+                "fedai_relay_sync_events_total",
+                "Events a sync stored here (in) or a peer accepted from us (out).",
+                "direction",
+            ),
+            sync_neg_bytes: by(
+                &r,
+                "fedai_relay_sync_negentropy_bytes_total",
+                "Bytes of NIP-77 reconciliation with peer relays, by direction (sent, received).",
+                "direction",
             ),
             rejected: by(
                 &r,
@@ -233,6 +254,30 @@ impl Metrics {
         self.live_events.inc();
     }
     /// A retention sweep ran.
+    pub fn sync_round(&self, ok: bool) {
+        self.sync_rounds
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub fn sync_events(&self, stored: usize, pushed: usize) {
+        self.sync_events
+            .with_label_values(&["in"])
+            .inc_by(stored as u64);
+        self.sync_events
+            .with_label_values(&["out"])
+            .inc_by(pushed as u64);
+    }
+
+    pub fn sync_negentropy_bytes(&self, sent: usize, received: usize) {
+        self.sync_neg_bytes
+            .with_label_values(&["sent"])
+            .inc_by(sent as u64);
+        self.sync_neg_bytes
+            .with_label_values(&["received"])
+            .inc_by(received as u64);
+    }
+
     pub fn retention_run(&self) {
         self.retention_runs.inc();
     }

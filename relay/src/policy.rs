@@ -64,6 +64,12 @@ impl FedaiWritePolicy {
                 "too many events from this pubkey",
             );
         }
+        self.decide_unlimited(event)
+    }
+
+    /// [`Self::decide`] without the per-pubkey rate (events a sync brings from a peer relay,
+    /// which rated their publisher when it took them).
+    pub fn decide_unlimited(&self, event: &Event) -> Verdict {
         let kind = event.kind.as_u16();
         if kind == kinds::JOB_REQUEST
             && self.min_pow_jobs > 0
