@@ -178,3 +178,133 @@ async fn live_tail_brings_new_events_between_rounds() {
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(ids(&a, &[5050]).await.len(), 1);
 }
+
+/// Three relays, no one on all of them: worker 1 reads R1 and R2, worker 2 only R1, the
+/// customer knows only R3, which syncs with R1 and R2. The customer finds both workers through
+/// R3, posts each job where its worker reads (and names those relays in the request), and gets
+/// verified answers. Then R2 dies in the middle of a streamed job of worker 1: the job
+/// completes over R1 with one result, and no failover.
+#[tokio::test]
+async fn a_market_over_three_relays_survives_one_dying() {
+    use fedai_client::{JobUpdate, RunOptions};
+    use std::sync::{Arc, Mutex};
+    let llama = fedai_tests::llama(fedai_runners::local::LocalModel::Tiny, "tiny", 2).await;
+    let r1 = RelayProc::start(&["--memory"]);
+    let r2 = RelayProc::start(&["--memory"]);
+    let peers = format!("{},{}", r1.url, r2.url);
+    let r3 = RelayProc::start(&["--memory", "--sync-peer", &peers, "--sync-every-secs", "1"]);
+    let (sk1, pk1) = fedai_tests::nsec();
+    let (sk2, pk2) = fedai_tests::nsec();
+    let _w1 = fedai_tests::WorkerProc::start(&sk1, &r1.url, &llama.url, &["--relay", &r2.url]);
+    let _w2 = fedai_tests::WorkerProc::start(&sk2, &r1.url, &llama.url, &[]);
+    let c = fedai_tests::client(&r3).await;
+    let ads = fedai_tests::wait_for_workers(&c, 2).await;
+    assert!(
+        ads.iter().any(|a| a.worker == pk2),
+        "worker 2's ad reached R3 by sync"
+    );
+
+    // Worker 2 reads only R1: the customer posts there too.
+    let opts = RunOptions {
+        worker: Some(pk2),
+        timeout: Duration::from_secs(30),
+        ..RunOptions::default()
+    };
+    let out = c
+        .run(fedai_tests::tiny_job("over three relays", 8), &opts, |_| {})
+        .await
+        .expect("worker 2 answers");
+    assert_eq!(out.result.worker, pk2);
+    let on_r1 = {
+        let mut ws = Ws::connect(&r1.url).await;
+        ws.query("req", json!({"ids": [out.request.id.to_hex()]}))
+            .await
+    };
+    assert_eq!(
+        on_r1.len(),
+        1,
+        "the request was posted on the worker's relay"
+    );
+    let named: Vec<&str> = on_r1[0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t[0] == "relays")
+        .expect("a relays tag")
+        .as_array()
+        .unwrap()[1..]
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let norm = |u: &str| u.trim_end_matches('/').to_owned();
+    let named: Vec<String> = named.into_iter().map(norm).collect();
+    assert!(
+        named.contains(&norm(&r1.url)) && named.contains(&norm(&r3.url)),
+        "{named:?}"
+    );
+
+    // Worker 1, streaming; R2 is killed at the first token.
+    let r2 = Arc::new(Mutex::new(Some(r2)));
+    let mut req = fedai_tests::tiny_job("a long answer while a relay dies", 400);
+    req.params.stream = true;
+    let opts = RunOptions {
+        worker: Some(pk1),
+        timeout: Duration::from_secs(60),
+        ..RunOptions::default()
+    };
+    let (mut partials, mut failovers) = (0, 0);
+    let killer = r2.clone();
+    let out = c
+        .run(req, &opts, |u| match u {
+            JobUpdate::Partial(_) => {
+                partials += 1;
+                if let Some(r) = killer.lock().unwrap().take() {
+                    drop(r); // SIGKILL
+                }
+            }
+            JobUpdate::Failover { .. } => failovers += 1,
+            _ => {}
+        })
+        .await
+        .expect("the job completes over the relays left");
+    assert!(r2.lock().unwrap().is_none(), "R2 was killed mid-job");
+    assert_eq!(out.result.worker, pk1);
+    assert_eq!(failovers, 0);
+    assert!(
+        partials > 1,
+        "streamed over R1 after R2 died ({partials} chunks)"
+    );
+    let usage = out.result.result.usage.output_tokens;
+    assert!(usage > 16, "the whole answer arrived: {usage} tokens");
+    let meter = out.metering.as_ref().expect("metering arrived").0.clone();
+    assert_eq!(meter.record.usage.output_tokens, usage);
+    c.shutdown().await;
+}
+
+/// What this relay refuses from a peer (here: job requests without the proof of work it asks
+/// for) is refused once and not fetched again every round.
+#[tokio::test]
+async fn events_refused_from_a_peer_are_not_fetched_again() {
+    let b = RelayProc::start(&["--memory"]);
+    publish_jobs(&b, 5, "no pow").await;
+    let a = RelayProc::start(&[
+        "--memory",
+        "--min-pow-jobs",
+        "8",
+        "--sync-peer",
+        &b.url,
+        "--sync-every-secs",
+        "1",
+        "--sync-no-push",
+    ]);
+    wait_until("three rounds", Duration::from_secs(20), || async {
+        metric(&a, "fedai_relay_sync_rounds_total{result=\"ok\"}").await >= 3.0
+    })
+    .await;
+    assert_eq!(
+        metric(&a, "fedai_relay_events_rejected_total{reason=\"pow\"}").await,
+        5.0,
+        "each refused once"
+    );
+    assert!(ids(&a, &[5050]).await.is_empty());
+}

@@ -334,6 +334,30 @@ fn parse_retention(rules: &[String]) -> Result<(Vec<Retention>, u64), ConfigErro
     Ok((out, other))
 }
 
+/// The kinds synced: those given, or the defaults.
+fn sync_kinds(given: &[u16]) -> Vec<u16> {
+    if given.is_empty() {
+        crate::sync::default_kinds()
+    } else {
+        given.to_vec()
+    }
+}
+
+/// The shortest retention (seconds, not "for ever") of the regular kinds among `kinds`.
+fn shortest_retention(kinds: &[u16], rules: &[Retention], other: u64) -> Option<u64> {
+    kinds
+        .iter()
+        .filter(|k| nostr_sdk::prelude::Kind::from_u16(**k).is_regular())
+        .map(|k| {
+            rules
+                .iter()
+                .find(|r| r.kind == *k)
+                .map_or(other, |r| r.seconds)
+        })
+        .filter(|s| *s > 0)
+        .min()
+}
+
 impl Cli {
     /// Merge flags/env with the file and defaults.
     pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
@@ -355,6 +379,8 @@ impl Cli {
         };
         let retention_rules = c.retention;
         let (retention, retention_other) = parse_retention(&retention_rules)?;
+        let sync_cap = shortest_retention(&sync_kinds(&c.sync_kinds), &retention, retention_other)
+            .unwrap_or(u64::MAX);
         const MIB: u64 = 1024 * 1024;
         let max_store_bytes = match c.max_store_mib {
             Some(mib) => mib.saturating_mul(MIB),
@@ -399,12 +425,10 @@ impl Cli {
                 let d = crate::sync::SyncConfig::default();
                 crate::sync::SyncConfig {
                     peers: c.sync_peer,
-                    kinds: if c.sync_kinds.is_empty() {
-                        d.kinds
-                    } else {
-                        c.sync_kinds
-                    },
-                    window_secs: c.sync_window_secs.unwrap_or(d.window_secs),
+                    kinds: sync_kinds(&c.sync_kinds),
+                    // Never wider than the shortest retention of a synced kind: events the
+                    // sweep deleted here would otherwise be fetched back every round.
+                    window_secs: c.sync_window_secs.unwrap_or(d.window_secs).min(sync_cap),
                     every_secs: c.sync_every_secs.unwrap_or(d.every_secs),
                     max_per_round: c.sync_max_per_round.unwrap_or(d.max_per_round),
                     push: !c.sync_no_push,

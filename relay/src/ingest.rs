@@ -144,17 +144,27 @@ pub enum Synced {
     Refused(String),
 }
 
-/// Admit an event a sync brought from a peer relay ([`crate::sync`]): every check a client's
-/// `EVENT` gets — what the event says of itself, the schema and PoW, the quotas — but for the
-/// per-connection and per-pubkey rates (the peer's relay applied its own to the publisher; the
-/// sync bounds its own volume per round), and protected events (NIP-70) are never taken from a
-/// peer: only their author may publish them. Waits for a place under the bound on writes in
-/// flight instead of refusing.
+/// Admit an event a sync brought from a peer relay ([`crate::sync`]): what the event says of
+/// itself (id, signature, expiry, kind, tags), the schema and PoW, and the quotas, as for a
+/// client's `EVENT`. Not applied: the per-connection and per-pubkey rates (the peer's relay rated
+/// the publisher; the sync bounds its own volume per round) and `--auth write` (a peer is the
+/// operator's choice). Protected events (NIP-70) are never taken from a peer: only their author
+/// may publish them. An event held already is answered before any check, so the echo of a
+/// two-way sync costs a lookup, not a signature check or quota. Waits for a place under the
+/// bound on writes in flight instead of refusing.
 pub async fn admit_synced(ctx: &Arc<ConnCtx>, event: Event) -> Synced {
     let refuse = |no: No| {
         ctx.metrics.rejected(no.reason);
         Synced::Refused(format!("{}: {}", no.prefix, no.message))
     };
+    // Held already (a two-way sync echoes every event back): nothing to verify or charge.
+    match ctx.db.check_id(&event.id).await {
+        Ok(nostr_database::DatabaseEventStatus::Saved) => return Synced::Duplicate,
+        Ok(nostr_database::DatabaseEventStatus::Deleted) => {
+            return Synced::Refused("blocked: this event is deleted".into())
+        }
+        _ => {}
+    }
     let json_len = event.as_json().len();
     if json_len > ctx.limits.max_event_bytes {
         let m = format!("event is larger than {} bytes", ctx.limits.max_event_bytes);

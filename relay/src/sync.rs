@@ -15,23 +15,29 @@
 //!    its own policy; refusals are counted, not retried within the round).
 //!
 //! Between rounds a live subscription to the peer (`REQ` for the synced kinds, from now) brings
-//! new events as they happen, through the same checks. Rounds catch what the tail missed while
-//! a connection was down. Every round is bounded (`--sync-max-per-round` events each way), so a
-//! peer with millions of events we lack is caught up over several rounds, never in one unbounded
-//! burst.
+//! new events as they happen, through the same checks; it runs after a failed round too (a
+//! peer without NIP-77 is then followed live only). Rounds catch what the tail missed while a
+//! connection was down. Every round is bounded in events (`--sync-max-per-round` each way), in
+//! time and in what the peer may send (messages no larger than an event we would take, a fetch
+//! no longer than the ids asked for), so a peer with millions of events we lack is caught up over
+//! several rounds, never in one unbounded burst. A window with more items than either side's
+//! negentropy session holds is reconciled in time slices, halved until each fits. Ids refused
+//! once (by us, or by the peer when pushed) are remembered (bounded) and not transferred again.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use nostr_sdk::prelude::{
-    Event, EventId, Filter, Kind, RelayNotification, RelayUrl, SyncOptions, Timestamp,
+    Client, Event, EventId, Filter, Kind, Relay, RelayLimits, RelayNotification, RelayUrl,
+    SyncOptions, Timestamp,
 };
 use tokio::sync::watch;
 
 use crate::connection::ConnCtx;
 use crate::ingest::{admit_synced, Synced};
+use crate::query::MAX_NEG_ITEMS;
 
 /// What to sync, with whom, how often.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,13 +108,55 @@ const FETCH_CHUNK: usize = 250;
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one reconciliation may take in all.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one whole round may take (reconciliation, fetches, pushes).
+const ROUND_DEADLINE: Duration = Duration::from_secs(600);
+/// How long the peer may take to acknowledge one pushed event.
+const PUSH_OK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Items per negentropy session at most: under our own responder's limit, and most relays'.
+const SLICE_ITEMS: usize = MAX_NEG_ITEMS * 4 / 5;
+/// Halvings of the window at most.
+const MAX_SPLITS: u32 = 16;
+/// Ids remembered as refused, per peer.
+const MEMO: usize = 100_000;
+
+/// Ids refused once, in either direction: not transferred again (bounded, oldest forgotten).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    set: HashSet<EventId>,
+    order: VecDeque<EventId>,
+}
+
+impl Refusals {
+    fn remember(&mut self, id: EventId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > MEMO {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn knows(&self, id: &EventId) -> bool {
+        self.set.contains(id)
+    }
+}
 
 /// Sync with every configured peer until shutdown (one task per peer).
 pub fn spawn(
     ctx: Arc<ConnCtx>,
-    cfg: SyncConfig,
+    mut cfg: SyncConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    if cfg.push && ctx.auth_reads && !cfg.peers.is_empty() {
+        // Readers here must authenticate; a peer may serve what we push to anyone.
+        tracing::warn!(
+            "--auth read|both: not pushing events to sync peers (they are only fetched)"
+        );
+        cfg.push = false;
+    }
+    cfg.max_per_round = cfg.max_per_round.max(1);
     let cfg = Arc::new(cfg);
     cfg.peers
         .iter()
@@ -123,6 +171,22 @@ pub fn spawn(
         .collect()
 }
 
+/// A client for one peer: what it may send us is bounded by what we would take from a client
+/// (an event no larger than `--max-event-bytes`; signatures checked as events arrive).
+fn peer_client(max_event_bytes: usize) -> Client {
+    let max = u32::try_from(max_event_bytes).unwrap_or(u32::MAX);
+    let mut limits = RelayLimits::default();
+    // NEG-MSG frames too must fit: nostr-sdk's own are at most 60 KB.
+    limits.messages.max_size = Some(max.saturating_add(4096).max(128 * 1024));
+    limits.events.max_size = Some(max);
+    Client::builder()
+        .websocket_transport(fedai_transport::NoDelayTransport)
+        .relay_limits(limits)
+        .verify_subscriptions(true)
+        .notification_channel_size(std::num::NonZeroUsize::new(256).expect("non-zero"))
+        .build()
+}
+
 async fn peer_loop(
     ctx: Arc<ConnCtx>,
     url: RelayUrl,
@@ -130,16 +194,23 @@ async fn peer_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let mut refusals = Refusals::default();
     while !*shutdown.borrow() {
-        let client = fedai_transport::nostr_client();
-        let pause = match connect_and_sync(&ctx, &client, &url, &cfg, &mut shutdown).await {
-            Ok(()) => {
-                failures = 0;
-                Duration::from_secs(1)
-            }
+        let client = peer_client(ctx.limits.max_event_bytes);
+        let pause = match connect_and_sync(
+            &ctx,
+            &client,
+            &url,
+            &cfg,
+            &mut shutdown,
+            &mut refusals,
+            &mut failures,
+        )
+        .await
+        {
+            Ok(()) => Duration::from_secs(1),
             Err(e) => {
-                ctx.metrics.sync_round(false);
-                tracing::warn!(peer = %url, error = %e, "sync with peer failed");
+                tracing::warn!(peer = %url, error = %e, "sync connection to peer lost");
                 failures += 1;
                 fedai_transport::backoff(Duration::from_secs(1), failures, Duration::from_secs(60))
             }
@@ -155,10 +226,12 @@ async fn peer_loop(
 /// Connect, then alternate rounds and the live tail until the connection fails or shutdown.
 async fn connect_and_sync(
     ctx: &Arc<ConnCtx>,
-    client: &nostr_sdk::prelude::Client,
+    client: &Client,
     url: &RelayUrl,
     cfg: &SyncConfig,
     shutdown: &mut watch::Receiver<bool>,
+    refusals: &mut Refusals,
+    failures: &mut u32,
 ) -> Result<(), String> {
     client
         .add_relay(url.clone())
@@ -176,30 +249,44 @@ async fn connect_and_sync(
         .map_err(|e| e.to_string())?;
     let kinds: Vec<Kind> = cfg.kinds.iter().map(|k| Kind::from_u16(*k)).collect();
     loop {
-        let stats = round(ctx, &relay, &kinds, cfg).await?;
-        ctx.metrics.sync_round(true);
-        tracing::info!(
-            peer = %url,
-            local_items = stats.local_items,
-            missing_here = stats.missing_here,
-            missing_there = stats.missing_there,
-            stored = stats.stored,
-            refused = stats.refused,
-            pushed = stats.pushed,
-            push_refused = stats.push_refused,
-            neg_bytes_sent = stats.neg_bytes_sent,
-            neg_bytes_received = stats.neg_bytes_received,
-            neg_ms = stats.neg_ms,
-            "sync round"
-        );
-        // More to fetch than one round takes: go again at once.
-        let full = stats.missing_here > cfg.max_per_round
-            || (cfg.push && stats.missing_there > cfg.max_per_round);
-        let wait = if full {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(cfg.every_secs.max(1))
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(ROUND_DEADLINE, round(ctx, &relay, &kinds, cfg, refusals)) => {
+                r.unwrap_or_else(|_| Err("the round took too long".to_owned()))
+            }
+            _ = shutdown.changed() => return Ok(()),
         };
+        // More to transfer than one round takes, and this one moved something: go again soon.
+        let mut again = false;
+        match outcome {
+            Ok(stats) => {
+                ctx.metrics.sync_round(true);
+                *failures = 0;
+                tracing::info!(
+                    peer = %url,
+                    local_items = stats.local_items,
+                    missing_here = stats.missing_here,
+                    missing_there = stats.missing_there,
+                    stored = stats.stored,
+                    refused = stats.refused,
+                    pushed = stats.pushed,
+                    push_refused = stats.push_refused,
+                    neg_bytes_sent = stats.neg_bytes_sent,
+                    neg_bytes_received = stats.neg_bytes_received,
+                    neg_ms = stats.neg_ms,
+                    "sync round"
+                );
+                let moved = stats.stored + stats.pushed > 0;
+                let more = stats.missing_here > cfg.max_per_round
+                    || (cfg.push && stats.missing_there > cfg.max_per_round);
+                again = moved && more;
+            }
+            Err(e) => {
+                // The tail still runs: a peer without NIP-77 is followed live.
+                ctx.metrics.sync_round(false);
+                tracing::warn!(peer = %url, error = %e, "sync round failed");
+            }
+        }
+        let wait = Duration::from_secs(if again { 1 } else { cfg.every_secs.max(1) });
         tail(ctx, &relay, &kinds, cfg, wait, shutdown).await?;
         if *shutdown.borrow() {
             return Ok(());
@@ -207,73 +294,101 @@ async fn connect_and_sync(
     }
 }
 
-/// The synced kinds in the window, as of now.
-fn window(kinds: &[Kind], cfg: &SyncConfig) -> Filter {
+/// The synced kinds between `since` and `until` (inclusive).
+fn slice(kinds: &[Kind], since: Timestamp, until: Timestamp) -> Filter {
     Filter::new()
         .kinds(kinds.iter().copied())
-        .since(Timestamp::now() - Duration::from_secs(cfg.window_secs))
+        .since(since)
+        .until(until)
+}
+
+/// Whether a peer refused a negentropy session for its size (ours says "more than N items";
+/// other relays say "too many").
+fn too_large(e: &str) -> bool {
+    let e = e.to_ascii_lowercase();
+    e.contains("more than") || e.contains("too many")
 }
 
 /// One reconciliation and the transfers it calls for.
 pub async fn round(
     ctx: &Arc<ConnCtx>,
-    relay: &nostr_sdk::prelude::Relay,
+    relay: &Relay,
     kinds: &[Kind],
     cfg: &SyncConfig,
+    refusals: &mut Refusals,
 ) -> Result<RoundStats, String> {
-    let filter = window(kinds, cfg);
-    let items = ctx
-        .db
-        .negentropy_items(filter.clone())
-        .await
-        .map_err(|e| format!("local items: {e}"))?;
-    let mut st = RoundStats {
-        local_items: items.len(),
-        ..RoundStats::default()
-    };
-    let (sent0, recv0) = (relay.stats().bytes_sent(), relay.stats().bytes_received());
-    let t = Instant::now();
-    // The whole reconciliation is bounded in time: a peer that keeps the session going (and
-    // the id sets growing) is dropped.
-    let summary = tokio::time::timeout(
-        RECONCILE_TIMEOUT,
-        relay
-            .sync(filter.clone())
-            .items(items)
-            .opts(SyncOptions::new().dry_run().initial_timeout(STEP_TIMEOUT)),
-    )
-    .await
-    .map_err(|_| "negentropy: took too long".to_owned())?
-    .map_err(|e| format!("negentropy: {e}"))?;
-    st.neg_ms = t.elapsed().as_millis() as u64;
-    st.neg_bytes_sent = relay.stats().bytes_sent() - sent0;
-    st.neg_bytes_received = relay.stats().bytes_received() - recv0;
-    // `remote`: ids only the peer has; `local`: ids only we have.
-    st.missing_here = summary.remote.len();
-    st.missing_there = summary.local.len();
+    let now = Timestamp::now();
+    let since = now - Duration::from_secs(cfg.window_secs);
+    let mut st = RoundStats::default();
+    let (mut missing_here, mut missing_there) = (Vec::new(), Vec::new());
+    // Slices of the window, halved while either side has too many items for one session.
+    let mut todo = vec![(since, now, 0u32)];
+    while let Some((a, b, depth)) = todo.pop() {
+        let filter = slice(kinds, a, b);
+        let items = ctx
+            .db
+            .negentropy_items(filter.clone())
+            .await
+            .map_err(|e| format!("local items: {e}"))?;
+        let result = if items.len() > SLICE_ITEMS {
+            Err(format!("more than {SLICE_ITEMS} items here"))
+        } else {
+            st.local_items += items.len();
+            reconcile(relay, filter, items, &mut st).await
+        };
+        match result {
+            Ok((here, there)) => {
+                missing_here.extend(here);
+                missing_there.extend(there);
+            }
+            Err(e) if too_large(&e) && depth < MAX_SPLITS && b > a => {
+                let mid = a + Duration::from_secs((b.as_secs() - a.as_secs()) / 2);
+                todo.push((a, mid, depth + 1));
+                todo.push((mid + Duration::from_secs(1), b, depth + 1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    st.missing_here = missing_here.len();
+    st.missing_there = missing_there.len();
 
-    let wanted: Vec<EventId> = summary.remote.into_iter().take(cfg.max_per_round).collect();
+    let window = slice(kinds, since, now);
+    let wanted: Vec<EventId> = missing_here
+        .into_iter()
+        .filter(|id| !refusals.knows(id))
+        .take(cfg.max_per_round)
+        .collect();
     for chunk in wanted.chunks(FETCH_CHUNK) {
         let asked: HashSet<EventId> = chunk.iter().copied().collect();
         let events = relay
             .fetch_events(Filter::new().ids(chunk.iter().copied()))
+            .max_events(chunk.len())
             .timeout(STEP_TIMEOUT)
             .await
             .map_err(|e| format!("fetch: {e}"))?;
         for event in events {
             // Only what was asked for: the peer cannot push other events through the sync.
-            if !asked.contains(&event.id) || !filter.match_event(&event, Default::default()) {
+            if !asked.contains(&event.id) || !window.match_event(&event, Default::default()) {
                 st.refused += 1;
                 continue;
             }
+            let id = event.id;
             match admit_synced(ctx, event).await {
-                Synced::Stored | Synced::Duplicate => st.stored += 1,
-                Synced::Refused(_) => st.refused += 1,
+                Synced::Stored => st.stored += 1,
+                Synced::Duplicate => {}
+                Synced::Refused(_) => {
+                    st.refused += 1;
+                    refusals.remember(id);
+                }
             }
         }
     }
     if cfg.push {
-        let ours: Vec<EventId> = summary.local.into_iter().take(cfg.max_per_round).collect();
+        let ours: Vec<EventId> = missing_there
+            .into_iter()
+            .filter(|id| !refusals.knows(id))
+            .take(cfg.max_per_round)
+            .collect();
         for id in ours {
             let Ok(Some(event)) = ctx.db.event_by_id(&id).await else {
                 continue; // deleted or expired meanwhile
@@ -282,9 +397,12 @@ pub async fn round(
             if event.is_protected() {
                 continue;
             }
-            match relay.send_event(&event).await {
+            match relay.send_event(&event).ok_timeout(PUSH_OK_TIMEOUT).await {
                 Ok(_) => st.pushed += 1,
-                Err(_) => st.push_refused += 1,
+                Err(_) => {
+                    st.push_refused += 1;
+                    refusals.remember(id);
+                }
             }
         }
     }
@@ -294,19 +412,49 @@ pub async fn round(
     Ok(st)
 }
 
+/// One negentropy session over `filter` with our `items`: the ids only the peer has, and
+/// those only we have. Bounded in time: a peer that keeps the session going (and the id sets
+/// growing) is dropped.
+async fn reconcile(
+    relay: &Relay,
+    filter: Filter,
+    items: Vec<(EventId, Timestamp)>,
+    st: &mut RoundStats,
+) -> Result<(Vec<EventId>, Vec<EventId>), String> {
+    let (sent0, recv0) = (relay.stats().bytes_sent(), relay.stats().bytes_received());
+    let t = Instant::now();
+    let summary = tokio::time::timeout(
+        RECONCILE_TIMEOUT,
+        relay.sync(filter).items(items).opts(
+            SyncOptions::new()
+                .dry_run()
+                .initial_timeout(STEP_TIMEOUT)
+                .idle_timeout(STEP_TIMEOUT),
+        ),
+    )
+    .await
+    .map_err(|_| "negentropy: took too long".to_owned())?
+    .map_err(|e| format!("negentropy: {e}"))?;
+    st.neg_ms += t.elapsed().as_millis() as u64;
+    st.neg_bytes_sent += relay.stats().bytes_sent().saturating_sub(sent0);
+    st.neg_bytes_received += relay.stats().bytes_received().saturating_sub(recv0);
+    // `remote`: ids only the peer has; `local`: ids only we have.
+    Ok((
+        summary.remote.into_iter().collect(),
+        summary.local.into_iter().collect(),
+    ))
+}
+
 /// Follow the peer live for `wait` (or until shutdown): each new event of the synced kinds goes
 /// through the same checks as a client's.
 async fn tail(
     ctx: &Arc<ConnCtx>,
-    relay: &nostr_sdk::prelude::Relay,
+    relay: &Relay,
     kinds: &[Kind],
     cfg: &SyncConfig,
     wait: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
-    if wait.is_zero() {
-        return Ok(());
-    }
     let mut notes = relay.notifications();
     // From a few seconds back: an event stored during the round is then not missed.
     let live = Filter::new()
@@ -317,7 +465,11 @@ async fn tail(
         .await
         .map_err(|e| format!("subscribe: {e}"))?;
     let end = tokio::time::Instant::now() + wait;
-    let window = window(kinds, cfg);
+    let window = slice(
+        kinds,
+        Timestamp::now() - Duration::from_secs(cfg.window_secs),
+        Timestamp::from_secs(u64::MAX / 2),
+    );
     // A peer that streams faster than a round's worth is not followed further until the next
     // round, which then fetches what was skipped, bounded as every round is.
     let mut budget = cfg.max_per_round;

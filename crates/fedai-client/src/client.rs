@@ -32,7 +32,18 @@ pub struct FedaiClient {
     /// Ids of the requests published lately (bounded): the same request built twice in one
     /// second is one event, which relays take as a duplicate (or refuse once deleted).
     published: Arc<Mutex<VecDeque<EventId>>>,
+    /// Relays this customer was given; a worker's relays are added beside them.
+    own: Arc<Vec<RelayUrl>>,
+    /// Relays added because a chosen worker reads there, least recently used first (bounded).
+    extra: Arc<tokio::sync::Mutex<VecDeque<RelayUrl>>>,
 }
+
+/// Relays of a chosen worker's ad connected per job, at most.
+const WORKER_RELAYS_PER_JOB: usize = 3;
+/// Relays added for workers, at most, beside the customer's own.
+const MAX_WORKER_RELAYS: usize = 8;
+/// How long to wait for a worker's relay to open.
+const WORKER_RELAY_WAIT: Duration = Duration::from_secs(2);
 
 /// Builds a [`FedaiClient`]: `FedaiClient::builder().relay(url).keys(keys).connect().await`.
 #[derive(Debug, Default)]
@@ -103,12 +114,15 @@ impl Builder {
                 why.join(", ")
             )));
         }
+        let own = statuses.keys().cloned().collect();
         Ok(FedaiClient {
             client,
             keys: self.keys.unwrap_or_else(Keys::generate),
             stats: Default::default(),
             epoch: std::time::Instant::now(),
             published: Default::default(),
+            own: Arc::new(own),
+            extra: Default::default(),
         })
     }
 }
@@ -199,7 +213,76 @@ impl FedaiClient {
             stats: Default::default(),
             epoch: std::time::Instant::now(),
             published: Default::default(),
+            own: Default::default(),
+            extra: Default::default(),
         }
+    }
+
+    /// Reach the worker of `ad` where it reads: connect to the relays its ad names that we are
+    /// not on (at most [`WORKER_RELAYS_PER_JOB`]; [`MAX_WORKER_RELAYS`] in all, the least
+    /// recently used dropped first), so a request posted now reaches it and its answers reach
+    /// us, whichever relays we started from. Each relay is checked first: `ws`/`wss` only, and
+    /// every address it resolves to public — unless our own relays are private (a local or
+    /// LAN market), since an ad is a stranger's word and must not make us open connections
+    /// into our own network. Returns the relays the request should name in its `relays` tag
+    /// (ours and the worker's we reached); empty when the worker reads nowhere else.
+    pub(crate) async fn reach(&self, ad: &ParsedCapabilityAd) -> Vec<String> {
+        let private_market = self
+            .own
+            .iter()
+            .any(|r| fedai_netguard::check_url(r.as_str(), &["ws", "wss"], false).is_err());
+        let mut reached = Vec::new();
+        for url in ad.ad.relays.iter().take(WORKER_RELAYS_PER_JOB) {
+            let Ok(parsed) = RelayUrl::parse(url) else {
+                continue;
+            };
+            if self.own.contains(&parsed) {
+                continue;
+            }
+            if let Err(e) =
+                fedai_netguard::check_resolved(parsed.as_str(), &["ws", "wss"], private_market)
+                    .await
+            {
+                tracing::debug!(relay = %parsed, reason = %e, "a worker's relay refused");
+                continue;
+            }
+            let mut extra = self.extra.lock().await;
+            if let Some(at) = extra.iter().position(|r| *r == parsed) {
+                // Known: now the most recently used.
+                let r = extra.remove(at).expect("position is in range");
+                extra.push_back(r);
+                reached.push(parsed);
+                continue;
+            }
+            if extra.len() >= MAX_WORKER_RELAYS {
+                if let Some(old) = extra.pop_front() {
+                    let _ = self.client.remove_relay(old).await;
+                }
+            }
+            if self.client.add_relay(parsed.clone()).await.is_err() {
+                continue;
+            }
+            if self
+                .client
+                .try_connect_relay(parsed.clone(), WORKER_RELAY_WAIT)
+                .await
+                .is_err()
+            {
+                tracing::debug!(relay = %parsed, "a worker's relay did not open");
+                let _ = self.client.remove_relay(parsed).await;
+                continue;
+            }
+            extra.push_back(parsed.clone());
+            reached.push(parsed);
+        }
+        if reached.is_empty() {
+            return Vec::new();
+        }
+        self.own
+            .iter()
+            .chain(&reached)
+            .map(|r| r.to_string())
+            .collect()
     }
 
     /// Connect to `relays` with `keys` (see [`Builder::connect`]).

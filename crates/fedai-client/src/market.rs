@@ -324,6 +324,11 @@ impl FedaiClient {
             if req.bid_msat.is_none() {
                 req.bid_msat = opts.max_price_msat;
             }
+            // Post where the worker reads, too, and ask it to answer there and here.
+            let via = self.reach(&ads[i]).await;
+            if req.relays.is_empty() {
+                req.relays = via;
+            }
             tracing::debug!(%worker, attempt, "attempt");
             let mut sub = self.publish_request(&req, opts.private).await?;
             let mut pay = Payments::for_worker(opts, &ads[i], &request, &budget);
