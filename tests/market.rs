@@ -313,3 +313,78 @@ async fn the_ad_follows_the_load_between_heartbeats() {
     }
     assert!(idle, "the ad showed the worker idle again");
 }
+
+/// A worker that lies about its model (it advertises the tiny model and serves SmolLM2 under
+/// its name) is caught by spot checks: its answers to a seeded request disagree with those of
+/// two honest workers, which agree. It loses trust, is not chosen again in this run, and what
+/// was learnt survives the customer's restart (the reputation file). Honest workers are never
+/// flagged. Prints how many jobs it took.
+#[tokio::test]
+async fn spot_checks_catch_a_worker_that_serves_another_model() {
+    let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+    let other = fedai_tests::llama(LocalModel::SmolLm2, "tiny", 1).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk1, h1) = nsec();
+    let (sk2, h2) = nsec();
+    let (skl, liar) = nsec();
+    let _w1 = WorkerProc::start(&sk1, &relay.url, &tiny.url, &[]);
+    let _w2 = WorkerProc::start(&sk2, &relay.url, &tiny.url, &[]);
+    let _wl = WorkerProc::start(&skl, &relay.url, &other.url, &[]);
+    let c = client(&relay).await;
+    wait_for_workers(&c, 3).await;
+    let opts = RunOptions {
+        timeout: Duration::from_secs(60),
+        spot_check: 1.0,
+        ..RunOptions::default()
+    };
+    let mut caught_after = None;
+    for i in 1..=10 {
+        let req = tiny_job(&format!("spot check prompt number {i}"), 12);
+        let out = c.run(req, &opts, |_| {}).await.expect("a job");
+        let spot = out.spot_check.expect("every job is checked at rate 1");
+        assert!(spot.workers.len() >= 2, "{spot:?}");
+        match spot.verdict {
+            fedai_client::SpotVerdict::Caught(w) => {
+                assert_eq!(w, liar, "only the liar is ever caught");
+                caught_after = Some(i);
+                break;
+            }
+            fedai_client::SpotVerdict::Agree => {
+                assert!(
+                    !spot.workers.contains(&liar),
+                    "the liar never agrees: {spot:?}"
+                );
+            }
+            v => panic!("with two honest workers a check concludes: {v:?}"),
+        }
+    }
+    let n = caught_after.expect("caught within 10 jobs");
+    eprintln!("the liar was caught after {n} job(s)");
+    let s = c.worker_stats(&liar).unwrap();
+    assert_eq!(s.spot_failed, 1);
+    for h in [h1, h2] {
+        assert_eq!(c.worker_stats(&h).map_or(0, |s| s.spot_failed), 0);
+    }
+    // Caught: not chosen again (longest cooldown), checks or not.
+    let plain = RunOptions {
+        timeout: Duration::from_secs(60),
+        ..RunOptions::default()
+    };
+    for i in 0..4 {
+        let out = c
+            .run(tiny_job(&format!("after the catch {i}"), 4), &plain, |_| {})
+            .await
+            .unwrap();
+        assert_ne!(out.result.worker, liar);
+    }
+    // Kept across runs.
+    let file = fedai_tests::temp_dir("spot").join("reputation.json");
+    c.save_reputation(&file).unwrap();
+    c.shutdown().await;
+    let again = client(&relay).await;
+    again.load_reputation(&file).unwrap();
+    let kept = again.worker_stats(&liar).unwrap();
+    assert_eq!((kept.spot_failed, kept.penalty), (s.spot_failed, s.penalty));
+    assert!(kept.trust() < again.worker_stats(&h1).map_or(0.5, |s| s.trust()));
+    again.shutdown().await;
+}

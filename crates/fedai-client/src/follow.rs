@@ -144,6 +144,7 @@ impl FedaiClient {
             total: job.sent_at().elapsed(),
             payment,
             stream_matched,
+            spot_check: None,
         })
     }
 

@@ -166,6 +166,32 @@ pub struct JobOutcome {
     /// output (trivially true when nothing was streamed). False when a worker restarted mid-job
     /// or misbehaved: the shown text is then not what was signed, and only `output` is.
     pub stream_matched: bool,
+    /// The spot check of this job, when it was picked for one ([`market::RunOptions::spot_check`]).
+    pub spot_check: Option<SpotCheck>,
+}
+
+/// A spot check: the same request, with the same seed, answered by other workers serving the
+/// same model ([`fedai_scheduler::spot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpotCheck {
+    /// The workers that answered, the job's own first.
+    pub workers: Vec<PublicKey>,
+    /// What their answers say.
+    pub verdict: SpotVerdict,
+}
+
+/// What a spot check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpotVerdict {
+    /// Every answer agreed.
+    Agree,
+    /// This worker's answer disagreed with the others', which agreed: it is recorded as a
+    /// [`fedai_scheduler::Failure::Mismatch`] (trust lost, the longest cooldown).
+    Caught(PublicKey),
+    /// The answers differ without a majority.
+    Undecided,
+    /// No other worker serving the model answered.
+    NoReferee,
 }
 
 /// A payment made for a job: the preimage is the proof (its SHA-256 is the payment hash the

@@ -60,6 +60,12 @@ pub struct RunOptions {
     /// …or, once it has, when it shows no sign of progress (workers repeat `processing` every
     /// [`KEEPALIVE`] while a job runs) for this long.
     pub stall_timeout: Duration,
+    /// Spot-check this fraction of jobs (0 to 1; 0: never): such a job runs with a fixed seed
+    /// (its own, when it has one), and after its answer the same request goes to up to two
+    /// other workers serving the model; a worker whose answer disagrees with two that agree is
+    /// caught ([`crate::SpotVerdict`]). Each check costs one or two more jobs (paid like any).
+    /// Not with auctions.
+    pub spot_check: f64,
 }
 
 impl Default for RunOptions {
@@ -78,6 +84,7 @@ impl Default for RunOptions {
             pay: None,
             ack_timeout: Duration::from_secs(15),
             stall_timeout: KEEPALIVE * 3,
+            spot_check: 0.0,
         }
     }
 }
@@ -238,6 +245,62 @@ impl FedaiClient {
         out
     }
 
+    /// Re-run `request` (as sent, seed included) on up to two other workers serving its model
+    /// and compare their answers with `job`'s ([`fedai_scheduler::spot::verdict`]); the odd one
+    /// out, if any, is recorded as a [`Failure::Mismatch`].
+    async fn spot_check(
+        &self,
+        ads: &[ParsedCapabilityAd],
+        request: &JobRequest,
+        job: &JobOutcome,
+        opts: &RunOptions,
+    ) -> crate::SpotCheck {
+        let mut answers = vec![(job.result.worker, job.output.clone())];
+        let verdict = loop {
+            let mut ignore = opts.ignore.clone();
+            ignore.extend(answers.iter().map(|(w, _)| *w));
+            let referee = RunOptions {
+                worker: None,
+                ignore,
+                spot_check: 0.0,
+                max_attempts: 2,
+                ..opts.clone()
+            };
+            let mut req = request.clone();
+            req.provider = None;
+            req.relays.clear();
+            // Boxed: `run_on` calling itself.
+            let run = Box::pin(self.run_on(ads.to_vec(), req, &referee, |_| {}));
+            match run.await {
+                Ok(o) => answers.push((o.result.worker, o.output)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no referee for a spot check");
+                    break if answers.len() == 1 {
+                        crate::SpotVerdict::NoReferee
+                    } else {
+                        crate::SpotVerdict::Undecided
+                    };
+                }
+            }
+            let texts: Vec<&str> = answers.iter().map(|(_, o)| o.as_str()).collect();
+            match fedai_scheduler::spot::verdict(&texts) {
+                fedai_scheduler::spot::Verdict::Agree => break crate::SpotVerdict::Agree,
+                fedai_scheduler::spot::Verdict::OddOneOut(i) => {
+                    let caught = answers[i].0;
+                    tracing::warn!(worker = %caught, "spot check: its answer disagrees with two that agree");
+                    self.record(caught, Err(Failure::Mismatch), opts);
+                    break crate::SpotVerdict::Caught(caught);
+                }
+                fedai_scheduler::spot::Verdict::Undecided if answers.len() < 3 => continue,
+                fedai_scheduler::spot::Verdict::Undecided => break crate::SpotVerdict::Undecided,
+            }
+        };
+        crate::SpotCheck {
+            workers: answers.into_iter().map(|(w, _)| w).collect(),
+            verdict,
+        }
+    }
+
     fn record(&self, worker: PublicKey, outcome: Result<&JobOutcome, Failure>, opts: &RunOptions) {
         let now = self.now_ms();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -287,6 +350,14 @@ impl FedaiClient {
             return self.run_auction(&ads, request, opts, &mut on_update).await;
         }
         let mut rng = Rng::from_entropy();
+        // A spot-checked job needs a seed its referees can use too.
+        // (Only with a model named: a referee must run the same one.)
+        let spot = request.params.model.is_some()
+            && fedai_scheduler::spot::pick(opts.spot_check, rng.next_f64());
+        let mut request = request;
+        if spot && request.params.seed.is_none() {
+            request.params.seed = Some(rng.next_u64() >> 1);
+        }
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
         let budget = Budget::new();
@@ -347,8 +418,11 @@ impl FedaiClient {
                 .await;
             self.close(sub).await;
             match r {
-                Ok(o) => {
+                Ok(mut o) => {
                     self.record(worker, Ok(&o), opts);
+                    if spot {
+                        o.spot_check = Some(self.spot_check(&ads, &request, &o, opts).await);
+                    }
                     return Ok(o);
                 }
                 Err(e) => {
@@ -407,6 +481,14 @@ impl FedaiClient {
             std::time::Instant::now(),
         );
         let mut rng = Rng::from_entropy();
+        // A spot-checked job needs a seed its referees can use too.
+        // (Only with a model named: a referee must run the same one.)
+        let spot = request.params.model.is_some()
+            && fedai_scheduler::spot::pick(opts.spot_check, rng.next_f64());
+        let mut request = request;
+        if spot && request.params.seed.is_none() {
+            request.params.seed = Some(rng.next_u64() >> 1);
+        }
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
         let budget = Budget::new();

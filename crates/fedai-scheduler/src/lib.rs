@@ -24,6 +24,7 @@
 //! ```
 
 pub mod rng;
+pub mod spot;
 pub mod stats;
 
 use fedai_protocol::Price;
@@ -251,6 +252,9 @@ pub enum Rejection {
     },
     /// Cannot read encrypted requests.
     NoEncryption,
+    /// A spot check caught it serving another model ([`spot`]): never chosen again by this
+    /// customer.
+    CaughtBySpotCheck,
 }
 
 impl std::fmt::Display for Rejection {
@@ -280,6 +284,7 @@ impl std::fmt::Display for Rejection {
                 write!(f, "context {context} < {needed} tokens needed")
             }
             Self::NoEncryption => write!(f, "no encryption support"),
+            Self::CaughtBySpotCheck => write!(f, "caught by a spot check (serves another model)"),
         }
     }
 }
@@ -409,6 +414,9 @@ fn filter(
     }
     let trust = match c.stats {
         Some(s) => {
+            if s.spot_failed > 0 {
+                return Err(Rejection::CaughtBySpotCheck);
+            }
             if s.busy_until_ms > now_ms && !full_ok {
                 return Err(Rejection::Busy {
                     remaining_ms: s.busy_until_ms - now_ms,

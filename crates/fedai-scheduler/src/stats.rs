@@ -16,6 +16,9 @@ pub enum Failure {
     Timeout,
     /// A result that failed verification (signature, metering mismatch, wrong request).
     Invalid,
+    /// A spot check caught it: its answer disagreed with those of other workers serving the
+    /// same model, which agreed among themselves (see [`crate::spot`]).
+    Mismatch,
 }
 
 impl Failure {
@@ -25,7 +28,7 @@ impl Failure {
             Self::Busy => 0,
             Self::Error => 1,
             Self::Timeout => 2,
-            Self::Invalid => 4,
+            Self::Invalid | Self::Mismatch => 4,
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct WorkerStats {
     pub first_token_ms: Option<f64>,
     /// Smoothed generation speed, output tokens per second.
     pub tokens_per_s: Option<f64>,
+    /// Spot checks it failed ([`Failure::Mismatch`]).
+    #[serde(default)]
+    pub spot_failed: u32,
 }
 
 /// Weight of a new observation in the moving averages.
@@ -121,10 +127,13 @@ impl WorkerStats {
             return;
         }
         self.penalty = self.penalty.saturating_add(failure.penalty());
+        if failure == Failure::Mismatch {
+            self.spot_failed = self.spot_failed.saturating_add(1);
+        }
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.last_failure_ms = Some(now_ms);
         let wait = match failure {
-            Failure::Invalid => cooldown.max_ms,
+            Failure::Invalid | Failure::Mismatch => cooldown.max_ms,
             _ => {
                 let doublings = self.consecutive_failures.saturating_sub(1).min(32);
                 cooldown

@@ -49,6 +49,10 @@ struct Worker {
     completed: u64,
     revenue_msat: u64,
     unpaid_msat: u64,
+    /// Serves another model than it advertises.
+    cheats: bool,
+    /// The relays it reads (bit per relay; all bits when relays are not modelled).
+    relays: u64,
 }
 
 impl Worker {
@@ -122,6 +126,12 @@ enum Ev {
     Leave {
         worker: u32,
     },
+    RelayDown {
+        relay: u32,
+    },
+    RelayUp {
+        relay: u32,
+    },
 }
 
 /// Run one scenario to completion.
@@ -152,6 +162,23 @@ struct Sim<'a> {
     dropped_no_worker: u64,
     dropped_exhausted: u64,
     in_system: u64,
+    /// Relays up (bit per relay).
+    relays_up: u64,
+    /// Each customer's relays (bit per relay).
+    customer_relays: Vec<u64>,
+    /// Answers lost because every relay of their worker was down.
+    lost_answers: u64,
+    /// Jobs each customer got answered.
+    customer_jobs: Vec<u64>,
+    /// `caught[customer * workers + worker]`: the customer caught that cheater.
+    caught: Vec<bool>,
+    /// Customer jobs until each (customer, cheater) catch.
+    detection_jobs: Vec<u64>,
+    cheated_jobs: u64,
+    cheated_msat: u128,
+    spot_checks: u64,
+    spot_cost_msat: u128,
+    false_accusations: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -190,6 +217,8 @@ impl<'a> Sim<'a> {
                     completed: 0,
                     revenue_msat: 0,
                     unpaid_msat: 0,
+                    cheats: g.cheats,
+                    relays: u64::MAX,
                 });
             }
         }
@@ -198,6 +227,28 @@ impl<'a> Sim<'a> {
         policy.top_n = c.top_n.max(1);
         policy.margin = c.margin;
         let n = workers.len();
+        // Relays: who reads where (drawn once, from the scenario's seed).
+        let r = &s.relays;
+        let modelled = r.count > 1;
+        let count = r.count.clamp(1, 64);
+        let draw_set = |k: u32, rng: &mut Rng| -> u64 {
+            let mut m = 0u64;
+            let k = k.clamp(1, count);
+            while m.count_ones() < k {
+                m |= 1 << rng.below(count as usize);
+            }
+            m
+        };
+        let mut customer_relays = vec![u64::MAX; c.customers as usize];
+        if modelled {
+            for w in &mut workers {
+                w.relays = draw_set(r.per_worker, &mut rng);
+            }
+            for m in &mut customer_relays {
+                *m = draw_set(r.per_customer, &mut rng);
+            }
+        }
+        let customers = c.customers as usize;
         let mut sim = Self {
             s,
             rng,
@@ -220,7 +271,24 @@ impl<'a> Sim<'a> {
             dropped_no_worker: 0,
             dropped_exhausted: 0,
             in_system: 0,
+            relays_up: u64::MAX,
+            customer_relays,
+            lost_answers: 0,
+            customer_jobs: vec![0; customers],
+            caught: vec![false; customers * n],
+            detection_jobs: Vec::new(),
+            cheated_jobs: 0,
+            cheated_msat: 0,
+            spot_checks: 0,
+            spot_cost_msat: 0,
+            false_accusations: 0,
         };
+        for f in &s.relays.failures {
+            sim.at(us(f.at_s), Ev::RelayDown { relay: f.relay });
+            if let Some(after) = f.recover_after_s {
+                sim.at(us(f.at_s + after), Ev::RelayUp { relay: f.relay });
+            }
+        }
         for w in 0..n {
             let g = &s.workers[sim.workers[w].group];
             sim.at(us(g.join_at_s), Ev::Join { worker: w as u32 });
@@ -344,6 +412,8 @@ impl<'a> Sim<'a> {
                     w.leaving = true;
                     w.ad_alive = false;
                 }
+                Ev::RelayDown { relay } => self.relays_up &= !(1u64 << (relay % 64)),
+                Ev::RelayUp { relay } => self.relays_up |= 1u64 << (relay % 64),
             }
         }
         let end = self.now;
@@ -387,45 +457,72 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Choose a worker with the scheduler, exactly as the client does, and send the attempt.
-    fn dispatch(&mut self, id: u32) {
-        let j = self.jobs[id as usize];
+    /// Whether `worker` can be reached at all: one of its relays is up (a customer connects to
+    /// the relays its ad names).
+    fn reachable(&self, worker: usize) -> bool {
+        self.workers[worker].relays & self.relays_up != 0
+    }
+
+    /// The scheduler's pick for `customer` among the workers it can see, `tried` excluded —
+    /// exactly as the client chooses.
+    fn choose(&mut self, customer: u32, spec: &JobSpec, tried: &[u32]) -> Option<usize> {
         let n = self.workers.len();
-        let base = j.customer as usize * n;
-        let spec = JobSpec {
-            input_tokens: j.input,
-            output_tokens: j.output,
-            max_price_msat: self.s.workload.max_price_msat,
-            needs_encryption: false,
-        };
-        let tried = &j.tried[..j.attempt as usize];
+        let base = customer as usize * n;
+        // What this customer can see: a worker with an ad on a live relay it is on — or, with
+        // synced relays, on any live relay while it is on one.
+        let mine = self.customer_relays[customer as usize] & self.relays_up;
+        let synced = self.s.relays.synced;
+        let up = self.relays_up;
+        let stats = &self.stats;
         let candidates: Vec<Candidate> = self
             .workers
             .iter()
             .enumerate()
-            .map(|(i, w)| Candidate {
-                price: Some(&w.price),
-                quote_msat: None,
-                context_length: w.context,
-                max_concurrent: w.max_concurrent,
-                in_flight: w.ad_in_flight,
-                healthy: w.ad_alive,
-                encryption: true,
-                excluded: tried.contains(&(i as u32)),
-                stats: Some(&self.stats[base + i]),
-                speed_hint_tps: None,
+            .map(|(i, w)| {
+                let seen = if synced {
+                    mine != 0 && w.relays & up != 0
+                } else {
+                    w.relays & mine != 0
+                };
+                Candidate {
+                    price: Some(&w.price),
+                    quote_msat: None,
+                    context_length: w.context,
+                    max_concurrent: w.max_concurrent,
+                    in_flight: w.ad_in_flight,
+                    healthy: w.ad_alive && seen,
+                    encryption: true,
+                    excluded: tried.contains(&(i as u32)),
+                    stats: Some(&stats[base + i]),
+                    speed_hint_tps: None,
+                }
             })
             .collect();
         select_into(
             &mut self.decision,
             &candidates,
-            &spec,
+            spec,
             &self.policy,
             self.now / 1_000,
             &mut self.rng,
         );
-        let Some(wi) = self.decision.chosen_index() else {
-            drop(candidates);
+        self.decision.chosen_index()
+    }
+
+    fn spec(&self, j: &Job) -> JobSpec {
+        JobSpec {
+            input_tokens: j.input,
+            output_tokens: j.output,
+            max_price_msat: self.s.workload.max_price_msat,
+            needs_encryption: false,
+        }
+    }
+
+    /// Choose a worker with the scheduler, exactly as the client does, and send the attempt.
+    fn dispatch(&mut self, id: u32) {
+        let j = self.jobs[id as usize];
+        let spec = self.spec(&j);
+        let Some(wi) = self.choose(j.customer, &spec, &j.tried[..j.attempt as usize]) else {
             if j.attempt == 0 {
                 self.dropped_no_worker += 1;
             } else {
@@ -434,7 +531,6 @@ impl<'a> Sim<'a> {
             self.finish_job(id);
             return;
         };
-        drop(candidates);
         if j.attempt > 0 {
             self.failovers += 1;
         }
@@ -452,8 +548,8 @@ impl<'a> Sim<'a> {
         let timeout = us(self.s.client.timeout_s);
         self.at(self.now + timeout, Ev::Timeout { job: id, token });
         let w = &self.workers[wi];
-        if !w.alive || w.leaving {
-            // A stale ad: nobody answers; the timeout above fires.
+        if !w.alive || w.leaving || !self.reachable(wi) {
+            // A stale ad, or no relay to it: nobody answers; the timeout above fires.
             return;
         }
         if w.in_flight >= w.max_concurrent {
@@ -523,6 +619,12 @@ impl<'a> Sim<'a> {
         if j.token != token {
             return; // the customer already gave up on this attempt
         }
+        if !self.reachable(worker as usize) {
+            // Every relay of the worker is down: the answer reaches nobody; the customer's
+            // timeout fires.
+            self.lost_answers += 1;
+            return;
+        }
         if !ok {
             self.errors += 1;
             self.fail(id, worker, Failure::Error);
@@ -552,7 +654,71 @@ impl<'a> Sim<'a> {
         );
         self.latencies_ms
             .push(((now - j.arrival) as f64 / 1_000.0) as f32);
+        let c = j.customer as usize;
+        self.customer_jobs[c] += 1;
+        if self.workers[worker as usize].cheats {
+            self.cheated_jobs += 1;
+            self.cheated_msat += price as u128;
+        }
+        // (No draw without checks: the other scenarios' random sequences stay as they were.)
+        if self.s.client.spot_check > 0.0
+            && fedai_scheduler::spot::pick(self.s.client.spot_check, self.rng.next_f64())
+        {
+            self.spot_check(&j, worker as usize);
+        }
         self.finish_job(id);
+    }
+
+    /// The customer asks up to two other workers the same (with the same seed) and compares —
+    /// `fedai_scheduler::spot`, as the client does. Referees answer at once and hold no slot
+    /// (a simplification); their prices are counted.
+    fn spot_check(&mut self, j: &Job, worker: usize) {
+        self.spot_checks += 1;
+        let n = self.workers.len();
+        let spec = self.spec(j);
+        // Cheaters all serve the same smaller model, so they agree with each other: two of
+        // them can outvote an honest worker (counted as `false_accusations`).
+        let answer = |w: &Worker| {
+            if w.cheats {
+                "what the smaller model says"
+            } else {
+                "the advertised model's answer"
+            }
+        };
+        let mut asked = vec![worker as u32];
+        let mut answers = vec![answer(&self.workers[worker])];
+        while asked.len() < 3 {
+            let Some(r) = self.choose(j.customer, &spec, &asked) else {
+                return;
+            };
+            let w = &self.workers[r];
+            if self.s.payment.mode != PayMode::Free {
+                self.spot_cost_msat += w.price.cost_msat(j.input, j.output) as u128;
+            }
+            asked.push(r as u32);
+            answers.push(answer(w));
+            match fedai_scheduler::spot::verdict(&answers) {
+                fedai_scheduler::spot::Verdict::Agree => return,
+                fedai_scheduler::spot::Verdict::Undecided => continue,
+                fedai_scheduler::spot::Verdict::OddOneOut(k) => {
+                    let caught = asked[k] as usize;
+                    let c = j.customer as usize;
+                    let cooldown = self.policy.cooldown;
+                    self.stats[c * n + caught].record_failure(
+                        Failure::Mismatch,
+                        self.now / 1_000,
+                        &cooldown,
+                    );
+                    if !self.workers[caught].cheats {
+                        self.false_accusations += 1;
+                    } else if !self.caught[c * n + caught] {
+                        self.caught[c * n + caught] = true;
+                        self.detection_jobs.push(self.customer_jobs[c]);
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// An attempt failed: record it, put the worker in cooldown, fail over or drop.
@@ -658,6 +824,26 @@ impl<'a> Sim<'a> {
             },
             simulated_s: end as f64 / US,
             workers,
+            lost_answers: self.lost_answers,
+            cheated_jobs: self.cheated_jobs,
+            cheated_msat: self.cheated_msat.min(u64::MAX as u128) as u64,
+            spot_checks: self.spot_checks,
+            spot_cost_msat: self.spot_cost_msat.min(u64::MAX as u128) as u64,
+            cheater_pairs: self.s.client.customers as u64
+                * self.workers.iter().filter(|w| w.cheats).count() as u64,
+            detections: self.detection_jobs.len() as u64,
+            detection_jobs_p50: quantile(&mut self.detection_jobs, 0.5),
+            detection_jobs_p90: quantile(&mut self.detection_jobs, 0.9),
+            false_accusations: self.false_accusations,
         }
     }
+}
+
+/// The `p` quantile (nearest rank) of `v`, sorted in place; 0 when empty.
+fn quantile(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize] as f64
 }

@@ -58,6 +58,27 @@ pub struct Report {
     pub simulated_s: f64,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
+    /// Answers lost because every relay of their worker was down.
+    pub lost_answers: u64,
+    /// Jobs answered (and paid) by workers serving another model than advertised.
+    pub cheated_jobs: u64,
+    /// What customers paid them, msat.
+    pub cheated_msat: u64,
+    /// Spot checks run.
+    pub spot_checks: u64,
+    /// What the referees' answers cost, msat.
+    pub spot_cost_msat: u64,
+    /// (customer, cheater) pairs in the market, and how many of them were caught.
+    pub cheater_pairs: u64,
+    /// See `cheater_pairs`.
+    pub detections: u64,
+    /// A customer's answered jobs until it caught a cheater: median and 90th percentile
+    /// (over the pairs caught).
+    pub detection_jobs_p50: f64,
+    /// See `detection_jobs_p50`.
+    pub detection_jobs_p90: f64,
+    /// Honest workers flagged by a spot check.
+    pub false_accusations: u64,
 }
 
 impl Report {
@@ -113,6 +134,26 @@ impl Report {
         for (k, v) in rows {
             s += &format!("| {k} | {v} |\n");
         }
+        if self.lost_answers > 0 {
+            s += &format!(
+                "| answers lost with their relays | {} |\n",
+                self.lost_answers
+            );
+        }
+        if self.cheater_pairs > 0 || self.spot_checks > 0 {
+            s += &format!(
+                "| jobs answered by cheaters | {} ({} msat) |\n| spot checks | {} ({} msat) |\n| cheaters caught | {} of {} (customer, cheater) pairs, after {:.0} / {:.0} jobs (p50 / p90) |\n| honest workers flagged | {} |\n",
+                self.cheated_jobs,
+                self.cheated_msat,
+                self.spot_checks,
+                self.spot_cost_msat,
+                self.detections,
+                self.cheater_pairs,
+                self.detection_jobs_p50,
+                self.detection_jobs_p90,
+                self.false_accusations
+            );
+        }
         s += "\n| worker | group | jobs | utilisation | revenue msat | unpaid msat |\n|---|---|---|---|---|---|\n";
         for w in &self.workers {
             s += &format!(
@@ -131,13 +172,48 @@ impl Report {
 
 /// A sweep's results as one Markdown table, one row per variant.
 pub fn sweep_table(rows: &[(String, Report)]) -> String {
+    // Columns of the relay and cheating models, only where a row uses them.
+    let relays = rows.iter().any(|(_, r)| r.lost_answers > 0);
+    let cheats = rows
+        .iter()
+        .any(|(_, r)| r.cheater_pairs > 0 || r.spot_checks > 0);
     let mut s = String::from(
-        "| variant | p50 ms | p95 ms | p99 ms | cost msat | drop % | failovers | refused | utilisation % | top share % | unpaid msat |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| variant | p50 ms | p95 ms | p99 ms | cost msat | drop % | failovers | refused | utilisation % | top share % | unpaid msat |",
     );
+    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|---|---|");
+    if relays {
+        s += " timeouts | answers lost |";
+        rule += "---|---|";
+    }
+    if cheats {
+        s += " cheated jobs | cheated msat | spot checks | spot cost msat | caught | jobs to catch p50 / p90 | honest flagged |";
+        rule += "---|---|---|---|---|---|---|";
+    }
+    s += "\n";
+    s += &rule;
+    s += "\n";
     for (label, r) in rows {
         let unpaid: u64 = r.workers.iter().map(|w| w.unpaid_msat).sum();
+        let mut extra = String::new();
+        if relays {
+            extra += &format!(" {} | {} |", r.timeouts, r.lost_answers);
+        }
+        if cheats {
+            extra += &format!(
+                " {} | {} | {} | {} | {}/{} | {:.0} / {:.0} | {} |",
+                r.cheated_jobs,
+                r.cheated_msat,
+                r.spot_checks,
+                r.spot_cost_msat,
+                r.detections,
+                r.cheater_pairs,
+                r.detection_jobs_p50,
+                r.detection_jobs_p90,
+                r.false_accusations
+            );
+        }
         s += &format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {:.1} | {:.1} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {:.1} | {:.1} | {} |{extra}\n",
             if label.is_empty() { &r.scenario } else { label },
             r.latency_p50_ms,
             r.latency_p95_ms,

@@ -28,8 +28,51 @@ pub struct Scenario {
     pub payment: Payment,
     /// Crash waves.
     pub crashes: Vec<CrashWave>,
+    /// The relays the market lives on (default: one that never fails, not modelled).
+    pub relays: Relays,
     /// Run the scenario once per value of one parameter (sweep mode).
     pub sweep: Option<Sweep>,
+}
+
+/// Several relays: who reads where, whether they sync, and when they fail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relays {
+    /// Relays (0 or 1: one relay, never failing).
+    pub count: u32,
+    /// Relays each worker reads (its ad names them; drawn at random).
+    pub per_worker: u32,
+    /// Relays each customer starts from (drawn at random).
+    pub per_customer: u32,
+    /// The relays sync (`--sync-peer`): an ad on any live relay is seen on every live relay.
+    /// Without it a customer sees a worker only through a live relay they share.
+    pub synced: bool,
+    /// Relay outages.
+    pub failures: Vec<RelayFailure>,
+}
+
+impl Default for Relays {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            per_worker: 1,
+            per_customer: 1,
+            synced: false,
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// One relay goes down (every connection to it drops) and maybe comes back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFailure {
+    /// Which relay (0-based).
+    pub relay: u32,
+    /// When, s.
+    pub at_s: f64,
+    /// Back after this long, s (never when absent).
+    pub recover_after_s: Option<f64>,
 }
 
 impl Default for Scenario {
@@ -44,6 +87,7 @@ impl Default for Scenario {
             client: ClientModel::default(),
             payment: Payment::default(),
             crashes: Vec::new(),
+            relays: Relays::default(),
             sweep: None,
         }
     }
@@ -83,6 +127,9 @@ pub struct WorkerGroup {
     pub join_at_s: f64,
     /// Leaves (gracefully: finishes running jobs, stops advertising) at this time, s.
     pub leave_at_s: Option<f64>,
+    /// Serves another (smaller) model than its ad says: its answers disagree with honest
+    /// workers' on a spot check (`client.spot_check`).
+    pub cheats: bool,
 }
 
 impl Default for WorkerGroup {
@@ -103,6 +150,7 @@ impl Default for WorkerGroup {
             context_length: 8_192,
             join_at_s: 0.0,
             leave_at_s: None,
+            cheats: false,
         }
     }
 }
@@ -209,6 +257,11 @@ pub struct ClientModel {
     /// A crashed worker's last ad stays visible this long (the worker's NIP-40 expiration:
     /// 3 heartbeats), s.
     pub ad_ttl_s: f64,
+    /// Fraction of answered jobs a customer spot-checks (`fedai infer --spot-check`): the same
+    /// request on up to two other workers, a worker disagreeing with two that agree is caught
+    /// (`Failure::Mismatch`). The referees' answers are paid (counted in `spot_cost_msat`);
+    /// they are modelled as instant and not holding slots.
+    pub spot_check: f64,
 }
 
 impl Default for ClientModel {
@@ -223,6 +276,7 @@ impl Default for ClientModel {
             ad_interval_s: 1.0,
             rtt_ms: 20.0,
             ad_ttl_s: 90.0,
+            spot_check: 0.0,
         }
     }
 }

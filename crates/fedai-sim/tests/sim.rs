@@ -29,6 +29,8 @@ fn every_job_is_answered_or_dropped_exactly_once() {
         "crash-wave.toml",
         "supply-shortage.toml",
         "payment-modes.toml",
+        "cheating-worker.toml",
+        "relay-failure.toml",
     ] {
         for (label, r) in run_all(&scenario(file, 3_000), None).unwrap() {
             assert_eq!(r.jobs, 3_000, "{file} {label}");
@@ -94,6 +96,41 @@ fn cheapest_pays_less_and_fastest_waits_less() {
     let (cheap, fast) = (&rows[0].1, &rows[2].1);
     assert!(cheap.cost_per_request_msat < fast.cost_per_request_msat);
     assert!(fast.latency_p50_ms < cheap.latency_p50_ms);
+}
+
+#[test]
+fn spot_checks_catch_cheaters_and_cut_what_they_take() {
+    let s = scenario("cheating-worker.toml", 30_000);
+    let rows = run_all(
+        &s,
+        Some(&parse_sweep("client.spot_check=0,0.05,0.2").unwrap()),
+    )
+    .unwrap();
+    let (none, some, more) = (&rows[0].1, &rows[1].1, &rows[2].1);
+    assert!(none.cheated_jobs > 0 && none.detections == 0 && none.spot_checks == 0);
+    assert!(some.detections > 0 && more.detections > some.detections);
+    assert!(some.detection_jobs_p50 > 0.0);
+    assert!(
+        some.cheated_jobs * 2 < none.cheated_jobs && more.cheated_jobs < some.cheated_jobs,
+        "{} {} {}",
+        none.cheated_jobs,
+        some.cheated_jobs,
+        more.cheated_jobs
+    );
+    assert!(more.spot_cost_msat > some.spot_cost_msat);
+}
+
+#[test]
+fn a_worker_on_two_relays_outlives_one_of_them() {
+    let s = scenario("relay-failure.toml", 20_000);
+    let rows = run_all(&s, Some(&parse_sweep("relays.per_worker=1,2").unwrap())).unwrap();
+    let (one, two) = (&rows[0].1, &rows[1].1);
+    assert!(one.lost_answers > 0, "answers in flight die with the relay");
+    assert!(one.drop_rate > 0.0);
+    assert_eq!((two.lost_answers, two.dropped), (0, 0));
+    // A customer on one relay only is cut off with it.
+    let rows = run_all(&s, Some(&parse_sweep("relays.per_customer=1,2").unwrap())).unwrap();
+    assert!(rows[0].1.dropped_no_worker > rows[1].1.dropped_no_worker);
 }
 
 #[test]

@@ -65,6 +65,11 @@ pub struct Infer {
     /// (workers repeat `processing` every 10 s).
     #[arg(long, default_value_t = 30, env = "FEDAI_STALL_TIMEOUT")]
     stall_timeout: u64,
+    /// Spot-check this fraction of jobs (0–1): run with a fixed seed, then ask up to two other
+    /// workers serving the model the same; a worker whose answer disagrees with two that agree
+    /// loses trust (kept in the reputation file). Each check is one or two more jobs.
+    #[arg(long, default_value_t = 0.0, env = "FEDAI_SPOT_CHECK")]
+    spot_check: f64,
     #[command(flatten)]
     pay: PayArgs,
 }
@@ -118,6 +123,7 @@ impl Infer {
             pay: self.pay.context(&ctx.settings).await?,
             ack_timeout: Duration::from_secs((self.ack_timeout).max(1)),
             stall_timeout: Duration::from_secs((self.stall_timeout).max(1)),
+            spot_check: self.spot_check.clamp(0.0, 1.0),
             ..RunOptions::default()
         };
         let r = infer(&client, req, &opts, self.json, self.explain).await;
@@ -228,9 +234,25 @@ fn print_json(done: &JobOutcome) -> anyhow::Result<()> {
             "price_msat": m.map(|(m, _)| m.record.price_msat),
             "payment": done.payment.as_ref().map(|p| serde_json::json!({"amount_msat": p.amount_msat, "payment_hash": p.payment_hash, "preimage": p.preimage, "receipt": p.receipt.map(|r| r.to_hex())})),
             "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
+            "spot_check": done.spot_check.as_ref().map(|s| serde_json::json!({
+                "workers": s.workers.iter().map(|w| w.to_bech32().unwrap_or_default()).collect::<Vec<_>>(),
+                "verdict": spot_verdict(s.verdict),
+            })),
         }))?
     );
     Ok(())
+}
+
+/// A spot check's verdict in words.
+fn spot_verdict(v: fedai_client::SpotVerdict) -> String {
+    match v {
+        fedai_client::SpotVerdict::Agree => "agree".into(),
+        fedai_client::SpotVerdict::Caught(w) => {
+            format!("caught {}", w.to_bech32().unwrap_or_default())
+        }
+        fedai_client::SpotVerdict::Undecided => "undecided".into(),
+        fedai_client::SpotVerdict::NoReferee => "no referee".into(),
+    }
 }
 
 /// For a person: the output (unless it streamed and matched), then payment and verification.
@@ -245,6 +267,13 @@ fn print_text(done: &JobOutcome, streamed: bool) {
     }
     println!();
     let u = done.result.result.usage;
+    if let Some(s) = &done.spot_check {
+        eprintln!(
+            "🔎 spot check with {} other worker(s): {}",
+            s.workers.len().saturating_sub(1),
+            spot_verdict(s.verdict)
+        );
+    }
     if let Some(p) = &done.payment {
         eprintln!(
             "⚡ paid {} msat · preimage verified · receipt {}",

@@ -41,7 +41,7 @@ async fn workers(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
             "in_flight": a.ad.in_flight, "max_concurrent": a.ad.max_concurrent, "runner": a.ad.runner,
             "age_secs": now.saturating_sub(a.created_at.as_secs()),
             "features": a.ad.features,
-            "seen": {"verified": seen(&a.worker).verified, "penalty": seen(&a.worker).penalty, "trust": seen(&a.worker).trust(), "first_token_ms": seen(&a.worker).first_token_ms},
+            "seen": {"verified": seen(&a.worker).verified, "penalty": seen(&a.worker).penalty, "spot_failed": seen(&a.worker).spot_failed, "trust": seen(&a.worker).trust(), "first_token_ms": seen(&a.worker).first_token_ms},
         })).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -76,7 +76,13 @@ async fn workers(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
             price,
             format!("{}/{}", a.ad.in_flight, a.ad.max_concurrent),
             now.saturating_sub(a.created_at.as_secs()),
-            format!("{}/{} {:.2}", s.verified, s.penalty, s.trust())
+            format!(
+                "{}/{} {:.2}{}",
+                s.verified,
+                s.penalty,
+                s.trust(),
+                if s.spot_failed > 0 { " ⚠spot" } else { "" }
+            )
         );
     }
     Ok(())
