@@ -78,6 +78,7 @@ fn config_file_supplies_relays_and_flags_win() {
 /// why it cannot be reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_lists_yours_and_the_workers_with_latency() {
+    use fedai_protocol::nostr::prelude::*;
     use fedai_tests::{RelayProc, WorkerProc};
     let llama = fedai_tests::llama(fedai_runners::local::LocalModel::Tiny, "tiny", 1).await;
     let (a, b) = (
@@ -90,6 +91,36 @@ async fn relays_lists_yours_and_the_workers_with_latency() {
     let c = fedai_tests::client(&a).await;
     fedai_tests::wait_for_workers(&c, 1).await;
     c.shutdown().await;
+    // The worker's NIP-65 relay list names both relays.
+    let list = fedai_tests::Ws::connect(&a.url)
+        .await
+        .query("rl", serde_json::json!({"kinds": [10002]}))
+        .await;
+    assert_eq!(list.len(), 1, "one relay list: {list:?}");
+    let named: Vec<String> = list[0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t[0] == "r")
+        .map(|t| t[1].as_str().unwrap().trim_end_matches('/').to_owned())
+        .collect();
+    assert!(
+        named.contains(&a.url) && named.contains(&b.url),
+        "{named:?}"
+    );
+    // A relay monitor (NIP-66) announces a third relay.
+    let c3 = RelayProc::start(&["--memory"]);
+    let monitor = EventBuilder::new(Kind::from_u16(30166), "")
+        .tag(Tag::identifier(c3.url.clone()))
+        .finalize(&Keys::generate())
+        .unwrap();
+    assert!(
+        fedai_tests::Ws::connect(&a.url)
+            .await
+            .publish(&monitor)
+            .await
+            .0
+    );
     let dead = format!("ws://127.0.0.1:{}", closed_port());
     let args = [
         "--relay".to_owned(),
@@ -115,6 +146,16 @@ async fn relays_lists_yours_and_the_workers_with_latency() {
             .clone()
     };
     let (ra, rb, rd) = (row(&a.url), row(&b.url), row(&dead));
+    let r3 = row(&c3.url);
+    assert_eq!(
+        (r3["configured"].clone(), r3["workers"].clone()),
+        (false.into(), 0.into()),
+        "{r3}"
+    );
+    assert!(
+        r3["query_ms"].is_number(),
+        "learnt from the monitor and probed: {r3}"
+    );
     assert_eq!(ra["configured"], true, "{ra}");
     assert_eq!(ra["workers"], 1, "the worker reads on a too: {ra}");
     assert!(ra["connect_ms"].as_f64().unwrap() > 0.0, "{ra}");

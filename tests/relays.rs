@@ -197,12 +197,40 @@ async fn a_market_over_three_relays_survives_one_dying() {
     let (sk2, pk2) = fedai_tests::nsec();
     let _w1 = fedai_tests::WorkerProc::start(&sk1, &r1.url, &llama.url, &["--relay", &r2.url]);
     let _w2 = fedai_tests::WorkerProc::start(&sk2, &r1.url, &llama.url, &[]);
-    let c = fedai_tests::client(&r3).await;
-    let ads = fedai_tests::wait_for_workers(&c, 2).await;
+    // By default a worker's relays at private addresses are not reached (an ad must not open
+    // connections into the customer's network): the job still gets through, by sync alone.
+    let guarded = fedai_tests::client(&r3).await;
+    let ads = fedai_tests::wait_for_workers(&guarded, 2).await;
     assert!(
         ads.iter().any(|a| a.worker == pk2),
         "worker 2's ad reached R3 by sync"
     );
+    let pinned = RunOptions {
+        worker: Some(pk2),
+        timeout: Duration::from_secs(30),
+        ..RunOptions::default()
+    };
+    let out = guarded
+        .run(
+            fedai_tests::tiny_job("through sync only", 4),
+            &pinned,
+            |_| {},
+        )
+        .await
+        .expect("answered through the synced relays");
+    assert!(
+        out.request.request.relays.is_empty(),
+        "no loopback relay named without allow_private_relays"
+    );
+    guarded.shutdown().await;
+    // A local market: this customer allows them.
+    let c = fedai_client::FedaiClient::builder()
+        .relay(r3.url.clone())
+        .allow_private_relays(true)
+        .connect()
+        .await
+        .unwrap();
+    fedai_tests::wait_for_workers(&c, 2).await;
 
     // Worker 2 reads only R1: the customer posts there too.
     let opts = RunOptions {

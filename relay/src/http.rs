@@ -344,10 +344,14 @@ async fn route(req: Request, peer: SocketAddr, ctx: Arc<Ctx>, router: Router) ->
 /// Serve one accepted TCP connection.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, router: Router) {
     // Over either bound the socket is closed at once: answering would cost what is refused.
-    let Some(_http_slot) = ctx.http_per_ip.take(peer.ip()) else {
+    let Some(http_slot) = ctx.http_per_ip.take(peer.ip()) else {
         ctx.metrics.connection_refused();
         return;
     };
+    // Given back as soon as the connection is upgraded — before the `101` is written, so a
+    // client that opens its next connection on seeing it finds the slot free — since the
+    // WebSocket then counts under the WebSocket limits instead.
+    let http_slot = Arc::new(std::sync::Mutex::new(Some(http_slot)));
     let Ok(_http_permit) = ctx.http_connections.clone().try_acquire_owned() else {
         ctx.metrics.connection_refused();
         return;
@@ -356,8 +360,14 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, router: 
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let (ctx, router) = (ctx.clone(), router.clone());
-        async move { Ok::<_, Infallible>(route(req.map(Body::new), peer, ctx, router).await) }
+        let (ctx, router, slot) = (ctx.clone(), router.clone(), http_slot.clone());
+        async move {
+            let r = route(req.map(Body::new), peer, ctx, router).await;
+            if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

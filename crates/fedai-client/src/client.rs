@@ -34,9 +34,42 @@ pub struct FedaiClient {
     published: Arc<Mutex<VecDeque<EventId>>>,
     /// Relays this customer was given; a worker's relays are added beside them.
     own: Arc<Vec<RelayUrl>>,
-    /// Relays added because a chosen worker reads there, least recently used first (bounded).
-    extra: Arc<tokio::sync::Mutex<VecDeque<RelayUrl>>>,
+    /// Relays added because a chosen worker reads there (bounded).
+    extra: Arc<Mutex<WorkerRelays>>,
+    /// Worker relays at private addresses are allowed (a local or LAN market).
+    allow_private: bool,
 }
+
+/// The relays added for chosen workers: least recently used first, each with the jobs using
+/// it now (only an unused one is closed to make room), and those that failed lately.
+#[derive(Default)]
+pub(crate) struct WorkerRelays {
+    order: VecDeque<RelayUrl>,
+    in_use: HashMap<RelayUrl, usize>,
+    failed: HashMap<RelayUrl, std::time::Instant>,
+}
+
+/// The worker relays one job reached; they stay open while it holds this.
+pub(crate) struct Reached {
+    pub(crate) urls: Vec<RelayUrl>,
+    extra: Arc<Mutex<WorkerRelays>>,
+}
+
+impl Drop for Reached {
+    fn drop(&mut self) {
+        let mut w = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        for u in &self.urls {
+            if let Some(n) = w.in_use.get_mut(u) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// How long a worker relay that failed to open is not tried again.
+const FAILED_RELAY_PAUSE: Duration = Duration::from_secs(60);
+/// How long a worker's relay may take to acknowledge an event we send it.
+const WORKER_RELAY_OK: Duration = Duration::from_secs(3);
 
 /// Relays of a chosen worker's ad connected per job, at most.
 const WORKER_RELAYS_PER_JOB: usize = 3;
@@ -51,6 +84,7 @@ pub struct Builder {
     relays: Vec<String>,
     keys: Option<Keys>,
     connect_wait: Option<Duration>,
+    allow_private_relays: bool,
 }
 
 impl Builder {
@@ -75,6 +109,14 @@ impl Builder {
     /// How long to wait for a first relay to connect (default 2.5 s).
     pub fn connect_wait(mut self, wait: Duration) -> Self {
         self.connect_wait = Some(wait);
+        self
+    }
+
+    /// Reach workers' relays at private addresses too (loopback, LAN): for a local or LAN
+    /// market. Off by default: a worker's ad is a stranger's word, and must not make us open
+    /// connections into our own network.
+    pub fn allow_private_relays(mut self, allow: bool) -> Self {
+        self.allow_private_relays = allow;
         self
     }
 
@@ -123,6 +165,7 @@ impl Builder {
             published: Default::default(),
             own: Arc::new(own),
             extra: Default::default(),
+            allow_private: self.allow_private_relays,
         })
     }
 }
@@ -215,74 +258,154 @@ impl FedaiClient {
             published: Default::default(),
             own: Default::default(),
             extra: Default::default(),
+            allow_private: false,
         }
     }
 
     /// Reach the worker of `ad` where it reads: connect to the relays its ad names that we are
-    /// not on (at most [`WORKER_RELAYS_PER_JOB`]; [`MAX_WORKER_RELAYS`] in all, the least
-    /// recently used dropped first), so a request posted now reaches it and its answers reach
-    /// us, whichever relays we started from. Each relay is checked first: `ws`/`wss` only, and
-    /// every address it resolves to public — unless our own relays are private (a local or
-    /// LAN market), since an ad is a stranger's word and must not make us open connections
-    /// into our own network. Returns the relays the request should name in its `relays` tag
-    /// (ours and the worker's we reached); empty when the worker reads nowhere else.
-    pub(crate) async fn reach(&self, ad: &ParsedCapabilityAd) -> Vec<String> {
-        let private_market = self
-            .own
-            .iter()
-            .any(|r| fedai_netguard::check_url(r.as_str(), &["ws", "wss"], false).is_err());
-        let mut reached = Vec::new();
-        for url in ad.ad.relays.iter().take(WORKER_RELAYS_PER_JOB) {
+    /// not on (at most [`WORKER_RELAYS_PER_JOB`], one per host; [`MAX_WORKER_RELAYS`] in all,
+    /// an unused one closed to make room), so a request posted now reaches it and its answers
+    /// reach us, whichever relays we started from. Each relay is checked first: `ws`/`wss`
+    /// only, and every address it resolves to public unless [`Builder::allow_private_relays`]
+    /// — an ad is a stranger's word and must not make us open connections into our own
+    /// network. They do not reconnect by themselves (a name re-pointed after the check would
+    /// be followed): the next job that needs one checks it again. A relay that failed to open
+    /// is not tried again for a minute. The relays stay open while the job holds [`Reached`].
+    pub(crate) async fn reach(&self, ad: &ParsedCapabilityAd) -> Reached {
+        let mut urls = Vec::new();
+        let mut hosts = std::collections::HashSet::new();
+        for url in &ad.ad.relays {
+            if urls.len() >= WORKER_RELAYS_PER_JOB {
+                break;
+            }
             let Ok(parsed) = RelayUrl::parse(url) else {
                 continue;
             };
-            if self.own.contains(&parsed) {
+            if self.own.contains(&parsed) || urls.contains(&parsed) {
+                continue;
+            }
+            // One relay per host: path variants of one server do not take every place.
+            let host = url::Url::parse(parsed.as_str())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned));
+            if !host.is_some_and(|h| hosts.insert(h)) {
+                continue;
+            }
+            if let Some(at) = self.failed_lately(&parsed) {
+                tracing::debug!(relay = %parsed, ?at, "a worker's relay failed lately");
                 continue;
             }
             if let Err(e) =
-                fedai_netguard::check_resolved(parsed.as_str(), &["ws", "wss"], private_market)
+                fedai_netguard::check_resolved(parsed.as_str(), &["ws", "wss"], self.allow_private)
                     .await
             {
                 tracing::debug!(relay = %parsed, reason = %e, "a worker's relay refused");
                 continue;
             }
-            let mut extra = self.extra.lock().await;
-            if let Some(at) = extra.iter().position(|r| *r == parsed) {
-                // Known: now the most recently used.
-                let r = extra.remove(at).expect("position is in range");
-                extra.push_back(r);
-                reached.push(parsed);
-                continue;
-            }
-            if extra.len() >= MAX_WORKER_RELAYS {
-                if let Some(old) = extra.pop_front() {
-                    let _ = self.client.remove_relay(old).await;
+            if self.open_worker_relay(&parsed).await {
+                urls.push(parsed);
+            } else {
+                let mut w = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+                w.failed.retain(|_, t| t.elapsed() < FAILED_RELAY_PAUSE);
+                if w.failed.len() < 1024 {
+                    w.failed.insert(parsed, std::time::Instant::now());
                 }
             }
-            if self.client.add_relay(parsed.clone()).await.is_err() {
-                continue;
+        }
+        Reached {
+            urls,
+            extra: self.extra.clone(),
+        }
+    }
+
+    fn failed_lately(&self, url: &RelayUrl) -> Option<std::time::Instant> {
+        let w = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        w.failed
+            .get(url)
+            .copied()
+            .filter(|t| t.elapsed() < FAILED_RELAY_PAUSE)
+    }
+
+    /// Make `url` one of the open worker relays, marked in use by one more job; whether it is
+    /// open. No lock is held while connecting.
+    async fn open_worker_relay(&self, url: &RelayUrl) -> bool {
+        let (known, evict) = {
+            let mut w = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = w.order.iter().position(|r| r == url) {
+                let r = w.order.remove(at).expect("position is in range");
+                w.order.push_back(r);
+                *w.in_use.entry(url.clone()).or_default() += 1;
+                (true, None)
+            } else {
+                let evict = if w.order.len() >= MAX_WORKER_RELAYS {
+                    let Some(at) = w
+                        .order
+                        .iter()
+                        .position(|r| w.in_use.get(r).copied().unwrap_or(0) == 0)
+                    else {
+                        // Every worker relay is in use: this job goes without this one.
+                        return false;
+                    };
+                    let old = w.order.remove(at).expect("position is in range");
+                    w.in_use.remove(&old);
+                    Some(old)
+                } else {
+                    None
+                };
+                w.order.push_back(url.clone());
+                w.in_use.insert(url.clone(), 1);
+                (false, evict)
             }
-            if self
+        };
+        if let Some(old) = evict {
+            let _ = self.client.remove_relay(old).await;
+        }
+        let connected = known
+            && self
                 .client
-                .try_connect_relay(parsed.clone(), WORKER_RELAY_WAIT)
+                .relay(url.clone())
                 .await
-                .is_err()
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.status() == RelayStatus::Connected);
+        if connected {
+            return true;
+        }
+        let added = known
+            || self
+                .client
+                .add_relay(url.clone())
+                .reconnect(false)
+                .await
+                .is_ok();
+        let opened = added
+            && self
+                .client
+                .try_connect_relay(url.clone(), WORKER_RELAY_WAIT)
+                .await
+                .is_ok();
+        if !opened {
             {
-                tracing::debug!(relay = %parsed, "a worker's relay did not open");
-                let _ = self.client.remove_relay(parsed).await;
-                continue;
+                let mut w = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = w.in_use.get_mut(url) {
+                    *n = n.saturating_sub(1);
+                }
+                if !known {
+                    w.order.retain(|r| r != url);
+                    w.in_use.remove(url);
+                }
             }
-            extra.push_back(parsed.clone());
-            reached.push(parsed);
+            if !known {
+                let _ = self.client.remove_relay(url.clone()).await;
+            }
         }
-        if reached.is_empty() {
-            return Vec::new();
-        }
-        self.own
-            .iter()
-            .chain(&reached)
-            .map(|r| r.to_string())
-            .collect()
+        opened
+    }
+
+    /// The relays a job's events go to and its answers are followed on: ours, and the worker
+    /// relays it reached.
+    pub(crate) fn job_relays(&self, reached: &[RelayUrl]) -> Vec<RelayUrl> {
+        self.own.iter().chain(reached).cloned().collect()
     }
 
     /// Connect to `relays` with `keys` (see [`Builder::connect`]).
@@ -319,9 +442,15 @@ impl FedaiClient {
         filter: Filter,
         timeout: Duration,
     ) -> Result<Vec<Event>, ClientError> {
+        // Our relays only: worker relays reached for jobs answer for those jobs.
+        let targets: Vec<(RelayUrl, Vec<Filter>)> = self
+            .own
+            .iter()
+            .map(|u| (u.clone(), vec![filter.clone()]))
+            .collect();
         let events = self
             .client
-            .fetch_events(filter)
+            .fetch_events(targets)
             .timeout(timeout)
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?;
@@ -359,6 +488,7 @@ impl FedaiClient {
         &self,
         request: &JobRequest,
         private: bool,
+        reached: &[RelayUrl],
     ) -> Result<Sub, ClientError> {
         let event = self.fresh_event(request, private).await?;
         let parsed = JobRequest::from_event(&event, None).or_else(|e| match e {
@@ -374,9 +504,15 @@ impl FedaiClient {
         let filter = Filter::new()
             .kinds([kinds::JOB_FEEDBACK, kinds::JOB_RESULT, kinds::METERING].map(Kind::from_u16))
             .event(event.id);
+        // Followed on our relays and those this job reached, not on other jobs' worker relays.
+        let targets: Vec<(RelayUrl, Vec<Filter>)> = self
+            .job_relays(reached)
+            .into_iter()
+            .map(|u| (u, vec![filter.clone()]))
+            .collect();
         let id = self
             .client
-            .subscribe(filter.clone())
+            .subscribe(targets)
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?
             .value;
@@ -391,7 +527,7 @@ impl FedaiClient {
             client: self.client.clone(),
         };
         // A request no relay took: dropping `sub` closes its subscription.
-        self.send(&sub.event).await?;
+        self.send_to(&sub.event, reached).await?;
         Ok(sub)
     }
 
@@ -419,11 +555,34 @@ impl FedaiClient {
         }
     }
 
-    /// Publish an event; at least one relay must accept it.
+    /// Publish an event on our relays; at least one must accept it.
     pub(crate) async fn send(&self, event: &Event) -> Result<(), ClientError> {
+        self.send_to(event, &[]).await
+    }
+
+    /// Publish an event on our relays (at least one must accept it) and on the worker relays
+    /// `reached`, without waiting long for those: a stranger's relay that never acknowledges
+    /// must not slow the job.
+    pub(crate) async fn send_to(
+        &self,
+        event: &Event,
+        reached: &[RelayUrl],
+    ) -> Result<(), ClientError> {
+        if !reached.is_empty() {
+            let (client, ev, to) = (self.client.clone(), event.clone(), reached.to_vec());
+            tokio::spawn(async move {
+                let _ = client
+                    .send_event(&ev)
+                    .to(to)
+                    .ok_timeout(WORKER_RELAY_OK)
+                    .save_into_database(false)
+                    .await;
+            });
+        }
         let sent = self
             .client
             .send_event(event)
+            .to(self.own.iter().cloned())
             .save_into_database(false)
             .await
             .map_err(|e| ClientError::Relay(e.to_string()))?;
@@ -486,8 +645,17 @@ impl FedaiClient {
 
     /// Cancel a request (NIP-09 deletion): its worker stops it and answers `cancelled`.
     pub async fn cancel(&self, request_id: EventId) -> Result<(), ClientError> {
+        self.cancel_on(request_id, &[]).await
+    }
+
+    /// [`Self::cancel`], also on the worker relays a job reached.
+    pub(crate) async fn cancel_on(
+        &self,
+        request_id: EventId,
+        reached: &[RelayUrl],
+    ) -> Result<(), ClientError> {
         let ev = fedai_protocol::cancellation(request_id, &self.keys)?;
-        self.send(&ev).await
+        self.send_to(&ev, reached).await
     }
 
     /// Close connections (of every clone).

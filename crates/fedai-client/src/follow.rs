@@ -34,7 +34,7 @@ impl FedaiClient {
         timeout: Duration,
         mut on_update: impl FnMut(JobUpdate),
     ) -> Result<JobOutcome, ClientError> {
-        let mut sub = self.publish_request(&request, private).await?;
+        let mut sub = self.publish_request(&request, private, &[]).await?;
         on_update(JobUpdate::Submitted(sub.event.id));
         let mut job = JobTracker::new(
             sub.parsed.clone(),

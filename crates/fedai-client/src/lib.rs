@@ -178,6 +178,8 @@ pub struct SpotCheck {
     pub workers: Vec<PublicKey>,
     /// What their answers say.
     pub verdict: SpotVerdict,
+    /// What the referees' answers cost, msat.
+    pub cost_msat: u64,
 }
 
 /// What a spot check concluded.
@@ -186,7 +188,8 @@ pub enum SpotVerdict {
     /// Every answer agreed.
     Agree,
     /// This worker's answer disagreed with the others', which agreed: it is recorded as a
-    /// [`fedai_scheduler::Failure::Mismatch`] (trust lost, the longest cooldown).
+    /// [`fedai_scheduler::Failure::Mismatch`] (trust lost, the longest cooldown; after
+    /// [`fedai_scheduler::spot::EXCLUDE_AFTER`] such verdicts, never chosen again).
     Caught(PublicKey),
     /// The answers differ without a majority.
     Undecided,

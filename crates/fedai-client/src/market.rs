@@ -60,11 +60,12 @@ pub struct RunOptions {
     /// …or, once it has, when it shows no sign of progress (workers repeat `processing` every
     /// [`KEEPALIVE`] while a job runs) for this long.
     pub stall_timeout: Duration,
-    /// Spot-check this fraction of jobs (0 to 1; 0: never): such a job runs with a fixed seed
-    /// (its own, when it has one), and after its answer the same request goes to up to two
-    /// other workers serving the model; a worker whose answer disagrees with two that agree is
-    /// caught ([`crate::SpotVerdict`]). Each check costs one or two more jobs (paid like any).
-    /// Not with auctions.
+    /// Spot-check this fraction of jobs (0 to 1; 0: never): every job then runs with a fixed
+    /// seed (its own, when it has one) and encrypted to its worker; after the answer, a job
+    /// picked at this rate goes to up to two other workers serving the model, and a worker
+    /// whose answer disagrees with two that agree is caught ([`crate::SpotVerdict`]). Each
+    /// check costs one or two more jobs, paid like any (their sum in
+    /// [`crate::SpotCheck::cost_msat`]). Not with auctions, a pinned worker, or no model.
     pub spot_check: f64,
 }
 
@@ -256,6 +257,7 @@ impl FedaiClient {
         opts: &RunOptions,
     ) -> crate::SpotCheck {
         let mut answers = vec![(job.result.worker, job.output.clone())];
+        let mut cost_msat = 0u64;
         let verdict = loop {
             let mut ignore = opts.ignore.clone();
             ignore.extend(answers.iter().map(|(w, _)| *w));
@@ -272,7 +274,10 @@ impl FedaiClient {
             // Boxed: `run_on` calling itself.
             let run = Box::pin(self.run_on(ads.to_vec(), req, &referee, |_| {}));
             match run.await {
-                Ok(o) => answers.push((o.result.worker, o.output)),
+                Ok(o) => {
+                    cost_msat += o.payment.as_ref().map_or(0, |p| p.amount_msat);
+                    answers.push((o.result.worker, o.output));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "no referee for a spot check");
                     break if answers.len() == 1 {
@@ -298,6 +303,7 @@ impl FedaiClient {
         crate::SpotCheck {
             workers: answers.into_iter().map(|(w, _)| w).collect(),
             verdict,
+            cost_msat,
         }
     }
 
@@ -350,14 +356,27 @@ impl FedaiClient {
             return self.run_auction(&ads, request, opts, &mut on_update).await;
         }
         let mut rng = Rng::from_entropy();
-        // A spot-checked job needs a seed its referees can use too.
-        // (Only with a model named: a referee must run the same one.)
-        let spot = request.params.model.is_some()
-            && fedai_scheduler::spot::pick(opts.spot_check, rng.next_f64());
+        // Spot checks (not of a worker the customer pinned, and only with a model named: a
+        // referee must run the same one). Every job then carries a seed and is encrypted to
+        // its worker, checked or not, so a worker cannot tell a checked job (or its referee
+        // request) from another, nor copy an earlier public answer; which jobs are checked is
+        // decided after the answer.
+        let checking =
+            opts.spot_check > 0.0 && opts.worker.is_none() && request.params.model.is_some();
         let mut request = request;
-        if spot && request.params.seed.is_none() {
-            request.params.seed = Some(rng.next_u64() >> 1);
-        }
+        let private_opts;
+        let opts = if checking {
+            if request.params.seed.is_none() {
+                request.params.seed = Some(rng.next_u64() >> 1);
+            }
+            private_opts = RunOptions {
+                private: true,
+                ..opts.clone()
+            };
+            &private_opts
+        } else {
+            opts
+        };
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
         let budget = Budget::new();
@@ -396,12 +415,18 @@ impl FedaiClient {
                 req.bid_msat = opts.max_price_msat;
             }
             // Post where the worker reads, too, and ask it to answer there and here.
-            let via = self.reach(&ads[i]).await;
-            if req.relays.is_empty() {
-                req.relays = via;
+            let reached = self.reach(&ads[i]).await;
+            if req.relays.is_empty() && !reached.urls.is_empty() {
+                req.relays = self
+                    .job_relays(&reached.urls)
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect();
             }
             tracing::debug!(%worker, attempt, "attempt");
-            let mut sub = self.publish_request(&req, opts.private).await?;
+            let mut sub = self
+                .publish_request(&req, opts.private, &reached.urls)
+                .await?;
             let mut pay = Payments::for_worker(opts, &ads[i], &request, &budget);
             let mut job = JobTracker::new(
                 sub.parsed.clone(),
@@ -420,7 +445,7 @@ impl FedaiClient {
             match r {
                 Ok(mut o) => {
                     self.record(worker, Ok(&o), opts);
-                    if spot {
+                    if checking && fedai_scheduler::spot::pick(opts.spot_check, rng.next_f64()) {
                         o.spot_check = Some(self.spot_check(&ads, &request, &o, opts).await);
                     }
                     return Ok(o);
@@ -428,7 +453,7 @@ impl FedaiClient {
                 Err(e) => {
                     tries.failed(self, worker, e, opts, &mut on_update)?;
                     // Tell the worker to stop (it may still be running); best effort.
-                    let _ = self.cancel(attempt_id).await;
+                    let _ = self.cancel_on(attempt_id, &reached.urls).await;
                 }
             }
         }
@@ -446,7 +471,7 @@ impl FedaiClient {
         let mut req = request;
         req.provider = None;
         req.bid_msat = Some(bid_msat);
-        let mut sub = self.publish_request(&req, false).await?;
+        let mut sub = self.publish_request(&req, false, &[]).await?;
         let id = sub.event.id;
         let quotes = collect_quotes(&mut sub.notifications, id, self.keys(), window).await;
         self.close(sub).await;
@@ -467,7 +492,7 @@ impl FedaiClient {
         req.provider = None;
         // The bid caps what workers may quote; without a cap, any quote may come.
         req.bid_msat = Some(opts.max_price_msat.or(req.bid_msat).unwrap_or(u64::MAX / 2));
-        let mut sub = self.publish_request(&req, false).await?;
+        let mut sub = self.publish_request(&req, false, &[]).await?;
         on_update(JobUpdate::Submitted(sub.event.id));
         let quotes =
             collect_quotes(&mut sub.notifications, sub.event.id, self.keys(), window).await;
@@ -481,14 +506,27 @@ impl FedaiClient {
             std::time::Instant::now(),
         );
         let mut rng = Rng::from_entropy();
-        // A spot-checked job needs a seed its referees can use too.
-        // (Only with a model named: a referee must run the same one.)
-        let spot = request.params.model.is_some()
-            && fedai_scheduler::spot::pick(opts.spot_check, rng.next_f64());
+        // Spot checks (not of a worker the customer pinned, and only with a model named: a
+        // referee must run the same one). Every job then carries a seed and is encrypted to
+        // its worker, checked or not, so a worker cannot tell a checked job (or its referee
+        // request) from another, nor copy an earlier public answer; which jobs are checked is
+        // decided after the answer.
+        let checking =
+            opts.spot_check > 0.0 && opts.worker.is_none() && request.params.model.is_some();
         let mut request = request;
-        if spot && request.params.seed.is_none() {
-            request.params.seed = Some(rng.next_u64() >> 1);
-        }
+        let private_opts;
+        let opts = if checking {
+            if request.params.seed.is_none() {
+                request.params.seed = Some(rng.next_u64() >> 1);
+            }
+            private_opts = RunOptions {
+                private: true,
+                ..opts.clone()
+            };
+            &private_opts
+        } else {
+            opts
+        };
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
         let budget = Budget::new();

@@ -252,8 +252,8 @@ pub enum Rejection {
     },
     /// Cannot read encrypted requests.
     NoEncryption,
-    /// A spot check caught it serving another model ([`spot`]): never chosen again by this
-    /// customer.
+    /// Spot checks caught it serving another model [`spot::EXCLUDE_AFTER`] times: never
+    /// chosen again by this customer.
     CaughtBySpotCheck,
 }
 
@@ -414,7 +414,7 @@ fn filter(
     }
     let trust = match c.stats {
         Some(s) => {
-            if s.spot_failed > 0 {
+            if s.spot_failed >= spot::EXCLUDE_AFTER {
                 return Err(Rejection::CaughtBySpotCheck);
             }
             if s.busy_until_ms > now_ms && !full_ok {

@@ -3,17 +3,23 @@
 //! serves a smaller or different model than it advertises answers differently from honest ones
 //! from the first tokens on. Pure decisions, shared by the client and the simulator.
 
+/// Spot checks a worker must fail (each a verdict of two other workers that agree) before a
+/// customer stops choosing it for good: one verdict could be two colluding referees.
+pub const EXCLUDE_AFTER: u32 = 2;
+
 /// Whether two answers to the same request with the same seed agree: their common prefix covers
-/// at least half of the shorter one. Honest runners of one model agree exactly, or part late
-/// (floating-point differences between hardware change a token deep into a long answer); a
-/// different model parts within the first tokens.
+/// at least half of the longer one (leading whitespace aside). Honest runners of one model
+/// agree exactly, or part late (floating-point differences between hardware change a token
+/// deep into a long answer); a different model parts within the first tokens. Measured
+/// against the longer answer, so "Paris." does not agree with "Paris is in Germany".
 pub fn outputs_agree(a: &str, b: &str) -> bool {
-    let shorter = a.chars().count().min(b.chars().count());
-    if shorter == 0 {
-        return a.is_empty() && b.is_empty();
+    let (a, b) = (a.trim_start(), b.trim_start());
+    let longer = a.chars().count().max(b.chars().count());
+    if longer == 0 {
+        return true;
     }
     let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
-    common * 2 >= shorter
+    common * 2 >= longer
 }
 
 /// What a set of answers to one spot-checked request says.
@@ -72,6 +78,11 @@ mod tests {
             "the cat sat on the mat",
             "a dog ran in the park"
         ));
+        assert!(!outputs_agree(
+            "Paris.",
+            "Paris is in Germany, said the model"
+        ));
+        assert!(outputs_agree(" leading space", "leading space"));
         assert!(!outputs_agree("x", ""));
         assert!(outputs_agree("", ""));
     }

@@ -81,6 +81,27 @@ impl Worker {
         }
     }
 
+    /// Publish our NIP-65 relay list (kind 10002): the relays we read jobs on and publish
+    /// answers to, as `r` tags without a marker (both). Any Nostr client (and the customer
+    /// SDK's `fedai relays`) can then find where to reach us from our key alone; the ad's
+    /// `relays` tag says the same for fed_AI clients. Replaceable: one per key, the newest wins.
+    pub(super) async fn publish_relay_list(&self) {
+        let i = &self.inner;
+        let tags = i
+            .cfg
+            .relays
+            .iter()
+            .filter(|r| RelayUrl::parse(r).is_ok())
+            .filter_map(|r| Tag::parse(["r", r.as_str()]).ok());
+        match EventBuilder::new(Kind::RelayList, "")
+            .tags(tags)
+            .finalize(&i.cfg.keys)
+        {
+            Ok(ev) => self.publish(&ev).await,
+            Err(e) => tracing::warn!(error = %e, "cannot build the relay list"),
+        }
+    }
+
     /// Publish the ad, each one with a later `created_at` than the last: relays keep one
     /// addressable event per `d` tag and break same-second ties by the lowest id, so two ads in
     /// one second could leave the older state standing.

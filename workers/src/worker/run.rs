@@ -10,6 +10,7 @@ impl Worker {
         // Notifications first: events that arrive right after the REQ must not be missed.
         let mut notifications = i.client.notifications();
         self.subscribe().await?;
+        self.publish_relay_list().await;
         let hb = self.spawn_heartbeat();
         let refresh = self.spawn_refresh();
         tracing::info!(pubkey = %self.public_key().to_bech32().unwrap_or_default(), relays = i.cfg.relays.len(), runner = i.runner.kind(), "worker running");

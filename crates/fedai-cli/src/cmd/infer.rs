@@ -65,9 +65,11 @@ pub struct Infer {
     /// (workers repeat `processing` every 10 s).
     #[arg(long, default_value_t = 30, env = "FEDAI_STALL_TIMEOUT")]
     stall_timeout: u64,
-    /// Spot-check this fraction of jobs (0–1): run with a fixed seed, then ask up to two other
-    /// workers serving the model the same; a worker whose answer disagrees with two that agree
-    /// loses trust (kept in the reputation file). Each check is one or two more jobs.
+    /// Spot-check this fraction of jobs (0–1; needs --model): every job then runs seeded and
+    /// encrypted; a picked one is asked again of up to two other workers serving the model, and
+    /// a worker whose answer disagrees with two that agree loses trust (kept in the reputation
+    /// file; after two such verdicts it is never chosen again). Each check is one or two more
+    /// jobs. Exits with an error when the worker that answered is the one caught.
     #[arg(long, default_value_t = 0.0, env = "FEDAI_SPOT_CHECK")]
     spot_check: f64,
     #[command(flatten)]
@@ -194,6 +196,16 @@ pub(crate) async fn infer(
     } else {
         print_text(&done, streamed);
     }
+    // The answer came from a worker its own spot check caught: said, and not a success.
+    if let Some(fedai_client::SpotVerdict::Caught(w)) = done.spot_check.as_ref().map(|s| s.verdict)
+    {
+        if w == done.result.worker {
+            anyhow::bail!(
+                "a spot check caught the worker that answered ({}): two other workers serving the model agree with each other, not with it — do not trust this answer",
+                w.to_bech32().unwrap_or_default()
+            );
+        }
+    }
     Ok(done)
 }
 
@@ -236,7 +248,17 @@ fn print_json(done: &JobOutcome) -> anyhow::Result<()> {
             "metering": m.map(|(m, c)| serde_json::json!({"id": m.id.to_hex(), "verified": true, "prompt_checked": c.prompt_checked, "wall_ms": m.record.wall_ms})),
             "spot_check": done.spot_check.as_ref().map(|s| serde_json::json!({
                 "workers": s.workers.iter().map(|w| w.to_bech32().unwrap_or_default()).collect::<Vec<_>>(),
-                "verdict": spot_verdict(s.verdict),
+                "verdict": match s.verdict {
+                    fedai_client::SpotVerdict::Agree => "agree",
+                    fedai_client::SpotVerdict::Caught(_) => "caught",
+                    fedai_client::SpotVerdict::Undecided => "undecided",
+                    fedai_client::SpotVerdict::NoReferee => "no-referee",
+                },
+                "caught": match s.verdict {
+                    fedai_client::SpotVerdict::Caught(w) => w.to_bech32().ok(),
+                    _ => None,
+                },
+                "cost_msat": s.cost_msat,
             })),
         }))?
     );
@@ -269,8 +291,9 @@ fn print_text(done: &JobOutcome, streamed: bool) {
     let u = done.result.result.usage;
     if let Some(s) = &done.spot_check {
         eprintln!(
-            "🔎 spot check with {} other worker(s): {}",
+            "🔎 spot check with {} other worker(s) ({} msat): {}",
             s.workers.len().saturating_sub(1),
+            s.cost_msat,
             spot_verdict(s.verdict)
         );
     }

@@ -1,6 +1,7 @@
-//! `fedai relays`: the relays this customer knows — the ones it was given and the ones live
-//! workers' ads name (where they read jobs) — and how each answers now: the time to open a
-//! WebSocket and the round trip of one query to its end of stored events, or why it does not.
+//! `fedai relays`: the relays this customer knows — the ones it was given, the ones live
+//! workers name (their ads' `relays` and their NIP-65 relay lists) and the ones relay monitors
+//! announce (NIP-66) — and how each answers now: the time to open a WebSocket and the round
+//! trip of one query to its end of stored events, or why it does not.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,11 +36,49 @@ impl Relays {
         }
         let client = FedaiClient::connect(&ctx.relays, Keys::generate()).await?;
         let ads = client.workers().await.unwrap_or_default();
-        client.shutdown().await;
+        // Where each live worker reads: its ad's `relays` and its NIP-65 relay list (kind
+        // 10002), once per worker.
+        let mut per_worker: BTreeMap<PublicKey, std::collections::BTreeSet<String>> =
+            BTreeMap::new();
         for ad in &ads {
-            for r in ad.ad.relays.iter().take(8) {
+            let set = per_worker.entry(ad.worker).or_default();
+            set.extend(ad.ad.relays.iter().take(8).map(|r| r.to_owned()));
+        }
+        let lists = if per_worker.is_empty() {
+            Vec::new()
+        } else {
+            let f = Filter::new()
+                .kind(Kind::RelayList)
+                .authors(per_worker.keys().copied())
+                .limit(per_worker.len().min(500));
+            client.fetch(f, timeout).await.unwrap_or_default()
+        };
+        for ev in lists.iter().filter(|e| e.verify().is_ok()) {
+            if let Some(set) = per_worker.get_mut(&ev.pubkey) {
+                set.extend(relay_tags(ev).take(8));
+            }
+        }
+        // Relay monitors (NIP-66, kind 30166: one event per relay, its URL in `d`): relays
+        // the network knows of, probed here like the others.
+        let monitored = client
+            .fetch(
+                Filter::new().kind(Kind::from_u16(30166)).limit(100),
+                timeout,
+            )
+            .await
+            .unwrap_or_default();
+        client.shutdown().await;
+        for set in per_worker.values() {
+            for r in set {
                 if RelayUrl::parse(r).is_ok() {
                     known.entry(normal(r)).or_default().1 += 1;
+                }
+            }
+        }
+        for ev in monitored.iter().filter(|e| e.verify().is_ok()) {
+            if let Some(d) = ev.tags.identifier() {
+                if RelayUrl::parse(&d).is_ok() && known.len() < MAX_RELAYS * 4 {
+                    known.entry(normal(&d)).or_default();
                 }
             }
         }
@@ -123,4 +162,12 @@ async fn probe(url: String, timeout: Duration) -> Result<(f64, f64), String> {
     let query = t1.elapsed().as_secs_f64() * 1e3;
     nc.shutdown().await;
     r.map(|_| (connect, query)).map_err(|e| e.to_string())
+}
+
+/// The relay URLs of a NIP-65 relay list (`r` tags).
+fn relay_tags(ev: &Event) -> impl Iterator<Item = String> + '_ {
+    ev.tags
+        .iter()
+        .filter(|t| t.as_slice().first().is_some_and(|k| k == "r"))
+        .filter_map(|t| t.as_slice().get(1).cloned())
 }
