@@ -388,3 +388,104 @@ async fn spot_checks_catch_a_worker_that_serves_another_model() {
     assert!(kept.trust() < again.worker_stats(&h1).map_or(0.5, |s| s.trust()));
     again.shutdown().await;
 }
+
+/// Attestations (fedai-06): customer A attests what it saw; customer B, who follows A, weighs
+/// that into its choice — A's praise of worker 1 and blame of worker 2 count — while a
+/// stranger's praise of worker 2 (a free job: no payment behind it) and blame of worker 1 count
+/// for nothing.
+#[tokio::test]
+async fn attestations_from_follows_count_and_strangers_do_not() {
+    use fedai_protocol::{Attestation, AttestationVerdict};
+    let tiny = fedai_tests::llama(LocalModel::Tiny, "tiny", 2).await;
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk1, w1) = nsec();
+    let (sk2, w2) = nsec();
+    let _a = WorkerProc::start(&sk1, &relay.url, &tiny.url, &[]);
+    let _b = WorkerProc::start(&sk2, &relay.url, &tiny.url, &[]);
+    let (ka, kb, ks) = (Keys::generate(), Keys::generate(), Keys::generate());
+    let connect = |k: Keys| {
+        let url = relay.url.clone();
+        async move { fedai_client::FedaiClient::connect(&[url], k).await.unwrap() }
+    };
+    let (a, b, s) = (
+        connect(ka.clone()).await,
+        connect(kb.clone()).await,
+        connect(ks).await,
+    );
+    wait_for_workers(&a, 2).await;
+    let on = |w: PublicKey| RunOptions {
+        worker: Some(w),
+        timeout: Duration::from_secs(60),
+        attest: true,
+        ..RunOptions::default()
+    };
+    // A: worker 1 delivered (attested by the run); worker 2 failed (said by hand).
+    let done = a
+        .run(tiny_job("attested job", 4), &on(w1), |_| {})
+        .await
+        .unwrap();
+    a.attest(&Attestation {
+        worker: w2,
+        verdict: AttestationVerdict::Failed,
+        request_id: done.request.id,
+        result_id: None,
+        metering_id: None,
+    })
+    .await
+    .unwrap();
+    // The stranger: a free job on worker 2, attested, and blame for worker 1.
+    let theirs = s
+        .run(tiny_job("stranger's job", 4), &on(w2), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(theirs.result.worker, w2);
+    s.attest(&Attestation {
+        worker: w1,
+        verdict: AttestationVerdict::Mismatch,
+        request_id: theirs.request.id,
+        result_id: None,
+        metering_id: None,
+    })
+    .await
+    .unwrap();
+    // B follows A (NIP-02).
+    let contacts = EventBuilder::new(Kind::ContactList, "")
+        .tag(Tag::public_key(ka.public_key()))
+        .finalize(&kb)
+        .unwrap();
+    assert!(
+        fedai_tests::Ws::connect(&relay.url)
+            .await
+            .publish(&contacts)
+            .await
+            .0
+    );
+    let follows = b.follows().await.unwrap();
+    assert_eq!(follows, vec![ka.public_key()]);
+    let w = b.weigh_attestations(&follows).await.unwrap();
+    assert_eq!(w.read, 4, "{w:?}");
+    assert_eq!(
+        w.counted, 2,
+        "A's two count, the stranger's two do not: {w:?}"
+    );
+    let (s1, s2) = (b.worker_stats(&w1).unwrap(), b.worker_stats(&w2).unwrap());
+    assert_eq!((s1.vouched, s1.reported), (1, 0));
+    assert_eq!((s2.vouched, s2.reported), (0, 1));
+    assert!(
+        s1.trust() > 0.5 && s2.trust() < 0.5,
+        "{} {}",
+        s1.trust(),
+        s2.trust()
+    );
+    // Without follows, nobody's word counts here (all jobs were free).
+    let w = b.weigh_attestations(&[]).await.unwrap();
+    assert_eq!(w.counted, 0);
+    assert_eq!(
+        b.worker_stats(&w1).unwrap().vouched,
+        0,
+        "an earlier weighing is replaced"
+    );
+    for c in [a, b, s] {
+        c.shutdown().await;
+    }
+}

@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attest;
 mod client;
 mod follow;
 pub mod job;
@@ -55,6 +56,7 @@ mod reputation;
 pub mod verify;
 mod watch;
 
+pub use attest::Weighed;
 pub use client::{Builder, FedaiClient};
 #[cfg(feature = "lightning")]
 pub use fedai_lightning;

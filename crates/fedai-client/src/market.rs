@@ -67,6 +67,10 @@ pub struct RunOptions {
     /// check costs one or two more jobs, paid like any (their sum in
     /// [`crate::SpotCheck::cost_msat`]). Not with auctions, a pinned worker, or no model.
     pub spot_check: f64,
+    /// Publish this customer's attestations (fedai-06): `delivered` for each verified job,
+    /// `failed` for an attempt that failed (not for a capacity refusal), `mismatch` for a
+    /// worker a spot check caught. Public: they say whom this key used.
+    pub attest: bool,
 }
 
 impl Default for RunOptions {
@@ -86,6 +90,7 @@ impl Default for RunOptions {
             ack_timeout: Duration::from_secs(15),
             stall_timeout: KEEPALIVE * 3,
             spot_check: 0.0,
+            attest: false,
         }
     }
 }
@@ -256,11 +261,11 @@ impl FedaiClient {
         job: &JobOutcome,
         opts: &RunOptions,
     ) -> crate::SpotCheck {
-        let mut answers = vec![(job.result.worker, job.output.clone())];
+        let mut answers = vec![(job.result.worker, job.output.clone(), job.request.id)];
         let mut cost_msat = 0u64;
         let verdict = loop {
             let mut ignore = opts.ignore.clone();
-            ignore.extend(answers.iter().map(|(w, _)| *w));
+            ignore.extend(answers.iter().map(|(w, _, _)| *w));
             let referee = RunOptions {
                 worker: None,
                 ignore,
@@ -276,7 +281,7 @@ impl FedaiClient {
             match run.await {
                 Ok(o) => {
                     cost_msat += o.payment.as_ref().map_or(0, |p| p.amount_msat);
-                    answers.push((o.result.worker, o.output));
+                    answers.push((o.result.worker, o.output, o.request.id));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "no referee for a spot check");
@@ -287,13 +292,23 @@ impl FedaiClient {
                     };
                 }
             }
-            let texts: Vec<&str> = answers.iter().map(|(_, o)| o.as_str()).collect();
+            let texts: Vec<&str> = answers.iter().map(|(_, o, _)| o.as_str()).collect();
             match fedai_scheduler::spot::verdict(&texts) {
                 fedai_scheduler::spot::Verdict::Agree => break crate::SpotVerdict::Agree,
                 fedai_scheduler::spot::Verdict::OddOneOut(i) => {
-                    let caught = answers[i].0;
+                    let (caught, request_id) = (answers[i].0, answers[i].2);
                     tracing::warn!(worker = %caught, "spot check: its answer disagrees with two that agree");
                     self.record(caught, Err(Failure::Mismatch), opts);
+                    if opts.attest {
+                        let a = fedai_protocol::Attestation {
+                            worker: caught,
+                            verdict: fedai_protocol::AttestationVerdict::Mismatch,
+                            request_id,
+                            result_id: None,
+                            metering_id: None,
+                        };
+                        let _ = self.attest(&a).await;
+                    }
                     break crate::SpotVerdict::Caught(caught);
                 }
                 fedai_scheduler::spot::Verdict::Undecided if answers.len() < 3 => continue,
@@ -301,7 +316,7 @@ impl FedaiClient {
             }
         };
         crate::SpotCheck {
-            workers: answers.into_iter().map(|(w, _)| w).collect(),
+            workers: answers.into_iter().map(|(w, _, _)| w).collect(),
             verdict,
             cost_msat,
         }
@@ -445,12 +460,27 @@ impl FedaiClient {
             match r {
                 Ok(mut o) => {
                     self.record(worker, Ok(&o), opts);
+                    if opts.attest {
+                        if let Err(e) = self.attest_delivered(&o).await {
+                            tracing::debug!(error = %e, "attestation not published");
+                        }
+                    }
                     if checking && fedai_scheduler::spot::pick(opts.spot_check, rng.next_f64()) {
                         o.spot_check = Some(self.spot_check(&ads, &request, &o, opts).await);
                     }
                     return Ok(o);
                 }
                 Err(e) => {
+                    if opts.attest && failure_of(&e).is_some_and(|f| f != Failure::Busy) {
+                        let a = fedai_protocol::Attestation {
+                            worker,
+                            verdict: fedai_protocol::AttestationVerdict::Failed,
+                            request_id: attempt_id,
+                            result_id: None,
+                            metering_id: None,
+                        };
+                        let _ = self.attest(&a).await;
+                    }
                     tries.failed(self, worker, e, opts, &mut on_update)?;
                     // Tell the worker to stop (it may still be running); best effort.
                     let _ = self.cancel_on(attempt_id, &reached.urls).await;

@@ -57,6 +57,9 @@ fn portable(s: &WorkerStats) -> WorkerStats {
         last_failure_ms: None,
         cooldown_until_ms: 0,
         busy_until_ms: 0,
+        // Others' word is fetched again each run, never kept as our own.
+        vouched: 0,
+        reported: 0,
         ..s.clone()
     }
 }

@@ -206,6 +206,19 @@ fn main() {
         payment_hash: Some(sha256_hex(&[0x42; 32])),
     };
     ex.insert("metering", rec.to_event(&worker).unwrap());
+    let metering_id = ex["metering"].id;
+    ex.insert(
+        "attestation",
+        Attestation {
+            worker: worker.public_key(),
+            verdict: AttestationVerdict::Delivered,
+            request_id: req_ev.id,
+            result_id: Some(res_ev.id),
+            metering_id: Some(metering_id),
+        }
+        .to_event(&customer)
+        .unwrap(),
+    );
 
     let quote = JobFeedback::payment_required(
         req_ev.id,

@@ -23,6 +23,8 @@ pub const AWARD: u16 = 7061;
 pub const PAYMENT_RECEIPT: u16 = 7062;
 /// NIP-89 handler information, used as the worker's capability ad.
 pub const CAPABILITY_AD: u16 = 31990;
+/// NIP-32 label: fed_AI attestations (namespace `fedai/attest`, [`crate::attestation`]).
+pub const LABEL: u16 = 1985;
 /// NIP-09 deletion, used by customers to cancel a job request.
 pub const DELETION: u16 = 5;
 

@@ -22,6 +22,7 @@
 //! network), [`crypto`] (NIP-44 / NIP-04 payload encryption), [`validate`] (schema validation of any
 //! fedai kind, used by the relay's write policy).
 
+pub mod attestation;
 pub mod award;
 pub mod capability;
 pub mod crypto;
@@ -39,6 +40,7 @@ pub mod validate;
 pub use nostr;
 pub use nostr::prelude::{Event, EventId, Keys, Kind, PublicKey, Timestamp};
 
+pub use attestation::{Attestation, ParsedAttestation, Verdict as AttestationVerdict};
 pub use award::Award;
 pub use capability::{CapabilityAd, Hardware, ModelInfo, PaymentMode, Price};
 pub use crypto::Encryption;

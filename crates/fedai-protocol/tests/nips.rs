@@ -70,6 +70,7 @@ fn every_example_parses_with_the_protocol_crate() {
             kinds::AWARD => Award::from_event(ev).is_ok(),
             kinds::PAYMENT_RECEIPT => PaymentReceipt::from_event(ev).is_ok(),
             kinds::CAPABILITY_AD => CapabilityAd::from_event(ev).is_ok(),
+            kinds::LABEL => Attestation::from_event(ev).is_ok(),
             // NIP-57's zap request: only its signature is ours to check here.
             9734 => ev.verify().is_ok(),
             k => panic!("{name}: unexpected kind {k}"),
@@ -112,6 +113,18 @@ fn examples_tell_a_consistent_story() {
 
     let receipt = PaymentReceipt::from_event(&ex["payment-receipt"]).unwrap();
     assert_eq!(Some(receipt.receipt.payment_hash), rec.record.payment_hash);
+    // The attestation is the customer's word on that same job, with the evidence named.
+    let att = Attestation::from_event(&ex["attestation"]).unwrap();
+    assert_eq!(att.attester, req.customer);
+    assert_eq!(att.attestation.worker, res.worker);
+    assert_eq!(
+        (
+            att.attestation.request_id,
+            att.attestation.result_id,
+            att.attestation.metering_id
+        ),
+        (req.id, Some(res.id), Some(rec.id))
+    );
     let award = Award::from_event(&ex["award"]).unwrap();
     assert_eq!(award.award.request_id, req.id);
 

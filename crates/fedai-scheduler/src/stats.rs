@@ -82,6 +82,14 @@ pub struct WorkerStats {
     /// Spot checks it failed ([`Failure::Mismatch`]).
     #[serde(default)]
     pub spot_failed: u32,
+    /// Other customers this one weighs (its follows, or checked paying customers) who attest
+    /// the worker delivered (NIP-32 attestations, fedai-06). Each counts half a job seen here.
+    #[serde(default)]
+    pub vouched: u32,
+    /// …who attest it failed or was caught by a spot check (follows only). Each costs half an
+    /// invalid result seen here.
+    #[serde(default)]
+    pub reported: u32,
 }
 
 /// Weight of a new observation in the moving averages.
@@ -97,9 +105,12 @@ fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
 impl WorkerStats {
     /// Trust in `(0, 1)`: the mean of a Beta(1 + verified, 1 + penalty) belief. An unknown
     /// worker starts at 0.5; verified jobs raise it toward 1; failures lower it, an invalid
-    /// result four times as much as an error.
+    /// result four times as much as an error. Attestations of customers this one weighs count
+    /// at half weight (`vouched`, `reported`).
     pub fn trust(&self) -> f64 {
-        (1.0 + self.verified as f64) / (2.0 + self.verified as f64 + self.penalty as f64)
+        let good = self.verified as f64 + self.vouched as f64 / 2.0;
+        let bad = self.penalty as f64 + self.reported as f64 * 2.0;
+        (1.0 + good) / (2.0 + good + bad)
     }
 
     /// Whether the worker is cooling down at `now_ms`.

@@ -72,6 +72,14 @@ pub struct Infer {
     /// jobs. Exits with an error when the worker that answered is the one caught.
     #[arg(long, default_value_t = 0.0, env = "FEDAI_SPOT_CHECK")]
     spot_check: f64,
+    /// Publish attestations (NIP-32, fedai-06) of what happened: the worker delivered, failed,
+    /// or was caught by a spot check. Public: they say which workers this key used.
+    #[arg(long, env = "FEDAI_ATTEST")]
+    attest: bool,
+    /// Weigh the attestations of the keys this customer follows (its NIP-02 contact list)
+    /// into the choice of worker; strangers' count only when they paid for the job attested.
+    #[arg(long, env = "FEDAI_TRUST_FOLLOWS")]
+    trust_follows: bool,
     #[command(flatten)]
     pay: PayArgs,
 }
@@ -89,6 +97,19 @@ impl Infer {
     pub async fn run(&self, ctx: &Ctx) -> anyhow::Result<()> {
         let client = FedaiClient::connect(&ctx.relays, ctx.keys()?).await?;
         ctx.load_reputation(&client);
+        if self.trust_follows {
+            let follows = client.follows().await?;
+            let w = client.weigh_attestations(&follows).await?;
+            if !self.json {
+                eprintln!(
+                    "— {} attestations read, {} counted (you follow {} keys), about {} workers",
+                    w.read,
+                    w.counted,
+                    follows.len(),
+                    w.workers
+                );
+            }
+        }
         let mut req = if self.raw {
             JobRequest::text(self.prompt.clone())
         } else {
@@ -126,6 +147,7 @@ impl Infer {
             ack_timeout: Duration::from_secs((self.ack_timeout).max(1)),
             stall_timeout: Duration::from_secs((self.stall_timeout).max(1)),
             spot_check: self.spot_check.clamp(0.0, 1.0),
+            attest: self.attest,
             ..RunOptions::default()
         };
         let r = infer(&client, req, &opts, self.json, self.explain).await;
