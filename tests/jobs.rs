@@ -654,4 +654,56 @@ async fn a_customers_reputation_of_workers_outlives_each_run() {
         .expect("the worker is listed");
     assert_eq!(me["seen"]["verified"], 2, "{me}");
     assert!(me["seen"]["trust"].as_f64().unwrap() > 0.5, "{me}");
+
+    // The default store (a directory, LMDB): two runs at the same time both count — a file
+    // replaced by the last to save would keep one.
+    let store = fedai_tests::temp_dir("reputation-store").join("reputation");
+    let store_s = store.display().to_string();
+    let run = |prompt: &'static str| {
+        let (relay, store_s) = (relay.url.clone(), store_s.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(fedai_tests::binary("fedai"))
+                .args(["--relay", &relay, "--reputation-file", &store_s])
+                .args([
+                    "infer",
+                    prompt,
+                    "--model",
+                    "tiny",
+                    "--max-tokens",
+                    "4",
+                    "--raw",
+                    "--json",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let (x, y) = (run("concurrent one"), run("concurrent two"));
+    for out in [x.join().unwrap(), y.join().unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(store.is_dir(), "the store is a directory");
+    let listed = std::process::Command::new(fedai_tests::binary("fedai"))
+        .args([
+            "--relay",
+            &relay.url,
+            "--reputation-file",
+            &store_s,
+            "workers",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let me = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker"] == pk.to_bech32().unwrap())
+        .expect("the worker is listed");
+    assert_eq!(me["seen"]["verified"], 2, "both concurrent runs kept: {me}");
 }

@@ -41,8 +41,9 @@ struct Cli {
     /// File holding the customer secret key.
     #[arg(long, global = true, env = "FEDAI_NSEC_FILE")]
     nsec_file: Option<PathBuf>,
-    /// What you learnt of workers (verified jobs, failures, speed), kept across runs
-    /// (default: $XDG_DATA_HOME/fedai/reputation.json).
+    /// What you learnt of workers (verified jobs, failures, speed), kept across runs and shared
+    /// by concurrent runs: an embedded database in this directory (default:
+    /// $XDG_DATA_HOME/fedai/reputation), or a JSON file when the path ends in `.json`.
     #[arg(long, global = true, env = "FEDAI_REPUTATION_FILE")]
     reputation_file: Option<PathBuf>,
     #[command(subcommand)]

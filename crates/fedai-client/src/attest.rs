@@ -1,25 +1,26 @@
 //! Attestations (fedai-06, NIP-32 labels): publishing this customer's word on a worker's job,
 //! and weighing other customers' word into the scheduler's trust.
 //!
-//! Counted (each attester once per worker and verdict): every verdict from keys this customer
-//! weighs (its follows), and `delivered` from anyone whose named metering record checks out —
-//! signed by the worker, naming the attested request and the attester as its customer, with a
-//! price above zero — so a stranger's praise costs a paid job, and a stranger's blame counts
-//! for nothing.
+//! Counted: the attestations of keys this customer weighs (its follows), each attester once
+//! per worker for good (`delivered`) and once for bad (`failed`, `mismatch`). Strangers count
+//! for nothing: anyone can sign a label, and a worker can sign a metering record for a key of
+//! its own, so a stranger's "paid job" proves nothing without a payment to someone else.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use fedai_protocol::attestation::{Attestation, Verdict, NAMESPACE};
+use fedai_protocol::kinds;
 use fedai_protocol::nostr::prelude::*;
-use fedai_protocol::{kinds, MeteringRecord};
 
 use crate::{ClientError, FedaiClient, JobOutcome};
 
-/// Attestations read per weighing at most.
-const MAX_ATTESTATIONS: usize = 5_000;
-/// Metering records fetched per request.
-const METERING_CHUNK: usize = 200;
+/// Attestations read per query at most (one query per [`AUTHORS_PER_QUERY`] follows).
+const PER_QUERY: usize = 2_000;
+/// Follows per query.
+const AUTHORS_PER_QUERY: usize = 500;
+/// Follows read from a contact list at most.
+const MAX_FOLLOWS: usize = 5_000;
 
 /// What a weighing found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,89 +61,72 @@ impl FedaiClient {
 
     /// The keys this customer follows (its newest NIP-02 contact list, kind 3).
     pub async fn follows(&self) -> Result<Vec<PublicKey>, ClientError> {
-        let f = Filter::new()
-            .kind(Kind::ContactList)
-            .author(self.public_key())
-            .limit(1);
+        self.follows_of(self.public_key()).await
+    }
+
+    /// The keys `who` follows (its newest NIP-02 contact list, kind 3): a customer can weigh
+    /// the follows of its social key while running jobs under another.
+    pub async fn follows_of(&self, who: PublicKey) -> Result<Vec<PublicKey>, ClientError> {
+        let f = Filter::new().kind(Kind::ContactList).author(who).limit(1);
         let newest = self
             .fetch(f, Duration::from_secs(3))
             .await?
             .into_iter()
-            .filter(|e| e.verify().is_ok())
+            .filter(|e| e.verify().is_ok() && e.pubkey == who)
             .max_by_key(|e| e.created_at);
         Ok(newest
-            .map(|e| e.tags.public_keys().collect())
+            .map(|e| e.tags.public_keys().take(MAX_FOLLOWS).collect())
             .unwrap_or_default())
     }
 
-    /// Read attestations and weigh them into this customer's view of workers (`vouched`,
-    /// `reported` in [`fedai_scheduler::WorkerStats`]), replacing what an earlier weighing set.
-    /// `trusted`: the keys whose every verdict counts (usually [`Self::follows`]).
+    /// Read the attestations of `trusted` keys (usually [`Self::follows`]) and weigh them into
+    /// this customer's view of workers (`vouched`, `reported` in
+    /// [`fedai_scheduler::WorkerStats`]), replacing what an earlier weighing set. Each
+    /// attester counts at most once per worker for good and once for bad; strangers' word
+    /// counts for nothing (anyone can sign a label, and a worker can sign a metering record for
+    /// a key of its own); events dated ahead are ignored.
     pub async fn weigh_attestations(&self, trusted: &[PublicKey]) -> Result<Weighed, ClientError> {
-        let f = Filter::new()
-            .kind(Kind::from_u16(kinds::LABEL))
-            .custom_tag(
-                SingleLetterTag::from_char('L').expect("L is a tag letter"),
-                NAMESPACE,
-            )
-            .limit(MAX_ATTESTATIONS);
-        let events = self.fetch(f, Duration::from_secs(5)).await?;
-        let trusted: HashSet<PublicKey> = trusted.iter().copied().collect();
-        let me = self.public_key();
-        let mut seen: HashSet<(PublicKey, PublicKey, Verdict)> = HashSet::new();
-        let mut counted: Vec<(PublicKey, Verdict)> = Vec::new();
-        let mut to_check: Vec<(PublicKey, Attestation)> = Vec::new();
-        let read = events.len();
-        for ev in &events {
-            let Ok(p) = Attestation::from_event(ev) else {
-                continue;
-            };
-            let a = p.attestation;
-            // Our own word is already in our own statistics.
-            if p.attester == me || !seen.insert((p.attester, a.worker, a.verdict)) {
-                continue;
-            }
-            if trusted.contains(&p.attester) {
-                counted.push((a.worker, a.verdict));
-            } else if a.verdict == Verdict::Delivered {
-                to_check.push((p.attester, a));
-            }
-        }
-        // Strangers' praise: only with a paid metering record that names them.
-        let ids: Vec<EventId> = to_check.iter().filter_map(|(_, a)| a.metering_id).collect();
-        let mut meterings: HashMap<EventId, fedai_protocol::metering::ParsedMetering> =
-            HashMap::new();
-        for chunk in ids.chunks(METERING_CHUNK) {
-            let f = Filter::new()
-                .kind(Kind::from_u16(kinds::METERING))
-                .ids(chunk.iter().copied());
-            for ev in self.fetch(f, Duration::from_secs(5)).await? {
-                if let Ok(m) = MeteringRecord::from_event(&ev) {
-                    meterings.insert(m.id, m);
-                }
-            }
-        }
-        for (attester, a) in to_check {
-            let ok = a
-                .metering_id
-                .and_then(|id| meterings.get(&id))
-                .is_some_and(|m| {
-                    m.worker == a.worker
-                        && m.record.request_id == a.request_id
-                        && Some(m.record.result_id) == a.result_id
-                        && m.record.customer == attester
-                        && m.record.price_msat > 0
-                });
-            if ok {
-                counted.push((a.worker, Verdict::Delivered));
-            }
-        }
+        let trusted: Vec<PublicKey> = {
+            let mut t: Vec<PublicKey> = trusted.to_vec();
+            t.sort();
+            t.dedup();
+            t.retain(|k| *k != self.public_key());
+            t
+        };
+        let ahead = Timestamp::now() + Duration::from_secs(60);
+        let mut read = 0;
+        let mut seen: HashSet<(PublicKey, PublicKey, bool)> = HashSet::new();
         let mut per_worker: HashMap<PublicKey, (u32, u32)> = HashMap::new();
-        for (w, v) in &counted {
-            let e = per_worker.entry(*w).or_default();
-            match v {
-                Verdict::Delivered => e.0 += 1,
-                Verdict::Failed | Verdict::Mismatch => e.1 += 1,
+        let mut counted = 0;
+        for chunk in trusted.chunks(AUTHORS_PER_QUERY) {
+            let f = Filter::new()
+                .kind(Kind::from_u16(kinds::LABEL))
+                .custom_tag(
+                    SingleLetterTag::from_char('L').expect("L is a tag letter"),
+                    NAMESPACE,
+                )
+                .authors(chunk.iter().copied())
+                .until(ahead)
+                .limit(PER_QUERY);
+            for ev in self.fetch(f, Duration::from_secs(5)).await? {
+                read += 1;
+                if ev.created_at > ahead || !chunk.contains(&ev.pubkey) {
+                    continue;
+                }
+                let Ok(p) = Attestation::from_event(&ev) else {
+                    continue;
+                };
+                let good = p.attestation.verdict == Verdict::Delivered;
+                if !seen.insert((p.attester, p.attestation.worker, good)) {
+                    continue;
+                }
+                counted += 1;
+                let e = per_worker.entry(p.attestation.worker).or_default();
+                if good {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
             }
         }
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -157,7 +141,7 @@ impl FedaiClient {
         }
         Ok(Weighed {
             read,
-            counted: counted.len(),
+            counted,
             workers: per_worker.len(),
         })
     }

@@ -38,6 +38,10 @@ pub struct FedaiClient {
     extra: Arc<Mutex<WorkerRelays>>,
     /// Worker relays at private addresses are allowed (a local or LAN market).
     allow_private: bool,
+    /// What the reputation store held (or this client last saved) per worker: a save adds only
+    /// what was observed since.
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
+    pub(crate) baseline: Arc<Mutex<HashMap<PublicKey, fedai_scheduler::WorkerStats>>>,
 }
 
 /// The relays added for chosen workers: least recently used first, each with the jobs using
@@ -166,6 +170,7 @@ impl Builder {
             own: Arc::new(own),
             extra: Default::default(),
             allow_private: self.allow_private_relays,
+            baseline: Default::default(),
         })
     }
 }
@@ -259,6 +264,7 @@ impl FedaiClient {
             own: Default::default(),
             extra: Default::default(),
             allow_private: false,
+            baseline: Default::default(),
         }
     }
 

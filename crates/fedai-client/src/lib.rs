@@ -53,6 +53,8 @@ mod pay;
 #[path = "no_pay.rs"]
 mod pay;
 mod reputation;
+#[cfg(feature = "store")]
+mod store;
 pub mod verify;
 mod watch;
 
@@ -66,6 +68,8 @@ pub use market::{Quote, RunOptions};
 #[cfg(feature = "lightning")]
 pub use pay::{Confirm, PayContext, DEFAULT_MAX_PAY_MSAT};
 pub use reputation::{data_dir, default_reputation_path, MAX_REMEMBERED};
+#[cfg(feature = "store")]
+pub use store::ReputationStore;
 pub use watch::{WorkerWatch, MAX_WATCHED_ADS};
 
 use std::time::Duration;

@@ -471,7 +471,11 @@ impl FedaiClient {
                     return Ok(o);
                 }
                 Err(e) => {
-                    if opts.attest && failure_of(&e).is_some_and(|f| f != Failure::Busy) {
+                    // Not for a capacity refusal, nor for our own payment's failure.
+                    if opts.attest
+                        && !matches!(e, ClientError::Payment(_))
+                        && failure_of(&e).is_some_and(|f| f != Failure::Busy)
+                    {
                         let a = fedai_protocol::Attestation {
                             worker,
                             verdict: fedai_protocol::AttestationVerdict::Failed,

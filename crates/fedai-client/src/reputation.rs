@@ -2,7 +2,8 @@
 //! (verified jobs, failure penalties) and its latency and speed estimates, in a file.
 //!
 //! A process starts with what earlier runs learnt ([`FedaiClient::load_reputation`]) and
-//! writes back what it added ([`FedaiClient::save_reputation`]): a worker that failed
+//! writes back what it added ([`FedaiClient::save_reputation`]) — to the embedded store shared
+//! by concurrent processes (feature `store`, [`crate::ReputationStore`]) or a JSON file: a worker that failed
 //! yesterday is not trusted afresh today. Cooldowns and "busy" marks are moments in one
 //! process's clock and are not kept. The file holds at most [`MAX_REMEMBERED`] workers (the most
 //! observed first), is replaced atomically, and a file that does not parse is refused, not
@@ -46,13 +47,24 @@ pub fn data_dir() -> PathBuf {
         .join("fedai")
 }
 
-/// Where a customer's reputation file lives by default: `reputation.json` in [`data_dir`].
+/// Where a customer's reputation lives by default: the store `reputation/` in [`data_dir`]
+/// (feature `store`), or the file `reputation.json` there.
 pub fn default_reputation_path() -> PathBuf {
-    data_dir().join("reputation.json")
+    if cfg!(feature = "store") {
+        data_dir().join("reputation")
+    } else {
+        data_dir().join("reputation.json")
+    }
+}
+
+/// Whether `path` names the embedded store (a directory) rather than a JSON file.
+#[cfg(feature = "store")]
+fn is_store(path: &Path) -> bool {
+    path.extension().is_none_or(|e| e != "json")
 }
 
 /// A process-independent copy of `s`: its clock-bound fields cleared.
-fn portable(s: &WorkerStats) -> WorkerStats {
+pub(crate) fn portable(s: &WorkerStats) -> WorkerStats {
     WorkerStats {
         last_failure_ms: None,
         cooldown_until_ms: 0,
@@ -67,7 +79,25 @@ fn portable(s: &WorkerStats) -> WorkerStats {
 impl FedaiClient {
     /// Add the observations saved at `path` to this client's (a missing file is an empty
     /// one); how many workers it named. Observations this process already made win.
+    ///
+    /// With the feature `store`, a path without `.json` is the embedded store
+    /// ([`crate::ReputationStore`]); an empty store first takes in the `reputation.json` beside
+    /// it, once (the file of earlier versions).
     pub fn load_reputation(&self, path: &Path) -> Result<usize, ClientError> {
+        #[cfg(feature = "store")]
+        if is_store(path) {
+            let store = crate::ReputationStore::open(path)?;
+            let legacy = path.with_file_name("reputation.json");
+            if store.read_all()?.is_empty() && legacy.exists() {
+                self.load_json(&legacy)?;
+                store.save(self)?;
+            }
+            return store.load(self);
+        }
+        self.load_json(path)
+    }
+
+    fn load_json(&self, path: &Path) -> Result<usize, ClientError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -85,11 +115,21 @@ impl FedaiClient {
         Ok(n)
     }
 
-    /// Write this client's observations to `path` (a temporary file renamed over it).
+    /// Write this client's observations to `path` (a temporary file renamed over it), or,
+    /// for the store, add what it observed since it loaded or last saved.
     pub fn save_reputation(&self, path: &Path) -> Result<(), ClientError> {
+        #[cfg(feature = "store")]
+        if is_store(path) {
+            return crate::ReputationStore::open(path)?.save(self).map(drop);
+        }
         let mut ranked: Vec<(PublicKey, WorkerStats)> = {
             let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            stats.iter().map(|(k, s)| (*k, portable(s))).collect()
+            stats
+                .iter()
+                .map(|(k, s)| (*k, portable(s)))
+                // Nothing observed (a worker only others spoke of): nothing to keep.
+                .filter(|(_, s)| *s != WorkerStats::default())
+                .collect()
         };
         // The most observed first: those are what the bound keeps.
         ranked.sort_by_key(|(_, s)| std::cmp::Reverse(s.verified.saturating_add(s.penalty)));

@@ -5,8 +5,11 @@
 //! ```text
 //! ["L", "fedai/attest"]  ["l", "<delivered|failed|mismatch>", "fedai/attest"]  ["p", "<worker>"]
 //! ["e", "<request id>", "", "request"]  ["e", "<result id>", "", "result"]?
-//! ["e", "<metering id>", "", "metering"]?  ["t", "fedai"]
+//! ["e", "<metering id>", "", "metering"]?
 //! ```
+//!
+//! NIP-32 reads every `p` and `e` tag as a target: the label is about the worker and about the
+//! job those events make up.
 //!
 //! A `delivered` attestation names the result and the metering record: the worker signed the
 //! metering, which names the request and the customer, so a reader can check that the attester
@@ -107,7 +110,7 @@ impl Attestation {
         if let Some(m) = &self.metering_id {
             t.push(tags::marked_e_tag(m, "metering"));
         }
-        t.push(tag("t", [kinds::FEDAI_TOPIC]));
+        // No `t` tag: NIP-32 would read it as labelling the topic itself.
         tags::sign(kinds::LABEL, "", t, keys)
     }
 

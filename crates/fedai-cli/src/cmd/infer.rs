@@ -77,9 +77,13 @@ pub struct Infer {
     #[arg(long, env = "FEDAI_ATTEST")]
     attest: bool,
     /// Weigh the attestations of the keys this customer follows (its NIP-02 contact list)
-    /// into the choice of worker; strangers' count only when they paid for the job attested.
+    /// into the choice of worker; strangers' never count.
     #[arg(long, env = "FEDAI_TRUST_FOLLOWS")]
     trust_follows: bool,
+    /// …the follows of this key instead (npub or hex): weigh your social key's follows while
+    /// running jobs under another key.
+    #[arg(long, env = "FEDAI_TRUST_FOLLOWS_OF")]
+    trust_follows_of: Option<String>,
     #[command(flatten)]
     pay: PayArgs,
 }
@@ -97,8 +101,16 @@ impl Infer {
     pub async fn run(&self, ctx: &Ctx) -> anyhow::Result<()> {
         let client = FedaiClient::connect(&ctx.relays, ctx.keys()?).await?;
         ctx.load_reputation(&client);
-        if self.trust_follows {
-            let follows = client.follows().await?;
+        if self.trust_follows || self.trust_follows_of.is_some() {
+            let follows = match &self.trust_follows_of {
+                Some(k) => {
+                    let who = PublicKey::parse(k).map_err(|_| {
+                        anyhow::anyhow!("--trust-follows-of: not an npub or hex public key")
+                    })?;
+                    client.follows_of(who).await?
+                }
+                None => client.follows().await?,
+            };
             let w = client.weigh_attestations(&follows).await?;
             if !self.json {
                 eprintln!(
