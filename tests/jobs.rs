@@ -617,41 +617,13 @@ async fn a_customers_reputation_of_workers_outlives_each_run() {
     wait_for_workers(&client(&relay).await, 1).await;
     let rep = fedai_tests::temp_dir("reputation").join("reputation.json");
     let rep_s = rep.display().to_string();
-    let fedai = |args: &[&str]| {
-        let out = std::process::Command::new(fedai_tests::binary("fedai"))
-            .args(["--relay", &relay.url, "--reputation-file", &rep_s])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     for prompt in ["first run", "second run"] {
-        fedai(&[
-            "infer",
-            prompt,
-            "--model",
-            "tiny",
-            "--max-tokens",
-            "4",
-            "--raw",
-            "--json",
-        ]);
+        fedai_with(&relay.url, &rep_s, &infer_args(prompt));
     }
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
     assert_eq!(saved["workers"][pk.to_hex()]["verified"], 2, "{saved}");
-    let listed: serde_json::Value = serde_json::from_str(&fedai(&["workers", "--json"])).unwrap();
-    let me = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["worker"] == pk.to_bech32().unwrap())
-        .expect("the worker is listed");
+    let me = seen_of(&fedai_with(&relay.url, &rep_s, &["workers", "--json"]), &pk);
     assert_eq!(me["seen"]["verified"], 2, "{me}");
     assert!(me["seen"]["trust"].as_f64().unwrap() > 0.5, "{me}");
 
@@ -661,49 +633,56 @@ async fn a_customers_reputation_of_workers_outlives_each_run() {
     let store_s = store.display().to_string();
     let run = |prompt: &'static str| {
         let (relay, store_s) = (relay.url.clone(), store_s.clone());
-        std::thread::spawn(move || {
-            std::process::Command::new(fedai_tests::binary("fedai"))
-                .args(["--relay", &relay, "--reputation-file", &store_s])
-                .args([
-                    "infer",
-                    prompt,
-                    "--model",
-                    "tiny",
-                    "--max-tokens",
-                    "4",
-                    "--raw",
-                    "--json",
-                ])
-                .output()
-                .unwrap()
-        })
+        std::thread::spawn(move || fedai_with(&relay, &store_s, &infer_args(prompt)))
     };
     let (x, y) = (run("concurrent one"), run("concurrent two"));
-    for out in [x.join().unwrap(), y.join().unwrap()] {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    x.join().unwrap();
+    y.join().unwrap();
     assert!(store.is_dir(), "the store is a directory");
-    let listed = std::process::Command::new(fedai_tests::binary("fedai"))
-        .args([
-            "--relay",
-            &relay.url,
-            "--reputation-file",
-            &store_s,
-            "workers",
-            "--json",
-        ])
+    let me = seen_of(
+        &fedai_with(&relay.url, &store_s, &["workers", "--json"]),
+        &pk,
+    );
+    assert_eq!(me["seen"]["verified"], 2, "both concurrent runs kept: {me}");
+}
+
+/// `fedai --relay RELAY --reputation-file REPUTATION ARGS…`, which must succeed; its stdout.
+fn fedai_with(relay: &str, reputation: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(fedai_tests::binary("fedai"))
+        .args(["--relay", relay, "--reputation-file", reputation])
+        .args(args)
         .output()
         .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let me = listed
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A short `fedai infer` on the tiny model, as JSON.
+fn infer_args(prompt: &str) -> [&str; 8] {
+    [
+        "infer",
+        prompt,
+        "--model",
+        "tiny",
+        "--max-tokens",
+        "4",
+        "--raw",
+        "--json",
+    ]
+}
+
+/// The row `fedai workers --json` printed for `pk`.
+fn seen_of(listed: &str, pk: &PublicKey) -> serde_json::Value {
+    let listed: serde_json::Value = serde_json::from_str(listed).unwrap();
+    listed
         .as_array()
         .unwrap()
         .iter()
         .find(|w| w["worker"] == pk.to_bech32().unwrap())
-        .expect("the worker is listed");
-    assert_eq!(me["seen"]["verified"], 2, "both concurrent runs kept: {me}");
+        .expect("the worker is listed")
+        .clone()
 }

@@ -105,6 +105,15 @@ pub fn admit(ctx: &Arc<ConnCtx>, s: &mut Session, event: Event, size: usize) -> 
     Admit::Save(Box::pin(save(ctx.clone(), event, json_len, permit)))
 }
 
+/// An event's JSON no larger than the relay takes.
+fn size_check(ctx: &ConnCtx, json_len: usize) -> Result<(), No> {
+    if json_len > ctx.limits.max_event_bytes {
+        let m = format!("event is larger than {} bytes", ctx.limits.max_event_bytes);
+        return Err(no(MachineReadablePrefix::Invalid, m, "too-large"));
+    }
+    Ok(())
+}
+
 /// The connection's rate, the size, and a place under the global bound on writes in flight —
 /// checked before the expensive checks: a flood from fresh keys and fresh connections is refused
 /// cheaply, and a quiet connection still gets through.
@@ -113,14 +122,11 @@ fn cheap_checks(
     s: &mut Session,
     json_len: usize,
 ) -> Result<Option<OwnedSemaphorePermit>, No> {
-    use MachineReadablePrefix::{Invalid, RateLimited};
+    use MachineReadablePrefix::RateLimited;
     if !s.events.take() {
         return Err(no(RateLimited, "slow down", "rate-limited"));
     }
-    if json_len > ctx.limits.max_event_bytes {
-        let m = format!("event is larger than {} bytes", ctx.limits.max_event_bytes);
-        return Err(no(Invalid, m, "too-large"));
-    }
+    size_check(ctx, json_len)?;
     match ctx.writes.as_ref().map(|w| w.clone().try_acquire_owned()) {
         None => Ok(None),
         Some(Ok(p)) => Ok(Some(p)),
@@ -166,9 +172,8 @@ pub async fn admit_synced(ctx: &Arc<ConnCtx>, event: Event) -> Synced {
         _ => {}
     }
     let json_len = event.as_json().len();
-    if json_len > ctx.limits.max_event_bytes {
-        let m = format!("event is larger than {} bytes", ctx.limits.max_event_bytes);
-        return refuse(no(MachineReadablePrefix::Invalid, m, "too-large"));
+    if let Err(no) = size_check(ctx, json_len) {
+        return refuse(no);
     }
     if let Err(no) = event_checks(&event) {
         return refuse(no);

@@ -540,27 +540,6 @@ impl FedaiClient {
             std::time::Instant::now(),
         );
         let mut rng = Rng::from_entropy();
-        // Spot checks (not of a worker the customer pinned, and only with a model named: a
-        // referee must run the same one). Every job then carries a seed and is encrypted to
-        // its worker, checked or not, so a worker cannot tell a checked job (or its referee
-        // request) from another, nor copy an earlier public answer; which jobs are checked is
-        // decided after the answer.
-        let checking =
-            opts.spot_check > 0.0 && opts.worker.is_none() && request.params.model.is_some();
-        let mut request = request;
-        let private_opts;
-        let opts = if checking {
-            if request.params.seed.is_none() {
-                request.params.seed = Some(rng.next_u64() >> 1);
-            }
-            private_opts = RunOptions {
-                private: true,
-                ..opts.clone()
-            };
-            &private_opts
-        } else {
-            opts
-        };
         let mut tries = Tries::default();
         // One spending cap for the whole job, whatever its attempts (see `Budget`).
         let budget = Budget::new();

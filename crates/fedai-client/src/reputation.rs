@@ -88,7 +88,7 @@ impl FedaiClient {
         if is_store(path) {
             let store = crate::ReputationStore::open(path)?;
             let legacy = path.with_file_name("reputation.json");
-            if store.read_all()?.is_empty() && legacy.exists() {
+            if legacy.exists() && store.is_empty()? {
                 self.load_json(&legacy)?;
                 store.save(self)?;
             }

@@ -84,6 +84,12 @@ impl ReputationStore {
         &self.dir
     }
 
+    /// Whether nothing is stored yet.
+    pub fn is_empty(&self) -> Result<bool, ClientError> {
+        let txn = self.env.read_txn().map_err(|e| err(&self.dir, e))?;
+        self.db.is_empty(&txn).map_err(|e| err(&self.dir, e))
+    }
+
     /// Every worker stored.
     pub fn read_all(&self) -> Result<Vec<(PublicKey, WorkerStats)>, ClientError> {
         let txn = self.env.read_txn().map_err(|e| err(&self.dir, e))?;
@@ -206,13 +212,16 @@ mod tests {
         );
         let sa = a.open_reputation_store(&dir).unwrap();
         let sb = b.open_reputation_store(&dir).unwrap();
-        for _ in 0..3 {
-            a.stats
+        let success = |c: &FedaiClient| {
+            c.stats
                 .lock()
                 .unwrap()
                 .entry(w)
                 .or_default()
-                .record_success(100.0, 10, 100.0);
+                .record_success(100.0, 10, 100.0)
+        };
+        for _ in 0..3 {
+            success(&a);
         }
         b.stats
             .lock()
@@ -235,12 +244,7 @@ mod tests {
         assert_eq!(s.cooldown_until_ms, 0, "clocks are not kept");
         assert!(s.tokens_per_s.is_some());
         // More from a: only the new part is added.
-        a.stats
-            .lock()
-            .unwrap()
-            .entry(w)
-            .or_default()
-            .record_success(100.0, 10, 100.0);
+        success(&a);
         sa.save(&a).unwrap();
         let d = FedaiClient::offline(Keys::generate());
         d.open_reputation_store(&dir).unwrap();
