@@ -50,6 +50,7 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
                 "stream",
                 "completion",
                 "json_schema",
+                "tools",
                 "errors",
                 "concurrent",
             ],
@@ -101,6 +102,20 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
     let parsed = fedai_protocol::JobResult::from_event(&ev, Some(&keys)).unwrap();
     assert_eq!(parsed.result.output, text, "streamed = signed output");
     assert!(stream["chunks"].as_u64().unwrap() >= 3, "{stream}");
+
+    // A tool call is the worker's signed answer too: the result's content, decrypted, is the
+    // tool answer the SDK read.
+    let tools = scenario(&lines, "tools");
+    let result = event(&mut ws, tools["fedai"]["result"].as_str().unwrap()).await;
+    let ev = Event::from_json(result.to_string()).unwrap();
+    let parsed = fedai_protocol::JobResult::from_event(&ev, Some(&keys)).unwrap();
+    let answer = fedai_protocol::ToolAnswer::parse(&parsed.result.output).unwrap();
+    assert_eq!(answer.tool_calls[0].function.name, "get_weather");
+    assert_eq!(
+        answer.tool_calls[0].function.arguments,
+        tools["call"].as_str().unwrap()
+    );
+    println!("tool call round trip: {tools}");
 
     // The gateway's own metrics saw the calls and the streamed first tokens.
     let gw_addr = gw

@@ -99,10 +99,10 @@ async fn open_directed_streaming_and_private_jobs() {
 
     // Private job to worker 2: it answers; worker 1 sees only ciphertext and stays silent.
     let mut req = JobRequest {
-        input: JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "SECRET-PRIVATE what is two plus two".into(),
-        }]),
+        input: JobInput::Chat(vec![ChatMessage::new(
+            "user",
+            "SECRET-PRIVATE what is two plus two",
+        )]),
         ..tiny_job("", 8)
     };
     req.provider = Some(pk2);

@@ -56,10 +56,7 @@ async fn llama_cpp_and_openai_adapters_on_a_real_server() {
         assert_eq!(output, 24, "{kind}: exact token count");
         assert!(input >= 4, "{kind}: prompt tokens counted ({input})");
         assert!(!text.is_empty());
-        let chat = JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "hello there".into(),
-        }]);
+        let chat = JobInput::Chat(vec![ChatMessage::new("user", "hello there")]);
         let (_, cin, cout) = collect(r.as_ref(), req("tiny", chat, 8)).await;
         assert_eq!(cout, 8, "{kind}: chat");
         assert!(
@@ -171,10 +168,7 @@ async fn ollama_adapter_through_the_format_shim() {
     .await;
     assert_eq!(out, 12);
     assert!(!text.is_empty());
-    let chat = JobInput::Chat(vec![ChatMessage {
-        role: "user".into(),
-        content: "hi".into(),
-    }]);
+    let chat = JobInput::Chat(vec![ChatMessage::new("user", "hi")]);
     let (_, _, out) = collect(r.as_ref(), req(&model, chat, 6)).await;
     assert_eq!(out, 6);
     let _ = shim.kill();
@@ -314,4 +308,40 @@ async fn generic_http_adapter_speaks_the_runner_contract() {
         .err()
         .unwrap();
     assert!(matches!(err, RunnerError::UnknownModel(_)), "{err:?}");
+}
+
+/// Function calling on a real chat model whose own template has no tool section (SmolLM2):
+/// the tools job runs as a schema-constrained chat on both HTTP adapters and reads back as a
+/// call of the offered function with arguments matching its schema.
+#[tokio::test]
+async fn tools_run_on_json_schema_with_a_real_chat_model() {
+    use fedai_runners::tools;
+    let server = fedai_tests::llama(LocalModel::SmolLm2, "smol", 1).await;
+    let policy = SandboxPolicy::default();
+    let weather = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":20}},"required":["city"],"additionalProperties":false}}}]"#;
+    for kind in ["llama-cpp", "openai"] {
+        let r = build(kind, &server.url, &policy, HttpOptions::default()).unwrap();
+        assert!(r.features().contains(&"tools"), "{kind} advertises tools");
+        let mut job = req(
+            "smol",
+            JobInput::Chat(vec![ChatMessage::new(
+                "user",
+                "What is the weather in Paris?",
+            )]),
+            400,
+        );
+        job.params.tools = Some(weather.into());
+        job.params.tool_choice = Some("required".into());
+        let plan = tools::prepare(&mut job).unwrap().expect("a tools job");
+        let (out, _, n) = collect(r.as_ref(), job).await;
+        let answer = tools::answer(plan, "", &out).unwrap_or_else(|e| panic!("{kind}: {e}: {out}"));
+        let call = &answer.tool_calls[0];
+        assert_eq!(call.function.name, "get_weather", "{kind}");
+        let args: serde_json::Value = serde_json::from_str(&call.function.arguments).unwrap();
+        assert!(args["city"].is_string(), "{kind}: {args}");
+        assert!(
+            n > 0 && n < 400,
+            "{kind}: the constrained answer ends by itself ({n} tokens)"
+        );
+    }
 }

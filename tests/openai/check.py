@@ -34,6 +34,7 @@ def models():
     assert smol.object == "model" and smol.owned_by == "fedai"
     extra = smol.model_extra["fedai"]
     assert extra["workers"] >= 1 and "json_schema" in extra["features"], extra
+    assert "tools" in extra["features"], extra
     assert client.models.retrieve("smol").id == "smol"
     out("models", ids=ids, workers=extra["workers"])
 
@@ -101,16 +102,75 @@ def json_schema():
     out("json_schema", value=value)
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def tools():
+    """A tool call round trip: the model calls the function, the app answers it, the model
+    answers the user; then the same call streamed."""
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    c = client.chat.completions.create(
+        model="smol", messages=ask, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, max_tokens=48, temperature=0, seed=1,
+    )
+    choice = c.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather", call
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["city"], str), args
+    assert c.usage.completion_tokens > 0 and c.model_extra["fedai"]["metering"], c
+    turns = ask + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"},
+    ]
+    answer = client.chat.completions.create(
+        model="smol", messages=turns, tools=[WEATHER], tool_choice="none",
+        max_tokens=24, temperature=0, seed=1,
+    )
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+    s = client.chat.completions.create(
+        model="smol", messages=ask, tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=48, temperature=0, seed=1, stream=True,
+    )
+    streamed, finish = {}, None
+    for ch in s:
+        for ck in ch.choices:
+            for d in ck.delta.tool_calls or []:
+                t = streamed.setdefault(d.index, {"name": "", "arguments": ""})
+                t["name"] += d.function.name or ""
+                t["arguments"] += d.function.arguments or ""
+            finish = ck.finish_reason or finish
+    # OpenAI ends a call of the function the app named with "stop".
+    assert finish == "stop" and streamed[0]["name"] == "get_weather", (finish, streamed)
+    json.loads(streamed[0]["arguments"])
+    out("tools", call=call.function.arguments, fedai=c.model_extra["fedai"],
+        answer=answer.choices[0].message.content, streamed=streamed[0]["arguments"])
+
+
 def errors():
     try:
         client.chat.completions.create(model="no-such-model", messages=CHAT)
         raise AssertionError("an unknown model must fail")
     except openai.NotFoundError as e:
         assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
-    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
+    custom = {"type": "custom", "custom": {"name": "now"}}
     try:
-        client.chat.completions.create(model="smol", messages=CHAT, tools=[tool])
-        raise AssertionError("tools must not be dropped silently")
+        client.chat.completions.create(model="smol", messages=CHAT, tools=[custom])
+        raise AssertionError("custom tools must not be dropped silently")
     except openai.BadRequestError as e:
         assert e.body["param"] == "tools", e.body
     try:

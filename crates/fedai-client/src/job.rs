@@ -44,6 +44,23 @@ const PAYMENT_FAILURE_GRACE: Duration = Duration::from_secs(2);
 /// Tokens a chat template may add around the prompt (role markers, a default system prompt).
 pub const TEMPLATE_TOKENS: u64 = 256;
 
+/// The most prompt tokens a worker may count for `request`, whose input data is `data_len`
+/// bytes: a token covers at least one byte, plus a chat template's; a tools job adds its tool
+/// list, the instructions around it and the JSON that earlier calls and outputs are written in
+/// (`fedai_runners::tools`).
+pub fn prompt_token_bound(data_len: usize, request: &fedai_protocol::JobRequest) -> u64 {
+    use fedai_protocol::job::{TOOLS_GUIDE_BYTES, TOOL_TURN_BYTES};
+    let mut n = data_len + TEMPLATE_TOKENS as usize;
+    let p = &request.params;
+    if let Some(tools) = &p.tools {
+        if p.tool_choice.as_deref() != Some("none") {
+            n += tools.len() + TOOLS_GUIDE_BYTES;
+        }
+        n += TOOL_TURN_BYTES * request.input.tool_turns();
+    }
+    n as u64
+}
+
 /// What the caller must do.
 #[derive(Debug)]
 pub enum Action {
@@ -443,7 +460,22 @@ impl JobTracker {
         let from_other = self.streamer.is_some_and(|s| s != result.worker);
         // What was streamed must be the start of the verified result (chunks may have been
         // missed, never altered); otherwise the shown text is not what was signed.
-        let stream_matched = !from_other && result.result.output.starts_with(&self.streamed);
+        // A tools job's answer is a tool answer, held to the request before anything is paid
+        // or shown; its text is what may have streamed.
+        let tool_answer = match &self.request.request.params.tools {
+            Some(_) if !result.output_sealed => Some(
+                fedai_protocol::ToolAnswer::for_request(
+                    &result.result.output,
+                    &self.request.request.params,
+                )
+                .map_err(|e| ClientError::InvalidResult(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let signed_text = tool_answer
+            .as_ref()
+            .map_or(result.result.output.as_str(), |a| a.content.as_str());
+        let stream_matched = !from_other && signed_text.starts_with(&self.streamed);
         let metering = match std::mem::take(&mut self.meterings)
             .into_iter()
             .find(|m| meters(m, &result))
@@ -459,7 +491,7 @@ impl JobTracker {
         // The worker's own counts, checked against what the customer can see: a prompt of N
         // bytes cannot take more than N tokens (plus a chat template's).
         let usage = result.result.usage;
-        let in_bound = self.request.input_data.len() as u64 + TEMPLATE_TOKENS;
+        let in_bound = prompt_token_bound(self.request.input_data.len(), &self.request.request);
         if usage.input_tokens > in_bound {
             return Err(ClientError::InvalidResult(format!(
                 "metering claims {} input tokens for a prompt of at most {in_bound}",
@@ -908,5 +940,24 @@ mod tests {
             j.feed(&old, 10.5).is_empty(),
             "the previous winner no longer counts"
         );
+    }
+
+    #[test]
+    fn a_tools_job_may_count_its_tool_list_as_prompt() {
+        let plain = fedai_protocol::JobRequest::chat("Weather in Paris?");
+        let mut tools = plain.clone();
+        let list = r#"[{"type":"function","function":{"name":"get_weather"}}]"#;
+        tools.params.tools = Some(list.into());
+        let n = plain.input.data().len();
+        assert_eq!(prompt_token_bound(n, &plain), n as u64 + TEMPLATE_TOKENS);
+        // The worker lists the tools in the system message and instructs the model: a metering
+        // record counting them is honest, not an overcharge.
+        assert_eq!(
+            prompt_token_bound(n, &tools),
+            (n + list.len() + fedai_protocol::job::TOOLS_GUIDE_BYTES) as u64 + TEMPLATE_TOKENS
+        );
+        // Answering in text lists nothing: no allowance for the list.
+        tools.params.tool_choice = Some("none".into());
+        assert_eq!(prompt_token_bound(n, &tools), n as u64 + TEMPLATE_TOKENS);
     }
 }

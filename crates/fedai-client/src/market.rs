@@ -18,7 +18,7 @@ use fedai_scheduler::{
 use futures_util::StreamExt;
 use nostr_sdk::prelude::ClientNotification;
 
-use crate::job::{JobTracker, TEMPLATE_TOKENS};
+use crate::job::{prompt_token_bound, JobTracker};
 use crate::pay::{Budget, Payments};
 use crate::{ClientError, FedaiClient, JobOutcome, JobUpdate};
 
@@ -703,7 +703,7 @@ pub fn ad_price<'a>(
 /// prompt's tokens (a token covers at least one byte, plus a template's) and `max_tokens` out.
 pub fn ad_bound_msat(ad: &ParsedCapabilityAd, request: &JobRequest) -> Option<u64> {
     let price = ad_price(ad, request)?;
-    let input = request.input.data().len() as u64 + TEMPLATE_TOKENS;
+    let input = prompt_token_bound(request.input.data().len(), request);
     let output = request
         .params
         .max_tokens

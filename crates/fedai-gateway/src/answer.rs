@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::{EventId, PublicKey, ToBech32};
+use fedai_protocol::ToolCall;
 use serde_json::{json, Value};
 
 use crate::openai::Endpoint;
@@ -15,8 +16,10 @@ use crate::openai::Endpoint;
 /// A finished, verified choice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
-    /// The signed output.
+    /// The signed output (a tools job: its text part).
     pub output: String,
+    /// The functions the model called (a tools job).
+    pub tool_calls: Vec<ToolCall>,
     /// Prompt tokens, from the worker's signed metering.
     pub input_tokens: u64,
     /// Generated tokens, from the worker's signed metering.
@@ -33,7 +36,7 @@ pub struct Finished {
     pub result_id: EventId,
     /// The metering event.
     pub metering_id: EventId,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: &'static str,
 }
 
@@ -111,12 +114,23 @@ pub fn completion(meta: &Meta, done: &[Finished]) -> Value {
         .iter()
         .enumerate()
         .map(|(index, f)| match meta.endpoint {
-            Endpoint::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": f.output, "refusal": null},
-                "logprobs": null,
-                "finish_reason": f.finish_reason,
-            }),
+            Endpoint::Chat => {
+                let mut message =
+                    json!({"role": "assistant", "content": f.output, "refusal": null});
+                if !f.tool_calls.is_empty() {
+                    // OpenAI's shape: no text is `null` beside tool calls.
+                    if f.output.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = json!(f.tool_calls);
+                }
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": null,
+                    "finish_reason": f.finish_reason,
+                })
+            }
             Endpoint::Completions => json!({
                 "index": index,
                 "text": f.output,
@@ -169,6 +183,26 @@ pub fn chunk(meta: &Meta, text: &str, first: bool, finish: Option<&Finished>) ->
         v["fedai"] = f.fedai();
     }
     v
+}
+
+/// The tool calls of a streamed answer, whole, as one delta (sent once the result verified).
+pub fn tool_calls_chunk(meta: &Meta, calls: &[ToolCall]) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            json!({"index": index, "id": c.id, "type": c.kind,
+                   "function": {"name": c.function.name, "arguments": c.function.arguments}})
+        })
+        .collect();
+    json!({
+        "id": meta.id,
+        "object": meta.object(true),
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null}],
+        "system_fingerprint": null,
+    })
 }
 
 /// The usage chunk that ends a stream with `stream_options.include_usage` (no choices).
@@ -252,6 +286,7 @@ mod tests {
     fn finished(out: &str) -> Finished {
         Finished {
             output: out.into(),
+            tool_calls: Vec::new(),
             input_tokens: 10,
             output_tokens: 4,
             cost_msat: 7,
@@ -290,5 +325,33 @@ mod tests {
         assert_eq!(end["choices"][0]["finish_reason"], "stop");
         assert_eq!(end["choices"][0]["delta"], json!({}));
         assert_eq!(usage_chunk(&meta, &f)["choices"], json!([]));
+    }
+
+    #[test]
+    fn tool_calls_are_openai_messages_and_deltas() {
+        let meta = Meta::new(Endpoint::Chat, "m");
+        let mut f = finished("");
+        f.finish_reason = "tool_calls";
+        f.tool_calls = vec![ToolCall {
+            id: "call_a_0".into(),
+            kind: "function".into(),
+            function: fedai_protocol::FunctionCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            },
+        }];
+        let v = completion(&meta, std::slice::from_ref(&f));
+        let m = &v["choices"][0]["message"];
+        assert!(m["content"].is_null());
+        assert_eq!(m["tool_calls"][0]["id"], "call_a_0");
+        assert_eq!(m["tool_calls"][0]["type"], "function");
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let d = &tool_calls_chunk(&meta, &f.tool_calls)["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(d["index"], 0);
+        assert_eq!(d["function"]["name"], "get_weather");
     }
 }

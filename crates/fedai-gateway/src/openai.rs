@@ -6,7 +6,7 @@
 //! `store`, `service_tier`) change nothing a worker computes and are accepted.
 
 use fedai_protocol::nostr::prelude::{FromBech32, PublicKey};
-use fedai_protocol::{ChatMessage, JobInput, JobRequest};
+use fedai_protocol::{ChatMessage, JobInput, JobRequest, ToolCall};
 use fedai_scheduler::Strategy;
 use serde_json::{Map, Value};
 
@@ -85,7 +85,6 @@ const LABELS: &[&str] = &[
     "service_tier",
     "prompt_cache_key",
     "safety_identifier",
-    "parallel_tool_calls",
 ];
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
@@ -206,11 +205,23 @@ fn call(
             }
             "response_format" => p.json_schema = response_format(v)?,
             "provider" => routing = provider(v)?,
+            "tools" if endpoint == Endpoint::Chat => p.tools = tools(v)?,
+            "parallel_tool_calls" => {
+                p.parallel_tool_calls =
+                    Some(v.as_bool().ok_or_else(|| bad(key, "must be a boolean"))?)
+            }
+            "tool_choice" if endpoint == Endpoint::Chat => {
+                p.tool_choice = Some(match v {
+                    Value::String(c) => c.clone(),
+                    Value::Object(_) => v.to_string(),
+                    _ => return Err(bad(key, "`tool_choice` is a string or an object")),
+                })
+            }
             "logprobs" if v == false => {}
             "top_logprobs" if v == 0 => {}
             "logit_bias" if v.as_object().is_some_and(Map::is_empty) => {}
-            "tools" | "functions" if v.as_array().is_some_and(Vec::is_empty) => {}
-            "tool_choice" | "function_call" if v == "none" || v == "auto" => {}
+            "functions" if v.as_array().is_some_and(Vec::is_empty) => {}
+            "function_call" if v == "none" || v == "auto" => {}
             "logprobs" | "top_logprobs" | "logit_bias" | "tools" | "functions" | "tool_choice"
             | "function_call" | "audio" | "modalities" | "prediction" | "web_search_options"
             | "reasoning_effort" => {
@@ -219,6 +230,37 @@ fn call(
             _ => return Err(bad(key, format!("unrecognized request argument `{key}`"))),
         }
     }
+    // Without tools, `auto` and `none` ask nothing of a worker; any other choice needs tools.
+    if job.params.tools.is_none()
+        && matches!(job.params.tool_choice.as_deref(), Some("auto" | "none"))
+    {
+        job.params.tool_choice = None;
+    }
+    if job.params.tools.is_none() {
+        // Without tools it asks nothing of a worker.
+        job.params.parallel_tool_calls = None;
+    }
+    if job.params.tool_choice.is_some() && job.params.tools.is_none() {
+        return Err(bad("tool_choice", "`tool_choice` needs `tools`"));
+    }
+    // A last turn after tool calls, sent without `tools` (apps do, to get the final text):
+    // the functions named in the conversation, none to be called.
+    if job.params.tools.is_none() && job.input.has_tool_turns() {
+        let mut names: Vec<&str> = Vec::new();
+        if let JobInput::Chat(m) = &job.input {
+            for c in m.iter().flat_map(|m| &m.tool_calls) {
+                if !names.contains(&c.function.name.as_str()) {
+                    names.push(&c.function.name);
+                }
+            }
+        }
+        let tools: Vec<Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"type": "function", "function": {"name": n}}))
+            .collect();
+        job.params.tools = Some(Value::Array(tools).to_string());
+        job.params.tool_choice = Some("none".into());
+    }
     if n > 1 && stream {
         return Err(bad(
             "n",
@@ -226,8 +268,10 @@ fn call(
         ));
     }
     job.params.stream = stream;
-    job.validate()
-        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+    job.validate().map_err(|e| {
+        let param = job.params.tools.as_ref().map(|_| "tools");
+        ApiError::invalid(param, e.to_string())
+    })?;
     Ok(Call {
         endpoint,
         model,
@@ -273,6 +317,23 @@ fn stops(v: &Value, limits: &Limits) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(out)
+}
+
+/// `tools`: OpenAI function tools, kept as compact JSON (the protocol checks names, count and
+/// size); an empty list is no tools.
+fn tools(v: &Value) -> Result<Option<String>, ApiError> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("tools", "`tools` must be an array"))?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    for t in list {
+        if t["type"] != "function" {
+            return Err(ApiError::unsupported("tools"));
+        }
+    }
+    Ok(Some(v.to_string()))
 }
 
 /// `response_format`: `text`, `json_object` (any JSON object), or `json_schema`.
@@ -378,7 +439,23 @@ fn messages_of(v: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError>
             format!("at most {} messages", limits.max_messages),
         ));
     }
-    list.iter().map(message).collect()
+    let messages: Vec<ChatMessage> = list.iter().map(message).collect::<Result<_, _>>()?;
+    // A tool output answers a call made earlier in the conversation.
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(id) = &m.tool_call_id {
+            let asked = messages[..i]
+                .iter()
+                .flat_map(|a| &a.tool_calls)
+                .any(|c| &c.id == id);
+            if !asked {
+                return Err(bad(
+                    "messages",
+                    format!("tool message `{id}` answers no earlier tool call"),
+                ));
+            }
+        }
+    }
+    Ok(messages)
 }
 
 fn message(m: &Value) -> Result<ChatMessage, ApiError> {
@@ -386,7 +463,8 @@ fn message(m: &Value) -> Result<ChatMessage, ApiError> {
         Some("system" | "developer") => "system",
         Some("user") => "user",
         Some("assistant") => "assistant",
-        Some("tool" | "function") => return Err(ApiError::unsupported("tools")),
+        Some("tool") => "tool",
+        Some("function") => return Err(ApiError::unsupported("functions")),
         _ => {
             return Err(bad(
                 "messages",
@@ -394,9 +472,34 @@ fn message(m: &Value) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
-    if m.get("tool_calls").is_some_and(|t| !t.is_null()) {
-        return Err(ApiError::unsupported("tools"));
-    }
+    let tool_calls: Vec<ToolCall> = match m.get("tool_calls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(calls) if role == "assistant" => serde_json::from_value(calls.clone())
+            .ok()
+            .filter(|c: &Vec<ToolCall>| {
+                c.len() <= fedai_protocol::job::MAX_TOOL_CALLS
+                    && c.iter().all(|c| {
+                        c.kind == "function"
+                            && !c.id.is_empty()
+                            && matches!(
+                                serde_json::from_str::<Value>(&c.function.arguments),
+                                Ok(Value::Object(_))
+                            )
+                    })
+            })
+            .ok_or_else(|| {
+                bad(
+                    "messages",
+                    "`tool_calls` must be a list of {id, type: function, function: {name, arguments: a JSON object as text}}",
+                )
+            })?,
+        Some(_) => return Err(bad("messages", "only assistant messages carry `tool_calls`")),
+    };
+    let tool_call_id = match (role, &m["tool_call_id"]) {
+        ("tool", Value::String(id)) => Some(id.clone()),
+        ("tool", _) => return Err(bad("messages", "a `tool` message needs its `tool_call_id`")),
+        _ => None,
+    };
     let content = match &m["content"] {
         Value::String(s) => s.clone(),
         Value::Null if role == "assistant" => String::new(),
@@ -423,6 +526,8 @@ fn message(m: &Value) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage {
         role: role.into(),
         content,
+        tool_calls,
+        tool_call_id,
     })
 }
 
@@ -473,8 +578,9 @@ mod tests {
         for (key, v) in [
             (
                 "tools",
-                json!([{"type": "function", "function": {"name": "f"}}]),
+                json!([{"type": "custom", "custom": {"name": "f"}}]),
             ),
+            ("functions", json!([{"name": "f"}])),
             ("logprobs", json!(true)),
             ("logit_bias", json!({"1": 2})),
             ("audio", json!({})),
@@ -488,6 +594,109 @@ mod tests {
         }
         let e = read(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
             .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages"),
+            "a tool message without its call id"
+        );
+    }
+
+    #[test]
+    fn tools_and_tool_turns_reach_the_job() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+        let c = read(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+            ],
+            "tools": tools,
+            "tool_choice": "required",
+            "parallel_tool_calls": false,
+        }))
+        .unwrap();
+        let p = &c.job.params;
+        assert_eq!(p.tools.as_deref(), Some(tools.to_string().as_str()));
+        assert_eq!(p.tool_choice.as_deref(), Some("required"));
+        assert_eq!(
+            p.features(),
+            ["tools"],
+            "only workers serving tools are chosen"
+        );
+        let JobInput::Chat(m) = &c.job.input else {
+            panic!("a chat")
+        };
+        assert_eq!(m[1].tool_calls[0].function.name, "get_weather");
+        assert_eq!(m[1].content, "");
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("call_1"));
+        // The wire form reads back the same.
+        let keys = fedai_protocol::Keys::generate();
+        let ev = c.job.to_event(&keys, None).unwrap();
+        let back = JobRequest::from_event(&ev, None).unwrap();
+        assert_eq!(back.request.input, c.job.input);
+        assert_eq!(back.request.params.tools, c.job.params.tools);
+
+        assert_eq!(p.parallel_tool_calls, Some(false));
+
+        // The last turn sent without `tools`: a text answer, with the functions named.
+        let mut follow = json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+        ]});
+        let f = read(follow.clone()).unwrap();
+        assert_eq!(f.job.params.tool_choice.as_deref(), Some("none"));
+        assert!(f.job.params.tools.unwrap().contains("get_weather"));
+        // A tool output for a call never made, arguments that are not a JSON object.
+        follow["messages"][2]["tool_call_id"] = json!("call_9");
+        assert_eq!(
+            read(follow.clone()).unwrap_err().param.as_deref(),
+            Some("messages")
+        );
+        follow["messages"][2]["tool_call_id"] = json!("call_1");
+        follow["messages"][1]["tool_calls"][0]["function"]["arguments"] = json!("Paris");
+        assert_eq!(read(follow).unwrap_err().param.as_deref(), Some("messages"));
+
+        // `auto`/`none` without tools ask nothing; anything else without tools is a 400.
+        let plain = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        let mut b = plain.clone();
+        b["tool_choice"] = json!("none");
+        assert_eq!(read(b).unwrap().job.params.tool_choice, None);
+        let mut b = plain.clone();
+        b["tool_choice"] = json!("required");
+        assert_eq!(read(b).unwrap_err().param.as_deref(), Some("tool_choice"));
+        // A choice naming a function the request does not offer, duplicate names, a bad name.
+        for (tools, choice) in [
+            (
+                tools.clone(),
+                json!({"type": "function", "function": {"name": "other"}}),
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f"}},
+                    {"type": "function", "function": {"name": "f"}}]),
+                json!("auto"),
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "no spaces"}}]),
+                json!("auto"),
+            ),
+        ] {
+            let mut b = plain.clone();
+            b["tools"] = tools;
+            b["tool_choice"] = choice;
+            let e = read(b.clone()).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, Some("tools")), "{b}");
+        }
+        // Tools are for chats; completions refuse them by name.
+        let e = completion(
+            &json!({"model": "m", "prompt": "x", "tools": tools}),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools"));
     }
 

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use fedai_client::{ClientError, JobOutcome, JobUpdate, PayContext, RunOptions};
 use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::{EventId, ToBech32};
-use fedai_protocol::JobRequest;
+use fedai_protocol::{JobParams, JobRequest, ToolAnswer};
 use fedai_scheduler::{Policy, Rejection};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -33,7 +33,7 @@ enum Msg {
     /// Streamed text.
     Delta(String),
     /// The end: the verified choice and the part of its output not streamed yet, or why not.
-    Done(Result<(Finished, String), ApiError>),
+    Done(Result<(Box<Finished>, String), ApiError>),
 }
 
 /// A call's plan: how its jobs run and the budget they may use.
@@ -230,6 +230,7 @@ impl Job {
     async fn drive(self, tx: mpsc::Sender<Msg>) {
         let fee = self.opts.pay.as_ref().map_or(0, |p| p.max_fee_msat);
         let max_tokens = self.request.params.max_tokens;
+        let params = self.request.params.clone();
         // However the job goes (busy retries, stalls, failovers), the call ends by then.
         let deadline = tokio::time::Instant::now()
             + self.opts.timeout * self.opts.max_attempts.max(1)
@@ -239,7 +240,12 @@ impl Job {
         let m = &self.g.metrics;
         m.jobs.inc();
         let mut handle = client.start_on(self.ads, self.request, self.opts);
-        let mut f = Followed::default();
+        // A tools job that may call functions answers in JSON: no text of it streams (what a
+        // worker sends as `partial` anyway is not shown).
+        let mut f = Followed {
+            text_streams: params.tools.is_none() || params.tool_choice.as_deref() == Some("none"),
+            ..Followed::default()
+        };
         let mut first_token = true;
         let abandoned = loop {
             let u = tokio::select! {
@@ -281,7 +287,12 @@ impl Job {
                 }
                 why.map(Err)
             }
-            None => Some(done(handle.outcome().await, max_tokens, &f.streamed)),
+            None => Some(done(
+                handle.outcome().await,
+                max_tokens,
+                &params,
+                &f.streamed,
+            )),
         };
         if let (Some(w), Some(share)) = (&self.g.wallet, self.share) {
             if let Err(e) = w.ledger.settle(share, f.spent) {
@@ -291,6 +302,7 @@ impl Job {
         m.charged_msat.inc_by(f.spent);
         m.jobs.dec();
         if let Some(end) = end {
+            let end = end.map(|(f, tail)| (Box::new(f), tail));
             let _ = tx.send(Msg::Done(end)).await;
         }
     }
@@ -310,6 +322,8 @@ struct Followed {
     spent: u64,
     /// Text forwarded so far.
     streamed: String,
+    /// Whether `partial` text is the answer's (not for a tools job's JSON).
+    text_streams: bool,
 }
 
 /// What to do after an update.
@@ -332,6 +346,7 @@ impl Followed {
                 self.spent = self.spent.saturating_add(msat).saturating_add(fee);
                 Step::Next
             }
+            Some(JobUpdate::Partial(_)) if !self.text_streams => Step::Next,
             Some(JobUpdate::Partial(t)) => {
                 self.streamed.push_str(&t);
                 Step::Send(Msg::Delta(t))
@@ -351,6 +366,7 @@ impl Followed {
 fn done(
     r: Result<JobOutcome, ClientError>,
     max_tokens: Option<u32>,
+    params: &JobParams,
     streamed: &str,
 ) -> Result<(Finished, String), ApiError> {
     let o = r.map_err(|e| ApiError::from_client(&e))?;
@@ -359,7 +375,17 @@ fn done(
             "the worker sent no signed metering for its result; not returned as final",
         ));
     };
-    let Some(tail) = o.output.strip_prefix(streamed) else {
+    let (output, tool_calls) = match params.tools {
+        None => (o.output.clone(), Vec::new()),
+        Some(_) => {
+            // The SDK held the answer to the request before paying; read it the same way.
+            let a = ToolAnswer::for_request(&o.output, params).map_err(|e| {
+                ApiError::upstream(format!("the worker's answer is not valid: {e}"))
+            })?;
+            (a.content, a.tool_calls)
+        }
+    };
+    let Some(tail) = output.strip_prefix(streamed) else {
         return Err(ApiError::upstream(
             "the streamed text is not the start of the worker's signed output",
         ));
@@ -375,10 +401,23 @@ fn done(
         worker: o.result.worker,
         result_id: o.result.id,
         metering_id: m.id,
-        finish_reason: if length { "length" } else { "stop" },
-        output: o.output.clone(),
+        // OpenAI ends a call of a function the app named with `stop`.
+        finish_reason: if !tool_calls.is_empty() && !named_choice(params) {
+            "tool_calls"
+        } else if length {
+            "length"
+        } else {
+            "stop"
+        },
+        tool_calls,
+        output: output.clone(),
     };
     Ok((f, tail.to_owned()))
+}
+
+/// Whether `tool_choice` named a function.
+fn named_choice(p: &JobParams) -> bool {
+    p.tool_choice.as_deref().is_some_and(|c| c.starts_with('{'))
 }
 
 /// Wait for every choice and answer with them all, or with the first error.
@@ -393,7 +432,7 @@ async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>) -> Response {
             }
         };
         match end {
-            Ok((f, _)) => done.push(f),
+            Ok((f, _)) => done.push(*f),
             Err(e) => return e.into_response(),
         }
     }
@@ -453,7 +492,10 @@ async fn stream(meta: Meta, include_usage: bool, rx: Option<mpsc::Receiver<Msg>>
                     if !tail.is_empty() {
                         out.push(data(answer::chunk(&meta, &tail, false, None)));
                     }
-                    out.push(data(answer::chunk(&meta, "", false, Some(&f))));
+                    if !f.tool_calls.is_empty() {
+                        out.push(data(answer::tool_calls_chunk(&meta, &f.tool_calls)));
+                    }
+                    out.push(data(answer::chunk(&meta, "", false, Some(&*f))));
                     if include_usage {
                         out.push(data(answer::usage_chunk(&meta, &f)));
                     }

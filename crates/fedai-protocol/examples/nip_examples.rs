@@ -40,6 +40,9 @@ fn main() {
         seed: Some(42),
         presence_penalty: None,
         json_schema: None,
+        tools: None,
+        tool_choice: None,
+        parallel_tool_calls: None,
     };
     req.bid_msat = Some(50_000);
     req.relays = vec!["wss://relay.example.com".into()];
@@ -50,14 +53,8 @@ fn main() {
 
     let mut chat = JobRequest {
         input: JobInput::Chat(vec![
-            ChatMessage {
-                role: "system".into(),
-                content: "You are terse.".into(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: "What is Nostr?".into(),
-            },
+            ChatMessage::new("system", "You are terse."),
+            ChatMessage::new("user", "What is Nostr?"),
         ]),
         provider: Some(worker.public_key()),
         expiration: Some(far),
@@ -65,10 +62,7 @@ fn main() {
     };
     chat.params.model = Some("smollm2-135m-instruct-q4_1".into());
     let mut schema = chat.clone();
-    schema.input = JobInput::Chat(vec![ChatMessage {
-        role: "user".into(),
-        content: "Name a colour, as JSON.".into(),
-    }]);
+    schema.input = JobInput::Chat(vec![ChatMessage::new("user", "Name a colour, as JSON.")]);
     schema.params.json_schema = Some(
         r#"{"type":"object","properties":{"colour":{"type":"string"}},"required":["colour"]}"#
             .into(),
@@ -77,6 +71,58 @@ fn main() {
     ex.insert(
         "job-request-json-schema",
         schema.to_event(&customer, None).unwrap(),
+    );
+    // Function calling: the offered tools, and a conversation in which the model called one and
+    // the app answered it.
+    let call = ToolCall {
+        id: "call_7c1e0d2a9b3f4e51_0".into(),
+        kind: "function".into(),
+        function: FunctionCall {
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        },
+    };
+    let mut tools = chat.clone();
+    tools.input = JobInput::Chat(vec![
+        ChatMessage::new("user", "Weather in Paris?"),
+        ChatMessage {
+            tool_calls: vec![call.clone()],
+            ..ChatMessage::new("assistant", "")
+        },
+        ChatMessage {
+            tool_call_id: Some(call.id.clone()),
+            ..ChatMessage::new("tool", "18 C, sunny")
+        },
+    ]);
+    tools.params.tools = Some(
+        r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]"#
+            .into(),
+    );
+    tools.params.tool_choice = Some("auto".into());
+    let tools_ev = tools.to_event(&customer, None).unwrap();
+    let ptools = JobRequest::from_event(&tools_ev, None).unwrap();
+    ex.insert("job-request-tools", tools_ev.clone());
+    let answer = ToolAnswer {
+        content: String::new(),
+        tool_calls: vec![ToolCall {
+            id: "call_0b9d4e7f12a6c3d8_0".into(),
+            ..call
+        }],
+    };
+    ex.insert(
+        "job-result-tools",
+        JobResult::for_request(
+            &tools_ev,
+            &ptools,
+            answer.to_output(),
+            "smollm2-135m-instruct-q4_1".into(),
+            Usage {
+                input_tokens: 161,
+                output_tokens: 17,
+            },
+        )
+        .to_event(&worker)
+        .unwrap(),
     );
     ex.insert(
         "job-request-chat-directed",

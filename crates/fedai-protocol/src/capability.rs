@@ -27,6 +27,9 @@ use crate::{kinds, ProtocolError};
 pub const FEATURE_CHAT: &str = "chat";
 /// Feature: output constrained to a JSON Schema (`["param", "json_schema", …]`).
 pub const FEATURE_JSON_SCHEMA: &str = "json_schema";
+/// Feature: function calling (`["param", "tools", …]`; the answer is a
+/// [`crate::job::ToolAnswer`]).
+pub const FEATURE_TOOLS: &str = "tools";
 /// The most `feature` tags read from an ad.
 const MAX_FEATURES: usize = 32;
 
@@ -242,6 +245,10 @@ impl CapabilityAd {
         });
         if self.supports(&[FEATURE_JSON_SCHEMA]) {
             nip90_params["json_schema"] = serde_json::json!({"required": false, "values": []});
+        }
+        if self.supports(&[FEATURE_TOOLS]) {
+            nip90_params["tools"] = serde_json::json!({"required": false, "values": []});
+            nip90_params["tool_choice"] = serde_json::json!({"required": false, "values": []});
         }
         let c = AdContent {
             name: self.name.clone(),

@@ -8,6 +8,9 @@
 //! ["param", "stop", "<s>"] (repeatable)          ["param", "stream", "true|false"]
 //! ["param", "seed", "<n>"]    ["param", "presence_penalty", "<f>"]
 //! ["param", "json_schema", "<JSON Schema>"]      (the output must be JSON matching it)
+//! ["param", "tools", "<JSON array of OpenAI function tools>"]  ["param", "tool_choice", "<…>"]
+//!                                                (the result's content is then a JSON
+//!                                                 [`ToolAnswer`]: text and/or tool calls)
 //! ["output", "text/plain"]  ["bid", "<msat>"]  ["relays", "wss://…", …]  ["p", "<worker>"]
 //! ["expiration", "<unix>"]  ["t", "fedai"]
 //! ```
@@ -29,13 +32,139 @@ use crate::kinds;
 use crate::tags::{self, tag};
 use crate::ProtocolError;
 
-/// One chat message of a chat-style input.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One chat message of a chat-style input (OpenAI's message shape, text only).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant`, or `tool` (the answer to a tool call).
     pub role: String,
-    /// Message text.
+    /// Message text (`null` is read as empty: an assistant message that only calls tools).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    /// The tools an `assistant` message called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain message.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A function call an assistant made (an entry of OpenAI's `tool_calls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id: the `tool` message with its output names it.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+/// Which function, with which arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The function's name, one of the request's `tools`.
+    pub name: String,
+    /// The arguments as JSON text (an object), as OpenAI carries them.
+    pub arguments: String,
+}
+
+/// The answer of a job that carried `tools`: the result's content is this object as JSON,
+/// `{"content": "…", "tool_calls": [{"id", "type": "function", "function": {"name",
+/// "arguments"}}]}`, the assistant message OpenAI's API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ToolAnswer {
+    /// Text for the user (empty when the answer only calls tools).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub content: String,
+    /// The calls the model made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// The most tool calls one answer may carry.
+pub const MAX_TOOL_CALLS: usize = 64;
+
+impl ToolAnswer {
+    /// The result content for this answer.
+    pub fn to_output(&self) -> String {
+        serde_json::to_string(self).expect("a tool answer serializes")
+    }
+
+    /// Read a tools job's result content as its answer, held to the request: only functions
+    /// it offered, distinct call ids, none with `tool_choice: none`, at least one when a call
+    /// was required, at most one when `parallel_tool_calls` was false. What a customer checks
+    /// before it pays or shows an answer.
+    pub fn for_request(output: &str, params: &JobParams) -> Result<Self, ProtocolError> {
+        let bad = |m: String| ProtocolError::InvalidContent(format!("tool answer: {m}"));
+        let a = Self::parse(output)?;
+        let offered = params.tool_list();
+        let named = |n: &str| offered.iter().any(|t| t["function"]["name"] == n);
+        if let Some(c) = a.tool_calls.iter().find(|c| !named(&c.function.name)) {
+            return Err(bad(format!(
+                "calls `{}`, which was not offered",
+                c.function.name
+            )));
+        }
+        let mut ids = std::collections::HashSet::new();
+        if !a.tool_calls.iter().all(|c| ids.insert(c.id.as_str())) {
+            return Err(bad("two calls share an id".into()));
+        }
+        let choice = params.tool_choice.as_deref().unwrap_or("auto");
+        if choice == "none" && !a.tool_calls.is_empty() {
+            return Err(bad("calls a tool though tool_choice was none".into()));
+        }
+        if choice != "auto" && choice != "none" && a.tool_calls.is_empty() {
+            return Err(bad("calls no tool though one was required".into()));
+        }
+        if params.parallel_tool_calls == Some(false) && a.tool_calls.len() > 1 {
+            return Err(bad(
+                "calls several tools though parallel_tool_calls was false".into(),
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Read a result's content as a tool answer (bounded, every call a function with JSON
+    /// object arguments and a non-empty id).
+    pub fn parse(output: &str) -> Result<Self, ProtocolError> {
+        let bad = |m: String| ProtocolError::InvalidContent(format!("tool answer: {m}"));
+        let a: Self = serde_json::from_str(output).map_err(|e| bad(e.to_string()))?;
+        if a.tool_calls.len() > MAX_TOOL_CALLS {
+            return Err(bad(format!("more than {MAX_TOOL_CALLS} tool calls")));
+        }
+        for c in &a.tool_calls {
+            if c.kind != "function" || !tool_name_ok(&c.function.name) || c.id.is_empty() {
+                return Err(bad("a tool call is not a named function".into()));
+            }
+            if !matches!(
+                serde_json::from_str::<serde_json::Value>(&c.function.arguments),
+                Ok(serde_json::Value::Object(_))
+            ) {
+                return Err(bad("tool call arguments are not a JSON object".into()));
+            }
+        }
+        Ok(a)
+    }
 }
 
 /// What the model is asked to continue.
@@ -53,6 +182,24 @@ impl JobInput {
         match self {
             Self::Text(t) => t.clone(),
             Self::Chat(m) => serde_json::to_string(m).expect("chat messages serialize"),
+        }
+    }
+
+    /// Whether a chat carries tool calls or tool outputs (which only a tools job may).
+    pub fn has_tool_turns(&self) -> bool {
+        match self {
+            Self::Text(_) => false,
+            Self::Chat(m) => m
+                .iter()
+                .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.role == "tool"),
+        }
+    }
+
+    /// How many `tool` messages a chat carries.
+    pub fn tool_turns(&self) -> usize {
+        match self {
+            Self::Text(_) => 0,
+            Self::Chat(m) => m.iter().filter(|m| m.role == "tool").count(),
         }
     }
 
@@ -151,10 +298,30 @@ pub struct JobParams {
     /// workers whose ad lists the `json_schema` feature run it; others refuse it rather than
     /// answer unconstrained.
     pub json_schema: Option<String>,
+    /// Functions the model may call (compact JSON text: an array of OpenAI function tools,
+    /// `{"type": "function", "function": {"name", "description"?, "parameters"?}}`). Only
+    /// workers whose ad lists the `tools` feature run it; the answer is a [`ToolAnswer`].
+    pub tools: Option<String>,
+    /// `auto` (the default), `none`, `required`, or `{"type": "function", "function":
+    /// {"name": …}}` (compact JSON) to force one function.
+    pub tool_choice: Option<String>,
+    /// `false`: at most one call per answer (OpenAI's `parallel_tool_calls`).
+    pub parallel_tool_calls: Option<bool>,
 }
+
+/// Bytes a worker's instructions around a tools job's function list may add to the prompt
+/// (`fedai_runners::tools` holds its text to this).
+pub const TOOLS_GUIDE_BYTES: usize = 512;
+/// Bytes that writing one `tool` message as the model reads it may add (the JSON around its
+/// content, the function's name).
+pub const TOOL_TURN_BYTES: usize = 128;
 
 /// The most bytes of a `json_schema` parameter.
 pub const MAX_JSON_SCHEMA_BYTES: usize = 16 * 1024;
+/// The most bytes of a `tools` parameter.
+pub const MAX_TOOLS_BYTES: usize = 32 * 1024;
+/// The most functions in a `tools` parameter.
+pub const MAX_TOOLS: usize = 64;
 
 impl JobParams {
     /// The optional features (capability ad `feature` tags) this request needs from a worker.
@@ -163,7 +330,18 @@ impl JobParams {
         if self.json_schema.is_some() {
             out.push(crate::capability::FEATURE_JSON_SCHEMA);
         }
+        if self.tools.is_some() {
+            out.push(crate::capability::FEATURE_TOOLS);
+        }
         out
+    }
+
+    /// The functions of the `tools` parameter (validated when the request was).
+    pub fn tool_list(&self) -> Vec<serde_json::Value> {
+        self.tools
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -287,10 +465,7 @@ impl JobRequest {
     /// through their chat template.
     pub fn chat(prompt: impl Into<String>) -> Self {
         Self {
-            input: JobInput::Chat(vec![ChatMessage {
-                role: "user".into(),
-                content: prompt.into(),
-            }]),
+            input: JobInput::Chat(vec![ChatMessage::new("user", prompt)]),
             ..Self::text("")
         }
     }
@@ -336,6 +511,15 @@ impl JobRequest {
         if let Some(v) = &p.json_schema {
             param("json_schema", v.clone());
         }
+        if let Some(v) = &p.tools {
+            param("tools", v.clone());
+        }
+        if let Some(v) = &p.tool_choice {
+            param("tool_choice", v.clone());
+        }
+        if let Some(v) = p.parallel_tool_calls {
+            param("parallel_tool_calls", v.to_string());
+        }
         out
     }
 
@@ -379,6 +563,13 @@ impl JobRequest {
         check_range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
         if let Some(s) = &p.json_schema {
             parse_schema(s)?;
+        }
+        check_tools(p)?;
+        if p.tools.is_none() && self.input.has_tool_turns() {
+            return Err(ProtocolError::tag(
+                "i",
+                "tool calls and tool messages need the tools param",
+            ));
         }
         if p.model.as_deref() == Some("") {
             return Err(ProtocolError::tag("param", "model is empty"));
@@ -616,6 +807,64 @@ fn parse_schema(v: &str) -> Result<String, ProtocolError> {
     }
 }
 
+/// `tools`: a JSON array of 1..=[`MAX_TOOLS`] function tools with distinct names, within
+/// [`MAX_TOOLS_BYTES`]; `tool_choice` only with tools, naming one of them when it names one.
+fn check_tools(p: &JobParams) -> Result<(), ProtocolError> {
+    let bad = |m: &str| Err(ProtocolError::tag("param", m.to_owned()));
+    let Some(tools) = &p.tools else {
+        return match (&p.tool_choice, p.parallel_tool_calls) {
+            (None, None) => Ok(()),
+            _ => bad("tool_choice and parallel_tool_calls need tools"),
+        };
+    };
+    if p.json_schema.is_some() {
+        return bad("tools and json_schema cannot be combined");
+    }
+    if tools.len() > MAX_TOOLS_BYTES {
+        return bad("tools is over 32768 bytes");
+    }
+    let Ok(serde_json::Value::Array(list)) = serde_json::from_str(tools) else {
+        return bad("tools must be a JSON array");
+    };
+    if list.is_empty() || list.len() > MAX_TOOLS {
+        return bad("tools must list 1 to 64 functions");
+    }
+    let mut names = std::collections::HashSet::new();
+    for t in &list {
+        let name = t["function"]["name"].as_str().unwrap_or_default();
+        let params = &t["function"]["parameters"];
+        if t["type"] != "function" || !tool_name_ok(name) || !names.insert(name) {
+            return bad(
+                "each tool is a function with a distinct name of 1-64 letters, digits, _ or -",
+            );
+        }
+        if !(params.is_null() || params.is_object()) {
+            return bad("a tool's parameters must be a JSON Schema object");
+        }
+    }
+    match p.tool_choice.as_deref() {
+        None | Some("auto" | "none" | "required") => Ok(()),
+        Some(c) => match serde_json::from_str::<serde_json::Value>(c) {
+            Ok(v)
+                if v["type"] == "function"
+                    && v["function"]["name"]
+                        .as_str()
+                        .is_some_and(|n| names.contains(n)) =>
+            {
+                Ok(())
+            }
+            _ => bad("tool_choice is auto, none, required or a function of tools"),
+        },
+    }
+}
+
+fn tool_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
     let mut p = JobParams::default();
     let mut seen = std::collections::HashSet::new();
@@ -646,6 +895,20 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
             "seed" => p.seed = Some(tags::parse_u64("param", value)?),
             "presence_penalty" => p.presence_penalty = Some(parse_f32(name, value)?),
             "json_schema" => p.json_schema = Some(parse_schema(value)?),
+            "tools" => p.tools = Some(value.clone()),
+            "tool_choice" => p.tool_choice = Some(value.clone()),
+            "parallel_tool_calls" => {
+                p.parallel_tool_calls = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ProtocolError::tag(
+                            "param",
+                            "parallel_tool_calls must be true or false",
+                        ))
+                    }
+                })
+            }
             "stream" => {
                 p.stream = match value.as_str() {
                     "true" | "1" => true,

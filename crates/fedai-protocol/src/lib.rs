@@ -48,8 +48,8 @@ pub use error::{ErrorCode, ProtocolError};
 pub use feedback::{FeedbackStatus, JobFeedback};
 pub use freshness::{Freshness, ReplayGuard};
 pub use job::{
-    cancellation, ChatMessage, InputTag, InputType, JobInput, JobParams, JobRequest,
-    ParsedJobRequest,
+    cancellation, ChatMessage, FunctionCall, InputTag, InputType, JobInput, JobParams, JobRequest,
+    ParsedJobRequest, ToolAnswer, ToolCall,
 };
 pub use metering::{MeteringCheck, MeteringRecord};
 pub use receipt::PaymentReceipt;

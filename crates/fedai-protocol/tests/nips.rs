@@ -111,6 +111,26 @@ fn examples_tell_a_consistent_story() {
         .iter()
         .all(|t| t.kind() != "i"));
 
+    // Function calling: the request offers tools and carries the earlier call and its output;
+    // the result's content is the tool answer.
+    let t = JobRequest::from_event(&ex["job-request-tools"], None).unwrap();
+    assert_eq!(t.request.params.features(), ["tools"]);
+    let JobInput::Chat(turns) = &t.request.input else {
+        panic!("a chat")
+    };
+    assert_eq!(turns[1].tool_calls[0].function.name, "get_weather");
+    assert_eq!(
+        turns[2].tool_call_id.as_deref(),
+        Some(turns[1].tool_calls[0].id.as_str())
+    );
+    let r = JobResult::from_event(&ex["job-result-tools"], None).unwrap();
+    assert_eq!(r.request_id(), t.id);
+    let answer = ToolAnswer::parse(&r.result.output).unwrap();
+    assert_eq!(
+        answer.tool_calls[0].function.arguments,
+        r#"{"city":"Paris"}"#
+    );
+
     let receipt = PaymentReceipt::from_event(&ex["payment-receipt"]).unwrap();
     assert_eq!(Some(receipt.receipt.payment_hash), rec.record.payment_hash);
     // The attestation is the customer's word on that same job, with the evidence named.

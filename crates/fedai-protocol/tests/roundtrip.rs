@@ -36,17 +36,14 @@ prop_compose! {
         presence_penalty in arb_f(-2.0, 2.0),
         json_schema in proptest::option::of(Just(r#"{"type":"object"}"#.to_owned())),
     ) -> JobParams {
-        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed, presence_penalty, json_schema }
+        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed, presence_penalty, json_schema, tools: None, tool_choice: None, parallel_tool_calls: None }
     }
 }
 
 prop_compose! {
     fn arb_input()(text in arb_text(), chat in any::<bool>(), n in 1usize..4) -> JobInput {
         if chat {
-            JobInput::Chat((0..n).map(|i| ChatMessage {
-                role: if i % 2 == 0 { "user".into() } else { "assistant".into() },
-                content: text.clone(),
-            }).collect())
+            JobInput::Chat((0..n).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, text.clone())).collect())
         } else {
             JobInput::Text(text)
         }

@@ -24,13 +24,14 @@ pub mod mock;
 pub mod ollama;
 pub mod openai;
 pub mod sandbox;
+pub mod tools;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedai_protocol::capability::{FEATURE_CHAT, FEATURE_JSON_SCHEMA};
+use fedai_protocol::capability::{FEATURE_CHAT, FEATURE_JSON_SCHEMA, FEATURE_TOOLS};
 use fedai_protocol::{JobInput, JobParams, ModelInfo};
 use futures_util::Stream;
 
@@ -169,8 +170,9 @@ pub fn build(
     })
 }
 
-/// Chat and JSON Schema constrained output: what the HTTP adapters that pass a schema serve.
-pub(crate) const CHAT_AND_SCHEMA: &[&str] = &[FEATURE_CHAT, FEATURE_JSON_SCHEMA];
+/// Chat, JSON Schema constrained output, and so function calling ([`tools`] runs it on the
+/// schema): what the HTTP adapters that pass a schema serve.
+pub(crate) const CHAT_SCHEMA_TOOLS: &[&str] = &[FEATURE_CHAT, FEATURE_JSON_SCHEMA, FEATURE_TOOLS];
 
 /// The first feature `req` needs that `runner` lacks.
 pub fn missing_feature(runner: &dyn Runner, req: &InferRequest) -> Option<&'static str> {
@@ -195,10 +197,7 @@ pub(crate) fn byte_estimate(req: &InferRequest) -> Estimate {
 /// Chat messages of an input (a text prompt is one user message).
 pub(crate) fn as_messages(input: &JobInput) -> Vec<fedai_protocol::ChatMessage> {
     match input {
-        JobInput::Text(t) => vec![fedai_protocol::ChatMessage {
-            role: "user".into(),
-            content: t.clone(),
-        }],
+        JobInput::Text(t) => vec![fedai_protocol::ChatMessage::new("user", t.clone())],
         JobInput::Chat(m) => m.clone(),
     }
 }

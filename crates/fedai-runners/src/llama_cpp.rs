@@ -73,7 +73,7 @@ impl Runner for LlamaCpp {
     }
 
     fn features(&self) -> &'static [&'static str] {
-        crate::CHAT_AND_SCHEMA
+        crate::CHAT_SCHEMA_TOOLS
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {

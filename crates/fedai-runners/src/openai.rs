@@ -126,7 +126,7 @@ impl Runner for OpenAi {
     }
 
     fn features(&self) -> &'static [&'static str] {
-        crate::CHAT_AND_SCHEMA
+        crate::CHAT_SCHEMA_TOOLS
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {

@@ -135,10 +135,7 @@ async fn direct(url: &str, model: &str, prompt: &str, max_tokens: u32) -> (Durat
     .unwrap();
     let req = InferRequest {
         model: model.into(),
-        input: JobInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: prompt.into(),
-        }]),
+        input: JobInput::Chat(vec![ChatMessage::new("user", prompt)]),
         params: JobParams {
             temperature: Some(0.0),
             ..JobParams::default()

@@ -174,7 +174,9 @@ impl Worker {
                 .contains(&parsed.id),
             fresh,
             model: parsed.request.params.model.as_deref(),
-            prompt_bytes: parsed.input_data.len(),
+            // A tools job's function list goes into the prompt too.
+            prompt_bytes: parsed.input_data.len()
+                + parsed.request.params.tools.as_ref().map_or(0, String::len),
             max_tokens: parsed.request.params.max_tokens,
             bid_msat: parsed.request.bid_msat,
             fedai: parsed.fedai,

@@ -70,11 +70,20 @@ impl Worker {
         let t0 = Instant::now();
         // No token is this long: a runner that ignores `max_tokens` cannot grow our memory.
         let max_output = (req.max_tokens as usize).saturating_mul(MAX_BYTES_PER_TOKEN) + 4096;
+        // Function calling runs on the runner's JSON Schema support (fedai_runners::tools).
+        let mut req = req;
+        let max_tokens = req.max_tokens;
+        let tools = match fedai_runners::tools::prepare(&mut req) {
+            Ok(plan) => plan,
+            Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
+        };
         let mut stream = match i.runner.infer(req).await {
             Ok(s) => s,
             Err(e) => return Outcome::Failed(runner_error_code(&e), e.to_string()),
         };
-        let stream_partials = parsed.request.params.stream;
+        // A tool answer's raw JSON is not text for the customer: only plain text streams.
+        let stream_partials = parsed.request.params.stream
+            && matches!(tools, None | Some(fedai_runners::tools::Plan::Text));
         let (mut output, mut pending, mut seq) = (String::new(), String::new(), 0u64);
         let mut last_flush = Instant::now();
         let mut first_token = None;
@@ -126,6 +135,18 @@ impl Worker {
         }
         if stream_partials && !pending.is_empty() {
             self.partial(parsed, seq, pending).await;
+        }
+        if let (Some(plan), Some(_)) = (tools, usage) {
+            output = match fedai_runners::tools::answer(plan, &parsed.input_data, &output) {
+                Ok(a) => a.to_output(),
+                Err(_) if usage.is_some_and(|u| u.output_tokens >= u64::from(max_tokens)) => {
+                    return Outcome::Failed(
+                        ErrorCode::RunnerFailed,
+                        format!("the tool answer was cut at max_tokens ({max_tokens}) before it was complete"),
+                    )
+                }
+                Err(e) => return Outcome::Failed(ErrorCode::RunnerFailed, e.to_string()),
+            };
         }
         match usage {
             Some(usage) => Outcome::Done {

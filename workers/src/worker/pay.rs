@@ -19,7 +19,10 @@ impl Worker {
     /// This job's price on our ad: the runner's token count of the prompt (exact for
     /// llama.cpp), `max_tokens` out. Quotes and pay-before invoices use it.
     pub(super) async fn job_price(&self, parsed: &ParsedJobRequest, req: &InferRequest) -> u64 {
-        let input_tokens = match self.inner.runner.estimate(req).await {
+        // The prompt as the runner will see it (a tools job adds its tool list).
+        let mut prepared = req.clone();
+        let _ = fedai_runners::tools::prepare(&mut prepared);
+        let input_tokens = match self.inner.runner.estimate(&prepared).await {
             Ok(e) => e.input_tokens,
             Err(_) => (parsed.input_data.len() as u64).div_ceil(4),
         };
