@@ -527,8 +527,11 @@ mod tests {
     const STALL: Duration = Duration::from_secs(30);
 
     fn job() -> Job {
+        job_with(JobRequest::chat("Why is the sky blue?"))
+    }
+
+    fn job_with(mut req: JobRequest) -> Job {
         let (customer, worker) = (Keys::generate(), Keys::generate());
-        let mut req = JobRequest::chat("Why is the sky blue?");
         req.provider = Some(worker.public_key());
         let request = req.to_event(&customer, None).unwrap();
         let parsed = JobRequest::from_event(&request, None).unwrap();
@@ -840,6 +843,37 @@ mod tests {
             done(j.tracker.on_wake(j.at(3.0))),
             Err(ClientError::InvalidResult(why)) if why.contains("input tokens")
         ));
+    }
+
+    #[test]
+    fn a_tools_answer_is_held_to_its_request_before_it_is_taken() {
+        let mut req = JobRequest::chat("Weather in Paris?");
+        req.params.tools =
+            Some(r#"[{"type":"function","function":{"name":"get_weather"}}]"#.into());
+        req.params.tool_choice = Some("required".into());
+        let call = |name: &str| {
+            format!(
+                r#"{{"tool_calls":[{{"id":"c0","type":"function","function":{{"name":"{name}","arguments":"{{}}"}}}}]}}"#
+            )
+        };
+        for (output, ok) in [
+            (call("get_weather"), true),
+            (call("transfer_funds"), false),
+            (r#"{"content":"Sunny."}"#.to_owned(), false),
+            ("Sunny.".to_owned(), false),
+        ] {
+            let mut j = job_with(req.clone());
+            let result = j.result(&output);
+            j.feed(&result, 0.1);
+            let end = done(j.tracker.on_wake(j.at(3.0)));
+            match ok {
+                true => assert!(end.is_ok(), "{output}: {end:?}"),
+                false => assert!(
+                    matches!(&end, Err(ClientError::InvalidResult(why)) if why.contains("tool answer")),
+                    "{output}: {end:?}"
+                ),
+            }
+        }
     }
 
     #[test]
