@@ -799,12 +799,63 @@ fn parse_schema(v: &str) -> Result<String, ProtocolError> {
         ));
     }
     match serde_json::from_str::<serde_json::Value>(v) {
-        Ok(serde_json::Value::Object(_)) => Ok(v.to_owned()),
+        Ok(schema @ serde_json::Value::Object(_)) => {
+            schema_cost(&schema)
+                .map_err(|m| ProtocolError::tag("param", format!("json_schema {m}")))?;
+            Ok(v.to_owned())
+        }
         _ => Err(ProtocolError::tag(
             "param",
             "json_schema must be a JSON object",
         )),
     }
+}
+
+/// The most JSON values in a schema (`json_schema`, or all of `tools`).
+pub const MAX_SCHEMA_NODES: usize = 4096;
+/// The deepest nesting of a schema.
+pub const MAX_SCHEMA_DEPTH: usize = 32;
+/// The largest repetition bound a schema may set (`maxLength`, `maxItems`, …): runners turn
+/// each into grammar rules, so a huge bound costs a worker memory and time before a token.
+pub const MAX_SCHEMA_REPEAT: u64 = 8192;
+
+/// What constraining output to `schema` may cost a runner, bounded: values, depth and
+/// repetition counts.
+fn schema_cost(schema: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let mut stack = vec![(schema, 1usize)];
+    let mut nodes = 0usize;
+    while let Some((v, depth)) = stack.pop() {
+        nodes += 1;
+        if nodes > MAX_SCHEMA_NODES {
+            return Err(format!("has more than {MAX_SCHEMA_NODES} values"));
+        }
+        if depth > MAX_SCHEMA_DEPTH {
+            return Err(format!("nests deeper than {MAX_SCHEMA_DEPTH}"));
+        }
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    let bound = matches!(
+                        k.as_str(),
+                        "maxLength"
+                            | "minLength"
+                            | "maxItems"
+                            | "minItems"
+                            | "maxProperties"
+                            | "minProperties"
+                    );
+                    if bound && x.as_f64().is_some_and(|n| n > MAX_SCHEMA_REPEAT as f64) {
+                        return Err(format!("sets {k} above {MAX_SCHEMA_REPEAT}"));
+                    }
+                    stack.push((x, depth + 1));
+                }
+            }
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `tools`: a JSON array of 1..=[`MAX_TOOLS`] function tools with distinct names, within
@@ -823,7 +874,13 @@ fn check_tools(p: &JobParams) -> Result<(), ProtocolError> {
     if tools.len() > MAX_TOOLS_BYTES {
         return bad("tools is over 32768 bytes");
     }
-    let Ok(serde_json::Value::Array(list)) = serde_json::from_str(tools) else {
+    let Ok(all @ serde_json::Value::Array(_)) = serde_json::from_str(tools) else {
+        return bad("tools must be a JSON array");
+    };
+    if let Err(m) = schema_cost(&all) {
+        return bad(&format!("tools {m}"));
+    }
+    let serde_json::Value::Array(list) = all else {
         return bad("tools must be a JSON array");
     };
     if list.is_empty() || list.len() > MAX_TOOLS {
@@ -921,4 +978,38 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
         }
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_that_would_cost_a_runner_too_much_are_refused() {
+        let ok = r#"{"type":"object","properties":{"a":{"type":"string","maxLength":200}}}"#;
+        assert!(parse_schema(ok).is_ok());
+        let long = r#"{"type":"string","maxLength":1000000}"#;
+        assert!(parse_schema(long).is_err(), "a million-long repetition");
+        let deep = format!("{}{{}}{}", r#"{"items":"#.repeat(40), "}".repeat(40));
+        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_ok());
+        assert!(parse_schema(&deep).is_err(), "40 levels");
+        let wide = format!(
+            r#"{{"enum":[{}]}}"#,
+            vec!["1"; MAX_SCHEMA_NODES + 1].join(",")
+        );
+        assert!(parse_schema(&wide).is_err(), "too many values");
+        let mut p = JobParams {
+            tools: Some(
+                r#"[{"type":"function","function":{"name":"f","parameters":{"type":"array","maxItems":100000}}}]"#
+                    .into(),
+            ),
+            ..JobParams::default()
+        };
+        assert!(
+            check_tools(&p).is_err(),
+            "a tool's schema is held to the same bounds"
+        );
+        p.tools = Some(r#"[{"type":"function","function":{"name":"f","parameters":{"type":"array","maxItems":10}}}]"#.into());
+        assert!(check_tools(&p).is_ok());
+    }
 }
