@@ -522,3 +522,41 @@ async fn stream(meta: Meta, include_usage: bool, rx: Option<mpsc::Receiver<Msg>>
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tools_jobs_partials_are_not_shown_as_text() {
+        // A worker streaming "text" for a job whose answer is JSON (calls or content): nothing
+        // reaches the app before the verified answer.
+        let mut f = Followed::default();
+        assert!(matches!(
+            f.on(Some(JobUpdate::Partial("{\"tool_calls\"".into())), 0),
+            Step::Next
+        ));
+        assert!(f.streamed.is_empty());
+        // A plain job's partials are the answer's text.
+        let mut f = Followed {
+            text_streams: true,
+            ..Followed::default()
+        };
+        assert!(matches!(
+            f.on(Some(JobUpdate::Partial("Hi".into())), 0),
+            Step::Send(Msg::Delta(_))
+        ));
+        assert_eq!(f.streamed, "Hi");
+    }
+
+    #[test]
+    fn a_named_function_ends_with_stop() {
+        let mut p = JobParams {
+            tool_choice: Some(r#"{"type":"function","function":{"name":"f"}}"#.into()),
+            ..JobParams::default()
+        };
+        assert!(named_choice(&p));
+        p.tool_choice = Some("required".into());
+        assert!(!named_choice(&p));
+    }
+}
