@@ -51,6 +51,7 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
                 "completion",
                 "json_schema",
                 "tools",
+                "logprobs",
                 "errors",
                 "concurrent",
             ],
@@ -109,7 +110,7 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
     let result = event(&mut ws, tools["fedai"]["result"].as_str().unwrap()).await;
     let ev = Event::from_json(result.to_string()).unwrap();
     let parsed = fedai_protocol::JobResult::from_event(&ev, Some(&keys)).unwrap();
-    let answer = fedai_protocol::ToolAnswer::parse(&parsed.result.output).unwrap();
+    let answer = fedai_protocol::JsonAnswer::parse(&parsed.result.output).unwrap();
     assert_eq!(answer.tool_calls[0].function.name, "get_weather");
     assert_eq!(
         answer.tool_calls[0].function.arguments,

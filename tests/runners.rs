@@ -17,6 +17,7 @@ async fn collect(r: &dyn Runner, req: InferRequest) -> (String, u64, u64) {
     while let Some(p) = s.next().await {
         match p.expect("piece") {
             Piece::Text(t) => text.push_str(&t),
+            Piece::Logprob(_) => {}
             Piece::Done {
                 input_tokens,
                 output_tokens,
@@ -257,6 +258,7 @@ async fn contract_server(upstream: String) -> String {
                             while let Some(p) = st.next().await {
                                 match p.unwrap() {
                                     Piece::Text(t) => output.push_str(&t),
+                                    Piece::Logprob(_) => {}
                                     Piece::Done {
                                         input_tokens,
                                         output_tokens,
@@ -344,4 +346,38 @@ async fn tools_run_on_json_schema_with_a_real_chat_model() {
             "{kind}: the constrained answer ends by itself ({n} tokens)"
         );
     }
+}
+
+/// Token log probabilities from llama.cpp's own API: one per generated token, with the asked
+/// number of alternatives, making the text.
+#[tokio::test]
+async fn llama_cpp_gives_each_tokens_log_probability() {
+    let server = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
+    let r = build(
+        "llama-cpp",
+        &server.url,
+        &SandboxPolicy::default(),
+        HttpOptions::default(),
+    )
+    .unwrap();
+    assert!(r.features().contains(&"logprobs"));
+    let mut job = req("tiny", JobInput::Text("the cat and the dog".into()), 8);
+    job.params.logprobs = true;
+    job.params.top_logprobs = Some(2);
+    let mut s = r.infer(job).await.unwrap();
+    let (mut text, mut logprobs, mut done) = (String::new(), Vec::new(), None);
+    while let Some(p) = s.next().await {
+        match p.unwrap() {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Logprob(l) => logprobs.push(l),
+            Piece::Done { output_tokens, .. } => done = Some(output_tokens),
+        }
+    }
+    assert_eq!(done, Some(8));
+    assert_eq!(logprobs.len(), 8, "one per token");
+    let joined: String = logprobs.iter().map(|l| l.token.as_str()).collect();
+    assert_eq!(joined, text, "the tokens make the text");
+    assert!(logprobs
+        .iter()
+        .all(|l| l.logprob <= 0.0 && l.top_logprobs.len() == 2));
 }

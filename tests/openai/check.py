@@ -34,7 +34,7 @@ def models():
     assert smol.object == "model" and smol.owned_by == "fedai"
     extra = smol.model_extra["fedai"]
     assert extra["workers"] >= 1 and "json_schema" in extra["features"], extra
-    assert "tools" in extra["features"], extra
+    assert "tools" in extra["features"] and "logprobs" in extra["features"], extra
     assert client.models.retrieve("smol").id == "smol"
     out("models", ids=ids, workers=extra["workers"])
 
@@ -161,6 +161,31 @@ def tools():
         answer=answer.choices[0].message.content, streamed=streamed[0]["arguments"])
 
 
+def logprobs():
+    """Each token's log probability, whole and streamed: the tokens make the signed text."""
+    c = client.chat.completions.create(
+        model="smol", messages=CHAT, max_tokens=8, temperature=0, seed=1,
+        logprobs=True, top_logprobs=2,
+    )
+    choice = c.choices[0]
+    tokens = choice.logprobs.content
+    assert tokens and "".join(t.token for t in tokens) == choice.message.content, choice
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in tokens), tokens
+    assert bytes(tokens[0].bytes) == tokens[0].token.encode()
+    s = client.chat.completions.create(
+        model="smol", messages=CHAT, max_tokens=8, temperature=0, seed=1,
+        logprobs=True, stream=True,
+    )
+    text, streamed = "", []
+    for ch in s:
+        for ck in ch.choices:
+            text += ck.delta.content or ""
+            if ck.logprobs and ck.logprobs.content:
+                streamed += ck.logprobs.content
+    assert streamed and "".join(t.token for t in streamed) == text, (text, streamed)
+    out("logprobs", tokens=len(tokens), text=choice.message.content)
+
+
 def errors():
     try:
         client.chat.completions.create(model="no-such-model", messages=CHAT)
@@ -174,10 +199,10 @@ def errors():
     except openai.BadRequestError as e:
         assert e.body["param"] == "tools", e.body
     try:
-        client.chat.completions.create(model="smol", messages=CHAT, logprobs=True)
-        raise AssertionError("logprobs must not be dropped silently")
+        client.chat.completions.create(model="smol", messages=CHAT, logit_bias={"1": 5})
+        raise AssertionError("logit_bias must not be dropped silently")
     except openai.BadRequestError as e:
-        assert e.body["param"] == "logprobs", e.body
+        assert e.body["param"] == "logit_bias", e.body
     try:
         client.chat.completions.create(model="smol", messages=CHAT, temperature=9)
         raise AssertionError("a bad temperature is refused")

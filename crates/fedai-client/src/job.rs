@@ -460,11 +460,11 @@ impl JobTracker {
         let from_other = self.streamer.is_some_and(|s| s != result.worker);
         // What was streamed must be the start of the verified result (chunks may have been
         // missed, never altered); otherwise the shown text is not what was signed.
-        // A tools job's answer is a tool answer, held to the request before anything is paid
-        // or shown; its text is what may have streamed.
-        let tool_answer = match &self.request.request.params.tools {
-            Some(_) if !result.output_sealed => Some(
-                fedai_protocol::ToolAnswer::for_request(
+        // A tools or logprobs job's answer is a JSON answer, held to the request before
+        // anything is paid or shown; its text is what may have streamed.
+        let tool_answer = match self.request.request.params.json_answer() {
+            true if !result.output_sealed => Some(
+                fedai_protocol::JsonAnswer::for_request(
                     &result.result.output,
                     &self.request.request.params,
                 )

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::{EventId, PublicKey, ToBech32};
-use fedai_protocol::ToolCall;
+use fedai_protocol::{TokenLogprob, ToolCall};
 use serde_json::{json, Value};
 
 use crate::openai::Endpoint;
@@ -20,6 +20,8 @@ pub struct Finished {
     pub output: String,
     /// The functions the model called (a tools job).
     pub tool_calls: Vec<ToolCall>,
+    /// Each token's log probability (a `logprobs` job).
+    pub logprobs: Vec<TokenLogprob>,
     /// Prompt tokens, from the worker's signed metering.
     pub input_tokens: u64,
     /// Generated tokens, from the worker's signed metering.
@@ -127,7 +129,7 @@ pub fn completion(meta: &Meta, done: &[Finished]) -> Value {
                 json!({
                     "index": index,
                     "message": message,
-                    "logprobs": null,
+                    "logprobs": logprobs(&f.logprobs),
                     "finish_reason": f.finish_reason,
                 })
             }
@@ -201,6 +203,41 @@ pub fn tool_calls_chunk(meta: &Meta, calls: &[ToolCall]) -> Value {
         "created": meta.created,
         "model": meta.model,
         "choices": [{"index": 0, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null}],
+        "system_fingerprint": null,
+    })
+}
+
+/// OpenAI's `logprobs` of a chat choice (`null` when none were asked for): each token with its
+/// UTF-8 bytes and alternatives.
+pub fn logprobs(l: &[TokenLogprob]) -> Value {
+    if l.is_empty() {
+        return Value::Null;
+    }
+    let entry = |token: &str, logprob: f64| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let content: Vec<Value> = l
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, t.logprob);
+            e["top_logprobs"] = t
+                .top_logprobs
+                .iter()
+                .map(|a| entry(&a.token, a.logprob))
+                .collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// A stream's log probabilities, all in one chunk before its end (sent once the result
+/// verified).
+pub fn logprobs_chunk(meta: &Meta, l: &[TokenLogprob]) -> Value {
+    json!({
+        "id": meta.id,
+        "object": meta.object(true),
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "delta": {}, "logprobs": logprobs(l), "finish_reason": null}],
         "system_fingerprint": null,
     })
 }
@@ -287,6 +324,7 @@ mod tests {
         Finished {
             output: out.into(),
             tool_calls: Vec::new(),
+            logprobs: Vec::new(),
             input_tokens: 10,
             output_tokens: 4,
             cost_msat: 7,

@@ -217,6 +217,16 @@ fn call(
                     _ => return Err(bad(key, "`tool_choice` is a string or an object")),
                 })
             }
+            "logprobs" if endpoint == Endpoint::Chat => {
+                p.logprobs = v.as_bool().ok_or_else(|| bad(key, "must be a boolean"))?
+            }
+            "top_logprobs" if endpoint == Endpoint::Chat => {
+                let n = uint(key, v)?;
+                if n > u64::from(fedai_protocol::job::MAX_TOP_LOGPROBS) {
+                    return Err(bad(key, "`top_logprobs` is 0 to 20"));
+                }
+                p.top_logprobs = Some(n as u8);
+            }
             "logprobs" if v == false => {}
             "top_logprobs" if v == 0 => {}
             "logit_bias" if v.as_object().is_some_and(Map::is_empty) => {}
@@ -239,6 +249,17 @@ fn call(
     if job.params.tools.is_none() {
         // Without tools it asks nothing of a worker.
         job.params.parallel_tool_calls = None;
+    }
+    if !job.params.logprobs {
+        if job.params.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(bad("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
+        }
+        job.params.top_logprobs = None;
+    } else if job.params.max_tokens.is_none() {
+        // Every token's entry must fit in the signed answer: a bound apps need not know.
+        let per_token = 1 + u64::from(job.params.top_logprobs.unwrap_or(0));
+        let most = fedai_protocol::job::MAX_LOGPROB_ENTRIES / per_token;
+        job.params.max_tokens = Some(most.min(1024) as u32);
     }
     if job.params.tool_choice.is_some() && job.params.tools.is_none() {
         return Err(bad("tool_choice", "`tool_choice` needs `tools`"));
@@ -269,7 +290,13 @@ fn call(
     }
     job.params.stream = stream;
     job.validate().map_err(|e| {
-        let param = job.params.tools.as_ref().map(|_| "tools");
+        let param = if job.params.tools.is_some() {
+            Some("tools")
+        } else if job.params.logprobs {
+            Some("logprobs")
+        } else {
+            None
+        };
         ApiError::invalid(param, e.to_string())
     })?;
     Ok(Call {
@@ -581,7 +608,6 @@ mod tests {
                 json!([{"type": "custom", "custom": {"name": "f"}}]),
             ),
             ("functions", json!([{"name": "f"}])),
-            ("logprobs", json!(true)),
             ("logit_bias", json!({"1": 2})),
             ("audio", json!({})),
             ("frobnicate", json!(1)),
@@ -599,6 +625,43 @@ mod tests {
             Some("messages"),
             "a tool message without its call id"
         );
+    }
+
+    #[test]
+    fn logprobs_reach_the_job_within_what_a_result_can_hold() {
+        let body = |extra: Value| {
+            let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        let c = read(body(json!({"logprobs": true, "top_logprobs": 2}))).unwrap();
+        assert!(c.job.params.logprobs);
+        assert_eq!(c.job.params.top_logprobs, Some(2));
+        assert_eq!(c.job.params.features(), ["logprobs"]);
+        assert_eq!(
+            c.job.params.max_tokens,
+            Some(1024),
+            "a bound when the app sets none"
+        );
+        // An app's own max_tokens too large for every entry to fit: a 400, not a cut answer.
+        let e = read(body(
+            json!({"logprobs": true, "top_logprobs": 20, "max_tokens": 4000}),
+        ))
+        .unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("logprobs")));
+        let e = read(body(json!({"top_logprobs": 3}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        let e = read(body(json!({"logprobs": true, "top_logprobs": 21}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        // The legacy completions API's integer `logprobs` is not served.
+        let e = completion(
+            &json!({"model": "m", "prompt": "x", "logprobs": 2}),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logprobs"));
     }
 
     #[test]

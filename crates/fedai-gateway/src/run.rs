@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use fedai_client::{ClientError, JobOutcome, JobUpdate, PayContext, RunOptions};
 use fedai_protocol::capability::ParsedCapabilityAd;
 use fedai_protocol::nostr::prelude::{EventId, ToBech32};
-use fedai_protocol::{JobParams, JobRequest, ToolAnswer};
+use fedai_protocol::{JobParams, JobRequest, JsonAnswer};
 use fedai_scheduler::{Policy, Rejection};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -375,15 +375,13 @@ fn done(
             "the worker sent no signed metering for its result; not returned as final",
         ));
     };
-    let (output, tool_calls) = match params.tools {
-        None => (o.output.clone(), Vec::new()),
-        Some(_) => {
-            // The SDK held the answer to the request before paying; read it the same way.
-            let a = ToolAnswer::for_request(&o.output, params).map_err(|e| {
-                ApiError::upstream(format!("the worker's answer is not valid: {e}"))
-            })?;
-            (a.content, a.tool_calls)
-        }
+    let (output, tool_calls, logprobs) = if params.json_answer() {
+        // The SDK held the answer to the request before paying; read it the same way.
+        let a = JsonAnswer::for_request(&o.output, params)
+            .map_err(|e| ApiError::upstream(format!("the worker's answer is not valid: {e}")))?;
+        (a.content, a.tool_calls, a.logprobs)
+    } else {
+        (o.output.clone(), Vec::new(), Vec::new())
     };
     let Some(tail) = output.strip_prefix(streamed) else {
         return Err(ApiError::upstream(
@@ -410,6 +408,7 @@ fn done(
             "stop"
         },
         tool_calls,
+        logprobs,
         output: output.clone(),
     };
     Ok((f, tail.to_owned()))
@@ -494,6 +493,9 @@ async fn stream(meta: Meta, include_usage: bool, rx: Option<mpsc::Receiver<Msg>>
                     }
                     if !f.tool_calls.is_empty() {
                         out.push(data(answer::tool_calls_chunk(&meta, &f.tool_calls)));
+                    }
+                    if !f.logprobs.is_empty() {
+                        out.push(data(answer::logprobs_chunk(&meta, &f.logprobs)));
                     }
                     out.push(data(answer::chunk(&meta, "", false, Some(&*f))));
                     if include_usage {

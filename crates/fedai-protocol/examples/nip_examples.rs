@@ -43,6 +43,8 @@ fn main() {
         tools: None,
         tool_choice: None,
         parallel_tool_calls: None,
+        logprobs: false,
+        top_logprobs: None,
     };
     req.bid_msat = Some(50_000);
     req.relays = vec!["wss://relay.example.com".into()];
@@ -102,12 +104,12 @@ fn main() {
     let tools_ev = tools.to_event(&customer, None).unwrap();
     let ptools = JobRequest::from_event(&tools_ev, None).unwrap();
     ex.insert("job-request-tools", tools_ev.clone());
-    let answer = ToolAnswer {
-        content: String::new(),
+    let answer = JsonAnswer {
         tool_calls: vec![ToolCall {
             id: "call_0b9d4e7f12a6c3d8_0".into(),
             ..call
         }],
+        ..JsonAnswer::default()
     };
     ex.insert(
         "job-result-tools",

@@ -28,8 +28,11 @@ pub const FEATURE_CHAT: &str = "chat";
 /// Feature: output constrained to a JSON Schema (`["param", "json_schema", …]`).
 pub const FEATURE_JSON_SCHEMA: &str = "json_schema";
 /// Feature: function calling (`["param", "tools", …]`; the answer is a
-/// [`crate::job::ToolAnswer`]).
+/// [`crate::job::JsonAnswer`]).
 pub const FEATURE_TOOLS: &str = "tools";
+/// Feature: token log probabilities (`["param", "logprobs", "true"]`; the answer is a
+/// [`crate::job::JsonAnswer`]).
+pub const FEATURE_LOGPROBS: &str = "logprobs";
 /// The most `feature` tags read from an ad.
 const MAX_FEATURES: usize = 32;
 
@@ -249,6 +252,11 @@ impl CapabilityAd {
         if self.supports(&[FEATURE_TOOLS]) {
             nip90_params["tools"] = serde_json::json!({"required": false, "values": []});
             nip90_params["tool_choice"] = serde_json::json!({"required": false, "values": []});
+        }
+        if self.supports(&[FEATURE_LOGPROBS]) {
+            nip90_params["logprobs"] =
+                serde_json::json!({"required": false, "values": ["true", "false"]});
+            nip90_params["top_logprobs"] = serde_json::json!({"required": false, "values": []});
         }
         let c = AdContent {
             name: self.name.clone(),

@@ -10,7 +10,7 @@
 //! ["param", "json_schema", "<JSON Schema>"]      (the output must be JSON matching it)
 //! ["param", "tools", "<JSON array of OpenAI function tools>"]  ["param", "tool_choice", "<…>"]
 //!                                                (the result's content is then a JSON
-//!                                                 [`ToolAnswer`]: text and/or tool calls)
+//!                                                 [`JsonAnswer`]: text and/or tool calls)
 //! ["output", "text/plain"]  ["bid", "<msat>"]  ["relays", "wss://…", …]  ["p", "<worker>"]
 //! ["expiration", "<unix>"]  ["t", "fedai"]
 //! ```
@@ -88,23 +88,55 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-/// The answer of a job that carried `tools`: the result's content is this object as JSON,
-/// `{"content": "…", "tool_calls": [{"id", "type": "function", "function": {"name",
-/// "arguments"}}]}`, the assistant message OpenAI's API returns.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ToolAnswer {
+/// The answer of a job that carried `tools` or asked for `logprobs`: the result's content is
+/// this object as JSON, `{"content": "…", "tool_calls": [{"id", "type": "function",
+/// "function": {"name", "arguments"}}], "logprobs": [{"token", "logprob", "top_logprobs"}]}`,
+/// the assistant message OpenAI's API returns (and its choice's `logprobs.content`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct JsonAnswer {
     /// Text for the user (empty when the answer only calls tools).
     #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
     /// The calls the model made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// Each generated token with its log probability (a `logprobs` job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
+
+/// A generated token and its log probability, with the likeliest alternatives.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural log probability (≤ 0).
+    pub logprob: f64,
+    /// The likeliest tokens at this position (`top_logprobs` of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative token at a position.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural log probability (≤ 0).
+    pub logprob: f64,
+}
+
+/// The most `top_logprobs` a job may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+/// The most log-probability entries (tokens and their alternatives) one answer may carry:
+/// `max_tokens × (1 + top_logprobs)` must stay within it, so the result fits in a relay's
+/// event, encrypted, with room to spare.
+pub const MAX_LOGPROB_ENTRIES: u64 = 6144;
 
 /// The most tool calls one answer may carry.
 pub const MAX_TOOL_CALLS: usize = 64;
 
-impl ToolAnswer {
+impl JsonAnswer {
     /// The result content for this answer.
     pub fn to_output(&self) -> String {
         serde_json::to_string(self).expect("a tool answer serializes")
@@ -135,6 +167,22 @@ impl ToolAnswer {
         }
         if choice != "auto" && choice != "none" && a.tool_calls.is_empty() {
             return Err(bad("calls no tool though one was required".into()));
+        }
+        if params.logprobs {
+            let joined: String = a.logprobs.iter().map(|l| l.token.as_str()).collect();
+            let top = usize::from(params.top_logprobs.unwrap_or(0));
+            if a.tool_calls.is_empty() && joined != a.content {
+                return Err(bad("its logprobs' tokens do not make its text".into()));
+            }
+            let bounded = a
+                .logprobs
+                .iter()
+                .all(|l| l.logprob.is_finite() && l.logprob <= 0.0 && l.top_logprobs.len() <= top);
+            if !bounded || a.logprobs.len() as u64 > MAX_LOGPROB_ENTRIES {
+                return Err(bad("its logprobs are out of bounds".into()));
+            }
+        } else if !a.logprobs.is_empty() {
+            return Err(bad("carries logprobs that were not asked for".into()));
         }
         if params.parallel_tool_calls == Some(false) && a.tool_calls.len() > 1 {
             return Err(bad(
@@ -300,13 +348,18 @@ pub struct JobParams {
     pub json_schema: Option<String>,
     /// Functions the model may call (compact JSON text: an array of OpenAI function tools,
     /// `{"type": "function", "function": {"name", "description"?, "parameters"?}}`). Only
-    /// workers whose ad lists the `tools` feature run it; the answer is a [`ToolAnswer`].
+    /// workers whose ad lists the `tools` feature run it; the answer is a [`JsonAnswer`].
     pub tools: Option<String>,
     /// `auto` (the default), `none`, `required`, or `{"type": "function", "function":
     /// {"name": …}}` (compact JSON) to force one function.
     pub tool_choice: Option<String>,
     /// `false`: at most one call per answer (OpenAI's `parallel_tool_calls`).
     pub parallel_tool_calls: Option<bool>,
+    /// Return each token's log probability: only workers whose ad lists the `logprobs` feature
+    /// run it; the answer is a [`JsonAnswer`]. Needs `max_tokens`.
+    pub logprobs: bool,
+    /// With `logprobs`, the likeliest alternatives at each position (0..=20).
+    pub top_logprobs: Option<u8>,
 }
 
 /// Bytes a worker's instructions around a tools job's function list may add to the prompt
@@ -333,7 +386,15 @@ impl JobParams {
         if self.tools.is_some() {
             out.push(crate::capability::FEATURE_TOOLS);
         }
+        if self.logprobs {
+            out.push(crate::capability::FEATURE_LOGPROBS);
+        }
         out
+    }
+
+    /// Whether the answer is a [`JsonAnswer`] (tools or logprobs) rather than plain text.
+    pub fn json_answer(&self) -> bool {
+        self.tools.is_some() || self.logprobs
     }
 
     /// The functions of the `tools` parameter (validated when the request was).
@@ -520,6 +581,12 @@ impl JobRequest {
         if let Some(v) = p.parallel_tool_calls {
             param("parallel_tool_calls", v.to_string());
         }
+        if p.logprobs {
+            param("logprobs", "true".into());
+        }
+        if let Some(v) = p.top_logprobs {
+            param("top_logprobs", v.to_string());
+        }
         out
     }
 
@@ -565,6 +632,7 @@ impl JobRequest {
             parse_schema(s)?;
         }
         check_tools(p)?;
+        check_logprobs(p)?;
         if p.tools.is_none() && self.input.has_tool_turns() {
             return Err(ProtocolError::tag(
                 "i",
@@ -915,6 +983,30 @@ fn check_tools(p: &JobParams) -> Result<(), ProtocolError> {
     }
 }
 
+/// `logprobs` with `max_tokens` small enough that every entry fits ([`MAX_LOGPROB_ENTRIES`]);
+/// `top_logprobs` only with `logprobs`; not with tools.
+fn check_logprobs(p: &JobParams) -> Result<(), ProtocolError> {
+    let bad = |m: String| Err(ProtocolError::tag("param", m));
+    if !p.logprobs {
+        return match p.top_logprobs {
+            Some(_) => bad("top_logprobs needs logprobs".into()),
+            None => Ok(()),
+        };
+    }
+    if p.tools.is_some() {
+        return bad("logprobs and tools cannot be combined".into());
+    }
+    let per_token = 1 + u64::from(p.top_logprobs.unwrap_or(0));
+    let most = MAX_LOGPROB_ENTRIES / per_token;
+    match p.max_tokens {
+        Some(n) if u64::from(n) <= most => Ok(()),
+        _ => bad(format!(
+            "logprobs needs max_tokens of at most {most} with top_logprobs {}",
+            per_token - 1
+        )),
+    }
+}
+
 fn tool_name_ok(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -954,6 +1046,29 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
             "json_schema" => p.json_schema = Some(parse_schema(value)?),
             "tools" => p.tools = Some(value.clone()),
             "tool_choice" => p.tool_choice = Some(value.clone()),
+            "logprobs" => {
+                p.logprobs = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ProtocolError::tag(
+                            "param",
+                            "logprobs must be true or false",
+                        ))
+                    }
+                }
+            }
+            "top_logprobs" => {
+                p.top_logprobs = Some(
+                    value
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|n| *n <= MAX_TOP_LOGPROBS)
+                        .ok_or_else(|| {
+                            ProtocolError::tag("param", "top_logprobs must be 0 to 20")
+                        })?,
+                )
+            }
             "parallel_tool_calls" => {
                 p.parallel_tool_calls = Some(match value.as_str() {
                     "true" => true,
@@ -983,6 +1098,55 @@ fn parse_params(t: &Tags) -> Result<JobParams, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_probabilities_must_make_the_text_and_be_asked_for() {
+        let p = JobParams {
+            logprobs: true,
+            top_logprobs: Some(1),
+            max_tokens: Some(8),
+            ..JobParams::default()
+        };
+        let tok = |t: &str, top: usize| TokenLogprob {
+            token: t.into(),
+            logprob: -0.25,
+            top_logprobs: vec![
+                TopLogprob {
+                    token: "x".into(),
+                    logprob: -1.0
+                };
+                top
+            ],
+        };
+        let answer = |content: &str, l: Vec<TokenLogprob>| {
+            JsonAnswer {
+                content: content.into(),
+                logprobs: l,
+                ..JsonAnswer::default()
+            }
+            .to_output()
+        };
+        let good = answer("Hi there", vec![tok("Hi", 1), tok(" there", 1)]);
+        assert!(JsonAnswer::for_request(&good, &p).is_ok());
+        for bad in [
+            answer("Hi there", vec![tok("Hi", 1)]),
+            answer("Hi there", vec![tok("Hi", 1), tok(" where", 1)]),
+            answer("Hi there", vec![tok("Hi", 2), tok(" there", 1)]),
+        ] {
+            assert!(JsonAnswer::for_request(&bad, &p).is_err(), "{bad}");
+        }
+        let plain = JobParams::default();
+        assert!(
+            JsonAnswer::for_request(&good, &plain).is_err(),
+            "not asked for"
+        );
+        // What fits in one event is checked before the job runs.
+        let mut big = p.clone();
+        big.max_tokens = Some(4000);
+        assert!(check_logprobs(&big).is_err());
+        big.logprobs = false;
+        assert!(check_logprobs(&big).is_err(), "top_logprobs alone");
+    }
 
     #[test]
     fn schemas_that_would_cost_a_runner_too_much_are_refused() {

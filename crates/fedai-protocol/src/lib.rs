@@ -49,7 +49,7 @@ pub use feedback::{FeedbackStatus, JobFeedback};
 pub use freshness::{Freshness, ReplayGuard};
 pub use job::{
     cancellation, ChatMessage, FunctionCall, InputTag, InputType, JobInput, JobParams, JobRequest,
-    ParsedJobRequest, ToolAnswer, ToolCall,
+    JsonAnswer, ParsedJobRequest, TokenLogprob, ToolCall, TopLogprob,
 };
 pub use metering::{MeteringCheck, MeteringRecord};
 pub use receipt::PaymentReceipt;

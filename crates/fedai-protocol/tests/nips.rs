@@ -125,7 +125,7 @@ fn examples_tell_a_consistent_story() {
     );
     let r = JobResult::from_event(&ex["job-result-tools"], None).unwrap();
     assert_eq!(r.request_id(), t.id);
-    let answer = ToolAnswer::parse(&r.result.output).unwrap();
+    let answer = JsonAnswer::parse(&r.result.output).unwrap();
     assert_eq!(
         answer.tool_calls[0].function.arguments,
         r#"{"city":"Paris"}"#

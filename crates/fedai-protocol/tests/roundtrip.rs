@@ -36,7 +36,7 @@ prop_compose! {
         presence_penalty in arb_f(-2.0, 2.0),
         json_schema in proptest::option::of(Just(r#"{"type":"object"}"#.to_owned())),
     ) -> JobParams {
-        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed, presence_penalty, json_schema, tools: None, tool_choice: None, parallel_tool_calls: None }
+        JobParams { model, max_tokens, temperature, top_k, top_p, frequency_penalty, stop, stream, seed, presence_penalty, json_schema, tools: None, tool_choice: None, parallel_tool_calls: None, logprobs: false, top_logprobs: None }
     }
 }
 

@@ -31,7 +31,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedai_protocol::capability::{FEATURE_CHAT, FEATURE_JSON_SCHEMA, FEATURE_TOOLS};
+use fedai_protocol::capability::{
+    FEATURE_CHAT, FEATURE_JSON_SCHEMA, FEATURE_LOGPROBS, FEATURE_TOOLS,
+};
 use fedai_protocol::{JobInput, JobParams, ModelInfo};
 use futures_util::Stream;
 
@@ -57,10 +59,12 @@ pub struct InferRequest {
 }
 
 /// One item of a token stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     /// Generated text.
     Text(String),
+    /// The log probability of a token just generated (a `logprobs` job), after its text.
+    Logprob(fedai_protocol::TokenLogprob),
     /// End of generation, with the token counts the runner reported.
     Done {
         /// Prompt tokens.
@@ -173,6 +177,13 @@ pub fn build(
 /// Chat, JSON Schema constrained output, and so function calling ([`tools`] runs it on the
 /// schema): what the HTTP adapters that pass a schema serve.
 pub(crate) const CHAT_SCHEMA_TOOLS: &[&str] = &[FEATURE_CHAT, FEATURE_JSON_SCHEMA, FEATURE_TOOLS];
+/// What llama.cpp's own API serves: the above and token log probabilities.
+pub(crate) const LLAMA_CPP_FEATURES: &[&str] = &[
+    FEATURE_CHAT,
+    FEATURE_JSON_SCHEMA,
+    FEATURE_TOOLS,
+    FEATURE_LOGPROBS,
+];
 
 /// The first feature `req` needs that `runner` lacks.
 pub fn missing_feature(runner: &dyn Runner, req: &InferRequest) -> Option<&'static str> {

@@ -67,13 +67,36 @@ impl LlamaCpp {
     }
 }
 
+/// One of llama.cpp's `completion_probabilities` entries, with `top` alternatives.
+fn logprob(p: &Value, top: usize) -> Result<Piece, RunnerError> {
+    let entry = |v: &Value| -> Option<(String, f64)> {
+        Some((v["token"].as_str()?.to_owned(), v["logprob"].as_f64()?))
+    };
+    let (token, logprob) = entry(p).ok_or_else(|| {
+        RunnerError::Protocol("a token probability without token or logprob".into())
+    })?;
+    let top_logprobs = p["top_logprobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(top)
+        .filter_map(entry)
+        .map(|(token, logprob)| fedai_protocol::TopLogprob { token, logprob })
+        .collect();
+    Ok(Piece::Logprob(fedai_protocol::TokenLogprob {
+        token,
+        logprob,
+        top_logprobs,
+    }))
+}
+
 impl Runner for LlamaCpp {
     fn kind(&self) -> &'static str {
         "llama-cpp"
     }
 
     fn features(&self) -> &'static [&'static str] {
-        crate::CHAT_SCHEMA_TOOLS
+        crate::LLAMA_CPP_FEATURES
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>> {
@@ -94,14 +117,24 @@ impl Runner for LlamaCpp {
             if let Some(schema) = crate::http_util::json_schema(&req.params) {
                 body["json_schema"] = schema;
             }
+            let top = usize::from(req.params.top_logprobs.unwrap_or(0));
+            if req.params.logprobs {
+                // The chosen token's log probability comes with its alternatives; at least one.
+                body["n_probs"] = top.max(1).into();
+            }
+            let logprobs = req.params.logprobs;
             let resp = self.http.post_stream("/completion", &body).await?;
-            let stream = sse_data(resp, self.http.opts.idle_timeout).flat_map(|item| {
+            let stream = sse_data(resp, self.http.opts.idle_timeout).flat_map(move |item| {
                 let out: Vec<Result<Piece, RunnerError>> = match item {
                     Err(e) => vec![Err(e)],
                     Ok(v) => {
                         let mut out = Vec::new();
                         if let Some(t) = v["content"].as_str().filter(|t| !t.is_empty()) {
                             out.push(Ok(Piece::Text(t.to_owned())));
+                        }
+                        if logprobs {
+                            let probs = v["completion_probabilities"].as_array();
+                            out.extend(probs.into_iter().flatten().map(|p| logprob(p, top)));
                         }
                         if v["stop"].as_bool() == Some(true) {
                             out.push(Ok(Piece::Done {

@@ -4,13 +4,13 @@
 //! output constrained to `{"tool_calls": [{"name", "arguments"}, …]}` or `{"content": "…"}`
 //! (llama.cpp's "generic" tool format): the model's own chat template needs no tool section,
 //! and every runner with the `json_schema` feature serves tools the same way. [`answer`] turns
-//! the constrained output into the [`ToolAnswer`] the result carries. Earlier turns' tool calls
+//! the constrained output into the [`JsonAnswer`] the result carries. Earlier turns' tool calls
 //! are written into the conversation in the same JSON (the model reads them the way it is asked
 //! to write them; in words for a text answer) and tool outputs as a user turn.
 //!
 //! Pure functions: the worker calls [`prepare`] before the runner and [`answer`] after it.
 
-use fedai_protocol::{ChatMessage, FunctionCall, JobInput, ToolAnswer, ToolCall};
+use fedai_protocol::{ChatMessage, FunctionCall, JobInput, JsonAnswer, ToolCall};
 use serde_json::{json, Value};
 
 use crate::{as_messages, InferRequest, RunnerError};
@@ -200,22 +200,22 @@ fn history(messages: &[ChatMessage], json: bool) -> Vec<ChatMessage> {
         .collect()
 }
 
-/// The runner's output read as the job's [`ToolAnswer`]. Call ids are derived from the job's
+/// The runner's output read as the job's [`JsonAnswer`]. Call ids are derived from the job's
 /// input data and the output: a later turn's same call gets a new id, while the same job run
 /// twice gives the same ids (spot checks compare answers byte for byte).
-pub fn answer(plan: Plan, input_data: &str, output: &str) -> Result<ToolAnswer, RunnerError> {
+pub fn answer(plan: Plan, input_data: &str, output: &str) -> Result<JsonAnswer, RunnerError> {
     if plan == Plan::Text {
-        return Ok(ToolAnswer {
+        return Ok(JsonAnswer {
             content: output.to_owned(),
-            tool_calls: Vec::new(),
+            ..JsonAnswer::default()
         });
     }
     let bad = |m: &str| RunnerError::Protocol(format!("tool answer: {m}"));
     let v: Value = serde_json::from_str(output.trim()).map_err(|_| bad("not JSON"))?;
     if let Some(text) = v["content"].as_str() {
-        return Ok(ToolAnswer {
+        return Ok(JsonAnswer {
             content: text.to_owned(),
-            tool_calls: Vec::new(),
+            ..JsonAnswer::default()
         });
     }
     let calls = v["tool_calls"]
@@ -249,9 +249,9 @@ pub fn answer(plan: Plan, input_data: &str, output: &str) -> Result<ToolAnswer, 
             }
         })
         .collect::<Result<_, _>>()?;
-    Ok(ToolAnswer {
-        content: String::new(),
+    Ok(JsonAnswer {
         tool_calls,
+        ..JsonAnswer::default()
     })
 }
 
@@ -347,7 +347,7 @@ mod tests {
             "the same call in a later turn gets a new id"
         );
         assert_eq!(
-            ToolAnswer::parse(&a.to_output()).unwrap(),
+            JsonAnswer::parse(&a.to_output()).unwrap(),
             a,
             "the result content reads back"
         );

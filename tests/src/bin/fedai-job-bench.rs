@@ -84,6 +84,7 @@ async fn rate(pairs: usize, max_tokens: u32, relay_args: &[&str]) {
                         last = Instant::now();
                         first.get_or_insert(last);
                     }
+                    Piece::Logprob(_) => {}
                 }
             }
             (n.saturating_sub(1)) as f64 / (last - first.unwrap()).as_secs_f64()

@@ -88,8 +88,22 @@ impl Worker {
         let mut last_flush = Instant::now();
         let mut first_token = None;
         let mut usage = None;
+        let want_logprobs = parsed.request.params.logprobs;
+        let top = usize::from(parsed.request.params.top_logprobs.unwrap_or(0));
+        let mut logprobs = Vec::new();
         while let Some(piece) = stream.next().await {
             match piece {
+                Ok(Piece::Logprob(l)) if want_logprobs => {
+                    // A runner sending more than max_tokens of them cannot grow our memory.
+                    if logprobs.len() > max_tokens as usize || l.top_logprobs.len() > top {
+                        return Outcome::Failed(
+                            ErrorCode::RunnerFailed,
+                            "the runner sent more log probabilities than asked".into(),
+                        );
+                    }
+                    logprobs.push(l);
+                }
+                Ok(Piece::Logprob(_)) => {}
                 Ok(Piece::Text(t)) => {
                     first_token.get_or_insert_with(|| t0.elapsed());
                     if output.len() + t.len() > max_output {
@@ -147,6 +161,24 @@ impl Worker {
                 }
                 Err(e) => return Outcome::Failed(ErrorCode::RunnerFailed, e.to_string()),
             };
+        }
+        if want_logprobs && usage.is_some() {
+            match fit_logprobs(&output, logprobs) {
+                Some(logprobs) => {
+                    output = fedai_protocol::JsonAnswer {
+                        content: output,
+                        tool_calls: Vec::new(),
+                        logprobs,
+                    }
+                    .to_output()
+                }
+                None => {
+                    return Outcome::Failed(
+                        ErrorCode::RunnerFailed,
+                        "the runner's token log probabilities do not make its text".into(),
+                    )
+                }
+            }
         }
         match usage {
             Some(usage) => Outcome::Done {
@@ -267,5 +299,54 @@ impl Worker {
                 (cost, None, None)
             }
         }
+    }
+}
+
+/// The tokens that make `text`, in order: a stop sequence's tokens, which the runner leaves out
+/// of the text, are dropped; `None` when the tokens do not make the text (a customer checks
+/// that they do).
+fn fit_logprobs(
+    text: &str,
+    logprobs: Vec<fedai_protocol::TokenLogprob>,
+) -> Option<Vec<fedai_protocol::TokenLogprob>> {
+    let mut made = 0;
+    let mut out = Vec::with_capacity(logprobs.len());
+    for l in logprobs {
+        if made == text.len() || !text[made..].starts_with(&l.token) {
+            break;
+        }
+        made += l.token.len();
+        out.push(l);
+    }
+    (made == text.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_logprobs;
+    use fedai_protocol::TokenLogprob;
+
+    fn tokens(t: &[&str]) -> Vec<TokenLogprob> {
+        t.iter()
+            .map(|t| TokenLogprob {
+                token: (*t).into(),
+                logprob: -0.5,
+                top_logprobs: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn log_probabilities_are_fitted_to_the_text() {
+        let fit = |text: &str, t: &[&str]| fit_logprobs(text, tokens(t)).map(|v| v.len());
+        assert_eq!(fit("Hello world", &["Hello", " world"]), Some(2));
+        assert_eq!(
+            fit("Hello", &["Hello", "\n\n"]),
+            Some(1),
+            "a stop sequence dropped"
+        );
+        assert_eq!(fit("Hello world", &["Hello"]), None, "text without tokens");
+        assert_eq!(fit("Hello", &["Help"]), None);
+        assert_eq!(fit("", &[]), Some(0));
     }
 }
