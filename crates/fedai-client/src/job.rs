@@ -869,7 +869,7 @@ mod tests {
             match ok {
                 true => assert!(end.is_ok(), "{output}: {end:?}"),
                 false => assert!(
-                    matches!(&end, Err(ClientError::InvalidResult(why)) if why.contains("tool answer")),
+                    matches!(&end, Err(ClientError::InvalidResult(why)) if why.contains("answer: ")),
                     "{output}: {end:?}"
                 ),
             }

@@ -261,7 +261,11 @@ impl FedaiClient {
         job: &JobOutcome,
         opts: &RunOptions,
     ) -> crate::SpotCheck {
-        let mut answers = vec![(job.result.worker, job.output.clone(), job.request.id)];
+        let mut answers = vec![(
+            job.result.worker,
+            comparable(&job.output, &request.params),
+            job.request.id,
+        )];
         let mut cost_msat = 0u64;
         let verdict = loop {
             let mut ignore = opts.ignore.clone();
@@ -281,7 +285,11 @@ impl FedaiClient {
             match run.await {
                 Ok(o) => {
                     cost_msat += o.payment.as_ref().map_or(0, |p| p.amount_msat);
-                    answers.push((o.result.worker, o.output, o.request.id));
+                    answers.push((
+                        o.result.worker,
+                        comparable(&o.output, &request.params),
+                        o.request.id,
+                    ));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "no referee for a spot check");
@@ -699,6 +707,25 @@ pub fn ad_price<'a>(
     ad.ad.prices.iter().find(|p| p.model == model)
 }
 
+/// What spot checks compare of an answer: its text, and for a JSON answer its text and calls,
+/// not its log probabilities (floats that differ from machine to machine for the same tokens).
+fn comparable(output: &str, params: &fedai_protocol::JobParams) -> String {
+    if !params.json_answer() {
+        return output.to_owned();
+    }
+    match fedai_protocol::JsonAnswer::parse(output) {
+        Ok(a) => {
+            let calls: Vec<(&str, &str)> = a
+                .tool_calls
+                .iter()
+                .map(|c| (c.function.name.as_str(), c.function.arguments.as_str()))
+                .collect();
+            format!("{}\n{calls:?}", a.content)
+        }
+        Err(_) => output.to_owned(),
+    }
+}
+
 /// The most `ad` prices `request` at: its price for the model applied to an upper bound of the
 /// prompt's tokens (a token covers at least one byte, plus a template's) and `max_tokens` out.
 pub fn ad_bound_msat(ad: &ParsedCapabilityAd, request: &JobRequest) -> Option<u64> {
@@ -743,4 +770,38 @@ async fn collect_quotes(
     }
     quotes.sort_by_key(|q| q.amount_msat);
     quotes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comparable;
+    use fedai_protocol::{JobParams, JsonAnswer, TokenLogprob};
+
+    #[test]
+    fn spot_checks_compare_text_not_log_probabilities() {
+        let p = JobParams {
+            logprobs: true,
+            max_tokens: Some(4),
+            ..JobParams::default()
+        };
+        let answer = |logprob: f32| {
+            JsonAnswer {
+                content: "Blue".into(),
+                logprobs: vec![TokenLogprob {
+                    token: "Blue".into(),
+                    logprob,
+                    top_logprobs: Vec::new(),
+                }],
+                ..JsonAnswer::default()
+            }
+            .to_output()
+        };
+        // Two honest machines: the same token, floats a rounding apart.
+        assert_eq!(
+            comparable(&answer(-0.1234567), &p),
+            comparable(&answer(-0.1234571), &p)
+        );
+        let plain = JobParams::default();
+        assert_eq!(comparable("Blue", &plain), "Blue");
+    }
 }

@@ -213,7 +213,7 @@ pub fn logprobs(l: &[TokenLogprob]) -> Value {
     if l.is_empty() {
         return Value::Null;
     }
-    let entry = |token: &str, logprob: f64| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
     let content: Vec<Value> = l
         .iter()
         .map(|t| {

@@ -642,8 +642,8 @@ mod tests {
         assert_eq!(c.job.params.features(), ["logprobs"]);
         assert_eq!(
             c.job.params.max_tokens,
-            Some(1024),
-            "a bound when the app sets none"
+            Some(2048 / 3),
+            "the most that fits when the app sets none"
         );
         // An app's own max_tokens too large for every entry to fit: a 400, not a cut answer.
         let e = read(body(

@@ -110,8 +110,8 @@ pub struct JsonAnswer {
 pub struct TokenLogprob {
     /// The token's text.
     pub token: String,
-    /// Its natural log probability (≤ 0).
-    pub logprob: f64,
+    /// Its natural log probability (≤ 0; a runner's f32, so short on the wire).
+    pub logprob: f32,
     /// The likeliest tokens at this position (`top_logprobs` of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_logprobs: Vec<TopLogprob>,
@@ -123,15 +123,16 @@ pub struct TopLogprob {
     /// The token's text.
     pub token: String,
     /// Its natural log probability (≤ 0).
-    pub logprob: f64,
+    pub logprob: f32,
 }
 
 /// The most `top_logprobs` a job may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: u8 = 20;
 /// The most log-probability entries (tokens and their alternatives) one answer may carry:
 /// `max_tokens × (1 + top_logprobs)` must stay within it, so the result fits in a relay's
-/// event, encrypted, with room to spare.
-pub const MAX_LOGPROB_ENTRIES: u64 = 6144;
+/// event, encrypted and padded (NIP-44 adds up to a quarter, base64 a third), with room for
+/// long tokens and the embedded request.
+pub const MAX_LOGPROB_ENTRIES: u64 = 2048;
 
 /// The most tool calls one answer may carry.
 pub const MAX_TOOL_CALLS: usize = 64;
@@ -147,7 +148,7 @@ impl JsonAnswer {
     /// was required, at most one when `parallel_tool_calls` was false. What a customer checks
     /// before it pays or shows an answer.
     pub fn for_request(output: &str, params: &JobParams) -> Result<Self, ProtocolError> {
-        let bad = |m: String| ProtocolError::InvalidContent(format!("tool answer: {m}"));
+        let bad = |m: String| ProtocolError::InvalidContent(format!("answer: {m}"));
         let a = Self::parse(output)?;
         let offered = params.tool_list();
         let named = |n: &str| offered.iter().any(|t| t["function"]["name"] == n);
@@ -174,11 +175,18 @@ impl JsonAnswer {
             if a.tool_calls.is_empty() && joined != a.content {
                 return Err(bad("its logprobs' tokens do not make its text".into()));
             }
-            let bounded = a
-                .logprobs
-                .iter()
-                .all(|l| l.logprob.is_finite() && l.logprob <= 0.0 && l.top_logprobs.len() <= top);
-            if !bounded || a.logprobs.len() as u64 > MAX_LOGPROB_ENTRIES {
+            let p_ok = |p: f32| p.is_finite() && p <= 0.0;
+            let bounded = a.logprobs.iter().all(|l| {
+                p_ok(l.logprob)
+                    && l.top_logprobs.len() <= top
+                    && l.top_logprobs.iter().all(|t| p_ok(t.logprob))
+                    && l.top_logprobs
+                        .windows(2)
+                        .all(|w| w[0].logprob >= w[1].logprob)
+            });
+            // One entry per generated piece of text: never more than the tokens asked for.
+            let most = params.max_tokens.map_or(0, |n| n as usize);
+            if !bounded || a.logprobs.len() > most {
                 return Err(bad("its logprobs are out of bounds".into()));
             }
         } else if !a.logprobs.is_empty() {

@@ -69,8 +69,10 @@ impl LlamaCpp {
 
 /// One of llama.cpp's `completion_probabilities` entries, with `top` alternatives.
 fn logprob(p: &Value, top: usize) -> Result<Piece, RunnerError> {
-    let entry = |v: &Value| -> Option<(String, f64)> {
-        Some((v["token"].as_str()?.to_owned(), v["logprob"].as_f64()?))
+    // llama.cpp reports a probability of 0 as f32's lowest value; OpenAI says -9999.
+    let entry = |v: &Value| -> Option<(String, f32)> {
+        let p = v["logprob"].as_f64()?.max(-9999.0) as f32;
+        Some((v["token"].as_str()?.to_owned(), p))
     };
     let (token, logprob) = entry(p).ok_or_else(|| {
         RunnerError::Protocol("a token probability without token or logprob".into())

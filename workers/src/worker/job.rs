@@ -95,7 +95,7 @@ impl Worker {
             match piece {
                 Ok(Piece::Logprob(l)) if want_logprobs => {
                     // A runner sending more than max_tokens of them cannot grow our memory.
-                    if logprobs.len() > max_tokens as usize || l.top_logprobs.len() > top {
+                    if logprobs.len() >= max_tokens as usize || l.top_logprobs.len() > top {
                         return Outcome::Failed(
                             ErrorCode::RunnerFailed,
                             "the runner sent more log probabilities than asked".into(),
@@ -242,6 +242,17 @@ impl Worker {
                 return self.refuse(parsed, ErrorCode::RunnerFailed, reason).await;
             }
         };
+        // A result no relay would take is never paid for: refunded and refused instead.
+        if result_ev.as_json().len() > MAX_RESULT_BYTES {
+            let mut reason = format!(
+                "the result would be over {} KiB, more than relays take",
+                MAX_RESULT_BYTES / 1024
+            );
+            if let Some(escrow) = paid.as_mut() {
+                self.refund(escrow, &mut reason).await;
+            }
+            return self.refuse(parsed, ErrorCode::RunnerFailed, reason).await;
+        }
         if let Some(escrow) = paid.as_mut() {
             payment_hash = self.claim(parsed, escrow).await;
         }
@@ -301,6 +312,9 @@ impl Worker {
         }
     }
 }
+
+/// The largest result event a worker publishes (fedai-relay takes 512 KiB).
+const MAX_RESULT_BYTES: usize = 448 * 1024;
 
 /// The tokens that make `text`, in order: a stop sequence's tokens, which the runner leaves out
 /// of the text, are dropped; `None` when the tokens do not make the text (a customer checks
