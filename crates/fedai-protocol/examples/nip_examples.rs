@@ -126,6 +126,47 @@ fn main() {
         .to_event(&worker)
         .unwrap(),
     );
+    // Log probabilities: a short answer with each token's and one alternative.
+    let mut lp = JobRequest::chat("Name a colour.");
+    lp.params.model = Some("smollm2-135m-instruct-q4_1".into());
+    lp.params.max_tokens = Some(4);
+    lp.params.logprobs = true;
+    lp.params.top_logprobs = Some(1);
+    lp.expiration = Some(far);
+    let lp_ev = lp.to_event(&customer, None).unwrap();
+    let plp = JobRequest::from_event(&lp_ev, None).unwrap();
+    let tok = |token: &str, logprob: f32, alt: &str, alt_p: f32| TokenLogprob {
+        token: token.into(),
+        logprob,
+        top_logprobs: vec![TopLogprob {
+            token: alt.into(),
+            logprob: alt_p,
+        }],
+    };
+    let lp_answer = JsonAnswer {
+        content: "Blue.".into(),
+        logprobs: vec![
+            tok("Blue", -0.31, "Blue", -0.31),
+            tok(".", -0.02, ".", -0.02),
+        ],
+        ..JsonAnswer::default()
+    };
+    ex.insert("job-request-logprobs", lp_ev.clone());
+    ex.insert(
+        "job-result-logprobs",
+        JobResult::for_request(
+            &lp_ev,
+            &plp,
+            lp_answer.to_output(),
+            "smollm2-135m-instruct-q4_1".into(),
+            Usage {
+                input_tokens: 31,
+                output_tokens: 2,
+            },
+        )
+        .to_event(&worker)
+        .unwrap(),
+    );
     ex.insert(
         "job-request-chat-directed",
         chat.to_event(&customer, None).unwrap(),

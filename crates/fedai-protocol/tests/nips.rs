@@ -131,6 +131,14 @@ fn examples_tell_a_consistent_story() {
         r#"{"city":"Paris"}"#
     );
 
+    // Log probabilities: asked for, and an answer whose tokens make its text.
+    let l = JobRequest::from_event(&ex["job-request-logprobs"], None).unwrap();
+    assert_eq!(l.request.params.features(), ["logprobs"]);
+    let r = JobResult::from_event(&ex["job-result-logprobs"], None).unwrap();
+    assert_eq!(r.request_id(), l.id);
+    let answer = JsonAnswer::for_request(&r.result.output, &l.request.params).unwrap();
+    assert_eq!(answer.logprobs.len(), 2);
+
     let receipt = PaymentReceipt::from_event(&ex["payment-receipt"]).unwrap();
     assert_eq!(Some(receipt.receipt.payment_hash), rec.record.payment_hash);
     // The attestation is the customer's word on that same job, with the evidence named.
