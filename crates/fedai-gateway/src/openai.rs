@@ -505,14 +505,7 @@ fn message(m: &Value) -> Result<ChatMessage, ApiError> {
             .ok()
             .filter(|c: &Vec<ToolCall>| {
                 c.len() <= fedai_protocol::job::MAX_TOOL_CALLS
-                    && c.iter().all(|c| {
-                        c.kind == "function"
-                            && !c.id.is_empty()
-                            && matches!(
-                                serde_json::from_str::<Value>(&c.function.arguments),
-                                Ok(Value::Object(_))
-                            )
-                    })
+                    && c.iter().all(ToolCall::well_formed)
             })
             .ok_or_else(|| {
                 bad(

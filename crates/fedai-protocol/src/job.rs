@@ -209,17 +209,26 @@ impl JsonAnswer {
             return Err(bad(format!("more than {MAX_TOOL_CALLS} tool calls")));
         }
         for c in &a.tool_calls {
-            if c.kind != "function" || !tool_name_ok(&c.function.name) || c.id.is_empty() {
-                return Err(bad("a tool call is not a named function".into()));
-            }
-            if !matches!(
-                serde_json::from_str::<serde_json::Value>(&c.function.arguments),
-                Ok(serde_json::Value::Object(_))
-            ) {
-                return Err(bad("tool call arguments are not a JSON object".into()));
+            if !tool_name_ok(&c.function.name) || !c.well_formed() {
+                return Err(bad(
+                    "a tool call is not a named function with a JSON object as arguments".into(),
+                ));
             }
         }
         Ok(a)
+    }
+}
+
+impl ToolCall {
+    /// A function call with an id and a JSON object as arguments (whoever sent it: a worker's
+    /// answer, an app's earlier turn).
+    pub fn well_formed(&self) -> bool {
+        self.kind == "function"
+            && !self.id.is_empty()
+            && matches!(
+                serde_json::from_str::<serde_json::Value>(&self.function.arguments),
+                Ok(serde_json::Value::Object(_))
+            )
     }
 }
 
