@@ -36,7 +36,19 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
         &smol.url,
         &["--metrics-bind", "127.0.0.1:0", "--max-concurrent", "2"],
     );
-    wait_for_workers(&client(&relay).await, 1).await;
+    // An embedder: SmolLM2 mean-pooled behind llama.cpp's --embeddings, its worker serving
+    // kind 5060 only.
+    let embedder = fedai_runners::local::LocalLlamaServer::start_embeddings(
+        LocalModel::SmolLm2,
+        "smol-embed",
+        1,
+    )
+    .await
+    .expect("an embedding server");
+    let (sk2, _) = nsec();
+    let _embed_worker =
+        WorkerProc::start(&sk2, &relay.url, &embedder.url, &["--serve", "embeddings"]);
+    wait_for_workers(&client(&relay).await, 2).await;
     // The gateway's key, so that this test can read what it sent encrypted.
     let keys = Keys::generate();
     let gw = GatewayProc::start(&relay.url, &["--nsec", &keys.secret_key().to_secret_hex()]);
@@ -52,6 +64,7 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
                 "json_schema",
                 "tools",
                 "logprobs",
+                "embeddings",
                 "errors",
                 "concurrent",
             ],
@@ -117,6 +130,19 @@ async fn the_openai_sdk_buys_from_the_market_through_the_gateway() {
         tools["call"].as_str().unwrap()
     );
     println!("tool call round trip: {tools}");
+
+    // The vectors are the worker's signed answer: kind 6060, encrypted to the gateway.
+    let embeddings = scenario(&lines, "embeddings");
+    let result = event(&mut ws, embeddings["fedai"]["result"].as_str().unwrap()).await;
+    assert_eq!(result["kind"], 6060);
+    let ev = Event::from_json(result.to_string()).unwrap();
+    let parsed = fedai_protocol::JobResult::from_event(&ev, Some(&keys)).unwrap();
+    let answer = fedai_protocol::EmbedAnswer::parse(&parsed.result.output).unwrap();
+    assert_eq!(answer.vectors.len(), 3);
+    let head: Vec<f64> = serde_json::from_value(embeddings["head"].clone()).unwrap();
+    for (a, b) in answer.vectors[0].iter().zip(&head) {
+        assert_eq!(f64::from(*a), *b, "the SDK decoded the signed f32s exactly");
+    }
 
     // The gateway's own metrics saw the calls and the streamed first tokens.
     let gw_addr = gw

@@ -381,3 +381,91 @@ async fn llama_cpp_gives_each_tokens_log_probability() {
         .iter()
         .all(|l| l.logprob <= 0.0 && l.top_logprobs.len() == 2));
 }
+
+/// Embeddings from a real llama.cpp server (`--embeddings`, SmolLM2 mean-pooled) through each
+/// adapter that embeds: the same vectors whichever way they come, one per text, of the model's
+/// width, with the server's token count; a server that does not embed is an error, not a result.
+#[tokio::test]
+async fn embeddings_come_from_a_real_llama_cpp_server_through_every_adapter() {
+    let server = fedai_runners::local::LocalLlamaServer::start_embeddings(
+        LocalModel::SmolLm2,
+        "smol-embed",
+        1,
+    )
+    .await
+    .expect("start an embedding server (workers/runner/setup.sh)");
+    let inst = install().unwrap();
+    let port = fedai_tests::free_port();
+    let mut shim = Command::new(&inst.python)
+        .arg(runner_dir().join("ollama_shim.py"))
+        .args([
+            "--upstream",
+            &server.url,
+            "--port",
+            &port.to_string(),
+            "--model",
+            "smol-embed",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let texts: Vec<String> = [
+        "The cat sat on the mat.",
+        "A kitten sat on a rug.",
+        "Quarterly revenue grew five percent.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let policy = SandboxPolicy::default();
+    let mut seen: Vec<Vec<Vec<f32>>> = Vec::new();
+    for (kind, url) in [
+        ("llama-cpp", server.url.clone()),
+        ("openai", server.url.clone()),
+        ("ollama", format!("http://127.0.0.1:{port}")),
+    ] {
+        let r = build(kind, &url, &policy, HttpOptions::default()).unwrap();
+        let mut up = false;
+        for _ in 0..50 {
+            if r.health().await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(up, "{kind} up");
+        let e = r
+            .embed("smol-embed", &texts)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(e.vectors.len(), 3, "{kind}");
+        assert!(
+            e.vectors.iter().all(|v| v.len() == 576),
+            "{kind}: SmolLM2's width"
+        );
+        assert!(
+            e.input_tokens >= 12,
+            "{kind}: the server's count ({})",
+            e.input_tokens
+        );
+        if kind != "ollama" {
+            // (Ollama itself refuses a model it lacks; the shim in front of one server does not.)
+            let unknown = r.embed("nope", &texts[..1]).await;
+            assert!(unknown.is_err(), "{kind}: an unknown model");
+        }
+        seen.push(e.vectors);
+    }
+    for other in &seen[1..] {
+        for (a, b) in seen[0].iter().zip(other) {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6));
+        }
+    }
+    // Different texts, different vectors.
+    assert_ne!(seen[0][0], seen[0][2]);
+    let _ = shim.kill();
+    let _ = shim.wait();
+    // A server started without --embeddings answers no vectors.
+    let plain = fedai_tests::llama(LocalModel::Tiny, "tiny", 1).await;
+    let r = build("llama-cpp", &plain.url, &policy, HttpOptions::default()).unwrap();
+    assert!(r.embed("tiny", &texts[..1]).await.is_err());
+}

@@ -77,7 +77,7 @@ pub struct Cli {
     /// MiB one pubkey may store per day (default: 1/16 of the storage quota). 0: unbounded.
     #[arg(long, env = "FEDAI_RELAY_PUBKEY_QUOTA_MIB")]
     pub pubkey_quota_mib: Option<u64>,
-    /// Minimum NIP-13 proof-of-work difficulty for job requests (kind 5050); 0 disables.
+    /// Minimum NIP-13 proof-of-work difficulty for job requests (kinds 5050 and 5060); 0 disables.
     #[arg(long, env = "FEDAI_RELAY_MIN_POW_JOBS")]
     pub min_pow_jobs: Option<u8>,
     /// Require NIP-42 authentication: `write`, `read` or `both`.
@@ -240,6 +240,14 @@ pub fn default_retention() -> Vec<Retention> {
         },
         Retention {
             kind: JOB_RESULT,
+            seconds: 30 * 86_400,
+        },
+        Retention {
+            kind: EMBED_REQUEST,
+            seconds: 7 * 86_400,
+        },
+        Retention {
+            kind: EMBED_RESULT,
             seconds: 30 * 86_400,
         },
         // Audit records: kept (0 = for ever), and so never swept as "other" kinds.

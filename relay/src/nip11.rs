@@ -46,6 +46,8 @@ pub fn document(c: &RelayConfig) -> Value {
             "kinds": {
                 "job_request": kinds::JOB_REQUEST,
                 "job_result": kinds::JOB_RESULT,
+                "embed_request": kinds::EMBED_REQUEST,
+                "embed_result": kinds::EMBED_RESULT,
                 "job_feedback": kinds::JOB_FEEDBACK,
                 "metering": kinds::METERING,
                 "award": kinds::AWARD,

@@ -71,10 +71,7 @@ impl FedaiWritePolicy {
     /// which rated their publisher when it took them).
     pub fn decide_unlimited(&self, event: &Event) -> Verdict {
         let kind = event.kind.as_u16();
-        if kind == kinds::JOB_REQUEST
-            && self.min_pow_jobs > 0
-            && !event.check_pow(self.min_pow_jobs)
-        {
+        if kinds::is_request(kind) && self.min_pow_jobs > 0 && !event.check_pow(self.min_pow_jobs) {
             self.metrics.rejected("pow");
             return Verdict::reject(
                 MachineReadablePrefix::Pow,

@@ -186,6 +186,48 @@ def logprobs():
     out("logprobs", tokens=len(tokens), text=choice.message.content)
 
 
+def embeddings():
+    texts = ["The cat sat on the mat.", "A kitten sat on a rug.", "Quarterly revenue grew five percent."]
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed["smol-embed"].model_extra["fedai"]["job_kinds"] == [5060], listed["smol-embed"]
+    # The SDK asks for base64 by default and decodes it.
+    raw = client.embeddings.with_raw_response.create(model="smol-embed", input=texts)
+    e = raw.parse()
+    assert e.object == "list" and [d.index for d in e.data] == [0, 1, 2], e
+    dims = len(e.data[0].embedding)
+    assert dims == 576 and all(len(d.embedding) == dims for d in e.data), dims
+    assert e.usage.prompt_tokens > 0 and e.usage.total_tokens == e.usage.prompt_tokens, e.usage
+    fedai = e.model_extra["fedai"]
+    assert raw.headers["x-fedai-metering"] == fedai["metering"]
+    assert e.data[0].embedding != e.data[2].embedding
+    # As numbers: the same vector.
+    f = client.embeddings.create(model="smol-embed", input=texts[0], encoding_format="float")
+    assert len(f.data) == 1
+    assert max(abs(a - b) for a, b in zip(f.data[0].embedding, e.data[0].embedding)) < 1e-6
+    # A batch over one job's 64 texts goes as several jobs, answered in order.
+    many = [f"note number {i}" for i in range(150)]
+    m = client.embeddings.create(model="smol-embed", input=many)
+    assert [d.index for d in m.data] == list(range(150)), len(m.data)
+    assert isinstance(m.model_extra["fedai"], list) and len(m.model_extra["fedai"]) == 3
+    for bad, param in [
+        (dict(model="smol-embed", input=texts, dimensions=64), "dimensions"),
+        (dict(model="smol-embed", input=[[1, 2, 3]]), "input"),
+        (dict(model="smol-embed", input=""), "input"),
+        (dict(model="smol", input="x"), "model"),
+    ]:
+        try:
+            client.embeddings.create(**bad)
+            raise AssertionError(f"{bad} must be refused")
+        except openai.BadRequestError as err:
+            assert err.body["param"] == param, (bad, err.body)
+    try:
+        client.chat.completions.create(model="smol-embed", messages=CHAT)
+        raise AssertionError("chat with an embedding model must be refused")
+    except openai.BadRequestError as err:
+        assert "embeddings" in err.body["message"], err.body
+    out("embeddings", dims=dims, fedai=fedai, head=e.data[0].embedding[:4])
+
+
 def errors():
     try:
         client.chat.completions.create(model="no-such-model", messages=CHAT)

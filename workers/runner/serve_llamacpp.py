@@ -34,6 +34,10 @@ def main() -> int:
     # shares its cores with the relay and the worker (the demo, the tests) that spinning delays
     # them by milliseconds. 0 sleeps instead; a dedicated inference box may want 50.
     ap.add_argument("--poll", type=int, default=0)
+    # `--embeddings`: serve /v1/embeddings (llama.cpp then serves embeddings only), pooled as
+    # `--pooling` says (a chat model has no pooling of its own: mean makes it an embedder).
+    ap.add_argument("--embeddings", "--embedding", dest="embeddings", action="store_true")
+    ap.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"], default=None)
     a, unknown = ap.parse_known_args()
     if unknown:
         print(f"warning: ignoring flags {unknown}", file=sys.stderr)
@@ -55,6 +59,10 @@ def main() -> int:
     p.offline = True          # never touch the network for models
     p.ui = False              # no web UI
     p.endpoint_metrics = True
+    if a.embeddings:
+        p.embedding = True
+        pooling = a.pooling or "mean"
+        p.pooling_type = getattr(xlc.llama_pooling_type, "LLAMA_POOLING_TYPE_" + pooling.upper())
     if a.alias:
         p.model_alias = {a.alias}
 

@@ -61,6 +61,10 @@ pub struct Cli {
     /// Longest wait in the queue, seconds, before a queued job is refused with `capacity`.
     #[arg(long, env = "FEDAI_QUEUE_WAIT_SECS")]
     pub queue_wait_secs: Option<u64>,
+    /// Job kinds to serve: `text` (5050, text generation; the default) and `embeddings` (5060:
+    /// the runner must embed, e.g. llama.cpp started with `--embeddings`). Comma-separated.
+    #[arg(long, env = "FEDAI_SERVE", value_delimiter = ',', value_parser = ["text", "embeddings"])]
+    pub serve: Vec<String>,
     /// Largest prompt accepted, in bytes.
     #[arg(long, env = "FEDAI_MAX_PROMPT_BYTES")]
     pub max_prompt_bytes: Option<usize>,
@@ -160,6 +164,8 @@ pub struct WorkerConfig {
     pub queue: u32,
     /// Longest wait for a slot in the queue.
     pub queue_wait: Duration,
+    /// Job request kinds served (5050, 5060), as the ad's `k` tags list them.
+    pub job_kinds: Vec<u16>,
     /// Prompt size limit.
     pub max_prompt_bytes: usize,
     /// max_tokens limit.
@@ -344,7 +350,28 @@ impl Cli {
         }
         let default_price = parse_price("", &c.default_price.unwrap_or_else(|| "0:0:0".into()))?;
         let max_concurrent = c.max_concurrent.unwrap_or(4).max(1);
+        let mut job_kinds = Vec::new();
+        for s in &c.serve {
+            let k = match s.as_str() {
+                "text" => fedai_protocol::kinds::JOB_REQUEST,
+                "embeddings" => fedai_protocol::kinds::EMBED_REQUEST,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        what: "job kind to serve",
+                        value: other.to_owned(),
+                        expected: "text or embeddings",
+                    })
+                }
+            };
+            if !job_kinds.contains(&k) {
+                job_kinds.push(k);
+            }
+        }
+        if job_kinds.is_empty() {
+            job_kinds.push(fedai_protocol::kinds::JOB_REQUEST);
+        }
         Ok(WorkerConfig {
+            job_kinds,
             keys,
             relays,
             runner: c.runner.unwrap_or_else(|| "llama-cpp".into()),

@@ -508,7 +508,14 @@ impl FedaiClient {
         })?;
         let notifications = self.client.notifications();
         let filter = Filter::new()
-            .kinds([kinds::JOB_FEEDBACK, kinds::JOB_RESULT, kinds::METERING].map(Kind::from_u16))
+            .kinds(
+                [
+                    kinds::JOB_FEEDBACK,
+                    kinds::result_of(request.kind()),
+                    kinds::METERING,
+                ]
+                .map(Kind::from_u16),
+            )
             .event(event.id);
         // Followed on our relays and those this job reached, not on other jobs' worker relays.
         let targets: Vec<(RelayUrl, Vec<Filter>)> = self

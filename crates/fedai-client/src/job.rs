@@ -302,7 +302,9 @@ impl JobTracker {
         }
         match ev.kind.as_u16() {
             kinds::JOB_FEEDBACK => self.on_feedback(ev, now),
-            kinds::JOB_RESULT if self.result.is_none() => self.on_result(ev, now),
+            k if k == kinds::result_of(self.request.request.kind()) && self.result.is_none() => {
+                self.on_result(ev, now)
+            }
             kinds::METERING => self.on_metering(ev, now),
             _ => Vec::new(),
         }
@@ -472,6 +474,22 @@ impl JobTracker {
             ),
             _ => None,
         };
+        // An embedding job's answer is one vector per text, and it writes no tokens.
+        if self.request.request.kind() == kinds::EMBED_REQUEST {
+            if result.result.usage.output_tokens != 0 {
+                return Err(ClientError::InvalidResult(format!(
+                    "an embedding job writes no tokens; the result claims {}",
+                    result.result.usage.output_tokens
+                )));
+            }
+            if !result.output_sealed {
+                fedai_protocol::EmbedAnswer::for_request(
+                    &result.result.output,
+                    &self.request.request.input,
+                )
+                .map_err(|e| ClientError::InvalidResult(e.to_string()))?;
+            }
+        }
         let signed_text = tool_answer
             .as_ref()
             .map_or(result.result.output.as_str(), |a| a.content.as_str());

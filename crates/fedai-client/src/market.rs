@@ -127,7 +127,11 @@ pub struct Explained {
 fn job_spec(request: &JobRequest, opts: &RunOptions, default_max_tokens: u32) -> JobSpec {
     JobSpec {
         input_tokens: (request.input.data().len() as u64).div_ceil(4),
-        output_tokens: request.params.max_tokens.unwrap_or(default_max_tokens) as u64,
+        output_tokens: match request.kind() {
+            // An embedding writes nothing.
+            fedai_protocol::kinds::EMBED_REQUEST => 0,
+            _ => request.params.max_tokens.unwrap_or(default_max_tokens) as u64,
+        },
         max_price_msat: opts.max_price_msat.or(request.bid_msat),
         needs_encryption: opts.private,
     }
@@ -156,6 +160,8 @@ impl FedaiClient {
         let model = request.params.model.as_deref();
         // Optional features the request needs (`json_schema`, …): only workers that list them.
         let features = request.params.features();
+        // And the job kind: an embedding goes only to workers that list 5060.
+        let kind = request.kind();
         let candidates: Vec<Candidate> = ads
             .iter()
             .map(|a| {
@@ -176,6 +182,7 @@ impl FedaiClient {
                         || !(opts.only.is_empty() || opts.only.contains(&a.worker))
                         || opts.ignore.contains(&a.worker)
                         || !a.ad.supports(&features)
+                        || !a.ad.takes_kind(kind)
                         || quote.is_some_and(|q| q.is_none()),
                     stats: stats.get(&a.worker),
                     speed_hint_tps: None,
@@ -384,8 +391,12 @@ impl FedaiClient {
         // its worker, checked or not, so a worker cannot tell a checked job (or its referee
         // request) from another, nor copy an earlier public answer; which jobs are checked is
         // decided after the answer.
-        let checking =
-            opts.spot_check > 0.0 && opts.worker.is_none() && request.params.model.is_some();
+        // Not of embeddings yet: runners' vectors differ in their last bits, and comparing them
+        // needs a similarity threshold, not the text equality spot checks use.
+        let checking = opts.spot_check > 0.0
+            && opts.worker.is_none()
+            && request.params.model.is_some()
+            && request.kind() != fedai_protocol::kinds::EMBED_REQUEST;
         let mut request = request;
         let private_opts;
         let opts = if checking {
@@ -731,10 +742,13 @@ fn comparable(output: &str, params: &fedai_protocol::JobParams) -> String {
 pub fn ad_bound_msat(ad: &ParsedCapabilityAd, request: &JobRequest) -> Option<u64> {
     let price = ad_price(ad, request)?;
     let input = prompt_token_bound(request.input.data().len(), request);
-    let output = request
-        .params
-        .max_tokens
-        .map_or(DEFAULT_MAX_TOKENS_BOUND, u64::from);
+    let output = match request.kind() {
+        fedai_protocol::kinds::EMBED_REQUEST => 0,
+        _ => request
+            .params
+            .max_tokens
+            .map_or(DEFAULT_MAX_TOKENS_BOUND, u64::from),
+    };
     Some(price.cost_msat(input, output))
 }
 

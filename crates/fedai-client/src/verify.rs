@@ -73,7 +73,7 @@ pub fn job_report(mut events: Vec<Event>) -> JobReport {
 
 fn describe(e: &Event) -> (String, JobState) {
     match e.kind.as_u16() {
-        kinds::JOB_REQUEST => ("request".into(), JobState::Submitted),
+        kinds::JOB_REQUEST | kinds::EMBED_REQUEST => ("request".into(), JobState::Submitted),
         kinds::JOB_FEEDBACK => match JobFeedback::from_event(e, None) {
             Ok(f) => {
                 let stage = match f.status {
@@ -99,7 +99,7 @@ fn describe(e: &Event) -> (String, JobState) {
             }
             Err(err) => (format!("invalid feedback ({err})"), JobState::Submitted),
         },
-        kinds::JOB_RESULT => match JobResult::from_event(e, None) {
+        kinds::JOB_RESULT | kinds::EMBED_RESULT => match JobResult::from_event(e, None) {
             Ok(r) => (
                 format!(
                     "result: {} in / {} out tokens, model {}",
@@ -148,6 +148,7 @@ impl FedaiClient {
         let answers = [
             kinds::JOB_FEEDBACK,
             kinds::JOB_RESULT,
+            kinds::EMBED_RESULT,
             kinds::METERING,
             kinds::AWARD,
             kinds::PAYMENT_RECEIPT,

@@ -80,6 +80,7 @@ impl Meta {
         let prefix = match endpoint {
             Endpoint::Chat => "chatcmpl",
             Endpoint::Completions => "cmpl",
+            Endpoint::Embeddings => "embd",
         };
         Self {
             id: format!(
@@ -98,6 +99,7 @@ impl Meta {
             (Endpoint::Chat, false) => "chat.completion",
             (Endpoint::Chat, true) => "chat.completion.chunk",
             (Endpoint::Completions, _) => "text_completion",
+            (Endpoint::Embeddings, _) => "list",
         }
     }
 }
@@ -133,7 +135,7 @@ pub fn completion(meta: &Meta, done: &[Finished]) -> Value {
                     "finish_reason": f.finish_reason,
                 })
             }
-            Endpoint::Completions => json!({
+            Endpoint::Completions | Endpoint::Embeddings => json!({
                 "index": index,
                 "text": f.output,
                 "logprobs": null,
@@ -154,6 +156,37 @@ pub fn completion(meta: &Meta, done: &[Finished]) -> Value {
     })
 }
 
+/// An embedding call's answer: each batch's vectors in order, as numbers or (`base64`) as
+/// OpenAI's base64 of little-endian f32; `usage` summed from the signed metering records.
+pub fn embeddings(meta: &Meta, done: &[Finished], base64: bool) -> Result<Value, String> {
+    let mut data = Vec::new();
+    let mut dims = None;
+    for f in done {
+        let a = fedai_protocol::EmbedAnswer::parse(&f.output).map_err(|e| e.to_string())?;
+        if *dims.get_or_insert(a.dimensions()) != a.dimensions() {
+            return Err("two workers' vectors differ in length".into());
+        }
+        for v in a.vectors {
+            let embedding = match base64 {
+                true => Value::String(fedai_protocol::vector_base64(&v)),
+                false => json!(v),
+            };
+            data.push(json!({"object": "embedding", "index": data.len(), "embedding": embedding}));
+        }
+    }
+    let (i, c) = done
+        .iter()
+        .fold((0, 0), |(i, c), f| (i + f.input_tokens, c + f.cost_msat));
+    let fedai: Vec<Value> = done.iter().map(Finished::fedai).collect();
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "model": meta.model,
+        "usage": {"prompt_tokens": i, "total_tokens": i, "cost_msat": c},
+        "fedai": if fedai.len() == 1 { fedai[0].clone() } else { Value::Array(fedai) },
+    }))
+}
+
 /// One streamed chunk: text (`delta`), the opening role, or the end (`finish`, with the
 /// `fedai` object).
 pub fn chunk(meta: &Meta, text: &str, first: bool, finish: Option<&Finished>) -> Value {
@@ -169,7 +202,7 @@ pub fn chunk(meta: &Meta, text: &str, first: bool, finish: Option<&Finished>) ->
             }
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason})
         }
-        Endpoint::Completions => {
+        Endpoint::Completions | Endpoint::Embeddings => {
             json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason})
         }
     };
@@ -263,6 +296,7 @@ pub fn models(ads: &[ParsedCapabilityAd]) -> Value {
         workers: Vec<PublicKey>,
         context: u32,
         features: Vec<String>,
+        kinds: Vec<u16>,
         prices: Vec<[u64; 3]>,
     }
     let mut by_model: BTreeMap<&str, M> = BTreeMap::new();
@@ -275,6 +309,11 @@ pub fn models(ads: &[ParsedCapabilityAd]) -> Value {
                 m.workers.push(a.worker);
             }
             m.context = m.context.max(info.context_length);
+            for k in &a.ad.job_kinds {
+                if !m.kinds.contains(k) {
+                    m.kinds.push(*k);
+                }
+            }
             for f in &a.ad.features {
                 if !m.features.contains(f) {
                     m.features.push(f.clone());
@@ -290,6 +329,7 @@ pub fn models(ads: &[ParsedCapabilityAd]) -> Value {
         .into_iter()
         .map(|(id, mut m)| {
             m.features.sort();
+            m.kinds.sort();
             let range = |i: usize| {
                 let it = m.prices.iter().map(|p| p[i]);
                 json!([it.clone().min().unwrap_or(0), it.max().unwrap_or(0)])
@@ -303,6 +343,7 @@ pub fn models(ads: &[ParsedCapabilityAd]) -> Value {
                     "workers": m.workers.len(),
                     "context_length": m.context,
                     "features": m.features,
+                    "job_kinds": m.kinds,
                     "price_msat": {
                         "base": range(0),
                         "per_1k_input": range(1),

@@ -185,6 +185,7 @@ impl Gateway {
             .route("/v1/models/{*id}", get(model))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
             .route("/metrics", get(metrics))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -356,6 +357,10 @@ async fn completions(State(g): State<Arc<Inner>>, req: Request) -> Response {
     call(g, openai::Endpoint::Completions, req).await
 }
 
+async fn embeddings(State(g): State<Arc<Inner>>, req: Request) -> Response {
+    call(g, openai::Endpoint::Embeddings, req).await
+}
+
 /// How long a request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -411,6 +416,7 @@ async fn call(g: Arc<Inner>, endpoint: openai::Endpoint, req: Request) -> Respon
     let read = match endpoint {
         openai::Endpoint::Chat => openai::chat(&v, &g.cfg.limits),
         openai::Endpoint::Completions => openai::completion(&v, &g.cfg.limits),
+        openai::Endpoint::Embeddings => openai::embeddings(&v, &g.cfg.limits),
     };
     let r = match read {
         Ok(c) => run::respond(g.clone(), c).await,
@@ -419,6 +425,7 @@ async fn call(g: Arc<Inner>, endpoint: openai::Endpoint, req: Request) -> Respon
     let name = match endpoint {
         openai::Endpoint::Chat => "chat",
         openai::Endpoint::Completions => "completions",
+        openai::Endpoint::Embeddings => "embeddings",
     };
     g.metrics
         .calls

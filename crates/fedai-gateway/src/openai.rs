@@ -21,7 +21,14 @@ pub struct Limits {
     pub max_n: u32,
     /// Stop sequences (OpenAI takes at most 4).
     pub max_stop: usize,
+    /// Texts in one `/v1/embeddings` call (OpenAI takes 2048), sent as jobs of at most
+    /// [`fedai_protocol::job::MAX_EMBED_INPUTS`] texts and [`EMBED_JOB_BYTES`] each.
+    pub max_embed_inputs: usize,
 }
+
+/// The most text bytes one embedding job carries (a worker takes 64 KiB of prompt by default);
+/// a longer text goes alone.
+pub const EMBED_JOB_BYTES: usize = 32 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -29,6 +36,7 @@ impl Default for Limits {
             max_messages: 256,
             max_n: 8,
             max_stop: 4,
+            max_embed_inputs: 2048,
         }
     }
 }
@@ -56,6 +64,8 @@ pub enum Endpoint {
     Chat,
     /// `/v1/completions`.
     Completions,
+    /// `/v1/embeddings`.
+    Embeddings,
 }
 
 /// One OpenAI call, read.
@@ -65,10 +75,14 @@ pub struct Call {
     pub endpoint: Endpoint,
     /// The model asked for, as the app named it.
     pub model: String,
-    /// The job (one per choice when `n > 1`).
+    /// The job (one per choice when `n > 1`; an embedding call's first batch).
     pub job: JobRequest,
-    /// Choices asked for.
+    /// Choices asked for (an embedding call: its batches).
     pub n: u32,
+    /// An embedding call's jobs, one per batch of texts, in order (empty for the others).
+    pub batches: Vec<JobRequest>,
+    /// Embeddings answered as base64 (`encoding_format: base64`), not arrays of numbers.
+    pub base64: bool,
     /// Server-sent events.
     pub stream: bool,
     /// A usage chunk at the end of a stream.
@@ -135,6 +149,101 @@ pub fn completion(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
         limits,
         &["prompt", "echo", "best_of", "suffix"],
     )
+}
+
+/// Read a `/v1/embeddings` body: `input` (a string or strings; token arrays are refused),
+/// `model`, `encoding_format`; `dimensions` is refused (no worker shortens vectors yet).
+pub fn embeddings(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
+    use fedai_protocol::job::MAX_EMBED_INPUTS;
+    let obj = object(body)?;
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(bad("model", "`model` is required (see GET /v1/models)")),
+    };
+    let texts: Vec<String> = match obj.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .map(|s| s.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        Some(Value::Array(a)) if a.iter().any(|v| v.is_number() || v.is_array()) => {
+            return Err(bad(
+                "input",
+                "token arrays are not supported (tokenizers differ from worker to worker): send text",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "input",
+                "`input` must be a string or a non-empty array of strings",
+            ))
+        }
+    };
+    if texts.len() > limits.max_embed_inputs {
+        return Err(bad(
+            "input",
+            format!("at most {} texts per request", limits.max_embed_inputs),
+        ));
+    }
+    if texts.iter().any(String::is_empty) {
+        return Err(bad("input", "an empty string cannot be embedded"));
+    }
+    let mut base64 = false;
+    let mut routing = Routing {
+        allow_fallbacks: true,
+        ..Routing::default()
+    };
+    for (key, v) in obj {
+        if v.is_null()
+            || matches!(key.as_str(), "model" | "input")
+            || LABELS.contains(&key.as_str())
+        {
+            continue;
+        }
+        match key.as_str() {
+            "encoding_format" => {
+                base64 = match v.as_str() {
+                    Some("float") => false,
+                    Some("base64") => true,
+                    _ => return Err(bad(key, "`encoding_format` is `float` or `base64`")),
+                }
+            }
+            "provider" => routing = provider(v)?,
+            "dimensions" => return Err(ApiError::unsupported(key)),
+            _ => return Err(bad(key, format!("unrecognized request argument `{key}`"))),
+        }
+    }
+    // Batches of at most MAX_EMBED_INPUTS texts and about EMBED_JOB_BYTES, in order.
+    let mut batches: Vec<JobRequest> = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0usize);
+    for t in texts {
+        // A text's place in the request: itself, escaped, and its tag around it.
+        let size = t.len() + t.len() / 8 + 16;
+        if !batch.is_empty() && (batch.len() == MAX_EMBED_INPUTS || bytes + size > EMBED_JOB_BYTES)
+        {
+            batches.push(JobRequest::embed(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(t);
+    }
+    batches.push(JobRequest::embed(batch));
+    for job in &mut batches {
+        job.params.model = Some(model.clone());
+        job.validate()
+            .map_err(|e| ApiError::invalid(Some("input"), e.to_string()))?;
+    }
+    Ok(Call {
+        endpoint: Endpoint::Embeddings,
+        model,
+        job: batches[0].clone(),
+        n: batches.len() as u32,
+        batches,
+        base64,
+        stream: false,
+        include_usage: false,
+        routing,
+    })
 }
 
 fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
@@ -304,6 +413,8 @@ fn call(
         model,
         job,
         n,
+        batches: Vec::new(),
+        base64: false,
         stream,
         include_usage,
         routing,

@@ -61,15 +61,21 @@ pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
         Err(e) => return e.into_response(),
     };
     let meta = Meta::new(call.endpoint, &call.model);
+    // One job per choice, or per batch of an embedding call.
+    let requests: Vec<JobRequest> = match call.batches.is_empty() {
+        true => vec![call.job.clone(); call.n as usize],
+        false => call.batches.clone(),
+    };
     let receivers: Vec<mpsc::Receiver<Msg>> = plan
         .shares
         .into_iter()
-        .map(|share| {
+        .zip(requests)
+        .map(|(share, request)| {
             let (tx, rx) = mpsc::channel(64);
             let permit = permits.pop();
             let job = Job {
                 g: g.clone(),
-                request: call.job.clone(),
+                request,
                 ads: ads.clone(),
                 opts: plan.opts.clone(),
                 share,
@@ -82,7 +88,7 @@ pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
     if call.stream {
         stream(meta, call.include_usage, receivers.into_iter().next()).await
     } else {
-        whole(meta, receivers).await
+        whole(meta, receivers, call.base64).await
     }
 }
 
@@ -91,6 +97,22 @@ fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiE
         ads.iter().filter(|a| a.ad.serves(&call.model)).collect();
     if serving.is_empty() {
         return Err(ApiError::unknown_model(&call.model));
+    }
+    let kind = call.job.kind();
+    if !serving.iter().any(|a| a.ad.takes_kind(kind)) {
+        return Err(ApiError::invalid(
+            Some("model"),
+            match kind {
+                fedai_protocol::kinds::EMBED_REQUEST => format!(
+                    "no worker embeds with `{}`: its workers serve text generation",
+                    call.model
+                ),
+                _ => format!(
+                    "`{}` is an embedding model here: use POST /v1/embeddings",
+                    call.model
+                ),
+            },
+        ));
     }
     let features = call.job.params.features();
     if !serving.iter().any(|a| a.ad.supports(&features)) {
@@ -420,7 +442,7 @@ fn named_choice(p: &JobParams) -> bool {
 }
 
 /// Wait for every choice and answer with them all, or with the first error.
-async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>) -> Response {
+async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>, base64: bool) -> Response {
     let mut done = Vec::new();
     for mut rx in receivers {
         let end = loop {
@@ -435,20 +457,33 @@ async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>) -> Response {
             Err(e) => return e.into_response(),
         }
     }
-    let mut r = crate::json_response(StatusCode::OK, &answer::completion(&meta, &done));
-    if let [f] = done.as_slice() {
-        let h = r.headers_mut();
-        let mut put = |name: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(HeaderName::from_static(name), v);
+    let body = match meta.endpoint {
+        crate::openai::Endpoint::Embeddings => match answer::embeddings(&meta, &done, base64) {
+            Ok(v) => v,
+            Err(e) => {
+                return ApiError::upstream(format!("the workers' answers: {e}")).into_response()
             }
-        };
-        put("x-fedai-request", f.request_id.to_hex());
-        put("x-fedai-worker", f.worker.to_bech32().unwrap_or_default());
-        put("x-fedai-metering", f.metering_id.to_hex());
-        put("x-fedai-cost-msat", f.cost_msat.to_string());
-        put("x-fedai-paid-msat", f.paid_msat.to_string());
-    }
+        },
+        _ => answer::completion(&meta, &done),
+    };
+    let mut r = crate::json_response(StatusCode::OK, &body);
+    // Each job's ids, in order (one for a single choice); the msat summed.
+    let h = r.headers_mut();
+    let mut put = |name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    let list = |f: &dyn Fn(&Finished) -> String| done.iter().map(f).collect::<Vec<_>>().join(",");
+    put("x-fedai-request", list(&|f| f.request_id.to_hex()));
+    put(
+        "x-fedai-worker",
+        list(&|f| f.worker.to_bech32().unwrap_or_default()),
+    );
+    put("x-fedai-metering", list(&|f| f.metering_id.to_hex()));
+    let sum = |f: fn(&Finished) -> u64| done.iter().map(f).sum::<u64>().to_string();
+    put("x-fedai-cost-msat", sum(|f| f.cost_msat));
+    put("x-fedai-paid-msat", sum(|f| f.paid_msat));
     r
 }
 

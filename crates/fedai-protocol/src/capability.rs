@@ -4,7 +4,7 @@
 //! Generic DVM clients read `k` and the content JSON (`name`, `about`, `encryptionSupported`,
 //! `nip90Params`). fed_AI clients read the structured tags:
 //! ```text
-//! ["d", "<worker instance id>"]  ["k", "5050"]  ["t", "fedai"]
+//! ["d", "<worker instance id>"]  ["k", "5050"]  ["k", "5060"]?  ["t", "fedai"]
 //! ["model", "<id>", "<context length>", "<quantisation>"]              (one per model)
 //! ["price", "<model id>", "<base msat>", "<msat per 1k in>", "<msat per 1k out>"]
 //! ["capacity", "<max concurrent>", "<in flight>", "<queue depth>"]
@@ -226,6 +226,11 @@ impl CapabilityAd {
         features
             .iter()
             .all(|f| self.features.iter().any(|x| x == f))
+    }
+
+    /// Whether the ad lists job kind `kind` (`k`): 5050 text generation, 5060 embeddings.
+    pub fn takes_kind(&self, kind: u16) -> bool {
+        self.job_kinds.contains(&kind)
     }
 
     /// Whether the ad lists `model`.

@@ -239,6 +239,9 @@ pub enum JobInput {
     Text(String),
     /// A chat conversation (`["i", json, "chat"]`), a fed_AI extension of NIP-90 input types.
     Chat(Vec<ChatMessage>),
+    /// Texts to embed, one `["i", text, "text"]` tag each: an embedding job (kind 5060), whose
+    /// answer is an [`EmbedAnswer`] with one vector per text, in order.
+    Embed(Vec<String>),
 }
 
 impl JobInput {
@@ -247,13 +250,29 @@ impl JobInput {
         match self {
             Self::Text(t) => t.clone(),
             Self::Chat(m) => serde_json::to_string(m).expect("chat messages serialize"),
+            // As a request with several `i` tags: the JSON array of their values.
+            Self::Embed(texts) => match texts.as_slice() {
+                [one] => one.clone(),
+                many => {
+                    let raw: Vec<[&str; 2]> = many.iter().map(|t| [t.as_str(), "text"]).collect();
+                    serde_json::to_string(&raw).expect("strings serialize")
+                }
+            },
+        }
+    }
+
+    /// The texts of an embedding job (none for other jobs).
+    pub fn embed_texts(&self) -> &[String] {
+        match self {
+            Self::Embed(t) => t,
+            _ => &[],
         }
     }
 
     /// Whether a chat carries tool calls or tool outputs (which only a tools job may).
     pub fn has_tool_turns(&self) -> bool {
         match self {
-            Self::Text(_) => false,
+            Self::Text(_) | Self::Embed(_) => false,
             Self::Chat(m) => m
                 .iter()
                 .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.role == "tool"),
@@ -263,14 +282,14 @@ impl JobInput {
     /// How many `tool` messages a chat carries.
     pub fn tool_turns(&self) -> usize {
         match self {
-            Self::Text(_) => 0,
+            Self::Text(_) | Self::Embed(_) => 0,
             Self::Chat(m) => m.iter().filter(|m| m.role == "tool").count(),
         }
     }
 
     fn input_type(&self) -> &'static str {
         match self {
-            Self::Text(_) => "text",
+            Self::Text(_) | Self::Embed(_) => "text",
             Self::Chat(_) => "chat",
         }
     }
@@ -476,9 +495,15 @@ impl ParsedJobRequest {
     /// The author's view of a request it built from `request` (it knows the plaintext even
     /// when the event is encrypted).
     pub fn from_own(event: &Event, request: &JobRequest, encrypted: Option<Encryption>) -> Self {
-        let kind = match request.input {
-            JobInput::Text(_) => InputType::Text,
-            JobInput::Chat(_) => InputType::Chat,
+        let tag = |data: String, kind| InputTag {
+            data,
+            kind,
+            relay: None,
+        };
+        let inputs = match &request.input {
+            JobInput::Text(t) => vec![tag(t.clone(), InputType::Text)],
+            JobInput::Chat(_) => vec![tag(request.input.data(), InputType::Chat)],
+            JobInput::Embed(t) => t.iter().map(|t| tag(t.clone(), InputType::Text)).collect(),
         };
         Self {
             id: event.id,
@@ -486,11 +511,7 @@ impl ParsedJobRequest {
             created_at: event.created_at,
             encrypted,
             input_data: request.input.data(),
-            inputs: vec![InputTag {
-                data: request.input.data(),
-                kind,
-                relay: None,
-            }],
+            inputs,
             providers: request.provider.into_iter().collect(),
             fedai: true,
             request: request.clone(),
@@ -513,14 +534,21 @@ fn fmt_f32(v: f32) -> String {
     format!("{v}")
 }
 
-/// The customer's cancellation of a request: a NIP-09 deletion (kind 5) naming the request and
-/// its kind (`k` = 5050). Workers also honour deletions without `k` (generic clients).
+/// The customer's cancellation of a text-generation request: a NIP-09 deletion (kind 5)
+/// naming the request and its kind (`k` = 5050). Workers also honour deletions without `k`
+/// (generic clients).
 pub fn cancellation(request_id: EventId, keys: &Keys) -> Result<Event, ProtocolError> {
+    cancellation_of(request_id, kinds::JOB_REQUEST, keys)
+}
+
+/// [`cancellation`] of a request of kind `kind` (`k`).
+pub fn cancellation_of(
+    request_id: EventId,
+    kind: u16,
+    keys: &Keys,
+) -> Result<Event, ProtocolError> {
     EventBuilder::new(kinds::kind(kinds::DELETION), "")
-        .tags([
-            Tag::event(request_id),
-            tag("k", [kinds::JOB_REQUEST.to_string()]),
-        ])
+        .tags([Tag::event(request_id), tag("k", [kind.to_string()])])
         .finalize(keys)
         .map_err(|e| ProtocolError::Signing(e.to_string()))
 }
@@ -548,12 +576,33 @@ impl JobRequest {
         }
     }
 
+    /// Texts to embed (kind 5060) with default parameters; the answer is an [`EmbedAnswer`].
+    pub fn embed<S: Into<String>>(texts: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            input: JobInput::Embed(texts.into_iter().map(Into::into).collect()),
+            output: Some("application/json".into()),
+            ..Self::text("")
+        }
+    }
+
+    /// The request's event kind: [`kinds::EMBED_REQUEST`] for texts to embed, else
+    /// [`kinds::JOB_REQUEST`].
+    pub fn kind(&self) -> u16 {
+        match self.input {
+            JobInput::Embed(_) => kinds::EMBED_REQUEST,
+            _ => kinds::JOB_REQUEST,
+        }
+    }
+
     /// The private tags (`i` and `param`), which are encrypted for private jobs.
     fn private_tags(&self) -> Vec<Tag> {
-        let mut out = vec![tag(
-            "i",
-            [self.input.data(), self.input.input_type().to_owned()],
-        )];
+        let mut out: Vec<Tag> = match &self.input {
+            JobInput::Embed(texts) => texts
+                .iter()
+                .map(|t| tag("i", [t.clone(), "text".to_owned()]))
+                .collect(),
+            input => vec![tag("i", [input.data(), input.input_type().to_owned()])],
+        };
         let p = &self.params;
         let mut param = |k: &str, v: String| out.push(tag("param", [k.to_owned(), v]));
         if let Some(m) = &p.model {
@@ -636,6 +685,7 @@ impl JobRequest {
                 return Err(ProtocolError::tag("i", "chat input has no messages"))
             }
             JobInput::Chat(_) => {}
+            JobInput::Embed(t) => return check_embed(t, &self.params),
         }
         let p = &self.params;
         if p.max_tokens == Some(0) {
@@ -685,7 +735,7 @@ impl JobRequest {
                 crypto::encrypt(keys, &to, &json, scheme)?
             }
         };
-        tags::sign(kinds::JOB_REQUEST, content, tags, keys)
+        tags::sign(self.kind(), content, tags, keys)
     }
 
     /// Verify and parse a job request. Encrypted requests need the worker's `keys` (the `p`
@@ -704,7 +754,14 @@ impl JobRequest {
         keys: Option<&Keys>,
         verify: bool,
     ) -> Result<ParsedJobRequest, ProtocolError> {
-        tags::check(verify, event, kinds::JOB_REQUEST)?;
+        let kind = event.kind.as_u16();
+        if !kinds::is_request(kind) {
+            return Err(ProtocolError::WrongKind {
+                expected: kinds::JOB_REQUEST,
+                found: kind,
+            });
+        }
+        tags::check(verify, event, kind)?;
         let t = &event.tags;
         let providers = tags::all(t, "p")
             .map(|v| match v.first() {
@@ -746,7 +803,7 @@ impl JobRequest {
             (t.clone(), None)
         };
 
-        let (inputs, input, input_data) = parse_inputs(&private)?;
+        let (inputs, input, input_data) = parse_inputs(&private, kind == kinds::EMBED_REQUEST)?;
         let params = parse_params(&private)?;
         let output = tags::opt_value(t, "output")?.map(str::to_owned);
         let bid_msat = tags::opt_value(t, "bid")?
@@ -797,7 +854,9 @@ fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), Proto
 /// One `i` tag: its data as the input. Several: text inputs joined in order by a blank line;
 /// a chat input must be the only one. References (`url`, `event`, `job`) stand as empty text
 /// until the worker resolves them.
-fn parse_inputs(t: &Tags) -> Result<(Vec<InputTag>, JobInput, String), ProtocolError> {
+///
+/// An embedding request's inputs are texts, each one a text to embed.
+fn parse_inputs(t: &Tags, embed: bool) -> Result<(Vec<InputTag>, JobInput, String), ProtocolError> {
     let mut inputs = Vec::new();
     for i in tags::all(t, "i") {
         let Some(data) = i.first() else {
@@ -817,16 +876,26 @@ fn parse_inputs(t: &Tags) -> Result<(Vec<InputTag>, JobInput, String), ProtocolE
             relay,
         });
     }
-    if inputs.len() > MAX_INPUTS {
+    let max = if embed { MAX_EMBED_INPUTS } else { MAX_INPUTS };
+    if inputs.len() > max {
         return Err(ProtocolError::tag(
             "i",
-            format!("at most {MAX_INPUTS} inputs are taken"),
+            format!("at most {max} inputs are taken"),
         ));
     }
     let [first, rest @ ..] = inputs.as_slice() else {
         return Err(ProtocolError::MissingTag("i"));
     };
     let input = match first.kind {
+        _ if embed => {
+            if inputs.iter().any(|i| i.kind != InputType::Text) {
+                return Err(ProtocolError::tag(
+                    "i",
+                    "an embedding request's inputs must be text",
+                ));
+            }
+            JobInput::Embed(inputs.iter().map(|i| i.data.clone()).collect())
+        }
         InputType::Chat if rest.is_empty() => {
             JobInput::Chat(serde_json::from_str(&first.data).map_err(|e| {
                 ProtocolError::tag("i", format!("chat input is not a message array: {e}"))
@@ -855,6 +924,121 @@ fn parse_inputs(t: &Tags) -> Result<(Vec<InputTag>, JobInput, String), ProtocolE
 
 /// The most `i` tags one request may carry.
 pub const MAX_INPUTS: usize = 16;
+/// The most texts one embedding request may carry (a larger batch is several jobs).
+pub const MAX_EMBED_INPUTS: usize = 64;
+/// The most dimensions of an embedding vector taken from a worker.
+pub const MAX_EMBED_DIMENSIONS: usize = 16384;
+
+/// An embedding request's own rules: 1..=[`MAX_EMBED_INPUTS`] non-empty texts, and no
+/// parameter but `model` (sampling, schemas, tools and streaming mean nothing to an embedder:
+/// refused, not ignored).
+fn check_embed(texts: &[String], p: &JobParams) -> Result<(), ProtocolError> {
+    if texts.is_empty() || texts.len() > MAX_EMBED_INPUTS {
+        return Err(ProtocolError::tag(
+            "i",
+            format!("an embedding request takes 1 to {MAX_EMBED_INPUTS} texts"),
+        ));
+    }
+    if texts.iter().any(String::is_empty) {
+        return Err(ProtocolError::tag("i", "an empty text cannot be embedded"));
+    }
+    if p.model.as_deref() == Some("") {
+        return Err(ProtocolError::tag("param", "model is empty"));
+    }
+    let only_model = JobParams {
+        model: p.model.clone(),
+        ..JobParams::default()
+    };
+    if *p != only_model {
+        return Err(ProtocolError::tag(
+            "param",
+            "an embedding request takes no param but model",
+        ));
+    }
+    Ok(())
+}
+
+/// An embedding job's answer (the content of its kind-6060 result): one vector per text, in
+/// the request's order. On the wire `{"embeddings": ["<base64>", …]}`, each vector its f32
+/// values little-endian, base64 (OpenAI's `encoding_format: base64`): a third of the bytes of
+/// decimal JSON, and exact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedAnswer {
+    /// The vectors.
+    pub vectors: Vec<Vec<f32>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EmbedWire {
+    embeddings: Vec<String>,
+}
+
+impl EmbedAnswer {
+    /// The result content.
+    pub fn to_output(&self) -> String {
+        let embeddings = self.vectors.iter().map(|v| vector_base64(v)).collect();
+        serde_json::to_string(&EmbedWire { embeddings }).expect("strings serialize")
+    }
+
+    /// Read a result content: vectors of one length, 1..=[`MAX_EMBED_DIMENSIONS`], finite.
+    pub fn parse(output: &str) -> Result<Self, ProtocolError> {
+        use base64::Engine as _;
+        let bad = |m: &str| ProtocolError::InvalidContent(format!("embedding answer: {m}"));
+        let wire: EmbedWire =
+            serde_json::from_str(output).map_err(|e| bad(&format!("not the JSON object: {e}")))?;
+        let mut vectors = Vec::with_capacity(wire.embeddings.len().min(MAX_EMBED_INPUTS));
+        for b in &wire.embeddings {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|_| bad("a vector is not base64"))?;
+            if bytes.len() % 4 != 0 || bytes.is_empty() || bytes.len() / 4 > MAX_EMBED_DIMENSIONS {
+                return Err(bad(&format!(
+                    "a vector is not 1 to {MAX_EMBED_DIMENSIONS} f32 values"
+                )));
+            }
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(bad("a vector has a value that is not a finite number"));
+            }
+            if vectors
+                .first()
+                .is_some_and(|f: &Vec<f32>| f.len() != v.len())
+            {
+                return Err(bad("the vectors differ in length"));
+            }
+            vectors.push(v);
+        }
+        Ok(Self { vectors })
+    }
+
+    /// [`EmbedAnswer::parse`], held to `input`: one vector per text.
+    pub fn for_request(output: &str, input: &JobInput) -> Result<Self, ProtocolError> {
+        let a = Self::parse(output)?;
+        let want = input.embed_texts().len();
+        if a.vectors.len() != want {
+            return Err(ProtocolError::InvalidContent(format!(
+                "embedding answer: {} vectors for {want} texts",
+                a.vectors.len()
+            )));
+        }
+        Ok(a)
+    }
+
+    /// The vectors' length (0 when there are none).
+    pub fn dimensions(&self) -> usize {
+        self.vectors.first().map_or(0, Vec::len)
+    }
+}
+
+/// A vector as OpenAI's `encoding_format: base64` has it: f32 little-endian, base64.
+pub fn vector_base64(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
 
 /// Several inputs' texts as one prompt: in order, separated by a blank line, empty ones skipped.
 pub fn join_inputs<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {

@@ -13,6 +13,13 @@ use nostr::prelude::Kind;
 pub const JOB_REQUEST: u16 = 5050;
 /// NIP-90 text-generation job result (request kind + 1000).
 pub const JOB_RESULT: u16 = 6050;
+/// fed_AI text-embedding job request: each `i` text is embedded (fedai-01 "Embeddings"). No
+/// NIP-90 registry kind embeds text; this one sits next to text generation.
+pub const EMBED_REQUEST: u16 = 5060;
+/// fed_AI text-embedding job result (request kind + 1000): the vectors.
+pub const EMBED_RESULT: u16 = 6060;
+/// The job request kinds fed_AI serves.
+pub const REQUEST_KINDS: &[u16] = &[JOB_REQUEST, EMBED_REQUEST];
 /// NIP-90 job feedback.
 pub const JOB_FEEDBACK: u16 = 7000;
 /// fed_AI metering record, signed by the worker.
@@ -32,6 +39,8 @@ pub const DELETION: u16 = 5;
 pub const FEDAI_KINDS: &[u16] = &[
     JOB_REQUEST,
     JOB_RESULT,
+    EMBED_REQUEST,
+    EMBED_RESULT,
     JOB_FEEDBACK,
     METERING,
     AWARD,
@@ -65,3 +74,13 @@ pub fn has_fedai_marker(tags: &nostr::prelude::Tags) -> bool {
 
 /// Kinds that only fed_AI defines (metering, award, receipt): always validated.
 pub const FEDAI_OWNED_KINDS: &[u16] = &[METERING, AWARD, PAYMENT_RECEIPT];
+
+/// Whether `k` is a job request kind fed_AI serves.
+pub fn is_request(k: u16) -> bool {
+    REQUEST_KINDS.contains(&k)
+}
+
+/// The result kind of a request kind (NIP-90: request + 1000).
+pub fn result_of(request: u16) -> u16 {
+    request.saturating_add(1000)
+}

@@ -48,8 +48,9 @@ pub use error::{ErrorCode, ProtocolError};
 pub use feedback::{FeedbackStatus, JobFeedback};
 pub use freshness::{Freshness, ReplayGuard};
 pub use job::{
-    cancellation, ChatMessage, FunctionCall, InputTag, InputType, JobInput, JobParams, JobRequest,
-    JsonAnswer, ParsedJobRequest, TokenLogprob, ToolCall, TopLogprob,
+    cancellation, cancellation_of, vector_base64, ChatMessage, EmbedAnswer, FunctionCall, InputTag,
+    InputType, JobInput, JobParams, JobRequest, JsonAnswer, ParsedJobRequest, TokenLogprob,
+    ToolCall, TopLogprob,
 };
 pub use metering::{MeteringCheck, MeteringRecord};
 pub use receipt::PaymentReceipt;

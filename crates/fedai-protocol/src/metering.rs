@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! ["e", "<request id>", "", "request"]  ["e", "<result id>", "", "result"]  ["p", "<customer>"]
-//! ["k", "5050"]  ["model", "<id>"]  ["prompt_sha256", "<hex>"]  ["tokens", "<in>", "<out>"]
+//! ["k", "5050|5060"]  ["model", "<id>"]  ["prompt_sha256", "<hex>"]  ["tokens", "<in>", "<out>"]
 //! ["wall_ms", "<ms>"]  ["bytes", "<in>", "<out>"]  ["price", "<msat>"]  ["payment_hash", "<hex>"]?
 //! ```
 
@@ -53,6 +53,8 @@ pub struct ParsedMetering {
     pub worker: PublicKey,
     /// When it was published.
     pub created_at: Timestamp,
+    /// The kind of the metered request (`k`; 5050 when absent).
+    pub request_kind: u16,
     /// The record.
     pub record: MeteringRecord,
 }
@@ -73,13 +75,18 @@ fn is_hex32(s: &str) -> bool {
 }
 
 impl MeteringRecord {
-    /// Build and sign (by the worker).
+    /// Build and sign (by the worker) the record of a text-generation job.
     pub fn to_event(&self, keys: &Keys) -> Result<Event, ProtocolError> {
+        self.to_event_for(kinds::JOB_REQUEST, keys)
+    }
+
+    /// Build and sign the record of a job whose request is of kind `request_kind` (`k`).
+    pub fn to_event_for(&self, request_kind: u16, keys: &Keys) -> Result<Event, ProtocolError> {
         let mut t: Vec<Tag> = vec![
             tags::marked_e_tag(&self.request_id, "request"),
             tags::marked_e_tag(&self.result_id, "result"),
             Tag::public_key(self.customer),
-            tag("k", [kinds::JOB_REQUEST.to_string()]),
+            tag("k", [request_kind.to_string()]),
             tag("model", [self.model.clone()]),
             tag("prompt_sha256", [self.prompt_sha256.clone()]),
             tag(
@@ -133,6 +140,14 @@ impl MeteringRecord {
                 "not a lowercase hex sha256",
             ));
         }
+        let request_kind = match tags::opt_value(t, "k")? {
+            None => kinds::JOB_REQUEST,
+            Some(k) => tags::parse_u32("k", k)?
+                .try_into()
+                .ok()
+                .filter(|k| kinds::is_request(*k))
+                .ok_or_else(|| ProtocolError::tag("k", "is not a fed_AI job request kind"))?,
+        };
         let payment_hash = tags::opt_value(t, "payment_hash")?.map(str::to_owned);
         if let Some(h) = &payment_hash {
             if !is_hex32(h) {
@@ -146,6 +161,7 @@ impl MeteringRecord {
             id: event.id,
             worker: event.pubkey,
             created_at: event.created_at,
+            request_kind,
             record: MeteringRecord {
                 request_id: tags::marked_e(t, "request")?,
                 result_id: tags::marked_e(t, "result")?,
@@ -197,7 +213,13 @@ impl ParsedMetering {
         result: &ParsedJobResult,
         request: &Event,
     ) -> Result<MeteringCheck, ProtocolError> {
-        tags::verified(request, kinds::JOB_REQUEST)?;
+        if !kinds::is_request(request.kind.as_u16()) {
+            return Err(ProtocolError::WrongKind {
+                expected: kinds::JOB_REQUEST,
+                found: request.kind.as_u16(),
+            });
+        }
+        tags::verified(request, request.kind.as_u16())?;
         let bid = tags::opt_value(&request.tags, "bid")?
             .map(|v| tags::parse_u64("bid", v))
             .transpose()?;
@@ -237,6 +259,9 @@ impl ParsedMetering {
         }
         if r.request_id != request_id || result.request_id() != request_id {
             return fail("record, result and request do not reference the same job".into());
+        }
+        if self.request_kind != result.result.request.kind.as_u16() {
+            return fail(format!("record names request kind {}", self.request_kind));
         }
         if r.customer != customer {
             return fail("record names another customer".into());

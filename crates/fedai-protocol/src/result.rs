@@ -1,4 +1,5 @@
-//! Job result (NIP-90 kind 6050).
+//! Job result (NIP-90 kind 6050; 6060 for an embedding job, its content an
+//! [`crate::EmbedAnswer`]).
 //!
 //! ```text
 //! content: the generated text (encrypted to the customer when the request was encrypted)
@@ -120,7 +121,12 @@ impl JobResult {
             t.push(tag("encrypted", Vec::<String>::new()));
         }
         t.push(kinds::fedai_marker());
-        tags::sign(kinds::JOB_RESULT, content, t, keys)
+        tags::sign(
+            kinds::result_of(self.request.kind.as_u16()),
+            content,
+            t,
+            keys,
+        )
     }
 
     /// Verify and parse. The embedded request must itself verify and match the `e` and `p` tags.
@@ -139,11 +145,18 @@ impl JobResult {
         keys: Option<&Keys>,
         verify: bool,
     ) -> Result<ParsedJobResult, ProtocolError> {
-        tags::check(verify, event, kinds::JOB_RESULT)?;
+        let kind = event.kind.as_u16();
+        if kind != kinds::JOB_RESULT && kind != kinds::EMBED_RESULT {
+            return Err(ProtocolError::WrongKind {
+                expected: kinds::JOB_RESULT,
+                found: kind,
+            });
+        }
+        tags::check(verify, event, kind)?;
         let t = &event.tags;
         let request = Event::from_json(tags::value(t, "request")?)
             .map_err(|e| ProtocolError::tag("request", format!("not an event: {e}")))?;
-        if request.kind.as_u16() != kinds::JOB_REQUEST {
+        if kinds::result_of(request.kind.as_u16()) != kind {
             return Err(ProtocolError::tag(
                 "request",
                 "embedded event is not a job request",

@@ -42,12 +42,12 @@ pub fn validate_verified(event: &Event) -> Result<(), ProtocolError> {
         return Ok(());
     }
     match kind {
-        kinds::JOB_REQUEST => match JobRequest::parse(event, None, false) {
+        kinds::JOB_REQUEST | kinds::EMBED_REQUEST => match JobRequest::parse(event, None, false) {
             // An encrypted request cannot be opened here; its public layout was already checked.
             Err(ProtocolError::NotRecipient) => Ok(()),
             r => r.map(drop),
         },
-        kinds::JOB_RESULT => JobResult::parse(event, None, false).map(drop),
+        kinds::JOB_RESULT | kinds::EMBED_RESULT => JobResult::parse(event, None, false).map(drop),
         kinds::JOB_FEEDBACK => JobFeedback::parse(event, None, false).map(drop),
         kinds::METERING => MeteringRecord::parse(event, false).map(drop),
         kinds::AWARD => Award::parse(event, false).map(drop),

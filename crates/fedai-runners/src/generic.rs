@@ -50,6 +50,9 @@ fn body(req: &InferRequest) -> Value {
     let mut b = json!({ "model": req.model, "maxTokens": req.max_tokens });
     match &req.input {
         JobInput::Text(t) => b["prompt"] = t.clone().into(),
+        JobInput::Embed(t) => {
+            b["prompt"] = fedai_protocol::job::join_inputs(t.iter().map(String::as_str)).into()
+        }
         JobInput::Chat(_) => {
             b["messages"] = serde_json::to_value(as_messages(&req.input)).unwrap_or(Value::Null)
         }

@@ -119,6 +119,47 @@ impl Http {
         self.json(resp).await
     }
 
+    /// OpenAI's `POST /v1/embeddings` (llama.cpp started with `--embeddings`, vLLM): the
+    /// vectors in the texts' order, and the prompt tokens.
+    pub(crate) async fn openai_embed(
+        &self,
+        model: &str,
+        texts: &[String],
+    ) -> Result<crate::Embedded, RunnerError> {
+        let body =
+            serde_json::json!({ "model": model, "input": texts, "encoding_format": "float" });
+        let v = self.post_json("/v1/embeddings", &body).await?;
+        let data = v["data"]
+            .as_array()
+            .ok_or_else(|| RunnerError::Protocol("embeddings answer has no data".into()))?;
+        let mut slots: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for (n, d) in data.iter().enumerate() {
+            let i = d["index"].as_u64().map_or(n, |i| i as usize);
+            let v = d["embedding"]
+                .as_array()
+                .ok_or_else(|| RunnerError::Protocol("an embedding is not an array".into()))?
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| {
+                    RunnerError::Protocol("an embedding value is not a number".into())
+                })?;
+            match slots.get_mut(i) {
+                Some(s @ None) => *s = Some(v),
+                _ => {
+                    return Err(RunnerError::Protocol(format!(
+                        "embedding index {i} is not one of the texts or repeats"
+                    )))
+                }
+            }
+        }
+        let vectors = slots.into_iter().flatten().collect();
+        Ok(crate::Embedded {
+            vectors: crate::checked_vectors(vectors, texts.len())?,
+            input_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        })
+    }
+
     /// POST and return the response for streaming (no overall timeout: see [`lines`]).
     pub(crate) async fn post_stream(
         &self,

@@ -74,6 +74,15 @@ pub enum Piece {
     },
 }
 
+/// An embedding run's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    /// One vector per text, in order, all of one length.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, as the runner counted them.
+    pub input_tokens: u64,
+}
+
 /// A cost estimate before running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Estimate {
@@ -125,6 +134,21 @@ pub trait Runner: Send + Sync {
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, RunnerError>>;
     /// Start an inference; the stream yields text pieces then `Done`.
     fn infer(&self, req: InferRequest) -> BoxFuture<'_, Result<TokenStream, RunnerError>>;
+    /// Embed `texts` with `model` (an embedding job, kind 5060): one vector per text, in order.
+    /// Runners without an embedding endpoint refuse.
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Embedded, RunnerError>> {
+        let _ = (model, texts);
+        Box::pin(async move {
+            Err(RunnerError::Refused(format!(
+                "the {} runner does not embed",
+                self.kind()
+            )))
+        })
+    }
     /// Estimate token counts without generating.
     fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>>;
     /// Whether the server is up and ready.
@@ -210,5 +234,33 @@ pub(crate) fn as_messages(input: &JobInput) -> Vec<fedai_protocol::ChatMessage> 
     match input {
         JobInput::Text(t) => vec![fedai_protocol::ChatMessage::new("user", t.clone())],
         JobInput::Chat(m) => m.clone(),
+        JobInput::Embed(t) => t
+            .iter()
+            .map(|t| fedai_protocol::ChatMessage::new("user", t.clone()))
+            .collect(),
     }
+}
+
+/// Vectors as a runner gave them, checked: one per text, of one length within
+/// [`fedai_protocol::job::MAX_EMBED_DIMENSIONS`], finite. A runner's mistake is an error here,
+/// not a result the customer rejects after the worker claimed its pay.
+pub(crate) fn checked_vectors(
+    vectors: Vec<Vec<f32>>,
+    texts: usize,
+) -> Result<Vec<Vec<f32>>, RunnerError> {
+    let bad = |m: String| Err(RunnerError::Protocol(format!("embeddings: {m}")));
+    if vectors.len() != texts {
+        return bad(format!("{} vectors for {texts} texts", vectors.len()));
+    }
+    let dims = vectors.first().map_or(0, Vec::len);
+    if dims == 0 || dims > fedai_protocol::job::MAX_EMBED_DIMENSIONS {
+        return bad(format!("{dims} dimensions"));
+    }
+    if vectors.iter().any(|v| v.len() != dims) {
+        return bad("the vectors differ in length".into());
+    }
+    if vectors.iter().flatten().any(|x| !x.is_finite()) {
+        return bad("a value is not a finite number".into());
+    }
+    Ok(vectors)
 }

@@ -53,6 +53,10 @@ impl LlamaCpp {
     async fn prompt(&self, input: &JobInput) -> Result<String, RunnerError> {
         match input {
             JobInput::Text(t) => Ok(t.clone()),
+            // Read for an estimate only: the texts as one.
+            JobInput::Embed(t) => Ok(fedai_protocol::job::join_inputs(
+                t.iter().map(String::as_str),
+            )),
             JobInput::Chat(messages) => {
                 // The server applies the model's own chat template.
                 let v = self
@@ -150,6 +154,17 @@ impl Runner for LlamaCpp {
                 futures_util::stream::iter(out)
             });
             Ok(Box::pin(stream) as TokenStream)
+        })
+    }
+
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::Embedded, RunnerError>> {
+        Box::pin(async move {
+            self.models.check(model, self.fetch_models()).await?;
+            self.http.openai_embed(model, texts).await
         })
     }
 

@@ -126,6 +126,33 @@ impl LocalLlamaServer {
         parallel: u32,
         threads: u32,
     ) -> Result<Self, RunnerError> {
+        Self::start_args(model, alias, parallel, threads, &[]).await
+    }
+
+    /// A server that embeds (`/v1/embeddings`, llama.cpp's `--embeddings`), mean-pooled: a
+    /// chat model pooled so is a small real embedder.
+    pub async fn start_embeddings(
+        model: LocalModel,
+        alias: &str,
+        threads: u32,
+    ) -> Result<Self, RunnerError> {
+        Self::start_args(
+            model,
+            alias,
+            1,
+            threads,
+            &["--embeddings", "--pooling", "mean"],
+        )
+        .await
+    }
+
+    async fn start_args(
+        model: LocalModel,
+        alias: &str,
+        parallel: u32,
+        threads: u32,
+        extra: &[&str],
+    ) -> Result<Self, RunnerError> {
         let inst = install()?;
         let path = match model {
             LocalModel::SmolLm2 => &inst.smollm2,
@@ -136,7 +163,7 @@ impl LocalLlamaServer {
         // port; the server's own last words go into the error when it keeps failing.
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::spawn(&inst, path, alias, parallel, threads).await {
+            match Self::spawn(&inst, path, alias, parallel, threads, extra).await {
                 Ok(server) => return Ok(server),
                 Err(Spawn::Exited(why)) => last = why,
                 Err(Spawn::Other(e)) => return Err(e),
@@ -153,6 +180,7 @@ impl LocalLlamaServer {
         alias: &str,
         parallel: u32,
         threads: u32,
+        extra: &[&str],
     ) -> Result<Self, Spawn> {
         let other = |e: RunnerError| Spawn::Other(e);
         let port = free_port().map_err(|e| other(RunnerError::Unreachable(e.to_string())))?;
@@ -184,6 +212,7 @@ impl LocalLlamaServer {
                 "-t",
                 &threads.max(1).to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

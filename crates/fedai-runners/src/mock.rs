@@ -67,6 +67,44 @@ impl Runner for MockRunner {
         })
     }
 
+    /// 8 dimensions from a hash of the model and text, unit length: deterministic, and different
+    /// texts get different vectors. A token per whitespace-separated word.
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::Embedded, RunnerError>> {
+        Box::pin(async move {
+            if model != MOCK_MODEL {
+                return Err(RunnerError::UnknownModel(model.to_owned()));
+            }
+            let vectors = texts
+                .iter()
+                .map(|t| {
+                    let h = fedai_protocol::sha256_hex(format!("{model}\n{t}").as_bytes());
+                    let v: Vec<f32> = h.as_bytes()[..8]
+                        .iter()
+                        .map(|b| f32::from(*b) - 80.0)
+                        .collect();
+                    let norm = v
+                        .iter()
+                        .map(|x| x * x)
+                        .sum::<f32>()
+                        .sqrt()
+                        .max(f32::MIN_POSITIVE);
+                    v.into_iter().map(|x| x / norm).collect()
+                })
+                .collect();
+            Ok(crate::Embedded {
+                vectors,
+                input_tokens: texts
+                    .iter()
+                    .map(|t| t.split_whitespace().count() as u64)
+                    .sum(),
+            })
+        })
+    }
+
     fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>> {
         let input_tokens = as_messages(&req.input)
             .iter()

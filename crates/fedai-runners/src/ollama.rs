@@ -111,6 +111,38 @@ impl Runner for Ollama {
         })
     }
 
+    /// Ollama's `POST /api/embed`: `{"embeddings": [[…]], "prompt_eval_count": n}`.
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::Embedded, RunnerError>> {
+        Box::pin(async move {
+            let v = self
+                .http
+                .post_json("/api/embed", &json!({ "model": model, "input": texts }))
+                .await?;
+            let vectors = v["embeddings"]
+                .as_array()
+                .ok_or_else(|| RunnerError::Protocol("/api/embed has no embeddings".into()))?
+                .iter()
+                .map(|e| {
+                    e.as_array()?
+                        .iter()
+                        .map(|x| x.as_f64().map(|x| x as f32))
+                        .collect::<Option<Vec<f32>>>()
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    RunnerError::Protocol("an embedding is not an array of numbers".into())
+                })?;
+            Ok(crate::Embedded {
+                vectors: crate::checked_vectors(vectors, texts.len())?,
+                input_tokens: v["prompt_eval_count"].as_u64().unwrap_or(0),
+            })
+        })
+    }
+
     fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>> {
         // No tokenizer endpoint in this API.
         let est = crate::byte_estimate(req);

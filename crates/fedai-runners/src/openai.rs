@@ -141,6 +141,17 @@ impl Runner for OpenAi {
         })
     }
 
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::Embedded, RunnerError>> {
+        Box::pin(async move {
+            self.models.check(model, self.fetch_models()).await?;
+            self.http.openai_embed(model, texts).await
+        })
+    }
+
     fn estimate(&self, req: &InferRequest) -> BoxFuture<'_, Result<Estimate, RunnerError>> {
         // No tokenizer endpoint in this API.
         let est = crate::byte_estimate(req);

@@ -48,7 +48,7 @@ impl Worker {
             instance: i.cfg.instance.clone(),
             name: i.cfg.name.clone(),
             about: format!("{} runner", i.runner.kind()),
-            job_kinds: vec![kinds::JOB_REQUEST],
+            job_kinds: i.cfg.job_kinds.clone(),
             prices: models.iter().map(|m| self.price_for(&m.id)).collect(),
             models,
             max_concurrent: i.cfg.max_concurrent,
@@ -74,7 +74,11 @@ impl Worker {
             relays: i.cfg.relays.clone(),
             version: VERSION.into(),
             encryption_supported: true,
-            features: i.runner.features().iter().map(|f| f.to_string()).collect(),
+            // The runner's features are text generation's: an embedder alone lists none.
+            features: match i.cfg.job_kinds.contains(&kinds::JOB_REQUEST) {
+                true => i.runner.features().iter().map(|f| f.to_string()).collect(),
+                false => Vec::new(),
+            },
             expiration: Timestamp::from_secs(
                 Timestamp::now().as_secs() + lifetime.as_secs().max(1),
             ),

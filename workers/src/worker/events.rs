@@ -17,7 +17,7 @@ impl Worker {
         // Ids, kinds and keys only: never content, which may be a prompt or an output.
         tracing::debug!(id = %event.id, kind = event.kind.as_u16(), author = %event.pubkey, "event");
         match event.kind.as_u16() {
-            kinds::JOB_REQUEST => {
+            k if self.inner.cfg.job_kinds.contains(&k) => {
                 let w = self.clone();
                 tokio::spawn(async move { w.on_request(event, false).await });
             }

@@ -180,12 +180,15 @@ impl Worker {
             max_tokens: parsed.request.params.max_tokens,
             bid_msat: parsed.request.bid_msat,
             fedai: parsed.fedai,
-            missing_feature: parsed
-                .request
-                .params
-                .features()
-                .into_iter()
-                .find(|f| !i.runner.features().contains(f)),
+            missing_feature: match parsed.request.kind() {
+                k if !i.cfg.job_kinds.contains(&k) => Some("embeddings"),
+                _ => parsed
+                    .request
+                    .params
+                    .features()
+                    .into_iter()
+                    .find(|f| !i.runner.features().contains(f)),
+            },
         }
     }
 

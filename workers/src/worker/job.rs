@@ -67,6 +67,9 @@ impl Worker {
         mut announced: Option<tokio::task::JoinHandle<()>>,
     ) -> Outcome {
         let i = &self.inner;
+        if let fedai_protocol::JobInput::Embed(texts) = &req.input {
+            return self.embed(&req.model, texts, announced).await;
+        }
         let t0 = Instant::now();
         // No token is this long: a runner that ignores `max_tokens` cannot grow our memory.
         let max_output = (req.max_tokens as usize).saturating_mul(MAX_BYTES_PER_TOKEN) + 4096;
@@ -194,6 +197,33 @@ impl Worker {
         }
     }
 
+    /// An embedding job: the runner's vectors as an [`fedai_protocol::EmbedAnswer`], metered by
+    /// the tokens it read (it writes none). The runner checked the vectors' shape.
+    async fn embed(
+        &self,
+        model: &str,
+        texts: &[String],
+        announced: Option<tokio::task::JoinHandle<()>>,
+    ) -> Outcome {
+        let t0 = Instant::now();
+        let embedded = self.inner.runner.embed(model, texts).await;
+        if let Some(h) = announced {
+            let _ = h.await;
+        }
+        match embedded {
+            Ok(e) => Outcome::Done {
+                output: fedai_protocol::EmbedAnswer { vectors: e.vectors }.to_output(),
+                usage: Usage {
+                    input_tokens: e.input_tokens,
+                    output_tokens: 0,
+                },
+                first_token: None,
+                runner_time: t0.elapsed(),
+            },
+            Err(e) => Outcome::Failed(runner_error_code(&e), e.to_string()),
+        }
+    }
+
     pub(super) async fn partial(&self, parsed: &ParsedJobRequest, seq: u64, chunk: String) {
         let mut fb = JobFeedback::partial(parsed.id, parsed.customer, seq, chunk);
         fb.encrypted = parsed.encrypted;
@@ -270,7 +300,7 @@ impl Worker {
             payment_hash: payment_hash.map(hex::encode),
         };
         self.publish_job(parsed, &result_ev).await;
-        match record.to_event(&i.cfg.keys) {
+        match record.to_event_for(parsed.request.kind(), &i.cfg.keys) {
             Ok(ev) => self.publish_job(parsed, &ev).await,
             Err(e) => {
                 tracing::warn!(request = %parsed.id, error = %e, "cannot build metering record")

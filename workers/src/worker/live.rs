@@ -74,7 +74,7 @@ impl Worker {
             (
                 JOBS,
                 Filter::new()
-                    .kind(Kind::from_u16(kinds::JOB_REQUEST))
+                    .kinds(i.cfg.job_kinds.iter().map(|k| Kind::from_u16(*k)))
                     .since(resume(window)),
             ),
             // With or without a `k` tag (generic clients omit it); only a running job's own

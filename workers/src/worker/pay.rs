@@ -26,8 +26,13 @@ impl Worker {
             Ok(e) => e.input_tokens,
             Err(_) => (parsed.input_data.len() as u64).div_ceil(4),
         };
+        // An embedding writes nothing: its price is its input's.
+        let output_tokens = match req.input {
+            fedai_protocol::JobInput::Embed(_) => 0,
+            _ => u64::from(req.max_tokens),
+        };
         self.price_for(&req.model)
-            .cost_msat(input_tokens, req.max_tokens as u64)
+            .cost_msat(input_tokens, output_tokens)
     }
 
     /// Pay-before: offer the job at `price` and return once it is paid — our node holds the

@@ -15,6 +15,7 @@ impl Worker {
             .kinds([
                 Kind::from_u16(kinds::JOB_FEEDBACK),
                 Kind::from_u16(kinds::JOB_RESULT),
+                Kind::from_u16(kinds::EMBED_RESULT),
             ])
             .since(since);
         let events = match i
@@ -31,7 +32,7 @@ impl Worker {
         };
         let (mut accepted, mut answered) = (HashSet::new(), HashSet::new());
         for ev in events.iter() {
-            if ev.kind.as_u16() == kinds::JOB_RESULT {
+            if kinds::is_request(ev.kind.as_u16().saturating_sub(1000)) {
                 if let Ok(r) = JobResult::from_event(ev, None) {
                     answered.insert(r.request_id());
                 }
