@@ -62,6 +62,8 @@ enum Cmd {
     Relays(cmd::relays::Relays),
     /// Run a prompt through a worker, streaming the answer.
     Infer(cmd::infer::Infer),
+    /// Embed texts (kind 5060): one vector per text, as JSON.
+    Embed(cmd::embed::Embed),
     /// Collect quotes for a prompt from live workers without running it.
     Quote(cmd::quote::Quote),
     /// Show a job's events and state.
@@ -132,6 +134,7 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Workers(c) => c.run(&ctx).await,
         Cmd::Relays(c) => c.run(&ctx).await,
         Cmd::Infer(c) => c.run(&ctx).await,
+        Cmd::Embed(c) => c.run(&ctx).await,
         Cmd::Quote(c) => c.run(&ctx).await,
         Cmd::Job(c) => c.run(&ctx).await,
         Cmd::Metering(c) => c.run(&ctx).await,

@@ -6,6 +6,7 @@ pub mod demo;
 #[cfg(not(feature = "demo"))]
 #[path = "no_demo.rs"]
 pub mod demo;
+pub mod embed;
 pub mod gateway;
 pub mod infer;
 pub mod job;

@@ -41,6 +41,7 @@ async fn workers(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
             "in_flight": a.ad.in_flight, "max_concurrent": a.ad.max_concurrent, "runner": a.ad.runner,
             "age_secs": now.saturating_sub(a.created_at.as_secs()),
             "features": a.ad.features,
+            "job_kinds": a.ad.job_kinds,
             "seen": {"verified": seen(&a.worker).verified, "penalty": seen(&a.worker).penalty, "spot_failed": seen(&a.worker).spot_failed, "trust": seen(&a.worker).trust(), "first_token_ms": seen(&a.worker).first_token_ms},
         })).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -56,7 +57,11 @@ async fn workers(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
     );
     for a in &ads {
         let npub = a.worker.to_bech32().unwrap_or_default();
-        let models: Vec<&str> = a.ad.models.iter().map(|m| m.id.as_str()).collect();
+        let mut models: Vec<&str> = a.ad.models.iter().map(|m| m.id.as_str()).collect();
+        // An embedder says so by its models.
+        if a.ad.job_kinds == [fedai_protocol::kinds::EMBED_REQUEST] {
+            models.push("(embeddings)");
+        }
         let price =
             a.ad.prices
                 .first()
