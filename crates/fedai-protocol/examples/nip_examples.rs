@@ -126,6 +126,32 @@ fn main() {
         .to_event(&worker)
         .unwrap(),
     );
+    // Embeddings: two texts, each an `i` tag; the result one vector per text (4 dimensions
+    // here, hundreds in practice).
+    let mut em = JobRequest::embed(["The cat sat on the mat.", "Quarterly revenue grew."]);
+    em.params.model = Some("nomic-embed-text-v1.5".into());
+    em.expiration = Some(far);
+    let em_ev = em.to_event(&customer, None).unwrap();
+    let pem = JobRequest::from_event(&em_ev, None).unwrap();
+    ex.insert("embed-request", em_ev.clone());
+    let vectors = EmbedAnswer {
+        vectors: vec![vec![0.5, -0.25, 0.125, 0.8], vec![-0.1, 0.7, 0.3, -0.6]],
+    };
+    ex.insert(
+        "embed-result",
+        JobResult::for_request(
+            &em_ev,
+            &pem,
+            vectors.to_output(),
+            "nomic-embed-text-v1.5".into(),
+            Usage {
+                input_tokens: 14,
+                output_tokens: 0,
+            },
+        )
+        .to_event(&worker)
+        .unwrap(),
+    );
     // Log probabilities: a short answer with each token's and one alternative.
     let mut lp = JobRequest::chat("Name a colour.");
     lp.params.model = Some("smollm2-135m-instruct-q4_1".into());
@@ -399,6 +425,7 @@ fn main() {
             id: "smollm2-135m-instruct-q4_1".into(),
             context_length: 8192,
             quantisation: "Q4_1".into(),
+            dimensions: 0,
         }],
         prices: vec![Price {
             model: "smollm2-135m-instruct-q4_1".into(),

@@ -63,7 +63,19 @@ fn every_example_parses_with_the_protocol_crate() {
             validate::validate_event(ev)
         );
         let ok = match ev.kind.as_u16() {
-            kinds::JOB_REQUEST => JobRequest::from_event(ev, Some(&worker)).is_ok(),
+            kinds::JOB_REQUEST | kinds::EMBED_REQUEST => {
+                JobRequest::from_event(ev, Some(&worker)).is_ok()
+            }
+            kinds::EMBED_RESULT => JobResult::from_event(ev, Some(&customer)).is_ok_and(|r| {
+                EmbedAnswer::for_request(
+                    &r.result.output,
+                    &JobRequest::from_event(&r.result.request, None)
+                        .unwrap()
+                        .request
+                        .input,
+                )
+                .is_ok()
+            }),
             kinds::JOB_FEEDBACK => JobFeedback::from_event(ev, Some(&customer)).is_ok(),
             kinds::JOB_RESULT => JobResult::from_event(ev, Some(&customer)).is_ok(),
             kinds::METERING => MeteringRecord::from_event(ev).is_ok(),
