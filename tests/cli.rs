@@ -174,3 +174,58 @@ async fn relays_lists_yours_and_the_workers_with_latency() {
         "says why: {rd}"
     );
 }
+
+/// `fedai embed` against a worker that serves embeddings only (`--serve embeddings` in front of
+/// llama.cpp's `--embeddings`): one vector per text, as JSON with the job's signed facts; a
+/// generation job is never sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embed_prints_one_vector_per_text_from_an_embedding_worker() {
+    use fedai_tests::{RelayProc, WorkerProc};
+    let server = fedai_runners::local::LocalLlamaServer::start_embeddings(
+        fedai_runners::local::LocalModel::SmolLm2,
+        "smol-embed",
+        1,
+    )
+    .await
+    .expect("an embedding server");
+    let relay = RelayProc::start(&["--memory"]);
+    let (sk, _) = fedai_tests::nsec();
+    let _w = WorkerProc::start(&sk, &relay.url, &server.url, &["--serve", "embeddings"]);
+    let c = fedai_tests::client(&relay).await;
+    let ads = fedai_tests::wait_for_workers(&c, 1).await;
+    c.shutdown().await;
+    assert_eq!(ads[0].ad.job_kinds, vec![5060]);
+    assert!(
+        ads[0].ad.features.is_empty(),
+        "an embedder lists no text features"
+    );
+    let (ok, out, err, _) = fedai(&[
+        "--relay",
+        &relay.url,
+        "embed",
+        "The cat sat on the mat.",
+        "Quarterly revenue grew.",
+        "--model",
+        "smol-embed",
+        "--encrypt",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["dimensions"], 576, "{v}");
+    let e = v["embeddings"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert!(e.iter().all(|x| x.as_array().unwrap().len() == 576));
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    // No worker generates text here: `infer` says so rather than asking the embedder.
+    let (ok, _, err, _) = fedai(&[
+        "--relay",
+        &relay.url,
+        "infer",
+        "hello",
+        "--model",
+        "smol-embed",
+        "--timeout",
+        "10",
+    ]);
+    assert!(!ok && err.contains("no live worker"), "{err}");
+}

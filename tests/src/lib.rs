@@ -495,6 +495,7 @@ pub fn scripted_ad(
             id: "tiny".into(),
             context_length: 2048,
             quantisation: "f32".into(),
+            dimensions: 0,
         }],
         prices: vec![price],
         max_concurrent: 4,

@@ -304,6 +304,7 @@ mod tests {
             id: "m".into(),
             context_length: 2048,
             quantisation: "q4".into(),
+            dimensions: 0,
         }]
     }
 

@@ -656,18 +656,25 @@ impl FedaiClient {
         let _ = self.client.unsubscribe(&sub.id).await;
     }
 
-    /// Cancel a request (NIP-09 deletion): its worker stops it and answers `cancelled`.
+    /// Cancel a text-generation request (NIP-09 deletion): its worker stops it and answers
+    /// `cancelled`.
     pub async fn cancel(&self, request_id: EventId) -> Result<(), ClientError> {
-        self.cancel_on(request_id, &[]).await
+        self.cancel_on(request_id, kinds::JOB_REQUEST, &[]).await
     }
 
-    /// [`Self::cancel`], also on the worker relays a job reached.
+    /// [`Self::cancel`] of a request of kind `kind` (the deletion's `k`).
+    pub async fn cancel_kind(&self, request_id: EventId, kind: u16) -> Result<(), ClientError> {
+        self.cancel_on(request_id, kind, &[]).await
+    }
+
+    /// [`Self::cancel_kind`], also on the worker relays a job reached.
     pub(crate) async fn cancel_on(
         &self,
         request_id: EventId,
+        kind: u16,
         reached: &[RelayUrl],
     ) -> Result<(), ClientError> {
-        let ev = fedai_protocol::cancellation(request_id, &self.keys)?;
+        let ev = fedai_protocol::cancellation_of(request_id, kind, &self.keys)?;
         self.send_to(&ev, reached).await
     }
 

@@ -44,12 +44,22 @@ const PAYMENT_FAILURE_GRACE: Duration = Duration::from_secs(2);
 /// Tokens a chat template may add around the prompt (role markers, a default system prompt).
 pub const TEMPLATE_TOKENS: u64 = 256;
 
+/// Special tokens an embedder may add around each text (BOS, EOS, a separator, an
+/// instruction prefix's few).
+pub const EMBED_TEXT_TOKENS: usize = 8;
+
 /// The most prompt tokens a worker may count for `request`, whose input data is `data_len`
 /// bytes: a token covers at least one byte, plus a chat template's; a tools job adds its tool
 /// list, the instructions around it and the JSON that earlier calls and outputs are written in
 /// (`fedai_runners::tools`).
 pub fn prompt_token_bound(data_len: usize, request: &fedai_protocol::JobRequest) -> u64 {
     use fedai_protocol::job::{TOOLS_GUIDE_BYTES, TOOL_TURN_BYTES};
+    // Texts to embed: no template, a token a byte, and a few special tokens each.
+    let texts = request.input.embed_texts();
+    if !texts.is_empty() {
+        let bytes: usize = texts.iter().map(String::len).sum();
+        return (bytes + EMBED_TEXT_TOKENS * texts.len()) as u64;
+    }
     let mut n = data_len + TEMPLATE_TOKENS as usize;
     let p = &request.params;
     if let Some(tools) = &p.tools {
@@ -892,6 +902,50 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn an_embedding_answer_is_held_to_its_request_before_it_is_taken() {
+        let req = JobRequest::embed(["a cat", "a dog"]);
+        let two = fedai_protocol::EmbedAnswer {
+            vectors: vec![vec![0.5, 0.5], vec![0.1, 0.9]],
+        };
+        let one = fedai_protocol::EmbedAnswer {
+            vectors: vec![vec![0.5, 0.5]],
+        };
+        for (output, written, ok) in [
+            (two.to_output(), 0, true),
+            (one.to_output(), 0, false),
+            ("[0.5, 0.5]".to_owned(), 0, false),
+            // Billed for tokens an embedder never writes.
+            (two.to_output(), 500, false),
+        ] {
+            let mut j = job_with(req.clone());
+            assert_eq!(j.request.kind.as_u16(), kinds::EMBED_REQUEST);
+            let usage = Usage {
+                input_tokens: 4,
+                output_tokens: written,
+            };
+            let r =
+                JobResult::for_request(&j.request, &j.parsed, output.clone(), "e".into(), usage)
+                    .to_event(&j.worker)
+                    .unwrap();
+            assert_eq!(r.kind.as_u16(), kinds::EMBED_RESULT);
+            j.feed(&r, 0.1);
+            let end = done(j.tracker.on_wake(j.at(3.0)));
+            match ok {
+                true => assert!(end.is_ok(), "{output}: {end:?}"),
+                false => assert!(
+                    matches!(&end, Err(ClientError::InvalidResult(_))),
+                    "{output} ({written} written): {end:?}"
+                ),
+            }
+        }
+        // The input allowance is the texts' bytes and a few tokens each, no chat template.
+        assert_eq!(
+            prompt_token_bound(0, &req),
+            (5 + 5 + 2 * EMBED_TEXT_TOKENS) as u64
+        );
     }
 
     #[test]

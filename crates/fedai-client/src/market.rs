@@ -183,6 +183,7 @@ impl FedaiClient {
                         || opts.ignore.contains(&a.worker)
                         || !a.ad.supports(&features)
                         || !a.ad.takes_kind(kind)
+                        || !embeds(info, &request.input)
                         || quote.is_some_and(|q| q.is_none()),
                     stats: stats.get(&a.worker),
                     speed_hint_tps: None,
@@ -506,7 +507,9 @@ impl FedaiClient {
                     }
                     tries.failed(self, worker, e, opts, &mut on_update)?;
                     // Tell the worker to stop (it may still be running); best effort.
-                    let _ = self.cancel_on(attempt_id, &reached.urls).await;
+                    let _ = self
+                        .cancel_on(attempt_id, request.kind(), &reached.urls)
+                        .await;
                 }
             }
         }
@@ -529,7 +532,7 @@ impl FedaiClient {
         let quotes = collect_quotes(&mut sub.notifications, id, self.keys(), window).await;
         self.close(sub).await;
         // Nobody will be awarded: withdraw the request.
-        let _ = self.cancel(id).await;
+        let _ = self.cancel_kind(id, req.kind()).await;
         Ok(quotes)
     }
 
@@ -706,6 +709,17 @@ fn failure_of(e: &ClientError) -> Option<Failure> {
 /// `max_tokens` assumed for a request that sets none (the workers' default limit).
 const DEFAULT_MAX_TOKENS_BOUND: u64 = 4096;
 
+/// Whether a model (as its ad lists it) can answer `input`: any model a text-generation job,
+/// and for an embedding job one that embeds with room for its texts (the answer must fit one
+/// event, [`fedai_protocol::job::max_embed_texts`]).
+fn embeds(info: Option<&fedai_protocol::ModelInfo>, input: &fedai_protocol::JobInput) -> bool {
+    let texts = input.embed_texts().len();
+    texts == 0
+        || info.is_some_and(|m| {
+            m.dimensions > 0 && texts <= fedai_protocol::job::max_embed_texts(m.dimensions)
+        })
+}
+
 /// The ad's price for the model `request` runs on (the worker's first model when it names none).
 pub fn ad_price<'a>(
     ad: &'a ParsedCapabilityAd,
@@ -788,7 +802,30 @@ async fn collect_quotes(
 
 #[cfg(test)]
 mod tests {
-    use super::comparable;
+    use super::{comparable, embeds};
+
+    #[test]
+    fn embedding_jobs_go_only_to_models_that_embed_with_room_for_them() {
+        let model = |dimensions| fedai_protocol::ModelInfo {
+            id: "e".into(),
+            context_length: 512,
+            quantisation: "f16".into(),
+            dimensions,
+        };
+        let texts = |n: usize| fedai_protocol::JobInput::Embed(vec!["t".into(); n]);
+        assert!(embeds(Some(&model(768)), &texts(42)));
+        assert!(
+            !embeds(Some(&model(768)), &texts(43)),
+            "the answer would not fit"
+        );
+        assert!(!embeds(Some(&model(0)), &texts(1)), "not an embedder");
+        assert!(!embeds(None, &texts(1)), "model not served");
+        let chat = fedai_protocol::JobInput::Text("hi".into());
+        assert!(
+            embeds(Some(&model(0)), &chat),
+            "text jobs are not held to this"
+        );
+    }
     use fedai_protocol::{JobParams, JsonAnswer, TokenLogprob};
 
     #[test]

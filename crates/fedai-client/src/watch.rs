@@ -251,6 +251,7 @@ mod tests {
                     id: "m".into(),
                     context_length: 2048,
                     quantisation: "q".into(),
+                    dimensions: 0,
                 }],
                 prices: Vec::new(),
                 max_concurrent: 1,

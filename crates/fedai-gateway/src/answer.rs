@@ -156,9 +156,31 @@ pub fn completion(meta: &Meta, done: &[Finished]) -> Value {
     })
 }
 
-/// An embedding call's answer: each batch's vectors in order, as numbers or (`base64`) as
-/// OpenAI's base64 of little-endian f32; `usage` summed from the signed metering records.
-pub fn embeddings(meta: &Meta, done: &[Finished], base64: bool) -> Result<Value, String> {
+/// An embedding call's answer (the body, serialized here: each f32 written as the shortest
+/// decimal that reads back as it, not widened to f64): each batch's vectors in order, as numbers
+/// or (`base64`) as OpenAI's base64 of little-endian f32; `usage` summed from the signed
+/// metering records.
+pub fn embeddings(meta: &Meta, done: &[Finished], base64: bool) -> Result<String, String> {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Vector {
+        Floats(Vec<f32>),
+        Base64(String),
+    }
+    #[derive(serde::Serialize)]
+    struct Item {
+        object: &'static str,
+        index: usize,
+        embedding: Vector,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        object: &'static str,
+        data: Vec<Item>,
+        model: &'a str,
+        usage: Value,
+        fedai: Value,
+    }
     let mut data = Vec::new();
     let mut dims = None;
     for f in done {
@@ -168,23 +190,32 @@ pub fn embeddings(meta: &Meta, done: &[Finished], base64: bool) -> Result<Value,
         }
         for v in a.vectors {
             let embedding = match base64 {
-                true => Value::String(fedai_protocol::vector_base64(&v)),
-                false => json!(v),
+                true => Vector::Base64(fedai_protocol::vector_base64(&v)),
+                false => Vector::Floats(v),
             };
-            data.push(json!({"object": "embedding", "index": data.len(), "embedding": embedding}));
+            data.push(Item {
+                object: "embedding",
+                index: data.len(),
+                embedding,
+            });
         }
     }
     let (i, c) = done
         .iter()
         .fold((0, 0), |(i, c), f| (i + f.input_tokens, c + f.cost_msat));
     let fedai: Vec<Value> = done.iter().map(Finished::fedai).collect();
-    Ok(json!({
-        "object": "list",
-        "data": data,
-        "model": meta.model,
-        "usage": {"prompt_tokens": i, "total_tokens": i, "cost_msat": c},
-        "fedai": if fedai.len() == 1 { fedai[0].clone() } else { Value::Array(fedai) },
-    }))
+    let body = Body {
+        object: "list",
+        data,
+        model: &meta.model,
+        usage: json!({"prompt_tokens": i, "total_tokens": i, "cost_msat": c}),
+        fedai: if fedai.len() == 1 {
+            fedai[0].clone()
+        } else {
+            Value::Array(fedai)
+        },
+    };
+    serde_json::to_string(&body).map_err(|e| e.to_string())
 }
 
 /// One streamed chunk: text (`delta`), the opening role, or the end (`finish`, with the
@@ -360,6 +391,38 @@ pub fn models(ads: &[ParsedCapabilityAd]) -> Value {
 mod tests {
     use super::*;
     use fedai_protocol::Keys;
+
+    #[test]
+    fn embeddings_answer_in_order_with_f32s_as_written() {
+        let meta = Meta::new(Endpoint::Embeddings, "e");
+        let a =
+            |v: Vec<Vec<f32>>| finished(&fedai_protocol::EmbedAnswer { vectors: v }.to_output());
+        let done = [
+            a(vec![vec![0.1, -2.5]]),
+            a(vec![vec![1.0, 0.0], vec![0.5, 0.25]]),
+        ];
+        let body = embeddings(&meta, &done, false).unwrap();
+        assert!(body.contains("[0.1,-2.5]"), "shortest f32 form: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let idx: Vec<u64> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(idx, vec![0, 1, 2]);
+        assert_eq!(v["data"][2]["embedding"], json!([0.5, 0.25]));
+        assert_eq!(v["usage"]["prompt_tokens"], 20);
+        assert_eq!(v["fedai"].as_array().unwrap().len(), 2);
+        let b64: Value = serde_json::from_str(&embeddings(&meta, &done, true).unwrap()).unwrap();
+        assert_eq!(
+            b64["data"][1]["embedding"],
+            fedai_protocol::vector_base64(&[1.0, 0.0])
+        );
+        // Vectors of two lengths from two workers are not one answer.
+        let odd = [a(vec![vec![0.1, 0.2]]), a(vec![vec![0.1]])];
+        assert!(embeddings(&meta, &odd, false).is_err());
+    }
 
     fn finished(out: &str) -> Finished {
         Finished {

@@ -77,10 +77,13 @@ pub struct Call {
     pub model: String,
     /// The job (one per choice when `n > 1`; an embedding call's first batch).
     pub job: JobRequest,
-    /// Choices asked for (an embedding call: its batches).
+    /// Choices asked for (an embedding call: its batches, once sized by [`embed_batches`]).
     pub n: u32,
-    /// An embedding call's jobs, one per batch of texts, in order (empty for the others).
+    /// An embedding call's jobs, one per batch of texts, in order (empty for the others, and
+    /// until the models' vector lengths are known).
     pub batches: Vec<JobRequest>,
+    /// An embedding call's texts, in order.
+    pub texts: Vec<String>,
     /// Embeddings answered as base64 (`encoding_format: base64`), not arrays of numbers.
     pub base64: bool,
     /// Server-sent events.
@@ -154,7 +157,6 @@ pub fn completion(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
 /// Read a `/v1/embeddings` body: `input` (a string or strings; token arrays are refused),
 /// `model`, `encoding_format`; `dimensions` is refused (no worker shortens vectors yet).
 pub fn embeddings(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
-    use fedai_protocol::job::MAX_EMBED_INPUTS;
     let obj = object(body)?;
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -213,37 +215,58 @@ pub fn embeddings(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
             _ => return Err(bad(key, format!("unrecognized request argument `{key}`"))),
         }
     }
-    // Batches of at most MAX_EMBED_INPUTS texts and about EMBED_JOB_BYTES, in order.
-    let mut batches: Vec<JobRequest> = Vec::new();
-    let (mut batch, mut bytes) = (Vec::new(), 0usize);
-    for t in texts {
-        // A text's place in the request: itself, escaped, and its tag around it.
-        let size = t.len() + t.len() / 8 + 16;
-        if !batch.is_empty() && (batch.len() == MAX_EMBED_INPUTS || bytes + size > EMBED_JOB_BYTES)
-        {
-            batches.push(JobRequest::embed(std::mem::take(&mut batch)));
-            bytes = 0;
-        }
-        bytes += size;
-        batch.push(t);
-    }
-    batches.push(JobRequest::embed(batch));
-    for job in &mut batches {
-        job.params.model = Some(model.clone());
-        job.validate()
-            .map_err(|e| ApiError::invalid(Some("input"), e.to_string()))?;
-    }
+    // Checked as one job would be (each batch is checked again when built).
+    let mut job = JobRequest::embed([texts[0].clone()]);
+    job.params.model = Some(model.clone());
+    job.validate()
+        .map_err(|e| ApiError::invalid(Some("input"), e.to_string()))?;
     Ok(Call {
         endpoint: Endpoint::Embeddings,
         model,
-        job: batches[0].clone(),
-        n: batches.len() as u32,
-        batches,
+        job,
+        n: 1,
+        batches: Vec::new(),
+        texts,
         base64,
         stream: false,
         include_usage: false,
         routing,
     })
+}
+
+/// An embedding call's texts as jobs for `model`, in order: as few as hold them with at most
+/// `per_job` texts and about [`EMBED_JOB_BYTES`] each, evened out (65 texts go as 33 + 32, not
+/// 64 + 1, so each job's share of the call's price cap fits its size).
+pub fn embed_batches(texts: &[String], model: &str, per_job: usize) -> Vec<JobRequest> {
+    // A text's place in the request: itself, escaped, and its tag around it.
+    let size = |t: &String| t.len() + t.len() / 8 + 16;
+    let per_job = per_job.max(1);
+    let total: usize = texts.iter().map(size).sum();
+    let jobs = texts
+        .len()
+        .div_ceil(per_job)
+        .max(total.div_ceil(EMBED_JOB_BYTES))
+        .max(1);
+    let count = texts.len().div_ceil(jobs);
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let (mut batch, mut used) = (Vec::new(), 0usize);
+    for t in texts {
+        let n = size(t);
+        if !batch.is_empty() && (batch.len() == count || used + n > EMBED_JOB_BYTES) {
+            out.push(std::mem::take(&mut batch));
+            used = 0;
+        }
+        used += n;
+        batch.push(t.clone());
+    }
+    out.push(batch);
+    out.into_iter()
+        .map(|b| {
+            let mut job = JobRequest::embed(b);
+            job.params.model = Some(model.to_owned());
+            job
+        })
+        .collect()
 }
 
 fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
@@ -414,6 +437,7 @@ fn call(
         job,
         n,
         batches: Vec::new(),
+        texts: Vec::new(),
         base64: false,
         stream,
         include_usage,
@@ -666,6 +690,86 @@ fn message(m: &Value) -> Result<ChatMessage, ApiError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn embeddings_bodies_are_read_or_refused_by_name() {
+        let read = |v: Value| embeddings(&v, &Limits::default());
+        let c = read(json!({"model": "e", "input": "one", "encoding_format": "base64"})).unwrap();
+        assert_eq!(
+            (c.endpoint, c.texts.len(), c.base64),
+            (Endpoint::Embeddings, 1, true)
+        );
+        assert_eq!(c.job.kind(), fedai_protocol::kinds::EMBED_REQUEST);
+        let c = read(json!({"model": "e", "input": ["a", "b"], "user": "u"})).unwrap();
+        assert_eq!((c.texts.len(), c.base64), (2, false));
+        let param = |v: Value| read(v).unwrap_err().param;
+        assert_eq!(
+            param(json!({"model": "e", "input": [[1, 2]]})).as_deref(),
+            Some("input")
+        );
+        assert_eq!(
+            param(json!({"model": "e", "input": [1, 2]})).as_deref(),
+            Some("input")
+        );
+        assert_eq!(
+            param(json!({"model": "e", "input": ["a", ""]})).as_deref(),
+            Some("input")
+        );
+        assert_eq!(
+            param(json!({"model": "e", "input": []})).as_deref(),
+            Some("input")
+        );
+        assert_eq!(param(json!({"input": "a"})).as_deref(), Some("model"));
+        assert_eq!(
+            param(json!({"model": "e", "input": "a", "dimensions": 8})).as_deref(),
+            Some("dimensions")
+        );
+        assert_eq!(
+            param(json!({"model": "e", "input": "a", "encoding_format": "hex"})).as_deref(),
+            Some("encoding_format")
+        );
+        assert_eq!(
+            param(json!({"model": "e", "input": "a", "temperature": 1})).as_deref(),
+            Some("temperature")
+        );
+        let many: Vec<String> = (0..2049).map(|i| i.to_string()).collect();
+        assert_eq!(
+            param(json!({"model": "e", "input": many})).as_deref(),
+            Some("input")
+        );
+    }
+
+    #[test]
+    fn embedding_batches_keep_order_and_even_out() {
+        let texts = |n: usize, len: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{i:0>len$}")).collect()
+        };
+        let sizes = |b: &[JobRequest]| -> Vec<usize> {
+            b.iter().map(|j| j.input.embed_texts().len()).collect()
+        };
+        let t = texts(65, 4);
+        let b = embed_batches(&t, "e", 64);
+        assert_eq!(sizes(&b), vec![33, 32], "65 texts: 33 + 32, not 64 + 1");
+        let back: Vec<String> = b
+            .iter()
+            .flat_map(|j| j.input.embed_texts().to_vec())
+            .collect();
+        assert_eq!(back, t, "in order");
+        assert!(b
+            .iter()
+            .all(|j| j.params.model.as_deref() == Some("e") && j.validate().is_ok()));
+        assert_eq!(
+            sizes(&embed_batches(&texts(150, 4), "e", 64)),
+            vec![50, 50, 50]
+        );
+        assert_eq!(sizes(&embed_batches(&texts(20, 4), "e", 8)), vec![7, 7, 6]);
+        // By bytes: three 20 KB texts do not share a job.
+        assert_eq!(
+            sizes(&embed_batches(&texts(3, 20_000), "e", 64)),
+            vec![1, 1, 1]
+        );
+        assert_eq!(sizes(&embed_batches(&texts(1, 4), "e", 64)), vec![1]);
+    }
 
     fn read(v: Value) -> Result<Call, ApiError> {
         chat(&v, &Limits::default())

@@ -43,18 +43,39 @@ struct Plan {
     shares: Vec<Option<Reservation>>,
 }
 
+/// Embedding jobs of one call that run at once: a batch of thousands of texts goes through a
+/// few at a time, holding a few of the gateway's job slots, not all of them.
+const EMBED_WINDOW: usize = 4;
+
 /// Run `call` and answer it.
-pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
-    let permits: Option<Vec<OwnedSemaphorePermit>> = (0..call.n)
+pub(crate) async fn respond(g: Arc<Inner>, mut call: Call) -> Response {
+    let ads = match g.workers().await {
+        Ok(ads) => ads,
+        Err(e) => return ApiError::from_client(&e).into_response(),
+    };
+    let embed = call.endpoint == crate::openai::Endpoint::Embeddings;
+    if embed {
+        // Sized for the widest vectors any worker embedding the model gives.
+        let dims = ads
+            .iter()
+            .filter(|a| a.ad.takes_kind(fedai_protocol::kinds::EMBED_REQUEST))
+            .flat_map(|a| &a.ad.models)
+            .filter(|m| m.id == call.model)
+            .map(|m| m.dimensions)
+            .max()
+            .unwrap_or(0);
+        let per_job = fedai_protocol::job::max_embed_texts(dims);
+        call.batches = crate::openai::embed_batches(&call.texts, &call.model, per_job);
+        call.n = call.batches.len() as u32;
+    }
+    let n = call.n as usize;
+    let window = if embed { n.min(EMBED_WINDOW) } else { n };
+    let permits: Option<Vec<OwnedSemaphorePermit>> = (0..window)
         .map(|_| g.jobs.clone().try_acquire_owned().ok())
         .collect();
     let Some(mut permits) = permits else {
         return ApiError::no_worker("the gateway runs as many jobs as it may now; try again")
             .into_response();
-    };
-    let ads = match g.workers().await {
-        Ok(ads) => ads,
-        Err(e) => return ApiError::from_client(&e).into_response(),
     };
     let plan = match plan(&g, &call, &ads) {
         Ok(p) => p,
@@ -63,33 +84,64 @@ pub(crate) async fn respond(g: Arc<Inner>, call: Call) -> Response {
     let meta = Meta::new(call.endpoint, &call.model);
     // One job per choice, or per batch of an embedding call.
     let requests: Vec<JobRequest> = match call.batches.is_empty() {
-        true => vec![call.job.clone(); call.n as usize],
-        false => call.batches.clone(),
+        true => vec![call.job.clone(); n],
+        false => std::mem::take(&mut call.batches),
     };
-    let receivers: Vec<mpsc::Receiver<Msg>> = plan
-        .shares
-        .into_iter()
-        .zip(requests)
-        .map(|(share, request)| {
-            let (tx, rx) = mpsc::channel(64);
-            let permit = permits.pop();
-            let job = Job {
-                g: g.clone(),
-                request,
-                ads: ads.clone(),
-                opts: plan.opts.clone(),
-                share,
-                _permit: permit,
-            };
+    let mut receivers = Vec::with_capacity(n);
+    let mut jobs = Vec::with_capacity(n);
+    for (share, request) in plan.shares.into_iter().zip(requests) {
+        let (tx, rx) = mpsc::channel(64);
+        receivers.push(rx);
+        let job = Job {
+            g: g.clone(),
+            request,
+            ads: ads.clone(),
+            opts: plan.opts.clone(),
+            share,
+            _permit: None,
+        };
+        jobs.push((job, tx));
+    }
+    if window == n {
+        for (mut job, tx) in jobs {
+            job._permit = permits.pop();
             tokio::spawn(job.drive(tx));
-            rx
-        })
-        .collect();
+        }
+    } else {
+        tokio::spawn(feed(g.clone(), jobs, permits));
+    }
     if call.stream {
         stream(meta, call.include_usage, receivers.into_iter().next()).await
     } else {
         whole(meta, receivers, call.base64).await
     }
+}
+
+/// Start `jobs` in order, at most as many at once as `permits` (the gateway's job slots this
+/// call holds until its last job ends). A job whose reader has gone (the app hung up, or an
+/// earlier batch failed) is not started, and its budget share is given back.
+async fn feed(
+    g: Arc<Inner>,
+    jobs: Vec<(Job, mpsc::Sender<Msg>)>,
+    permits: Vec<OwnedSemaphorePermit>,
+) {
+    let window = Arc::new(tokio::sync::Semaphore::new(permits.len()));
+    let mut running = Vec::new();
+    for (mut job, tx) in jobs {
+        let Ok(p) = window.clone().acquire_owned().await else {
+            break;
+        };
+        if tx.is_closed() {
+            release(&g, vec![job.share.take()]);
+            continue;
+        }
+        job._permit = Some(p);
+        running.push(tokio::spawn(job.drive(tx)));
+    }
+    for r in running {
+        let _ = r.await;
+    }
+    drop(permits);
 }
 
 fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiError> {
@@ -252,6 +304,7 @@ impl Job {
     async fn drive(self, tx: mpsc::Sender<Msg>) {
         let fee = self.opts.pay.as_ref().map_or(0, |p| p.max_fee_msat);
         let max_tokens = self.request.params.max_tokens;
+        let kind = self.request.kind();
         let params = self.request.params.clone();
         // However the job goes (busy retries, stalls, failovers), the call ends by then.
         let deadline = tokio::time::Instant::now()
@@ -264,8 +317,10 @@ impl Job {
         let mut handle = client.start_on(self.ads, self.request, self.opts);
         // A tools job that may call functions answers in JSON: no text of it streams (what a
         // worker sends as `partial` anyway is not shown).
+        // Nor does an embedding job's (its answer is vectors).
         let mut f = Followed {
-            text_streams: params.tools.is_none() || params.tool_choice.as_deref() == Some("none"),
+            text_streams: (params.tools.is_none() || params.tool_choice.as_deref() == Some("none"))
+                && kind == fedai_protocol::kinds::JOB_REQUEST,
             ..Followed::default()
         };
         let mut first_token = true;
@@ -303,7 +358,7 @@ impl Job {
                     f.on(Some(u), fee);
                 }
                 if let Some(id) = f.last {
-                    if let Err(e) = client.cancel(id).await {
+                    if let Err(e) = client.cancel_kind(id, kind).await {
                         tracing::warn!(error = %e, "cannot cancel an abandoned job");
                     }
                 }
@@ -441,6 +496,10 @@ fn named_choice(p: &JobParams) -> bool {
     p.tool_choice.as_deref().is_some_and(|c| c.starts_with('{'))
 }
 
+/// Jobs whose ids the `x-fedai-*` headers list (more would pass what HTTP clients take in a
+/// header).
+const MAX_HEADER_JOBS: usize = 8;
+
 /// Wait for every choice and answer with them all, or with the first error.
 async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>, base64: bool) -> Response {
     let mut done = Vec::new();
@@ -457,30 +516,40 @@ async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>, base64: bool) ->
             Err(e) => return e.into_response(),
         }
     }
-    let body = match meta.endpoint {
+    let mut r = match meta.endpoint {
         crate::openai::Endpoint::Embeddings => match answer::embeddings(&meta, &done, base64) {
-            Ok(v) => v,
+            Ok(body) => {
+                let mut r = (StatusCode::OK, body).into_response();
+                r.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
             Err(e) => {
                 return ApiError::upstream(format!("the workers' answers: {e}")).into_response()
             }
         },
-        _ => answer::completion(&meta, &done),
+        _ => crate::json_response(StatusCode::OK, &answer::completion(&meta, &done)),
     };
-    let mut r = crate::json_response(StatusCode::OK, &body);
-    // Each job's ids, in order (one for a single choice); the msat summed.
+    // Each job's ids, in order (one for a single choice), while they fit a header (the body's
+    // `fedai` names every job); the msat summed.
     let h = r.headers_mut();
     let mut put = |name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
             h.insert(HeaderName::from_static(name), v);
         }
     };
-    let list = |f: &dyn Fn(&Finished) -> String| done.iter().map(f).collect::<Vec<_>>().join(",");
-    put("x-fedai-request", list(&|f| f.request_id.to_hex()));
-    put(
-        "x-fedai-worker",
-        list(&|f| f.worker.to_bech32().unwrap_or_default()),
-    );
-    put("x-fedai-metering", list(&|f| f.metering_id.to_hex()));
+    if done.len() <= MAX_HEADER_JOBS {
+        let list =
+            |f: &dyn Fn(&Finished) -> String| done.iter().map(f).collect::<Vec<_>>().join(",");
+        put("x-fedai-request", list(&|f| f.request_id.to_hex()));
+        put(
+            "x-fedai-worker",
+            list(&|f| f.worker.to_bech32().unwrap_or_default()),
+        );
+        put("x-fedai-metering", list(&|f| f.metering_id.to_hex()));
+    }
     let sum = |f: fn(&Finished) -> u64| done.iter().map(f).sum::<u64>().to_string();
     put("x-fedai-cost-msat", sum(|f| f.cost_msat));
     put("x-fedai-paid-msat", sum(|f| f.paid_msat));

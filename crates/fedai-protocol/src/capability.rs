@@ -5,7 +5,7 @@
 //! `nip90Params`). fed_AI clients read the structured tags:
 //! ```text
 //! ["d", "<worker instance id>"]  ["k", "5050"]  ["k", "5060"]?  ["t", "fedai"]
-//! ["model", "<id>", "<context length>", "<quantisation>"]              (one per model)
+//! ["model", "<id>", "<context length>", "<quantisation>", "<dimensions>"?]   (one per model)
 //! ["price", "<model id>", "<base msat>", "<msat per 1k in>", "<msat per 1k out>"]
 //! ["capacity", "<max concurrent>", "<in flight>", "<queue depth>"]
 //! ["hardware", "gpu", "<name>", "<memory MiB>"] | ["hardware", "cpu", "<name>", "<cores>", "<memory MiB>"]
@@ -45,6 +45,9 @@ pub struct ModelInfo {
     pub context_length: u32,
     /// Quantisation (e.g. `Q4_1`, `f16`), free text.
     pub quantisation: String,
+    /// An embedding model's vector length, as the worker measured it (0: not an embedder, or
+    /// not said). Customers size embedding jobs by it ([`crate::job::max_embed_texts`]).
+    pub dimensions: u32,
 }
 
 /// Price for one model: `base + in_tokens/1000 * per_1k_input + out_tokens/1000 * per_1k_output`.
@@ -284,14 +287,15 @@ impl CapabilityAd {
         }
         t.push(kinds::fedai_marker());
         for m in &self.models {
-            t.push(tag(
-                "model",
-                [
-                    m.id.clone(),
-                    m.context_length.to_string(),
-                    m.quantisation.clone(),
-                ],
-            ));
+            let mut v = vec![
+                m.id.clone(),
+                m.context_length.to_string(),
+                m.quantisation.clone(),
+            ];
+            if m.dimensions > 0 {
+                v.push(m.dimensions.to_string());
+            }
+            t.push(tag("model", v));
         }
         for p in &self.prices {
             t.push(tag(
@@ -423,10 +427,14 @@ fn features(t: &Tags) -> Vec<String> {
 fn models(t: &Tags) -> Result<Vec<ModelInfo>, ProtocolError> {
     tags::all(t, "model")
         .map(|v| match v {
-            [id, ctx, q, ..] if !id.is_empty() => Ok(ModelInfo {
+            [id, ctx, q, rest @ ..] if !id.is_empty() => Ok(ModelInfo {
                 id: id.clone(),
                 context_length: tags::parse_u32("model", ctx)?,
                 quantisation: q.clone(),
+                dimensions: match rest.first() {
+                    Some(d) => tags::parse_u32("model", d)?,
+                    None => 0,
+                },
             }),
             _ => Err(ProtocolError::tag(
                 "model",

@@ -803,7 +803,19 @@ impl JobRequest {
             (t.clone(), None)
         };
 
-        let (inputs, input, input_data) = parse_inputs(&private, kind == kinds::EMBED_REQUEST)?;
+        let embed = kind == kinds::EMBED_REQUEST;
+        let (inputs, input, input_data) = parse_inputs(&private, embed)?;
+        // An embedder takes `model` only: any other param (`dimensions`, `normalize`, …) is
+        // refused rather than ignored, so a vector never silently lacks what was asked.
+        if let Some(p) = tags::all(&private, "param")
+            .filter_map(|v| v.first())
+            .find(|n| embed && n.as_str() != "model")
+        {
+            return Err(ProtocolError::tag(
+                "param",
+                format!("an embedding request takes no param but model (got `{p}`)"),
+            ));
+        }
         let params = parse_params(&private)?;
         let output = tags::opt_value(t, "output")?.map(str::to_owned);
         let bid_msat = tags::opt_value(t, "bid")?
@@ -928,6 +940,19 @@ pub const MAX_INPUTS: usize = 16;
 pub const MAX_EMBED_INPUTS: usize = 64;
 /// The most dimensions of an embedding vector taken from a worker.
 pub const MAX_EMBED_DIMENSIONS: usize = 16384;
+/// The most values (texts × dimensions) in one embedding answer: 128 KiB of f32, which with the
+/// request embedded, NIP-44 padding and base64 twice keeps the result under what relays take.
+pub const MAX_EMBED_VALUES: usize = 32768;
+
+/// The most texts one embedding job may carry for a model of `dimensions` (0: unknown, sized
+/// for the widest vectors): [`MAX_EMBED_VALUES`] / `dimensions`, 1 to [`MAX_EMBED_INPUTS`].
+pub fn max_embed_texts(dimensions: u32) -> usize {
+    let d = match dimensions {
+        0 => MAX_EMBED_DIMENSIONS,
+        d => d as usize,
+    };
+    (MAX_EMBED_VALUES / d).clamp(1, MAX_EMBED_INPUTS)
+}
 
 /// An embedding request's own rules: 1..=[`MAX_EMBED_INPUTS`] non-empty texts, and no
 /// parameter but `model` (sampling, schemas, tools and streaming mean nothing to an embedder:
@@ -1008,6 +1033,12 @@ impl EmbedAnswer {
                 .is_some_and(|f: &Vec<f32>| f.len() != v.len())
             {
                 return Err(bad("the vectors differ in length"));
+            }
+            // One vector of up to MAX_EMBED_DIMENSIONS always; more only within the total.
+            if !vectors.is_empty() && (vectors.len() + 1) * v.len() > MAX_EMBED_VALUES {
+                return Err(bad(&format!(
+                    "over {MAX_EMBED_VALUES} values (texts × dimensions)"
+                )));
             }
             vectors.push(v);
         }

@@ -175,3 +175,93 @@ fn an_embedding_answer_is_checked_before_it_is_taken() {
     // OpenAI's base64: f32 little-endian.
     assert_eq!(vector_base64(&[1.0]), "AACAPw==");
 }
+
+/// The largest answer a job may ask for fits the event a worker publishes (448 KiB), however
+/// it is packed: encrypted (NIP-44 padding, base64 twice), the request embedded with 64 KiB of
+/// texts (a worker's default prompt limit).
+#[test]
+fn the_largest_embedding_answer_fits_one_event() {
+    let (customer, worker) = (Keys::generate(), Keys::generate());
+    for dims in [512u32, 768, 1024, 1536, 3072, 4096, 16384] {
+        let n = job::max_embed_texts(dims);
+        assert!(n * dims as usize <= job::MAX_EMBED_VALUES || n == 1);
+        // Texts of JSON-escaped characters, 64 KiB in all.
+        let texts: Vec<String> = (0..n).map(|_| "\"é\n".repeat(65_536 / 5 / n)).collect();
+        let mut req = JobRequest::embed(texts);
+        req.provider = Some(worker.public_key());
+        let ev = req.to_event(&customer, Some(Encryption::Nip44)).unwrap();
+        let parsed = JobRequest::from_event(&ev, Some(&worker)).unwrap();
+        let answer = EmbedAnswer {
+            vectors: vec![vec![-0.123_456_79; dims as usize]; n],
+        };
+        let (res, _) = result_for(&ev, &parsed, answer.to_output(), &worker);
+        let size = res.as_json().len();
+        assert!(size <= 448 * 1024, "{n} × {dims}: {size} bytes");
+    }
+    assert_eq!(job::max_embed_texts(512), 64);
+    assert_eq!(job::max_embed_texts(1024), 32);
+    assert_eq!(job::max_embed_texts(4096), 8);
+    assert_eq!(job::max_embed_texts(0), 2, "unknown: sized for the widest");
+    // A worker's answer over the bound is refused.
+    let over = EmbedAnswer {
+        vectors: vec![vec![0.0; 1024]; 33],
+    };
+    assert!(EmbedAnswer::parse(&over.to_output()).is_err());
+}
+
+#[test]
+fn an_embedding_request_refuses_params_it_would_ignore() {
+    let k = Keys::generate();
+    let ev = EventBuilder::new(Kind::from_u16(5060), "")
+        .tags([
+            Tag::parse(["i", "x", "text"]).unwrap(),
+            Tag::parse(["param", "dimensions", "256"]).unwrap(),
+        ])
+        .finalize(&k)
+        .unwrap();
+    let e = JobRequest::from_event(&ev, None).unwrap_err().to_string();
+    assert!(e.contains("dimensions"), "{e}");
+}
+
+#[test]
+fn an_ad_says_each_embedding_models_dimensions() {
+    let k = Keys::generate();
+    let ad = CapabilityAd {
+        instance: "e".into(),
+        name: "embedder".into(),
+        about: String::new(),
+        job_kinds: vec![kinds::EMBED_REQUEST],
+        models: vec![ModelInfo {
+            id: "nomic".into(),
+            context_length: 2048,
+            quantisation: "f16".into(),
+            dimensions: 768,
+        }],
+        prices: vec![Price {
+            model: "nomic".into(),
+            base_msat: 0,
+            per_1k_input_msat: 10,
+            per_1k_output_msat: 0,
+        }],
+        max_concurrent: 1,
+        in_flight: 0,
+        queue_depth: 0,
+        hardware: Hardware::Cpu {
+            name: "cpu".into(),
+            cores: 2,
+            memory_mib: 1024,
+        },
+        runner: "llama-cpp".into(),
+        healthy: true,
+        payment: fedai_protocol::capability::PaymentInfo::default(),
+        relays: Vec::new(),
+        version: "0".into(),
+        encryption_supported: true,
+        features: Vec::new(),
+        expiration: Timestamp::from_secs(Timestamp::now().as_secs() + 60),
+    };
+    let ev = ad.to_event(&k).unwrap();
+    let back = CapabilityAd::from_event(&ev).unwrap();
+    assert_eq!(back.ad.models[0].dimensions, 768);
+    assert!(back.ad.takes_kind(5060) && !back.ad.takes_kind(5050));
+}

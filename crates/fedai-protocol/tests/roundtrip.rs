@@ -187,6 +187,7 @@ fn sample_ad() -> CapabilityAd {
             id: "smollm2-135m".into(),
             context_length: 8192,
             quantisation: "Q4_1".into(),
+            dimensions: 0,
         }],
         prices: vec![Price {
             model: "smollm2-135m".into(),

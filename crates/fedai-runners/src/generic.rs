@@ -78,6 +78,7 @@ impl Runner for GenericHttp {
                         id: m["id"].as_str()?.to_owned(),
                         context_length: m["contextLength"].as_u64().unwrap_or(0) as u32,
                         quantisation: m["quantisation"].as_str().unwrap_or("unknown").to_owned(),
+                        dimensions: 0,
                     })
                 })
                 .collect())

@@ -98,6 +98,14 @@ impl Http {
 
     /// A JSON body of at most [`MAX_BODY_BYTES`]: a broken runner cannot exhaust our memory.
     async fn json(&self, resp: reqwest::Response) -> Result<Value, RunnerError> {
+        self.typed(resp).await
+    }
+
+    /// [`Self::json`] read straight into `T`.
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<T, RunnerError> {
         let body = bounded_body(resp, MAX_BODY_BYTES)
             .await
             .map_err(|e| match e {
@@ -120,32 +128,41 @@ impl Http {
     }
 
     /// OpenAI's `POST /v1/embeddings` (llama.cpp started with `--embeddings`, vLLM): the
-    /// vectors in the texts' order, and the prompt tokens.
+    /// vectors in the texts' order, and the prompt tokens. Read straight into f32s (no `Value`
+    /// tree: 4 bytes a value, whatever the runner sends within the body limit).
     pub(crate) async fn openai_embed(
         &self,
         model: &str,
         texts: &[String],
     ) -> Result<crate::Embedded, RunnerError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            data: Vec<Item>,
+            #[serde(default)]
+            usage: Option<Tokens>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            index: Option<usize>,
+            embedding: Vec<f32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Tokens {
+            prompt_tokens: Option<u64>,
+        }
         let body =
             serde_json::json!({ "model": model, "input": texts, "encoding_format": "float" });
-        let v = self.post_json("/v1/embeddings", &body).await?;
-        let data = v["data"]
-            .as_array()
-            .ok_or_else(|| RunnerError::Protocol("embeddings answer has no data".into()))?;
+        let url = self.url("/v1/embeddings");
+        let idle = self.opts.idle_timeout;
+        let resp = self
+            .send(|| self.client.post(&url).json(&body).timeout(idle))
+            .await?;
+        let answer: Answer = self.typed(resp).await?;
         let mut slots: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
-        for (n, d) in data.iter().enumerate() {
-            let i = d["index"].as_u64().map_or(n, |i| i as usize);
-            let v = d["embedding"]
-                .as_array()
-                .ok_or_else(|| RunnerError::Protocol("an embedding is not an array".into()))?
-                .iter()
-                .map(|x| x.as_f64().map(|x| x as f32))
-                .collect::<Option<Vec<f32>>>()
-                .ok_or_else(|| {
-                    RunnerError::Protocol("an embedding value is not a number".into())
-                })?;
+        for (n, d) in answer.data.into_iter().enumerate() {
+            let i = d.index.unwrap_or(n);
             match slots.get_mut(i) {
-                Some(s @ None) => *s = Some(v),
+                Some(s @ None) => *s = Some(d.embedding),
                 _ => {
                     return Err(RunnerError::Protocol(format!(
                         "embedding index {i} is not one of the texts or repeats"
@@ -156,7 +173,7 @@ impl Http {
         let vectors = slots.into_iter().flatten().collect();
         Ok(crate::Embedded {
             vectors: crate::checked_vectors(vectors, texts.len())?,
-            input_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            input_tokens: answer.usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
         })
     }
 

@@ -259,6 +259,12 @@ pub(crate) fn checked_vectors(
     if vectors.iter().any(|v| v.len() != dims) {
         return bad("the vectors differ in length".into());
     }
+    if texts > 1 && texts * dims > fedai_protocol::job::MAX_EMBED_VALUES {
+        return bad(format!(
+            "{texts} × {dims} values, over the {} one answer holds",
+            fedai_protocol::job::MAX_EMBED_VALUES
+        ));
+    }
     if vectors.iter().flatten().any(|x| !x.is_finite()) {
         return bad("a value is not a finite number".into());
     }

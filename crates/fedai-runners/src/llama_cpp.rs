@@ -44,6 +44,7 @@ impl LlamaCpp {
                 id: id.to_owned(),
                 context_length: ctx,
                 quantisation: quant.clone(),
+                dimensions: 0,
             })
             .collect();
         self.models.set(&models);

@@ -30,6 +30,7 @@ impl Runner for MockRunner {
                 id: MOCK_MODEL.into(),
                 context_length: 4096,
                 quantisation: "none".into(),
+                dimensions: 0,
             }])
         })
     }

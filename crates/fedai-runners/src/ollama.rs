@@ -50,6 +50,7 @@ impl Runner for Ollama {
                         id: id.to_owned(),
                         context_length: 0,
                         quantisation: quant.to_owned(),
+                        dimensions: 0,
                     })
                 })
                 .collect())

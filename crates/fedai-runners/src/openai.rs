@@ -45,6 +45,7 @@ impl OpenAi {
                     id: id.to_owned(),
                     context_length: ctx as u32,
                     quantisation: "unknown".into(),
+                    dimensions: 0,
                 })
             })
             .collect();

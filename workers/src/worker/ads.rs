@@ -7,9 +7,11 @@ impl Worker {
         let i = &self.inner;
         let ok = match i.runner.health().await {
             Ok(()) => match i.runner.list_models().await {
-                Ok(m) if !m.is_empty() => {
+                Ok(mut m) if !m.is_empty() => {
+                    // An embedder that embeds with none of its models serves nothing.
+                    let embeds = self.measure_dimensions(&mut m).await;
                     *i.models.write().unwrap_or_else(|e| e.into_inner()) = m;
-                    true
+                    embeds || i.cfg.job_kinds.contains(&kinds::JOB_REQUEST)
                 }
                 Ok(_) => false,
                 Err(e) => {
@@ -26,6 +28,36 @@ impl Worker {
             tracing::info!(healthy = ok, "runner health changed");
         }
         i.metrics.set_runner_healthy(ok);
+    }
+
+    /// Serving embeddings: each model's vector length, measured once by embedding a word (kept
+    /// while the model stays listed), so the ad can say it and jobs are sized by it. Whether
+    /// any model embeds.
+    async fn measure_dimensions(&self, models: &mut [ModelInfo]) -> bool {
+        let i = &self.inner;
+        if !i.cfg.job_kinds.contains(&kinds::EMBED_REQUEST) {
+            return false;
+        }
+        let known: Vec<(String, u32)> = i
+            .models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|m| (m.id.clone(), m.dimensions))
+            .collect();
+        for m in models.iter_mut() {
+            if let Some((_, d)) = known.iter().find(|(id, d)| *id == m.id && *d > 0) {
+                m.dimensions = *d;
+                continue;
+            }
+            match i.runner.embed(&m.id, &["dimensions".to_owned()]).await {
+                Ok(e) => m.dimensions = e.vectors.first().map_or(0, |v| v.len() as u32),
+                Err(e) => {
+                    tracing::warn!(model = %m.id, error = %e, "the runner does not embed with this model")
+                }
+            }
+        }
+        models.iter().any(|m| m.dimensions > 0)
     }
 
     pub(super) fn price_for(&self, model: &str) -> Price {

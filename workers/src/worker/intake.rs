@@ -5,6 +5,40 @@ use fedai_lightning::payment::worker::Escrow;
 use super::*;
 use crate::admit::{self, Decision, Fresh, Pay, Screened};
 
+/// Why an embedding job cannot run on `model` here, before anything runs: the model does not
+/// embed, or the answer would hold more than one event may
+/// ([`fedai_protocol::job::max_embed_texts`]). `None` for other jobs, and those that fit.
+fn embed_fit(
+    input: &fedai_protocol::JobInput,
+    models: &[ModelInfo],
+    model: &str,
+) -> Option<(ErrorCode, String)> {
+    let fedai_protocol::JobInput::Embed(texts) = input else {
+        return None;
+    };
+    let dims = models
+        .iter()
+        .find(|m| m.id == model)
+        .map_or(0, |m| m.dimensions);
+    if dims == 0 {
+        return Some((
+            ErrorCode::ModelUnavailable,
+            format!("model `{model}` does not embed here"),
+        ));
+    }
+    let most = fedai_protocol::job::max_embed_texts(dims);
+    (texts.len() > most).then(|| {
+        (
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} texts of {dims} dimensions are over the {} values one answer holds: send at most {most} texts per job to this model",
+                texts.len(),
+                fedai_protocol::job::MAX_EMBED_VALUES
+            ),
+        )
+    })
+}
+
 /// A taken job's place in the `running` map (where a cancellation finds it), removed on every
 /// path out.
 struct Running {
@@ -62,6 +96,9 @@ impl Worker {
             }
             Screened::Pass { model, max_tokens } => (model, max_tokens),
         };
+        if let Some((code, reason)) = embed_fit(&parsed.request.input, &models, &model) {
+            return self.decline(&parsed, directed, code, reason).await;
+        }
         if !self.within_customer_rate(&parsed.customer) {
             let reason = "too many requests from this customer: slow down".to_owned();
             return self
@@ -181,7 +218,10 @@ impl Worker {
             bid_msat: parsed.request.bid_msat,
             fedai: parsed.fedai,
             missing_feature: match parsed.request.kind() {
-                k if !i.cfg.job_kinds.contains(&k) => Some("embeddings"),
+                k if !i.cfg.job_kinds.contains(&k) && k == kinds::EMBED_REQUEST => {
+                    Some("embeddings")
+                }
+                k if !i.cfg.job_kinds.contains(&k) => Some("text generation"),
                 _ => parsed
                     .request
                     .params
@@ -484,4 +524,39 @@ struct Job<'a> {
     directed: bool,
     /// Its price on our ad (pay-before), msat.
     price: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedding_job_is_sized_to_its_model_before_it_runs() {
+        let model = |dimensions| ModelInfo {
+            id: "e".into(),
+            context_length: 512,
+            quantisation: "f16".into(),
+            dimensions,
+        };
+        let texts = |n: usize| fedai_protocol::JobInput::Embed(vec!["t".into(); n]);
+        assert!(
+            embed_fit(&texts(64), &[model(512)], "e").is_none(),
+            "64 × 512 fits"
+        );
+        let (code, why) = embed_fit(&texts(64), &[model(1024)], "e").unwrap();
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert!(why.contains("at most 32 texts"), "{why}");
+        assert!(embed_fit(&texts(1), &[model(16384)], "e").is_none());
+        let (code, _) = embed_fit(&texts(1), &[model(0)], "e").unwrap();
+        assert_eq!(
+            code,
+            ErrorCode::ModelUnavailable,
+            "a model that does not embed"
+        );
+        let chat = fedai_protocol::JobInput::Text("hi".into());
+        assert!(
+            embed_fit(&chat, &[model(0)], "e").is_none(),
+            "not an embedding job"
+        );
+    }
 }
