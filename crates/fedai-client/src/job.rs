@@ -141,6 +141,8 @@ pub struct JobTracker {
     result: Option<ParsedJobResult>,
     metering_deadline: Option<Instant>,
     meterings: Vec<ParsedMetering>,
+    /// An embedding job: the vector length the chosen worker's ad gives its model.
+    dimensions: Option<u32>,
     /// A payment was asked for (once per request).
     paying: bool,
     /// A payment that failed: reported unless the worker's own error comes within a grace
@@ -183,6 +185,7 @@ impl JobTracker {
             result: None,
             metering_deadline: None,
             meterings: Vec::new(),
+            dimensions: None,
             paying: false,
             payment_failed: None,
             open_error: None,
@@ -196,6 +199,13 @@ impl JobTracker {
     /// sign of life for `stall` (directed jobs; an auction waits for the deadline).
     pub fn with_liveness(mut self, ack: Duration, stall: Duration) -> Self {
         self.liveness = Some((ack, stall));
+        self
+    }
+
+    /// An embedding job: refuse vectors of another length than `dimensions` (the chosen
+    /// worker's ad; 0 or `None`: unchecked).
+    pub fn with_dimensions(mut self, dimensions: Option<u32>) -> Self {
+        self.dimensions = dimensions;
         self
     }
 
@@ -493,11 +503,20 @@ impl JobTracker {
                 )));
             }
             if !result.output_sealed {
-                fedai_protocol::EmbedAnswer::for_request(
+                let a = fedai_protocol::EmbedAnswer::for_request(
                     &result.result.output,
                     &self.request.request.input,
                 )
                 .map_err(|e| ClientError::InvalidResult(e.to_string()))?;
+                // As wide as the worker's ad said (jobs were sized by it).
+                if let Some(d) = self.dimensions.filter(|d| *d > 0) {
+                    if a.dimensions() != d as usize {
+                        return Err(ClientError::InvalidResult(format!(
+                            "vectors of {} dimensions from a model advertised with {d}",
+                            a.dimensions()
+                        )));
+                    }
+                }
             }
         }
         let signed_text = tool_answer
@@ -941,6 +960,29 @@ mod tests {
                 ),
             }
         }
+        // Vectors narrower (or wider) than the chosen worker's ad said: refused too.
+        let mut j = job_with(req.clone());
+        j.tracker = JobTracker::new(
+            j.parsed.clone(),
+            j.customer.clone(),
+            Some(j.worker.public_key()),
+            TIMEOUT,
+            j.t0,
+        )
+        .with_dimensions(Some(768));
+        let usage = Usage {
+            input_tokens: 4,
+            output_tokens: 0,
+        };
+        let r = JobResult::for_request(&j.request, &j.parsed, two.to_output(), "e".into(), usage)
+            .to_event(&j.worker)
+            .unwrap();
+        j.feed(&r, 0.1);
+        let end = done(j.tracker.on_wake(j.at(3.0)));
+        assert!(
+            matches!(&end, Err(ClientError::InvalidResult(why)) if why.contains("768")),
+            "{end:?}"
+        );
         // The input allowance is the texts' bytes and a few tokens each, no chat template.
         assert_eq!(
             prompt_token_bound(0, &req),

@@ -463,6 +463,7 @@ impl FedaiClient {
                 .publish_request(&req, opts.private, &reached.urls)
                 .await?;
             let mut pay = Payments::for_worker(opts, &ads[i], &request, &budget);
+            let dimensions = ad_model(&ads[i], &request).map(|m| m.dimensions);
             let mut job = JobTracker::new(
                 sub.parsed.clone(),
                 self.keys().clone(),
@@ -470,7 +471,8 @@ impl FedaiClient {
                 opts.timeout,
                 std::time::Instant::now(),
             )
-            .with_liveness(opts.ack_timeout, opts.stall_timeout);
+            .with_liveness(opts.ack_timeout, opts.stall_timeout)
+            .with_dimensions(dimensions);
             on_update(JobUpdate::Submitted(sub.event.id));
             let attempt_id = sub.event.id;
             let r = self
@@ -718,6 +720,17 @@ fn embeds(info: Option<&fedai_protocol::ModelInfo>, input: &fedai_protocol::JobI
         || info.is_some_and(|m| {
             m.dimensions > 0 && texts <= fedai_protocol::job::max_embed_texts(m.dimensions)
         })
+}
+
+/// The ad's entry for the model `request` runs on (the worker's first when it names none).
+fn ad_model<'a>(
+    ad: &'a ParsedCapabilityAd,
+    request: &JobRequest,
+) -> Option<&'a fedai_protocol::ModelInfo> {
+    match &request.params.model {
+        Some(m) => ad.ad.models.iter().find(|x| x.id == *m),
+        None => ad.ad.models.first(),
+    }
 }
 
 /// The ad's price for the model `request` runs on (the worker's first model when it names none).

@@ -240,7 +240,7 @@ pub fn embeddings(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
 pub fn embed_batches(texts: &[String], model: &str, per_job: usize) -> Vec<JobRequest> {
     // A text's place in the request: itself, escaped, and its tag around it.
     let size = |t: &String| t.len() + t.len() / 8 + 16;
-    let per_job = per_job.max(1);
+    let per_job = per_job.clamp(1, fedai_protocol::job::MAX_EMBED_INPUTS);
     let total: usize = texts.iter().map(size).sum();
     let jobs = texts
         .len()

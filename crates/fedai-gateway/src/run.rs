@@ -39,8 +39,12 @@ enum Msg {
 /// A call's plan: how its jobs run and the budget they may use.
 struct Plan {
     opts: RunOptions,
-    /// Reserved for each job (none without a wallet, or with its budget spent).
+    /// Reserved for each job that starts at once (none without a wallet, or with its budget
+    /// spent); the others reserve theirs when they start ([`reserve_more`]).
     shares: Vec<Option<Reservation>>,
+    /// What each job may pay, and its attempts (for the later reservations).
+    per_job: u64,
+    attempts: u32,
 }
 
 /// Embedding jobs of one call that run at once: a batch of thousands of texts goes through a
@@ -55,15 +59,30 @@ pub(crate) async fn respond(g: Arc<Inner>, mut call: Call) -> Response {
     };
     let embed = call.endpoint == crate::openai::Endpoint::Embeddings;
     if embed {
-        // Sized for the widest vectors any worker embedding the model gives.
-        let dims = ads
-            .iter()
-            .filter(|a| a.ad.takes_kind(fedai_protocol::kinds::EMBED_REQUEST))
-            .flat_map(|a| &a.ad.models)
-            .filter(|m| m.id == call.model)
-            .map(|m| m.dimensions)
-            .max()
-            .unwrap_or(0);
+        let Some(dims) = embed_dimensions(&ads, &call.model, &call.routing) else {
+            // No live worker embeds with it: the plan says why (unknown model, a text model),
+            // or no worker is ready.
+            return match plan(&g, &call, &ads, 1) {
+                Err(e) => e,
+                Ok(p) => {
+                    release(&g, p.shares);
+                    ApiError::no_worker(format!("no live worker embeds with `{}` now", call.model))
+                }
+            }
+            .into_response();
+        };
+        // The jobs are sized for that width, and go only to workers that give it.
+        for a in &ads {
+            if a.ad.takes_kind(fedai_protocol::kinds::EMBED_REQUEST)
+                && !a
+                    .ad
+                    .models
+                    .iter()
+                    .any(|m| m.id == call.model && m.dimensions == dims)
+            {
+                call.routing.ignore.push(a.worker);
+            }
+        }
         let per_job = fedai_protocol::job::max_embed_texts(dims);
         call.batches = crate::openai::embed_batches(&call.texts, &call.model, per_job);
         call.n = call.batches.len() as u32;
@@ -77,7 +96,7 @@ pub(crate) async fn respond(g: Arc<Inner>, mut call: Call) -> Response {
         return ApiError::no_worker("the gateway runs as many jobs as it may now; try again")
             .into_response();
     };
-    let plan = match plan(&g, &call, &ads) {
+    let plan = match plan(&g, &call, &ads, window) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -89,7 +108,9 @@ pub(crate) async fn respond(g: Arc<Inner>, mut call: Call) -> Response {
     };
     let mut receivers = Vec::with_capacity(n);
     let mut jobs = Vec::with_capacity(n);
-    for (share, request) in plan.shares.into_iter().zip(requests) {
+    let mut shares = plan.shares.into_iter();
+    for request in requests {
+        let share = shares.next().flatten();
         let (tx, rx) = mpsc::channel(64);
         receivers.push(rx);
         let job = Job {
@@ -108,7 +129,12 @@ pub(crate) async fn respond(g: Arc<Inner>, mut call: Call) -> Response {
             tokio::spawn(job.drive(tx));
         }
     } else {
-        tokio::spawn(feed(g.clone(), jobs, permits));
+        let later = Later {
+            per_job: plan.per_job,
+            attempts: plan.attempts,
+            cap: plan.opts.max_price_msat.unwrap_or(0),
+        };
+        tokio::spawn(feed(g.clone(), jobs, permits, later));
     }
     if call.stream {
         stream(meta, call.include_usage, receivers.into_iter().next()).await
@@ -117,23 +143,44 @@ pub(crate) async fn respond(g: Arc<Inner>, mut call: Call) -> Response {
     }
 }
 
+/// What a job that starts later reserves: its price cap and fees, as the first ones did.
+struct Later {
+    per_job: u64,
+    attempts: u32,
+    /// The cap the first reservations allowed (0: free workers only).
+    cap: u64,
+}
+
 /// Start `jobs` in order, at most as many at once as `permits` (the gateway's job slots this
-/// call holds until its last job ends). A job whose reader has gone (the app hung up, or an
-/// earlier batch failed) is not started, and its budget share is given back.
+/// call holds until its last job ends). Jobs past the first window reserve their budget share
+/// as they start, so a long call does not hold the whole budget (nor leave it all counted
+/// after a crash). A job whose reader has gone (the app hung up, or another batch failed) is
+/// not started, and its share is given back.
 async fn feed(
     g: Arc<Inner>,
     jobs: Vec<(Job, mpsc::Sender<Msg>)>,
     permits: Vec<OwnedSemaphorePermit>,
+    later: Later,
 ) {
-    let window = Arc::new(tokio::sync::Semaphore::new(permits.len()));
+    let first = permits.len();
+    let window = Arc::new(tokio::sync::Semaphore::new(first));
     let mut running = Vec::new();
-    for (mut job, tx) in jobs {
+    for (k, (mut job, tx)) in jobs.into_iter().enumerate() {
         let Ok(p) = window.clone().acquire_owned().await else {
             break;
         };
         if tx.is_closed() {
             release(&g, vec![job.share.take()]);
             continue;
+        }
+        if k >= first {
+            match reserve_more(&g, &later) {
+                Ok(share) => job.share = share,
+                Err(e) => {
+                    let _ = tx.send(Msg::Done(Err(e))).await;
+                    continue;
+                }
+            }
         }
         job._permit = Some(p);
         running.push(tokio::spawn(job.drive(tx)));
@@ -144,7 +191,71 @@ async fn feed(
     drop(permits);
 }
 
-fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiError> {
+/// The vector length an embedding call's jobs are sized for: the one most live workers that
+/// may serve it (healthy, within the app's `only`/`ignore`) advertise for the model (the
+/// smaller on a tie); `None` when none advertises one.
+fn embed_dimensions(
+    ads: &[ParsedCapabilityAd],
+    model: &str,
+    r: &crate::openai::Routing,
+) -> Option<u32> {
+    let mut count: std::collections::BTreeMap<u32, usize> = Default::default();
+    for a in ads {
+        let eligible = a.ad.healthy
+            && a.ad.takes_kind(fedai_protocol::kinds::EMBED_REQUEST)
+            && (r.only.is_empty() || r.only.contains(&a.worker))
+            && !r.ignore.contains(&a.worker);
+        let dims =
+            a.ad.models
+                .iter()
+                .find(|m| m.id == model)
+                .map(|m| m.dimensions);
+        if let (true, Some(d @ 1..)) = (eligible, dims) {
+            *count.entry(d).or_default() += 1;
+        }
+    }
+    // Most workers; on a tie the smaller width (iterated widest first, and `max_by_key` keeps
+    // the last of equal counts).
+    count
+        .into_iter()
+        .rev()
+        .max_by_key(|(_, n)| *n)
+        .map(|(d, _)| d)
+}
+
+/// A later job's budget share: the same cap and fees as the first jobs', or 402 when the
+/// budget no longer holds them.
+fn reserve_more(g: &Inner, l: &Later) -> Result<Option<Reservation>, ApiError> {
+    let Some(w) = &g.wallet else {
+        return Ok(None);
+    };
+    if l.cap == 0 {
+        // The first jobs could pay nothing: free workers only, nothing to reserve.
+        return Ok(None);
+    }
+    let fees = w.pay.max_fee_msat.saturating_mul(u64::from(l.attempts));
+    let want = l.per_job.min(l.cap).saturating_add(fees);
+    match w.ledger.reserve(want, want) {
+        Ok(Some(r)) if r.msat >= want => Ok(Some(r)),
+        Ok(Some(r)) => {
+            let _ = w.ledger.settle(r, 0);
+            Err(ApiError::payment(
+                "the gateway's budget ran out during the call",
+            ))
+        }
+        Ok(None) => Err(ApiError::payment(
+            "the gateway's budget ran out during the call",
+        )),
+        Err(e) => Err(ApiError::upstream(e.to_string())),
+    }
+}
+
+fn plan(
+    g: &Inner,
+    call: &Call,
+    ads: &[ParsedCapabilityAd],
+    reserve_now: usize,
+) -> Result<Plan, ApiError> {
     let serving: Vec<&ParsedCapabilityAd> =
         ads.iter().filter(|a| a.ad.serves(&call.model)).collect();
     if serving.is_empty() {
@@ -183,7 +294,7 @@ fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiE
         .unwrap_or(u64::MAX)
         .min(g.cfg.max_price_msat)
         / n;
-    let (shares, cap, pay) = reserve(g, call.n, per_job, attempts)?;
+    let (shares, cap, pay) = reserve(g, reserve_now as u32, per_job, attempts)?;
     let opts = RunOptions {
         policy: Policy::new(r.sort.unwrap_or_default()),
         max_price_msat: Some(cap),
@@ -199,7 +310,12 @@ fn plan(g: &Inner, call: &Call, ads: &[ParsedCapabilityAd]) -> Result<Plan, ApiE
         release(g, shares);
         return Err(e);
     }
-    Ok(Plan { opts, shares })
+    Ok(Plan {
+        opts,
+        shares,
+        per_job,
+        attempts,
+    })
 }
 
 type Reserved = (Vec<Option<Reservation>>, u64, Option<PayContext>);
@@ -502,20 +618,31 @@ const MAX_HEADER_JOBS: usize = 8;
 
 /// Wait for every choice and answer with them all, or with the first error.
 async fn whole(meta: Meta, receivers: Vec<mpsc::Receiver<Msg>>, base64: bool) -> Response {
-    let mut done = Vec::new();
-    for mut rx in receivers {
-        let end = loop {
-            match rx.recv().await {
-                Some(Msg::Delta(_) | Msg::Submitted(_)) => continue,
-                Some(Msg::Done(r)) => break r,
-                None => break Err(ApiError::upstream("the job ended without an answer")),
-            }
-        };
+    // Every job's end, as it comes: the first error ends the call at once, and dropping the
+    // other receivers stops their jobs (and keeps later batches from starting).
+    let mut slots: Vec<Option<Finished>> = receivers.iter().map(|_| None).collect();
+    let mut ends: futures_util::stream::FuturesUnordered<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut rx)| async move {
+            let end = loop {
+                match rx.recv().await {
+                    Some(Msg::Delta(_) | Msg::Submitted(_)) => continue,
+                    Some(Msg::Done(r)) => break r,
+                    None => break Err(ApiError::upstream("the job ended without an answer")),
+                }
+            };
+            (i, end)
+        })
+        .collect();
+    while let Some((i, end)) = ends.next().await {
         match end {
-            Ok((f, _)) => done.push(*f),
+            Ok((f, _)) => slots[i] = Some(*f),
             Err(e) => return e.into_response(),
         }
     }
+    drop(ends);
+    let done: Vec<Finished> = slots.into_iter().flatten().collect();
     let mut r = match meta.endpoint {
         crate::openai::Endpoint::Embeddings => match answer::embeddings(&meta, &done, base64) {
             Ok(body) => {
@@ -653,6 +780,83 @@ mod tests {
             Step::Send(Msg::Delta(_))
         ));
         assert_eq!(f.streamed, "Hi");
+    }
+
+    fn embedder(dimensions: u32, healthy: bool) -> ParsedCapabilityAd {
+        use fedai_protocol::{CapabilityAd, Hardware, Keys, ModelInfo, Timestamp};
+        ParsedCapabilityAd {
+            worker: Keys::generate().public_key(),
+            created_at: Timestamp::now(),
+            ad: CapabilityAd {
+                instance: "e".into(),
+                name: "e".into(),
+                about: String::new(),
+                job_kinds: vec![fedai_protocol::kinds::EMBED_REQUEST],
+                models: vec![ModelInfo {
+                    id: "nomic".into(),
+                    context_length: 2048,
+                    quantisation: "f16".into(),
+                    dimensions,
+                }],
+                prices: Vec::new(),
+                max_concurrent: 1,
+                in_flight: 0,
+                queue_depth: 0,
+                hardware: Hardware::Cpu {
+                    name: "cpu".into(),
+                    cores: 1,
+                    memory_mib: 1,
+                },
+                runner: "llama-cpp".into(),
+                healthy,
+                payment: Default::default(),
+                relays: Vec::new(),
+                version: "0".into(),
+                encryption_supported: true,
+                features: Vec::new(),
+                expiration: Timestamp::now() + 60,
+            },
+        }
+    }
+
+    #[test]
+    fn embedding_jobs_are_sized_by_the_width_most_eligible_workers_give() {
+        let r = crate::openai::Routing::default();
+        let honest = [embedder(768, true), embedder(768, true)];
+        // One stranger's claim, unhealthy or outnumbered, sizes nothing.
+        let mut ads = honest.to_vec();
+        ads.push(embedder(16384, false));
+        ads.push(embedder(4, true));
+        assert_eq!(embed_dimensions(&ads, "nomic", &r), Some(768));
+        assert_eq!(embed_dimensions(&ads, "other", &r), None);
+        assert_eq!(embed_dimensions(&[embedder(0, true)], "nomic", &r), None);
+        // A tie: the smaller width.
+        let tie = [embedder(1024, true), embedder(384, true)];
+        assert_eq!(embed_dimensions(&tie, "nomic", &r), Some(384));
+        // Only the workers the app allows count.
+        let only = crate::openai::Routing {
+            only: vec![tie[0].worker],
+            ..Default::default()
+        };
+        assert_eq!(embed_dimensions(&tie, "nomic", &only), Some(1024));
+    }
+
+    #[tokio::test]
+    async fn the_first_failed_job_ends_the_call_and_stops_the_rest() {
+        let (tx0, rx0) = mpsc::channel(64);
+        let (tx1, rx1) = mpsc::channel(64);
+        tx1.send(Msg::Done(Err(ApiError::upstream("batch 1 failed"))))
+            .await
+            .unwrap();
+        let meta = Meta::new(crate::openai::Endpoint::Embeddings, "e");
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            whole(meta, vec![rx0, rx1], false),
+        )
+        .await
+        .expect("not held by the slow batch 0");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert!(tx0.is_closed(), "batch 0 is told to stop");
     }
 
     #[test]

@@ -431,10 +431,13 @@ fn models(t: &Tags) -> Result<Vec<ModelInfo>, ProtocolError> {
                 id: id.clone(),
                 context_length: tags::parse_u32("model", ctx)?,
                 quantisation: q.clone(),
-                dimensions: match rest.first() {
-                    Some(d) => tags::parse_u32("model", d)?,
-                    None => 0,
-                },
+                // Read liberally (an ad is not refused for it), and never beyond what an answer
+                // may hold: a wider claim would make customers size jobs down to nothing.
+                dimensions: rest
+                    .first()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .filter(|d| *d as usize <= crate::job::MAX_EMBED_DIMENSIONS)
+                    .unwrap_or(0),
             }),
             _ => Err(ProtocolError::tag(
                 "model",

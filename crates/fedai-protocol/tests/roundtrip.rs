@@ -114,7 +114,9 @@ proptest! {
         let ev = fb.to_event(&worker).unwrap();
         let back = JobFeedback::from_event(&ev, Some(&customer)).unwrap();
         prop_assert_eq!(&back, &fb);
-        if enc && !text.is_empty() && which <= 1 {
+        // Texts long enough not to turn up in random base64 by chance (a one-letter text
+        // always may: that failed a run once).
+        if enc && text.len() >= 12 && which <= 1 {
             prop_assert!(!ev.content.contains(&text) || ev.content.is_empty());
         }
     }

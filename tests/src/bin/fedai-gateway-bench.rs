@@ -4,7 +4,11 @@
 //! Measured on the app's clock only: time to the first content chunk and to `[DONE]`, p50 / p99 /
 //! max of the difference per pair.
 //!
-//! Usage: fedai-gateway-bench [--pairs N] [--max-tokens N]
+//! With `--embeddings N`: the same for `POST /v1/embeddings` of N short texts (gateway → relay
+//! → a worker serving kind 5060 → llama.cpp started with `--embeddings`, SmolLM2 mean-pooled),
+//! whole call only.
+//!
+//! Usage: fedai-gateway-bench [--pairs N] [--max-tokens N] [--embeddings N]
 //! Real processes: the release `fedai-relay`, `fedai-worker` and `fedai` binaries, llama.cpp.
 
 use std::time::{Duration, Instant};
@@ -132,15 +136,80 @@ async fn bench(model: LocalModel, alias: &str, pairs: usize, max_tokens: u32) {
     c.shutdown().await;
 }
 
+/// One embeddings call of `texts` (the SDK's default, base64), timed to its last byte.
+async fn embed_call(http: &reqwest::Client, base: &str, model: &str, texts: &[String]) -> Duration {
+    let body = json!({"model": model, "input": texts, "encoding_format": "base64"});
+    let t0 = Instant::now();
+    let resp = http
+        .post(format!("{base}/embeddings"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(texts.len()));
+    t0.elapsed()
+}
+
+async fn bench_embeddings(pairs: usize, n: usize) {
+    let alias = "smollm2-embed";
+    let llama = LocalLlamaServer::start_embeddings(LocalModel::SmolLm2, alias, 1)
+        .await
+        .unwrap();
+    let relay = RelayProc::start(&["--memory"]);
+    let k = Keys::generate();
+    let _w = WorkerProc::start(
+        &k.secret_key().to_secret_hex(),
+        &relay.url,
+        &llama.url,
+        &["--serve", "embeddings"],
+    );
+    let c = fedai_client::FedaiClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
+        .await
+        .unwrap();
+    fedai_tests::wait_for_workers(&c, 1).await;
+    let gw = GatewayProc::start(&relay.url, &[]);
+    let http = reqwest::Client::new();
+    let direct_base = format!("{}/v1", llama.url);
+    let texts = |i: usize, path: &str| -> Vec<String> {
+        (0..n)
+            .map(|t| format!("Note {i}.{t} ({path}): the relay kept the market's events."))
+            .collect()
+    };
+    embed_call(&http, &direct_base, alias, &texts(0, "warm a")).await;
+    embed_call(&http, &gw.base_url, alias, &texts(0, "warm b")).await;
+    let mut whole = Pairs::default();
+    for i in 0..pairs {
+        let (td, tg) = (texts(i, "a"), texts(i, "b"));
+        let (d, g) = if i % 2 == 0 {
+            let d = embed_call(&http, &direct_base, alias, &td).await;
+            (d, embed_call(&http, &gw.base_url, alias, &tg).await)
+        } else {
+            let g = embed_call(&http, &gw.base_url, alias, &tg).await;
+            (embed_call(&http, &direct_base, alias, &td).await, g)
+        };
+        whole.push(d, g);
+    }
+    println!(
+        "| {alias} | {pairs} | {n} texts | embeddings, whole call | {} |",
+        whole.row()
+    );
+    c.shutdown().await;
+}
+
 #[tokio::main]
 async fn main() {
     let (mut pairs, mut max_tokens) = (30, 32);
+    let mut embeddings = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--pairs" => pairs = it.next().unwrap().parse().unwrap(),
             "--max-tokens" => max_tokens = it.next().unwrap().parse().unwrap(),
-            _ => panic!("usage: fedai-gateway-bench [--pairs N] [--max-tokens N]"),
+            "--embeddings" => embeddings = Some(it.next().unwrap().parse().unwrap()),
+            _ => panic!("usage: fedai-gateway-bench [--pairs N] [--max-tokens N] [--embeddings N]"),
         }
     }
     println!(
@@ -151,6 +220,10 @@ async fn main() {
             .trim()
     );
     println!("\n| model | pairs | max tokens | measure | direct p50 ms | via gateway p50 ms | added p50 ms | added p99 ms | added max ms |\n|---|---|---|---|---|---|---|---|---|");
+    if let Some(n) = embeddings {
+        bench_embeddings(pairs, n).await;
+        return;
+    }
     bench(LocalModel::Tiny, "tiny", pairs, max_tokens).await;
     bench(LocalModel::SmolLm2, "smollm2", pairs, max_tokens).await;
 }

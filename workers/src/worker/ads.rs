@@ -30,32 +30,50 @@ impl Worker {
         i.metrics.set_runner_healthy(ok);
     }
 
-    /// Serving embeddings: each model's vector length, measured once by embedding a word (kept
-    /// while the model stays listed), so the ad can say it and jobs are sized by it. Whether
-    /// any model embeds.
+    /// Serving embeddings: each model's vector length, measured by embedding a word, so the
+    /// ad can say it and jobs are sized by it. Whether any model embeds. A measure is kept for
+    /// as long as the model stays listed; a model that did not embed is tried again only after
+    /// [`DIMENSIONS_RETRY`], each try bounded by [`DIMENSIONS_TIMEOUT`], all of them at once:
+    /// a runner that hangs or refuses cannot hold up the heartbeat nor be asked every probe.
     async fn measure_dimensions(&self, models: &mut [ModelInfo]) -> bool {
         let i = &self.inner;
         if !i.cfg.job_kinds.contains(&kinds::EMBED_REQUEST) {
             return false;
         }
-        let known: Vec<(String, u32)> = i
-            .models
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut known = i.dimensions.lock().await;
+        known.retain(|id, _| models.iter().any(|m| m.id == *id));
+        let due: Vec<String> = models
             .iter()
-            .map(|m| (m.id.clone(), m.dimensions))
+            .filter(|m| match known.get(&m.id) {
+                Some((d, _)) if *d > 0 => false,
+                Some((_, at)) => at.elapsed() >= DIMENSIONS_RETRY,
+                None => true,
+            })
+            .map(|m| m.id.clone())
             .collect();
-        for m in models.iter_mut() {
-            if let Some((_, d)) = known.iter().find(|(id, d)| *id == m.id && *d > 0) {
-                m.dimensions = *d;
-                continue;
-            }
-            match i.runner.embed(&m.id, &["dimensions".to_owned()]).await {
-                Ok(e) => m.dimensions = e.vectors.first().map_or(0, |v| v.len() as u32),
-                Err(e) => {
-                    tracing::warn!(model = %m.id, error = %e, "the runner does not embed with this model")
+        let probe = ["dimensions".to_owned()];
+        let (runner, probe) = (&i.runner, &probe);
+        let measured = futures_util::future::join_all(due.iter().map(|id| async move {
+            let r = tokio::time::timeout(DIMENSIONS_TIMEOUT, runner.embed(id, probe)).await;
+            let dims = match r {
+                Ok(Ok(e)) => e.vectors.first().map_or(0, |v| v.len() as u32),
+                Ok(Err(e)) => {
+                    tracing::warn!(model = %id, error = %e, "the runner does not embed with this model");
+                    0
                 }
-            }
+                Err(_) => {
+                    tracing::warn!(model = %id, "the runner did not embed a word in time");
+                    0
+                }
+            };
+            (id.clone(), dims)
+        }))
+        .await;
+        for (id, dims) in measured {
+            known.insert(id, (dims, Instant::now()));
+        }
+        for m in models.iter_mut() {
+            m.dimensions = known.get(&m.id).map_or(0, |(d, _)| *d);
         }
         models.iter().any(|m| m.dimensions > 0)
     }
@@ -196,3 +214,8 @@ impl Worker {
         self.publish_ad(healthy, i.cfg.heartbeat * 3).await;
     }
 }
+
+/// How long a model that did not embed waits before it is tried again.
+const DIMENSIONS_RETRY: Duration = Duration::from_secs(600);
+/// The longest wait for a runner to embed one word.
+const DIMENSIONS_TIMEOUT: Duration = Duration::from_secs(10);

@@ -114,6 +114,9 @@ struct Inner {
     /// only when the band changes, so a busy worker does not publish an ad per job.
     last_band: std::sync::atomic::AtomicU8,
     ad_lock: tokio::sync::Mutex<()>,
+    /// Serving embeddings: each model's measured vector length (0: it did not embed), and when
+    /// it was measured. Held while measuring, so two probes never measure at once.
+    dimensions: tokio::sync::Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 /// A running worker.
@@ -429,6 +432,7 @@ impl Worker {
             last_ad: std::sync::atomic::AtomicU64::new(0),
             last_band: std::sync::atomic::AtomicU8::new(u8::MAX),
             ad_lock: tokio::sync::Mutex::new(()),
+            dimensions: tokio::sync::Mutex::new(HashMap::new()),
             cfg,
         });
         let w = Self { inner };
