@@ -27,6 +27,17 @@ async fn collect(r: &dyn Runner, req: InferRequest) -> (String, u64, u64) {
     panic!("stream ended without Done");
 }
 
+/// Whether `r` answers its health check within 5 s.
+async fn up(r: &dyn Runner) -> bool {
+    for _ in 0..50 {
+        if r.health().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn req(model: &str, input: JobInput, max_tokens: u32) -> InferRequest {
     InferRequest {
         model: model.into(),
@@ -152,15 +163,7 @@ async fn ollama_adapter_through_the_format_shim() {
         HttpOptions::default(),
     )
     .unwrap();
-    let mut up = false;
-    for _ in 0..50 {
-        if r.health().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "shim up");
+    assert!(up(r.as_ref()).await, "shim up");
     let model = r.list_models().await.unwrap()[0].id.clone();
     let (text, _, out) = collect(
         r.as_ref(),
@@ -425,15 +428,7 @@ async fn embeddings_come_from_a_real_llama_cpp_server_through_every_adapter() {
         ("ollama", format!("http://127.0.0.1:{port}")),
     ] {
         let r = build(kind, &url, &policy, HttpOptions::default()).unwrap();
-        let mut up = false;
-        for _ in 0..50 {
-            if r.health().await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(up, "{kind} up");
+        assert!(up(r.as_ref()).await, "{kind} up");
         let e = r
             .embed("smol-embed", &texts)
             .await

@@ -158,10 +158,7 @@ pub fn completion(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
 /// `model`, `encoding_format`; `dimensions` is refused (no worker shortens vectors yet).
 pub fn embeddings(body: &Value, limits: &Limits) -> Result<Call, ApiError> {
     let obj = object(body)?;
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(bad("model", "`model` is required (see GET /v1/models)")),
-    };
+    let model = model_of(obj)?;
     let texts: Vec<String> = match obj.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
@@ -269,6 +266,14 @@ pub fn embed_batches(texts: &[String], model: &str, per_job: usize) -> Vec<JobRe
         .collect()
 }
 
+/// The `model` every endpoint requires.
+fn model_of(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        _ => Err(bad("model", "`model` is required (see GET /v1/models)")),
+    }
+}
+
 fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
     body.as_object()
         .ok_or_else(|| ApiError::invalid(None, "the request body must be a JSON object"))
@@ -282,10 +287,7 @@ fn call(
     limits: &Limits,
     read: &[&str],
 ) -> Result<Call, ApiError> {
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(bad("model", "`model` is required (see GET /v1/models)")),
-    };
+    let model = model_of(obj)?;
     let mut job = JobRequest::text("");
     job.input = input;
     job.params.model = Some(model.clone());

@@ -45,14 +45,7 @@ impl Embed {
         let mut req = JobRequest::embed(self.texts.clone());
         req.params.model = self.model.clone();
         req.validate()?;
-        let worker = self
-            .worker
-            .as_deref()
-            .map(|w| {
-                PublicKey::parse(w)
-                    .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))
-            })
-            .transpose()?;
+        let worker = super::worker_arg(self.worker.as_deref())?;
         let timeout = Duration::from_secs(self.timeout.max(1));
         req.expiration = Some(Timestamp::from_secs(
             Timestamp::now().as_secs() + timeout.as_secs() * u64::from(self.attempts.max(1)),

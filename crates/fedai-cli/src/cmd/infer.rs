@@ -130,14 +130,7 @@ impl Infer {
         req.params.model = self.model.clone();
         req.params.max_tokens = self.max_tokens;
         req.params.temperature = self.temperature;
-        let worker = self
-            .worker
-            .as_deref()
-            .map(|w| {
-                PublicKey::parse(w)
-                    .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))
-            })
-            .transpose()?;
+        let worker = super::worker_arg(self.worker.as_deref())?;
         if self.private && self.auction.is_some() {
             bail!("--encrypt needs a chosen worker; it cannot be combined with --auction");
         }

@@ -22,6 +22,15 @@ use anyhow::Context;
 use fedai_client::FedaiClient;
 use fedai_protocol::nostr::prelude::*;
 
+/// The `--worker` flag (npub or hex), when given.
+pub(crate) fn worker_arg(w: Option<&str>) -> anyhow::Result<Option<PublicKey>> {
+    w.map(|w| {
+        PublicKey::parse(w)
+            .map_err(|_| anyhow::anyhow!("--worker is not an npub or hex public key"))
+    })
+    .transpose()
+}
+
 /// An event from a JSON file, or by id from the relays.
 pub(crate) async fn event_arg(
     client: &FedaiClient,
